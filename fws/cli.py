@@ -1,0 +1,314 @@
+"""``fws_server``: the command line (click lives only here).
+
+Precedence, highest first: command line, environment (``FWS_PORT``,
+``FWS_FILTERS``..., and the seed's ``STORAGE_OBJECT_MODULE``), config file
+(``-c``), defaults. The original let a config file replace the whole command
+line; fws lets the command line override it.
+
+The seed's spellings keep working: several modules after one ``-f``
+(``-f a b c``), ``-key``/``-cert`` with one dash, and storage options such as
+``--redis_channels a b``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import read_config
+from .errors import ConfigurationError
+from .modules import builtin_filter_names, load_filter_module, load_storage_class
+from .registry import Registry, filters_defined_in
+from .storage.base import Storage
+
+__all__ = ["build_command", "main"]
+
+log = logging.getLogger("fws.cli")
+
+DEFAULT_FILTERS = ("broadcast_messages", "stdout_messages")
+STORAGE_ENVVARS = ("FWS_STORAGE", "STORAGE_OBJECT_MODULE")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class FwsCommand(click.Command):
+    """A click command that also accepts the seed's multi-value options."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_multiple_values(self.params, args))
+
+
+def spread_multiple_values(params: Sequence[click.Parameter], args: Sequence[str]) -> list[str]:
+    """Rewrite ``-f a b c`` as ``-f a -f b -f c`` for every ``multiple`` option."""
+    multiple = {
+        name
+        for param in params
+        if isinstance(param, click.Option) and param.multiple
+        for name in param.opts
+    }
+    result: list[str] = []
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        result.append(arg)
+        position += 1
+        if arg == "--":
+            result.extend(args[position:])
+            break
+        if arg in multiple and position < len(args):
+            result.append(args[position])
+            position += 1
+            while position < len(args) and not args[position].startswith("-"):
+                result.extend((arg, args[position]))
+                position += 1
+    return result
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
+    """Eager ``-c`` callback: the config file becomes click's default map."""
+    if path is None:
+        return None
+    try:
+        config = read_config(path)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+    options = {param.name: param for param in ctx.command.params if isinstance(param, click.Option)}
+    settable = set(options) - {"config", "help", "version"}
+    defaults: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "flags":
+            flags = [value] if isinstance(value, str) else value
+            for flag in flags:
+                name = str(flag).lstrip("-").replace("-", "_")
+                if name not in settable or not options[name].is_flag:
+                    raise click.BadParameter(
+                        f"{path}: 'flags' names {flag!r}, which is not a boolean option"
+                    )
+                defaults[name] = True
+        elif key == "storage":
+            continue  # already used to choose the storage options (see choose_storage)
+        elif key not in settable:
+            raise click.BadParameter(
+                f"{path}: unknown key {key!r}; known keys: flags, {', '.join(sorted(settable))}"
+            )
+        else:
+            defaults[key] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+def choose_storage(args: Sequence[str], environ: dict[str, str] | os._Environ[str]) -> str:
+    """The storage name before parsing, since it decides which options exist.
+
+    Same precedence as every other option: ``--storage``, the environment,
+    the config file's ``storage`` key, the default.
+    """
+    for position, arg in enumerate(args):
+        if arg == "--storage" and position + 1 < len(args):
+            return args[position + 1]
+        if arg.startswith("--storage="):
+            return arg.partition("=")[2]
+    for name in STORAGE_ENVVARS:
+        if environ.get(name):
+            return environ[name]
+    for position, arg in enumerate(args):
+        path = None
+        if arg in ("-c", "--config") and position + 1 < len(args):
+            path = args[position + 1]
+        elif arg.startswith("--config="):
+            path = arg.partition("=")[2]
+        if path is not None:
+            try:
+                storage = read_config(path).get("storage")
+            except ConfigurationError:
+                return "default"  # reported properly when -c is parsed
+            if storage:
+                return str(storage)
+    return "default"
+
+
+def _storage_click_options(storage_class: type[Storage]) -> list[click.Option]:
+    options = []
+    for option in storage_class.options:
+        names = [f"--{option.name}"]
+        if "_" in option.name:
+            names.append(f"--{option.name.replace('_', '-')}")
+        options.append(
+            click.Option(
+                names,
+                option.name,
+                type=option.type,
+                default=option.default,
+                multiple=option.multiple,
+                show_default=True,
+                help=option.help,
+            )
+        )
+    return options
+
+
+def _size(value: int) -> int | None:
+    return value or None
+
+
+def build_command(storage_name: str, storage_class: type[Storage]) -> click.Command:
+    """The ``fws_server`` command, with the chosen storage's options added."""
+    params: list[click.Parameter] = [
+        click.Option(
+            ["-c", "--config"],
+            type=click.Path(dir_okay=False),
+            is_eager=True,
+            expose_value=False,
+            callback=_load_config,
+            help="JSON config file; keys are long option names. The command line overrides it.",
+        ),
+        click.Option(
+            ["-p", "--port"],
+            type=click.IntRange(0, 65535),
+            default=9000,
+            show_default=True,
+            help="TCP port; 0 picks a free one.",
+        ),
+        click.Option(
+            ["--host"],
+            default="0.0.0.0",
+            show_default=True,
+            help="Interface to listen on (0.0.0.0: all IPv4 interfaces).",
+        ),
+        click.Option(
+            ["-f", "--filters"],
+            multiple=True,
+            default=DEFAULT_FILTERS,
+            show_default=True,
+            metavar="MODULE...",
+            help="Filter modules, in pipeline order: built-in names ("
+            + ", ".join(builtin_filter_names())
+            + "), dotted module names, ./file.py paths.",
+        ),
+        click.Option(
+            ["--key", "-key"],
+            type=click.Path(dir_okay=False),
+            help="TLS private key file (PEM); with --cert clients use wss://.",
+        ),
+        click.Option(
+            ["--cert", "-cert"],
+            type=click.Path(dir_okay=False),
+            help="TLS certificate chain file (PEM).",
+        ),
+        click.Option(
+            ["--storage"],
+            default=storage_name,
+            show_default=True,
+            help="Storage backend (default, memory, redis, or a module); also "
+            "$STORAGE_OBJECT_MODULE. Its options are listed below.",
+        ),
+        *_storage_click_options(storage_class),
+        click.Option(
+            ["--max-message-size"],
+            type=click.IntRange(min=0),
+            default=2**20,
+            show_default=True,
+            help="Largest message a client may send, in bytes (0: no limit); close 1009 above.",
+        ),
+        click.Option(
+            ["--max-outbound-bytes"],
+            type=click.IntRange(min=0),
+            default=4 * 2**20,
+            show_default=True,
+            help="Bytes queued for one client before it is closed as too slow (0: no limit).",
+        ),
+        click.Option(
+            ["--close-timeout"],
+            type=click.FloatRange(min=0),
+            default=5.0,
+            show_default=True,
+            help="Seconds a client has to answer a close before the socket is cut.",
+        ),
+        click.Option(
+            ["--log-level"],
+            type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            default="info",
+            show_default=True,
+        ),
+        click.Option(["-q", "--quiet"], is_flag=True, help="Log only warnings and errors."),
+    ]
+
+    def run(**options: Any) -> None:
+        _serve(storage_class, options)
+
+    command = FwsCommand(
+        "fws_server",
+        params=params,
+        callback=run,
+        help="Run a Filtered WebSocket server whose behaviour is the filter modules given.",
+        context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FWS"},
+    )
+    click.version_option(__version__, "--version", prog_name="fws_server")(command)
+    return command
+
+
+def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
+    import gevent
+
+    from .server import Server, tls_context
+
+    level = "warning" if options.pop("quiet") else options.pop("log_level")
+    options.pop("log_level", None)
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if options["key"] and not options["cert"]:
+        raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
+    storage_options = {opt.name: options.pop(opt.name) for opt in storage_class.options}
+    try:
+        modules = [load_filter_module(name) for name in options["filters"]]
+        ssl_context = tls_context(options["cert"], options["key"]) if options["cert"] else None
+        storage = storage_class(**storage_options)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    for module in modules:
+        if not filters_defined_in(module):
+            log.warning("filter module %s defines no filters", module.__name__)
+    server = Server(
+        host=options["host"],
+        port=options["port"],
+        registry=Registry.from_modules(modules),
+        storage=storage,
+        ssl_context=ssl_context,
+        max_message_size=_size(options["max_message_size"]),
+        max_outbound_bytes=_size(options["max_outbound_bytes"]),
+        close_timeout=options["close_timeout"],
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        storage.close()
+        raise click.ClickException(
+            f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
+        ) from None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, gevent.spawn, server.stop)
+    server.serve_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: patch gevent first, then run the command."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    args = list(sys.argv[1:] if argv is None else argv)
+    storage_name = choose_storage(args, os.environ)
+    try:
+        storage_class = load_storage_class(storage_name)
+    except ConfigurationError as exc:
+        click.echo(f"fws_server: error: {exc}", err=True)
+        sys.exit(2)
+    build_command(storage_name, storage_class).main(args=args, prog_name="fws_server")

@@ -1,0 +1,338 @@
+"""One client connection: the object filters receive as ``web_socket_instance``.
+
+This is the only module that touches client sockets and the only one that
+imports gevent-websocket. gevent-websocket's handler performs the HTTP
+upgrade inside gevent's pywsgi; after the 101 response fws's own frame layer
+(``fws.frames``) takes over the socket, so that it can see the raw bytes for
+the data event, enforce limits from frame headers and answer closes correctly.
+
+Each connection runs two greenlets: the pywsgi handler greenlet reads and runs
+the pipelines, and a writer greenlet it owns drains the connection's outbound
+queue. Other connections' greenlets only ever append to that queue, so sending
+never blocks the sender and two greenlets never write to one socket (gevent
+raises ``ConcurrentObjectUseError`` if they do).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+from geventwebsocket.handler import WebSocketHandler
+
+from .errors import FilterError, ProtocolError, Reject
+from .events import CloseInfo, Request
+from .frames import (
+    OP_PONG,
+    Close,
+    FrameParser,
+    Message,
+    Ping,
+    encode_close,
+    encode_frame,
+    encode_message,
+    is_valid_close_code,
+)
+from .pipeline import DROP
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["Connection", "ConnectionHandler"]
+
+log = logging.getLogger("fws.connection")
+
+_READ_SIZE = 65536
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Connection:
+    """A WebSocket client, with the seed's surface (``id``, ``users``, ``sendMessage``...)."""
+
+    def __init__(self, server: Server, request: Request) -> None:
+        self.id: str = str(uuid.uuid4())
+        self.server = server
+        self.request = request
+        self.token: str | None = None
+        """Free for filters; ``broadcast_messages_by_token`` keeps the group name here."""
+        self.state = State.CONNECTING
+        self.close_info: CloseInfo | None = None
+        self._socket: socket.socket | None = None
+        self._outbox: deque[bytes] = deque()
+        self._outbox_bytes = 0
+        self._wakeup = gevent.event.Event()
+        self._close_queued = False
+        self._writer: gevent.Greenlet | None = None
+        self._close_timer: gevent.Greenlet | None = None
+
+    # -- the seed's surface ---------------------------------------------------
+
+    @property
+    def users(self) -> dict[str, Connection]:
+        """Every open connection of this server, by id."""
+        return self.server.users
+
+    @property
+    def storage_object(self) -> Any:
+        return self.server.storage_object
+
+    @property
+    def queue(self) -> Any:
+        """The server's queue; items put here run through the consumer pipeline."""
+        return self.server.queue
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        return self.request.peer
+
+    def send(self, data: str | bytes | bytearray | memoryview) -> bool:
+        """Queue a message: ``str`` goes as a text frame, bytes-like as binary.
+
+        Returns at once; returns False when the connection is not open (the
+        message is dropped: a client that is leaving cannot receive it).
+        """
+        return self.send_frame(encode_message(data))
+
+    def sendMessage(self, data: str | bytes | bytearray) -> bool:
+        """The seed's send: a *text* frame, as the original only sent text.
+
+        Bytes are sent as a text frame when they are UTF-8 (``bytes(message)``
+        of a text message is) and as a binary frame otherwise, so a browser
+        never receives an invalid text frame.
+        """
+        if not isinstance(data, str):
+            try:
+                data = bytes(data).decode("utf-8")
+            except UnicodeDecodeError:
+                data = bytes(data)
+        return self.send(data)
+
+    def broadcast(self, data: str | bytes, *, include_self: bool = False) -> int:
+        """Send to every other client of this server (and to this one if asked)."""
+        return self.server.broadcast(data, exclude=None if include_self else self)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the client has ``close_timeout`` seconds to answer."""
+        if not is_valid_close_code(code):
+            raise ValueError(f"{code} is not a close code a server may send")
+        self._start_close(code, reason)
+
+    # -- sending --------------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue an already encoded frame (a broadcast encodes once for everyone)."""
+        if self.state is not State.OPEN:
+            return False
+        limit = self.server.max_outbound_bytes
+        if limit is not None and self._outbox_bytes and self._outbox_bytes + len(frame) > limit:
+            log.warning(
+                "connection %s: client too slow, %d bytes waiting; closing it",
+                self.id,
+                self._outbox_bytes,
+            )
+            self._start_close(1008, "client too slow: outbound queue full")
+            return False
+        self._queue(frame)
+        return True
+
+    def _queue(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
+        self._wakeup.set()
+
+    def _write_loop(self) -> None:
+        """Writer greenlet: send everything queued, many frames per system call."""
+        assert self._socket is not None
+        sendall = self._socket.sendall
+        outbox = self._outbox
+        try:
+            while True:
+                self._wakeup.wait()
+                self._wakeup.clear()
+                while outbox:
+                    chunk = outbox.popleft() if len(outbox) == 1 else b"".join(outbox)
+                    outbox.clear()
+                    sendall(chunk)
+                    self._outbox_bytes -= len(chunk)
+                if self._close_queued:
+                    return
+        except OSError as exc:
+            log.debug("connection %s: write failed: %s", self.id, exc)
+            self._abort_transport()
+
+    # -- closing --------------------------------------------------------------
+
+    def _start_close(self, code: int, reason: str) -> None:
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        self.close_info = CloseInfo(code, reason)
+        self._queue_close(code, reason)
+        self._close_timer = gevent.spawn_later(self.server.close_timeout, self._abort_transport)
+
+    def _queue_close(self, code: int, reason: str) -> None:
+        self._close_queued = True
+        self._queue(encode_close(code, reason))
+
+    def _abort_transport(self) -> None:
+        """Wake the reader with EOF and fail the writer: the peer is gone or too slow."""
+        if self._socket is None:
+            return
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already shut down or reset by the peer: the goal is reached
+
+    # -- the connection's life --------------------------------------------------
+
+    def serve(self, sock: socket.socket, rfile: Any) -> None:
+        """Run the connection until it closes, in the handler's greenlet."""
+        self._socket = sock
+        self.state = State.OPEN
+        self._writer = gevent.spawn(self._write_loop)
+        self.server.users[self.id] = self
+        log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
+        try:
+            self._read_loop(rfile)
+        except Exception:
+            log.exception("connection %s: internal error", self.id)
+            self._start_close(1011, "internal server error")
+        finally:
+            self._finish()
+
+    def _read_loop(self, rfile: Any) -> None:
+        parser = FrameParser(max_message_size=self.server.max_message_size)
+        dispatch = self.server.dispatch
+        read = rfile.read1
+        failed = False
+        while True:
+            try:
+                chunk = read(_READ_SIZE)
+            except OSError:  # reset, TLS failure, or shut down by _abort_transport
+                chunk = b""
+            if not chunk:
+                return
+            if self.server.pipelines["data"]:
+                dispatch("data", self, chunk)
+            if failed:
+                continue  # after a protocol error, discard until the client closes
+            try:
+                events = parser.feed(chunk)
+            except ProtocolError as exc:
+                log.info("connection %s: protocol error: %s", self.id, exc)
+                self._start_close(exc.code, exc.reason)
+                failed = True
+                continue
+            for event in events:
+                if type(event) is Message:
+                    if self.state is State.OPEN:
+                        dispatch("message", self, event.data)
+                elif type(event) is Ping:
+                    if self.state is State.OPEN:
+                        self._queue(encode_frame(OP_PONG, event.payload))
+                elif type(event) is Close:
+                    if self.state is State.OPEN:
+                        # The client started the closing handshake: answer with its code.
+                        self.state = State.CLOSING
+                        self.close_info = CloseInfo(event.code, event.reason)
+                        self._queue_close(event.code, "")
+                    return
+
+    def _finish(self) -> None:
+        self.server.users.pop(self.id, None)
+        if self._writer is not None:
+            if self._close_queued:
+                self._writer.join(timeout=self.server.close_timeout)
+            self._writer.kill(block=False)
+        if self._close_timer is not None:
+            self._close_timer.kill(block=False)
+        self.state = State.CLOSED
+        info = self.close_info or CloseInfo(1006, "")
+        self.close_info = info
+        log.info("connection %s closed: %s %s", self.id, info.code, info.reason)
+        self.server.dispatch("disconnect", self, info)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.state.value} {self.peer[0]}:{self.peer[1]}>"
+
+
+class ConnectionHandler(WebSocketHandler):
+    """gevent-websocket's handler, with the connect pipeline before the upgrade.
+
+    ``application`` is the fws ``Server``: pywsgi gives every handler the
+    application, which saves a second back-reference.
+    """
+
+    _fws_connection: Connection | None = None
+
+    @property
+    def logger(self) -> logging.Logger:  # gevent-websocket would install its own handler
+        return log
+
+    def log_request(self) -> None:
+        if self.server.log is not None and "101" not in str(self.status):
+            self.server.log.write(self.format_request() + "\n")
+
+    def upgrade_websocket(self) -> Iterable[bytes] | None:
+        result = super().upgrade_websocket()
+        # gevent-websocket answers some bad requests with str bodies; pywsgi wants bytes.
+        if result is not None:
+            return [part.encode() if isinstance(part, str) else part for part in result]
+        return None
+
+    def upgrade_connection(self) -> Iterable[bytes] | None:
+        server: Server = self.application
+        request = Request.from_environ(self.environ, self.client_address)
+        connection = Connection(server, request)
+        try:
+            outcome = server.pipelines["connect"].run(connection, request)
+            if outcome is DROP:
+                raise Reject(403)
+        except FilterError as exc:
+            if isinstance(exc.__cause__, Reject):
+                refusal = exc.__cause__
+            else:  # fail closed: a broken auth filter must not let everyone in
+                log.error("connect filter %s raised", exc.filter_name, exc_info=exc.__cause__)
+                refusal = Reject(500, "internal server error")
+            return self._refuse(request, refusal)
+        except Reject as refusal:
+            return self._refuse(request, refusal)
+        result = super().upgrade_connection()
+        if self.environ.get("wsgi.websocket") is not None:
+            self._fws_connection = connection
+        return result
+
+    def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
+        log.info("handshake from %s:%s refused: %s", *request.peer, refusal)
+        body = (refusal.reason + "\n").encode()
+        self.start_response(
+            f"{refusal.status.value} {refusal.status.phrase}",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    def run_websocket(self) -> None:
+        # gevent-websocket's frame layer stays unused: mark it closed so that its
+        # __del__ does not write a close frame onto a socket fws owns.
+        self.websocket.closed = True
+        connection = self._fws_connection
+        assert connection is not None
+        try:
+            connection.serve(self.socket, self.rfile)
+        finally:
+            self._fws_connection = None
+            self.environ["wsgi.websocket"] = None
+            self.close_connection = True

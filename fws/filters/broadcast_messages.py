@@ -1,0 +1,12 @@
+"""Each message goes to every other client (never back to the sender)."""
+
+from __future__ import annotations
+
+from fws.connection import Connection
+from fws.events import TextMessage, WebSocketMessageFilter
+
+
+class BroadcastMessages(WebSocketMessageFilter):
+    @classmethod
+    def filter(cls, web_socket_instance: Connection, data: TextMessage | bytes) -> None:
+        web_socket_instance.broadcast(data)

@@ -1,0 +1,31 @@
+"""Each pub/sub message's data goes to every client of this server.
+
+Data that is UTF-8 goes as a text frame (as in the original, which sent only
+text), anything else as a binary frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fws.events import WebSocketConsumerFilter
+from fws.server import Server
+from fws.storage.base import PubSubMessage
+
+
+def as_frame_data(data: Any) -> str | bytes:
+    """Text for UTF-8 bytes (browsers get a string), bytes otherwise."""
+    if isinstance(data, str):
+        return data
+    raw = bytes(data)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+class BroadcastPubSub(WebSocketConsumerFilter):
+    @classmethod
+    def filter(cls, web_socket_instance: Server, data: Any) -> None:
+        payload = data.data if isinstance(data, PubSubMessage) else data
+        web_socket_instance.broadcast(as_frame_data(payload))

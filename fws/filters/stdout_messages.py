@@ -1,0 +1,16 @@
+"""Prints ``--MESSAGE--`` and ``<id> => <message>`` for each message."""
+
+from __future__ import annotations
+
+import sys
+
+from fws.connection import Connection
+from fws.events import TextMessage, WebSocketMessageFilter
+
+
+class StdoutMessages(WebSocketMessageFilter):
+    @classmethod
+    def filter(cls, web_socket_instance: Connection, data: TextMessage | bytes) -> None:
+        # One write per message, so lines of concurrent clients never interleave.
+        sys.stdout.write(f"--MESSAGE--\n{web_socket_instance.id} => {data}\n")
+        sys.stdout.flush()

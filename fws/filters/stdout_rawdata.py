@@ -1,0 +1,15 @@
+"""Prints ``--RAWDATA--`` and the raw bytes of every chunk read from a client."""
+
+from __future__ import annotations
+
+import sys
+
+from fws.connection import Connection
+from fws.events import WebSocketDataFilter
+
+
+class StdoutRawData(WebSocketDataFilter):
+    @classmethod
+    def filter(cls, web_socket_instance: Connection, data: bytes) -> None:
+        sys.stdout.write(f"--RAWDATA--\n{data!r}\n")
+        sys.stdout.flush()

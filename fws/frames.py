@@ -1,0 +1,229 @@
+"""RFC 6455 frames, without I/O: bytes in, events out; events in, bytes out.
+
+The parser is fed whatever the socket returned, however many frames that is,
+and returns every complete event. It enforces what a server must refuse
+(unmasked frames, reserved bits, unknown opcodes, fragmented or oversized
+control frames, bad UTF-8, bad close codes) and the message size limit, which
+it checks from the frame header, before the payload is waited for. A violation
+raises ``ProtocolError`` with the close code to answer with.
+"""
+
+from __future__ import annotations
+
+import codecs
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from .errors import ProtocolError
+from .events import TextMessage
+
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+
+_CONTROL_OPCODES: Final = frozenset((OP_CLOSE, OP_PING, OP_PONG))
+_MAX_CONTROL_PAYLOAD: Final = 125
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    data: TextMessage | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
+
+
+Event = Message | Ping | Pong | Close
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Codes a peer may send (RFC 6455 7.4; 1004-1006 and 1015 are never sent)."""
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (
+        3000 <= code <= 4999
+    )
+
+
+def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask`` as two big integers (C speed)."""
+    size = len(payload)
+    if not size:
+        return b""
+    key = (mask * (size // 4 + 1))[:size]
+    value = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
+    return value.to_bytes(size, "little")
+
+
+class FrameParser:
+    """Turns the bytes a client sends into ``Message``/``Ping``/``Pong``/``Close`` events.
+
+    ``max_message_size`` limits a whole message, all fragments together, in
+    bytes; ``None`` disables the limit.
+    """
+
+    def __init__(self, *, max_message_size: int | None = 2**20) -> None:
+        self.max_message_size = max_message_size
+        self._buffer = bytearray()
+        self._opcode: int | None = None  # of the fragmented message in progress
+        self._fragments: list[bytes | str] = []
+        self._size = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse ``data`` (appended to what was left over) into complete events."""
+        buffer = self._buffer
+        buffer += data
+        events: list[Event] = []
+        position = 0
+        end = len(buffer)
+        while end - position >= 2:
+            first, second = buffer[position], buffer[position + 1]
+            length = second & 0x7F
+            header_size = 6
+            if length == 126:
+                header_size = 8
+                if end - position < header_size:
+                    break
+                (length,) = struct.unpack_from("!H", buffer, position + 2)
+            elif length == 127:
+                header_size = 14
+                if end - position < header_size:
+                    break
+                (length,) = struct.unpack_from("!Q", buffer, position + 2)
+            self._check_header(first, second, length)
+            frame_end = position + header_size + length
+            if frame_end > end:
+                break
+            mask = bytes(buffer[position + header_size - 4 : position + header_size])
+            payload = unmask(memoryview(buffer)[position + header_size : frame_end], mask)
+            position = frame_end
+            event = self._frame(first & 0x0F, bool(first & 0x80), payload)
+            if event is not None:
+                events.append(event)
+        del buffer[:position]
+        return events
+
+    def _check_header(self, first: int, second: int, length: int) -> None:
+        opcode = first & 0x0F
+        if first & 0x70:
+            raise ProtocolError(1002, "reserved bits set, but no extension was negotiated")
+        if not second & 0x80:
+            raise ProtocolError(1002, "client frames must be masked")
+        if opcode in _CONTROL_OPCODES:
+            if not first & 0x80:
+                raise ProtocolError(1002, "control frames must not be fragmented")
+            if length > _MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(1002, "control frame payload over 125 bytes")
+            return
+        if opcode == OP_CONTINUATION:
+            if self._opcode is None:
+                raise ProtocolError(1002, "continuation frame without a message to continue")
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if self._opcode is not None:
+                raise ProtocolError(1002, "new message before the fragmented one finished")
+        else:
+            raise ProtocolError(1002, f"unknown opcode {opcode:#x}")
+        if length >> 63:
+            raise ProtocolError(1002, "frame length has its most significant bit set")
+        limit = self.max_message_size
+        if limit is not None and self._size + length > limit:
+            raise ProtocolError(1009, f"message over the {limit}-byte limit")
+
+    def _frame(self, opcode: int, fin: bool, payload: bytes) -> Event | None:
+        if opcode == OP_PING:
+            return Ping(payload)
+        if opcode == OP_PONG:
+            return Pong(payload)
+        if opcode == OP_CLOSE:
+            return _parse_close(payload)
+        if opcode != OP_CONTINUATION:
+            if fin:  # the common case: a whole message in one frame
+                return Message(_text(payload) if opcode == OP_TEXT else payload)
+            self._opcode = opcode
+            if opcode == OP_TEXT:
+                self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._size += len(payload)
+        # Decoding fragment by fragment fails a bad text message early.
+        self._fragments.append(self._decode(payload, final=fin) if self._decoder else payload)
+        if not fin:
+            return None
+        fragments, text = self._fragments, self._decoder is not None
+        self._opcode, self._fragments, self._size, self._decoder = None, [], 0, None
+        if text:
+            return Message(TextMessage("".join(fragments)))  # type: ignore[arg-type]
+        return Message(b"".join(fragments))  # type: ignore[arg-type]
+
+    def _decode(self, payload: bytes, *, final: bool) -> str:
+        assert self._decoder is not None
+        try:
+            return self._decoder.decode(payload, final)
+        except UnicodeDecodeError:
+            raise ProtocolError(1007, "text message is not valid UTF-8") from None
+
+
+def _text(payload: bytes) -> TextMessage:
+    try:
+        return TextMessage(payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError(1007, "text message is not valid UTF-8") from None
+
+
+def _parse_close(payload: bytes) -> Close:
+    if not payload:
+        return Close(1005, "")
+    if len(payload) == 1:
+        raise ProtocolError(1002, "close frame with a 1-byte payload")
+    (code,) = struct.unpack_from("!H", payload)
+    if not is_valid_close_code(code):
+        raise ProtocolError(1002, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(1007, "close reason is not valid UTF-8") from None
+    return Close(code, reason)
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented, unmasked frame (servers never mask)."""
+    size = len(payload)
+    first = 0x80 | opcode
+    if size < 126:
+        header = struct.pack("!BB", first, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 127, size)
+    return header + payload
+
+
+def encode_message(data: str | bytes | bytearray | memoryview) -> bytes:
+    """A text frame for ``str``, a binary frame for bytes-like data."""
+    if isinstance(data, str):
+        return encode_frame(OP_TEXT, data.encode("utf-8"))
+    return encode_frame(OP_BINARY, bytes(data))
+
+
+def encode_close(code: int = 1000, reason: str = "") -> bytes:
+    """A close frame; code 1005 ("no code") sends an empty payload."""
+    if code == 1005:
+        return encode_frame(OP_CLOSE, b"")
+    encoded = reason.encode("utf-8")[: _MAX_CONTROL_PAYLOAD - 2]
+    # Cutting may split a character; keep the reason valid UTF-8.
+    encoded = encoded.decode("utf-8", "ignore").encode("utf-8")
+    return encode_frame(OP_CLOSE, struct.pack("!H", code) + encoded)

@@ -1,0 +1,151 @@
+"""Finding filter and storage modules by the names users type.
+
+A filter module name may be a built-in short name (``broadcast_messages``),
+the original project's dotted path (``filtered_websocket.filters.echo``), a
+name another package registers in the ``fws.filters`` entry-point group, any
+importable dotted name (the current directory is on the import path, so
+``broadcast`` imports ``./broadcast.py``) or a path to a ``.py`` file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+import traceback
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+
+from .errors import ConfigurationError, FilterModuleError
+from .storage.base import Storage
+
+__all__ = [
+    "builtin_filter_names",
+    "builtin_storage_names",
+    "load_filter_module",
+    "load_storage_class",
+    "resolve_filter_name",
+    "resolve_storage_name",
+]
+
+_LEGACY_FILTERS = "filtered_websocket.filters."
+_LEGACY_STORAGE = "filtered_websocket.storage_objects."
+_STORAGE_ALIASES = {"default": "memory"}
+
+
+def builtin_filter_names() -> list[str]:
+    from . import filters
+
+    return sorted(info.name for info in pkgutil.iter_modules(filters.__path__))
+
+
+def builtin_storage_names() -> list[str]:
+    from . import storage
+
+    names = {info.name for info in pkgutil.iter_modules(storage.__path__)} - {"base"}
+    return sorted(names)
+
+
+def resolve_filter_name(name: str) -> str:
+    """The module path (or file path) that ``-f name`` means."""
+    if name.startswith(_LEGACY_FILTERS):
+        return "fws.filters." + name[len(_LEGACY_FILTERS) :]
+    if name.endswith(".py") or os.sep in name:
+        return name
+    if "." not in name:
+        if name in builtin_filter_names():
+            return f"fws.filters.{name}"
+        for entry in entry_points(group="fws.filters", name=name):
+            return entry.value
+    return name
+
+
+def load_filter_module(name: str) -> ModuleType:
+    """Import the filter module ``name`` means, or raise ``FilterModuleError``."""
+    target = resolve_filter_name(name)
+    if target.endswith(".py"):
+        return _import_file(name, Path(target))
+    _put_cwd_on_path()
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
+            raise FilterModuleError(
+                f"unknown filter module {name!r} (no module named {exc.name!r}); "
+                f"built-in filters: {', '.join(builtin_filter_names())}"
+            ) from None
+        raise FilterModuleError(_failed(name, exc)) from exc
+    except Exception as exc:
+        raise FilterModuleError(_failed(name, exc)) from exc
+
+
+def _import_file(name: str, path: Path) -> ModuleType:
+    if not path.is_file():
+        raise FilterModuleError(f"filter module file not found: {path}")
+    module_name = path.stem
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise FilterModuleError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise FilterModuleError(_failed(name, exc)) from exc
+    return module
+
+
+def _put_cwd_on_path() -> None:
+    # Console scripts do not have the current directory on sys.path; the
+    # original's `-f broadcast` imported ./broadcast.py, so fws adds it.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _failed(name: str, exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}:{exc.lineno}"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    return f"filter module {name!r} failed to import: {type(exc).__name__}: {exc} ({where})"
+
+
+def resolve_storage_name(name: str) -> str:
+    """The module path a storage name means (``redis``, ``default``, legacy or dotted)."""
+    if name.startswith(_LEGACY_STORAGE):
+        name = name[len(_LEGACY_STORAGE) :]
+    name = _STORAGE_ALIASES.get(name, name)
+    if "." not in name:
+        return f"fws.storage.{name}"
+    return name
+
+
+def load_storage_class(name: str) -> type[Storage]:
+    """The storage class of the module ``name`` means, or ``ConfigurationError``."""
+    target = resolve_storage_name(name)
+    _put_cwd_on_path()
+    try:
+        module = importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
+            raise ConfigurationError(
+                f"unknown storage {name!r} (no module named {exc.name!r}); "
+                f"built-in storage: {', '.join(builtin_storage_names())}"
+            ) from None
+        raise ConfigurationError(f"storage module {name!r} failed to import: {exc}") from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"storage module {name!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from None
+    storage_class = getattr(module, "storage_class", None)
+    if not (isinstance(storage_class, type) and issubclass(storage_class, Storage)):
+        raise ConfigurationError(
+            f"storage module {name!r} has no storage_class (a fws.storage.Storage subclass)"
+        )
+    return storage_class

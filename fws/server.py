@@ -1,0 +1,273 @@
+"""The fws server: gevent's pywsgi, one greenlet per connection, pipelines per event.
+
+``Server`` owns the listening socket, the connections (``users``), the queue
+the consumer pipeline reads and the storage object. It builds one ``Pipeline``
+per event when it starts: the one passed for that event, or else the one the
+registry holds for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.queue
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+
+from .connection import Connection, ConnectionHandler
+from .errors import ConfigurationError, FilterError
+from .events import EVENTS
+from .frames import encode_message
+from .pipeline import DROP, Pipeline
+from .registry import Registry, active_registry
+from .storage.base import Storage
+from .storage.memory import MemoryStorage
+
+__all__ = ["Server", "serve", "tls_context"]
+
+log = logging.getLogger("fws.server")
+
+_UPGRADE_REQUIRED = (
+    b"426 Upgrade Required: this is a WebSocket server; connect with a WebSocket client "
+    b"(ws:// or wss://).\n"
+)
+
+
+def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server TLS context, or ``ConfigurationError`` naming the unusable file."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"TLS file not found: {exc.filename}") from None
+    except PermissionError as exc:
+        raise ConfigurationError(f"TLS file not readable: {exc.filename}") from None
+    except (ssl.SSLError, OSError) as exc:
+        names = certfile if keyfile is None else f"{certfile} / {keyfile}"
+        raise ConfigurationError(
+            f"cannot load TLS certificate and key from {names}: {exc}"
+        ) from None
+    return context
+
+
+class Server:
+    """A WebSocket server whose behaviour is its pipelines.
+
+    Pipelines (``None``: take the event's pipeline from ``registry``, which
+    defaults to the active registry; pass ``Pipeline()`` for none):
+    ``connect``, ``data``, ``message``, ``disconnect``, ``consumer``.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 9000,
+        # Pipelines, one per event.
+        connect: Any = None,
+        data: Any = None,
+        message: Any = None,
+        disconnect: Any = None,
+        consumer: Any = None,
+        registry: Registry | None = None,
+        # Shared state and pub/sub; None: a fresh in-memory storage.
+        storage: Storage | None = None,
+        # TLS: a certificate chain file and key file, or a ready context.
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        # Limits; None disables one.
+        max_message_size: int | None = 2**20,
+        max_outbound_bytes: int | None = 4 * 2**20,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._explicit: dict[str, Any] = {
+            "connect": connect,
+            "data": data,
+            "message": message,
+            "disconnect": disconnect,
+            "consumer": consumer,
+        }
+        self._registry = registry
+        self.pipelines: dict[str, Pipeline] = {event: Pipeline() for event in EVENTS}
+        self.storage_object: Storage = storage if storage is not None else MemoryStorage()
+        if ssl_context is None and certfile is not None:
+            ssl_context = tls_context(certfile, keyfile)
+        self.ssl_context = ssl_context
+        self.max_message_size = max_message_size
+        self.max_outbound_bytes = max_outbound_bytes
+        self.close_timeout = close_timeout
+        self.users: dict[str, Connection] = {}
+        self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self._wsgi: WSGIServer | None = None
+        self._greenlets: list[gevent.Greenlet] = []
+        self._stopping = False
+        self._stopped = gevent.event.Event()
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build the pipelines, bind the port and start serving in the background.
+
+        Raises ``OSError`` if the address cannot be bound.
+        """
+        registry = self._registry if self._registry is not None else active_registry()
+        for event, root in EVENTS.items():
+            explicit = self._explicit[event]
+            if explicit is None:
+                self.pipelines[event] = registry.pipeline(root)
+            else:
+                self.pipelines[event] = Pipeline(*_as_filters(explicit))
+        kwargs: dict[str, Any] = {}
+        if self.ssl_context is not None:
+            kwargs["ssl_context"] = self.ssl_context
+        self._wsgi = WSGIServer(
+            (self.host, self.port),
+            self,
+            handler_class=ConnectionHandler,
+            spawn=gevent.pool.Pool(),
+            log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
+            error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
+            **kwargs,
+        )
+        self._wsgi.start()
+        self.storage_object.open(self.queue.put)
+        self._greenlets = [
+            gevent.spawn(self._consume),
+            gevent.spawn(self.storage_object.listen),
+        ]
+        log.info(
+            "fws listening on %s://%s:%d; message pipeline: %r",
+            "wss" if self.ssl_context else "ws",
+            self.host,
+            self.address[1],
+            self.pipelines["message"],
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the port is the real one when 0 was asked for."""
+        if self._wsgi is None:
+            raise RuntimeError("the server is not started")
+        return self._wsgi.address[0], self._wsgi.server_port
+
+    def serve_forever(self) -> None:
+        """Start if needed, then block until ``stop()`` has finished."""
+        if self._wsgi is None:
+            self.start()
+        self._stopped.wait()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, close every client with 1001, wait, then kill the rest.
+
+        Idempotent: a second call waits for the first to finish. ``timeout``
+        (default: ``close_timeout`` + 1 s) bounds the wait for clients.
+        """
+        if self._stopping:
+            self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            if self._wsgi is not None:
+                self._wsgi.close()
+                for connection in list(self.users.values()):
+                    connection.close(1001, "server shutting down")
+                self._wsgi.stop(timeout=self.close_timeout + 1 if timeout is None else timeout)
+            self.storage_object.close()
+            gevent.killall(self._greenlets, block=True, timeout=2)
+            log.info("fws stopped")
+        finally:
+            self._stopped.set()
+
+    # -- what connections and filters use -----------------------------------------
+
+    def broadcast(
+        self,
+        data: str | bytes,
+        *,
+        exclude: Connection | None = None,
+        to: Iterable[str] | None = None,
+    ) -> int:
+        """Send ``data`` to every open connection (or those whose id is in ``to``).
+
+        The frame is encoded once and the same bytes are queued for every
+        recipient. ``exclude`` (usually the sender) is skipped. Returns how many
+        connections it was queued for.
+        """
+        frame = encode_message(data)
+        if to is None:
+            recipients: Iterable[Connection | None] = tuple(self.users.values())
+        else:
+            recipients = [self.users.get(connection_id) for connection_id in to]
+        sent = 0
+        for connection in recipients:
+            if connection is not None and connection is not exclude:
+                sent += connection.send_frame(frame)
+        return sent
+
+    def dispatch(self, event: str, instance: Any, data: Any) -> Any:
+        """Run an event's pipeline; a filter that raises is logged and drops the event."""
+        pipeline = self.pipelines[event]
+        if not pipeline:
+            return data
+        try:
+            return pipeline.run(instance, data)
+        except FilterError as exc:
+            log.error(
+                "%s filter %s raised on %r; the rest of its pipeline is skipped",
+                event,
+                exc.filter_name,
+                instance,
+                exc_info=exc.__cause__,
+            )
+            return DROP
+
+    def _consume(self) -> None:
+        while True:
+            item = self.queue.get()
+            self.dispatch("consumer", self, item)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        """WSGI application for requests that are not WebSocket upgrades."""
+        start_response(
+            "426 Upgrade Required",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(_UPGRADE_REQUIRED))),
+                ("Upgrade", "websocket"),
+                ("Connection", "close"),
+            ],
+        )
+        return [_UPGRADE_REQUIRED]
+
+    def __repr__(self) -> str:
+        return f"<fws.Server {self.host}:{self.port} {len(self.users)} connections>"
+
+
+def _as_filters(pipeline: Any) -> tuple[Any, ...]:
+    if isinstance(pipeline, Pipeline):
+        return (pipeline,)
+    if isinstance(pipeline, list | tuple):
+        return tuple(pipeline)
+    return (pipeline,)
+
+
+def serve(**settings: Any) -> None:
+    """Run a ``Server(**settings)`` until SIGINT or SIGTERM, then stop it cleanly.
+
+    Call ``gevent.monkey.patch_all()`` first thing in the script, before other
+    imports, so that blocking libraries the filters use cooperate with gevent.
+    """
+    server = Server(**settings)
+    server.start()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, gevent.spawn, server.stop)
+    server.serve_forever()

@@ -1,0 +1,174 @@
+"""Test helpers: real servers on ephemeral loopback ports, real clients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import websocket
+
+import fws
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def run_server(**settings: Any) -> Iterator[fws.Server]:
+    """Run an ``fws.Server`` on 127.0.0.1, port 0, in a thread with its own gevent hub.
+
+    The test thread is not monkey-patched, so blocking clients can talk to
+    the server freely. The server always stops when the block ends.
+    """
+    settings.setdefault("host", LOOPBACK)
+    settings.setdefault("port", 0)
+    settings.setdefault("registry", fws.Registry())
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            server = fws.Server(**settings)
+            server.start()
+        except BaseException as exc:
+            box["error"] = exc
+            started.set()
+            return
+        box["server"] = server
+        box["hub"] = gevent.get_hub()
+        started.set()
+        server.serve_forever()
+
+    thread = threading.Thread(target=run, name="fws-test-server", daemon=True)
+    thread.start()
+    assert started.wait(10), "server did not start"
+    if "error" in box:
+        raise box["error"]
+    server = box["server"]
+    try:
+        yield server
+    finally:
+        box["hub"].loop.run_callback_threadsafe(gevent.spawn, server.stop)
+        thread.join(15)
+        assert not thread.is_alive(), "server thread did not stop"
+
+
+def url(server: fws.Server, path: str = "/", scheme: str = "ws") -> str:
+    return f"{scheme}://{LOOPBACK}:{server.address[1]}{path}"
+
+
+def connect(target: fws.Server | str, **kwargs: Any) -> websocket.WebSocket:
+    """A websocket-client connection with a timeout, so a broken test fails, not hangs."""
+    address = target if isinstance(target, str) else url(target)
+    kwargs.setdefault("timeout", 5)
+    return websocket.create_connection(address, **kwargs)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, message: str = "") -> Any:
+    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"condition not met within {timeout}s")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def fws_server_command() -> list[str]:
+    """The installed console script if on PATH, else ``python -m fws``."""
+    script = shutil.which("fws_server")
+    return [script] if script else [sys.executable, "-m", "fws"]
+
+
+_LISTENING = re.compile(r"fws listening on (wss?)://[^:]+:(\d+)")
+
+
+class ServerProcess:
+    """``fws_server`` as a subprocess on a free loopback port; its output is kept."""
+
+    def __init__(self, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
+        self.args = args
+        self.cwd = cwd
+        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.scheme = "ws"
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 20) -> ServerProcess:
+        self.process = subprocess.Popen(
+            [*fws_server_command(), *self.args],
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        match = wait_for(
+            lambda: self._listening() or self.process.poll() is not None,
+            timeout,
+            f"fws_server did not start: {self.output}",
+        )
+        if match is True:
+            raise AssertionError(f"fws_server exited early: {self.output}")
+        self.scheme, self.port = match.group(1), int(match.group(2))
+        return self
+
+    def _listening(self) -> re.Match[str] | None:
+        for line in list(self.lines):
+            match = _LISTENING.search(line)
+            if match:
+                return match
+        return None
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{LOOPBACK}:{self.port}/"
+
+    def stop(self, sig: int = 15, timeout: float = 15) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
