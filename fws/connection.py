@@ -120,9 +120,9 @@ class Connection:
                 data = bytes(data)
         return self.send(data)
 
-    def broadcast(self, data: str | bytes, *, include_self: bool = False) -> int:
-        """Send to every other client of this server (and to this one if asked)."""
-        return self.server.broadcast(data, exclude=None if include_self else self)
+    def broadcast(self, data: str | bytes, *, include_self: bool = False) -> None:
+        """Send to every other client, on every server sharing the storage."""
+        self.server.storage_object.broadcast(data, sender=None if include_self else self.id)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; the client has ``close_timeout`` seconds to answer."""

@@ -139,7 +139,7 @@ class Server:
             **kwargs,
         )
         self._wsgi.start()
-        self.storage_object.open(self.queue.put)
+        self.storage_object.open(self)
         self._greenlets = [
             gevent.spawn(self._consume),
             gevent.spawn(self.storage_object.listen),
@@ -193,13 +193,14 @@ class Server:
         self,
         data: str | bytes,
         *,
-        exclude: Connection | None = None,
+        exclude: str | None = None,
         to: Iterable[str] | None = None,
     ) -> int:
         """Send ``data`` to every open connection (or those whose id is in ``to``).
 
         The frame is encoded once and the same bytes are queued for every
-        recipient. ``exclude`` (usually the sender) is skipped. Returns how many
+        recipient. The connection whose id is ``exclude`` (usually the sender) is
+        skipped. Returns how many
         connections it was queued for.
         """
         frame = encode_message(data)
@@ -209,7 +210,7 @@ class Server:
             recipients = [self.users.get(connection_id) for connection_id in to]
         sent = 0
         for connection in recipients:
-            if connection is not None and connection is not exclude:
+            if connection is not None and connection.id != exclude:
                 sent += connection.send_frame(frame)
         return sent
 

@@ -39,8 +39,7 @@ class BroadcastMessagesByToken(WebSocketMessageFilter):
         elif client.token is None:
             client.send(NO_TOKEN)
         else:
-            members = client.storage_object.get(client.token)
-            client.server.broadcast(data, exclude=client, to=members)
+            client.storage_object.send_to_group(client.token, data, sender=client.id)
 
 
 class LeaveTokenGroup(WebSocketDisconnectFilter):

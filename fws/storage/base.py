@@ -13,9 +13,11 @@ become command-line options of ``fws_server`` when it is chosen.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..server import Server
 
 __all__ = ["PubSubMessage", "Storage", "StorageOption"]
 
@@ -47,9 +49,6 @@ class PubSubMessage:
         return f"{self.channel}: {data}"
 
 
-Deliver = Callable[[Any], None]
-
-
 class Storage(ABC):
     """Base class of storage backends (the seed's "storage object")."""
 
@@ -70,17 +69,43 @@ class Storage(ABC):
     def remove(self, key: str, value: str) -> None:
         """Remove ``value`` from group ``key``; removing a non-member is harmless."""
 
+    # -- fan-out: how the built-in filters reach clients, here or on other servers
+
+    @abstractmethod
+    def broadcast(self, data: str | bytes, *, sender: str | None = None) -> None:
+        """Deliver ``data`` to every client of every server sharing this storage.
+
+        ``sender`` (a connection id) is skipped wherever it is connected.
+        """
+
+    @abstractmethod
+    def send_to_group(self, key: str, data: str | bytes, *, sender: str | None = None) -> None:
+        """Deliver ``data`` to the members of group ``key``, on every server, once each."""
+
+    # -- pub/sub: channels whose messages feed the consumer pipeline
+
     supports_pubsub: ClassVar[bool] = False
 
     def publish(self, channel: str, data: str | bytes) -> None:
-        """Send ``data`` to every server subscribed to ``channel``."""
+        """Send ``data`` to the consumer pipeline of every server subscribed to ``channel``."""
         raise NotImplementedError(f"{type(self).__name__} has no pub/sub")
 
-    def open(self, deliver: Deliver) -> None:
-        """Called once by the server at start-up with where received messages go."""
+    @property
+    def pubsub_live(self) -> bool:
+        """Whether messages from other servers can arrive now (health checks read it)."""
+        return True
+
+    # -- life cycle, driven by the server
+
+    def open(self, server: Server) -> None:
+        """Called once by the server at start-up, before any client connects.
+
+        Keep ``server``: ``server.broadcast(...)`` reaches local clients and
+        ``server.queue.put(item)`` feeds the consumer pipeline.
+        """
 
     def listen(self) -> None:
-        """Receive from subscribed channels until ``close``; run in a server greenlet.
+        """Receive from other servers until ``close``; the server runs it in a greenlet.
 
         Backends that receive nothing from outside return at once.
         """

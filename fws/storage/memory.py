@@ -9,8 +9,12 @@ several.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-from .base import Deliver, PubSubMessage, Storage
+from .base import PubSubMessage, Storage
+
+if TYPE_CHECKING:
+    from ..server import Server
 
 __all__ = ["MemoryStorage", "storage_class"]
 
@@ -20,7 +24,7 @@ class MemoryStorage(Storage):
 
     def __init__(self) -> None:
         self._groups: defaultdict[str, set[str]] = defaultdict(set)
-        self._deliver: Deliver | None = None
+        self._server: Server | None = None
 
     def get(self, key: str) -> set[str]:
         return set(self._groups.get(key, ()))
@@ -35,15 +39,23 @@ class MemoryStorage(Storage):
             if not members:
                 del self._groups[key]
 
-    def publish(self, channel: str, data: str | bytes) -> None:
-        if self._deliver is not None:
-            self._deliver(PubSubMessage(channel, data))
+    def broadcast(self, data: str | bytes, *, sender: str | None = None) -> None:
+        if self._server is not None:
+            self._server.broadcast(data, exclude=sender)
 
-    def open(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    def send_to_group(self, key: str, data: str | bytes, *, sender: str | None = None) -> None:
+        if self._server is not None:
+            self._server.broadcast(data, exclude=sender, to=self.get(key))
+
+    def publish(self, channel: str, data: str | bytes) -> None:
+        if self._server is not None:
+            self._server.queue.put(PubSubMessage(channel, data))
+
+    def open(self, server: Server) -> None:
+        self._server = server
 
     def close(self) -> None:
-        self._deliver = None
+        self._server = None
 
 
 storage_class = MemoryStorage
