@@ -290,6 +290,7 @@ class ConnectionHandler(WebSocketHandler):
         result = super().upgrade_websocket()
         # gevent-websocket answers some bad requests with str bodies; pywsgi wants bytes.
         if result is not None:
+            self.close_connection = True  # a failed upgrade does not keep the socket
             return [part.encode() if isinstance(part, str) else part for part in result]
         return None
 
@@ -320,8 +321,13 @@ class ConnectionHandler(WebSocketHandler):
         body = (refusal.reason + "\n").encode()
         self.start_response(
             f"{refusal.status.value} {refusal.status.phrase}",
-            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Connection", "close"),
+            ],
         )
+        self.close_connection = True
         return [body]
 
     def run_websocket(self) -> None:

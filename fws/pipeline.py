@@ -75,7 +75,7 @@ def _filter_function(filter_: Any) -> tuple[str, Callable[..., Any]]:
     if callable(method):
         return type(filter_).__name__, filter_.filter
     if callable(filter_):
-        return getattr(filter_, "__qualname__", repr(filter_)), filter_
+        return getattr(filter_, "__name__", repr(filter_)), filter_
     raise TypeError(
         f"{filter_!r} is not a filter: expected a class or object with a filter() "
         "method, or a function (web_socket_instance, data)"

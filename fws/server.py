@@ -16,6 +16,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.ssl
 import gevent.pool
 import gevent.queue
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
@@ -40,8 +41,13 @@ _UPGRADE_REQUIRED = (
 
 
 def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
-    """A server TLS context, or ``ConfigurationError`` naming the unusable file."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    """A server TLS context, or ``ConfigurationError`` naming the unusable file.
+
+    The context is gevent's: the standard library's would block the whole hub
+    on every TLS read when the process is not monkey-patched.
+    """
+    context = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(certfile, keyfile)
     except FileNotFoundError as exc:
@@ -78,7 +84,7 @@ class Server:
         registry: Registry | None = None,
         # Shared state and pub/sub; None: a fresh in-memory storage.
         storage: Storage | None = None,
-        # TLS: a certificate chain file and key file, or a ready context.
+        # TLS: a certificate chain file and key file, or a gevent.ssl.SSLContext.
         certfile: str | None = None,
         keyfile: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -101,6 +107,11 @@ class Server:
         self.storage_object: Storage = storage if storage is not None else MemoryStorage()
         if ssl_context is None and certfile is not None:
             ssl_context = tls_context(certfile, keyfile)
+        if ssl_context is not None and not isinstance(ssl_context, gevent.ssl.SSLContext):
+            raise TypeError(
+                "ssl_context must be a gevent.ssl.SSLContext (use fws.server.tls_context, "
+                "or monkey-patch before creating it)"
+            )
         self.ssl_context = ssl_context
         self.max_message_size = max_message_size
         self.max_outbound_bytes = max_outbound_bytes

@@ -33,6 +33,8 @@ def run_server(**settings: Any) -> Iterator[fws.Server]:
     settings.setdefault("host", LOOPBACK)
     settings.setdefault("port", 0)
     settings.setdefault("registry", fws.Registry())
+    # Clients that a test leaves open do not answer the 1001 close; do not wait long.
+    settings.setdefault("close_timeout", 1.0)
     started = threading.Event()
     box: dict[str, Any] = {}
 
@@ -46,6 +48,7 @@ def run_server(**settings: Any) -> Iterator[fws.Server]:
             return
         box["server"] = server
         box["hub"] = gevent.get_hub()
+        server.hub = box["hub"]  # type: ignore[attr-defined]
         started.set()
         server.serve_forever()
 
@@ -172,3 +175,65 @@ class ServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def raw_upgrade(
+    port: int, path: str = "/", extra_headers: str = "", receive_buffer: int | None = None
+) -> socket.socket:
+    """A plain socket that has completed the HTTP upgrade (for hand-made frames)."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(5)
+    sock.connect((LOOPBACK, port))
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed during the handshake: {response!r}"
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def read_server_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one unmasked server frame: (opcode, payload)."""
+
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("closed mid-frame")
+            data += chunk
+        return data
+
+    first, second = exactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(exactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(exactly(8), "big")
+    return first & 0x0F, exactly(length)
+
+
+def read_until_eof(sock: socket.socket, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def stop_server(server: fws.Server) -> None:
+    """Ask the server (running in its own thread) to stop, from the test thread."""
+    hub = server.hub  # type: ignore[attr-defined]
+    hub.loop.run_callback_threadsafe(gevent.spawn, server.stop)

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import struct
+
+import pytest
+from frame_builder import client_frame
+
+from fws import ProtocolError, TextMessage
+from fws.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Close,
+    FrameParser,
+    Message,
+    Ping,
+    Pong,
+    encode_close,
+    encode_frame,
+    encode_message,
+    unmask,
+)
+
+
+def parse(*frames: bytes, **kwargs) -> list:
+    return FrameParser(**kwargs).feed(b"".join(frames))
+
+
+def test_text_and_binary_messages():
+    events = parse(client_frame(OP_TEXT, "héllo".encode()), client_frame(OP_BINARY, b"\x00\xff"))
+    assert events == [Message(TextMessage("héllo")), Message(b"\x00\xff")]
+    assert isinstance(events[0].data, TextMessage)
+    assert bytes(events[0].data) == "héllo".encode()
+
+
+def test_frames_split_at_every_byte_boundary_reassemble():
+    stream = client_frame(OP_TEXT, b"x" * 300) + client_frame(OP_PING, b"p")
+    parser = FrameParser()
+    events = []
+    for index in range(len(stream)):
+        events += parser.feed(stream[index : index + 1])
+    assert events == [Message(TextMessage("x" * 300)), Ping(b"p")]
+
+
+def test_64_bit_length_frames():
+    payload = bytes(range(256)) * 300
+    assert parse(client_frame(OP_BINARY, payload)) == [Message(payload)]
+
+
+def test_fragmented_message_with_interleaved_control_frame():
+    snowman = "☃".encode()
+    events = parse(
+        client_frame(OP_TEXT, b"a" + snowman[:1], fin=False),
+        client_frame(OP_PING, b"hb"),
+        client_frame(OP_CONTINUATION, snowman[1:], fin=False),
+        client_frame(OP_CONTINUATION, b"z"),
+    )
+    assert events == [Ping(b"hb"), Message(TextMessage("a☃z"))]
+
+
+def test_close_and_pong_frames():
+    events = parse(client_frame(OP_PONG, b""), client_frame(OP_CLOSE, struct.pack("!H", 4000) + b"bye"))
+    assert events == [Pong(b""), Close(4000, "bye")]
+    assert parse(client_frame(OP_CLOSE, b"")) == [Close(1005, "")]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "words"),
+    [
+        (client_frame(OP_TEXT, b"x", masked=False), 1002, "masked"),
+        (client_frame(OP_TEXT, b"x", rsv=4), 1002, "reserved"),
+        (client_frame(0x3, b""), 1002, "opcode"),
+        (client_frame(0xB, b""), 1002, "opcode"),
+        (client_frame(OP_PING, b"x", fin=False), 1002, "fragmented"),
+        (client_frame(OP_PING, b"x" * 126), 1002, "125"),
+        (client_frame(OP_CONTINUATION, b"x"), 1002, "continuation"),
+        (client_frame(OP_TEXT, b"\xff\xfe"), 1007, "UTF-8"),
+        (client_frame(OP_CLOSE, b"\x03"), 1002, "1-byte"),
+        (client_frame(OP_CLOSE, struct.pack("!H", 1005)), 1002, "close code"),
+        (client_frame(OP_CLOSE, struct.pack("!H", 999)), 1002, "close code"),
+        (client_frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xff"), 1007, "UTF-8"),
+    ],
+)
+def test_violations_raise_with_the_close_code(frame, code, words):
+    with pytest.raises(ProtocolError) as info:
+        parse(frame)
+    assert info.value.code == code
+    assert words in info.value.reason
+
+
+def test_new_message_inside_a_fragmented_one_is_refused():
+    with pytest.raises(ProtocolError, match="fragmented one"):
+        parse(client_frame(OP_TEXT, b"a", fin=False), client_frame(OP_TEXT, b"b"))
+
+
+def test_bad_utf8_in_a_fragment_fails_before_the_message_ends():
+    parser = FrameParser()
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(client_frame(OP_TEXT, b"ok\xc0\xaf", fin=False))
+    assert info.value.code == 1007
+
+
+def test_size_limit_is_checked_from_the_header_before_the_payload_arrives():
+    parser = FrameParser(max_message_size=1000)
+    header_only = client_frame(OP_BINARY, b"", length=1001)  # claims 1001 bytes, sends none
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(header_only)
+    assert info.value.code == 1009
+
+
+def test_size_limit_counts_all_fragments():
+    parser = FrameParser(max_message_size=10)
+    assert parser.feed(client_frame(OP_BINARY, b"123456", fin=False)) == []
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(client_frame(OP_CONTINUATION, b"12345"))
+    assert info.value.code == 1009
+
+
+def test_no_limit_when_none():
+    payload = b"x" * (2**20 + 1)
+    assert parse(client_frame(OP_BINARY, payload), max_message_size=None) == [Message(payload)]
+
+
+def test_unmask_is_its_own_inverse():
+    data = bytes(range(256)) * 5 + b"abc"
+    mask = b"\x01\x80\xff\x10"
+    masked = unmask(data, mask)
+    assert masked != data
+    assert masked == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    assert unmask(masked, mask) == data
+
+
+def test_encoders_use_the_shortest_length_form_and_never_mask():
+    assert encode_frame(OP_TEXT, b"hi") == b"\x81\x02hi"
+    assert encode_frame(OP_BINARY, b"x" * 126)[:4] == b"\x82\x7e\x00\x7e"
+    assert encode_frame(OP_BINARY, b"x" * 65536)[:10] == b"\x82\x7f" + struct.pack("!Q", 65536)
+    assert encode_message("é") == b"\x81\x02" + "é".encode()
+    assert encode_message(b"\x00") == b"\x82\x01\x00"
+    assert encode_close(1001, "bye") == b"\x88\x05\x03\xe9bye"
+    assert encode_close(1005) == b"\x88\x00"
+    long_reason = encode_close(1000, "é" * 100)
+    assert len(long_reason) <= 2 + 125
+    long_reason[4:].decode("utf-8")  # still valid UTF-8 after cutting

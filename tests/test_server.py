@@ -1,0 +1,363 @@
+"""A real fws server on a loopback port, real WebSocket clients."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+import websocket
+import websockets.sync.client as ws_sync
+from frame_builder import client_frame
+from helpers import (
+    connect,
+    raw_upgrade,
+    read_server_frame,
+    read_until_eof,
+    run_server,
+    stop_server,
+    url,
+    wait_for,
+)
+from websockets.exceptions import ConnectionClosed
+
+import fws
+from fws import DROP, Pipeline, Reject, WebSocketConnectFilter, WebSocketMessageFilter
+from fws.filters.broadcast_messages import BroadcastMessages
+from fws.filters.echo import Echo
+from fws.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
+
+
+def test_echo_text_and_binary_with_websocket_client():
+    with run_server(message=Echo) as server:
+        client = connect(server)
+        client.send("héllo ☃")
+        assert client.recv() == "héllo ☃"
+        client.send_binary(b"\x00\xffbin")
+        opcode, data = client.recv_data()
+        assert (opcode, data) == (websocket.ABNF.OPCODE_BINARY, b"\x00\xffbin")
+        client.close()
+
+
+def test_echo_with_the_websockets_client_fragmented_and_ping():
+    with run_server(message=Echo) as server, ws_sync.connect(url(server)) as client:
+        client.send(iter(["frag", "ment", "ed"]))
+        assert client.recv(timeout=5) == "fragmented"
+        client.send([b"\x01", b"\x02"])
+        assert client.recv(timeout=5) == b"\x01\x02"
+        pong = client.ping(b"are you there")
+        assert pong.wait(5)
+        big = "x" * (500 * 1024)
+        client.send(big)
+        assert client.recv(timeout=5) == big
+
+
+def test_seed_chat_server_example_reaches_clients_as_text():
+    class ChatServer(WebSocketMessageFilter):
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            for client_id, client in web_socket_instance.users.items():
+                client.sendMessage(bytes(data))
+
+    with run_server(registry=fws.active_registry()) as server:
+        alice, bob = connect(server), connect(server)
+        wait_for(lambda: len(server.users) == 2)
+        alice.send("grüß dich")
+        for client in (alice, bob):
+            opcode, data = client.recv_data()
+            assert opcode == websocket.ABNF.OPCODE_TEXT
+            assert data.decode() == "grüß dich"
+
+
+def test_broadcast_pipe_stdout_composes_with_pipe(capsys):
+    from fws.filters.stdout_messages import StdoutMessages
+
+    with run_server(message=BroadcastMessages | StdoutMessages) as server:
+        alice, bob, carol = connect(server), connect(server), connect(server)
+        wait_for(lambda: len(server.users) == 3)
+        alice.send("hello all")
+        assert bob.recv() == "hello all"
+        assert carol.recv() == "hello all"
+        alice.settimeout(0.5)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            alice.recv()  # never back to the sender
+        wait_for(lambda: "hello all" in capsys.readouterr().out or None, 5)
+
+
+def test_return_values_and_drop_steer_the_pipeline():
+    def censor(ws, data):
+        return DROP if "spam" in data else None
+
+    def shout(ws, data):
+        return data.upper()
+
+    with run_server(message=Pipeline(censor) | shout | Echo) as server:
+        client = connect(server)
+        client.send("spam spam")
+        client.send("hello")
+        assert client.recv() == "HELLO"  # the spam never reached Echo
+
+
+def test_registry_builds_pipelines_unless_one_is_passed(fresh_registry):
+    class Registered(WebSocketMessageFilter):
+        @classmethod
+        def filter(cls, ws, data):
+            ws.send("from registry: " + data)
+
+    with run_server(registry=fresh_registry) as server:
+        client = connect(server)
+        client.send("a")
+        assert client.recv() == "from registry: a"
+    with run_server(registry=fresh_registry, message=Echo) as server:
+        client = connect(server)
+        client.send("b")
+        assert client.recv() == "b"
+
+
+def test_raising_filter_is_logged_and_the_connection_and_others_go_on(caplog):
+    def explode_on_boom(ws, data):
+        if data == "boom":
+            raise RuntimeError("kaboom")
+
+    with run_server(message=Pipeline(explode_on_boom) | Echo) as server:
+        victim, bystander = connect(server), connect(server)
+        victim.send("boom")
+        victim.send("still here")
+        assert victim.recv() == "still here"
+        bystander.send("me too")
+        assert bystander.recv() == "me too"
+    assert "message filter explode_on_boom raised on <Connection" in caplog.text
+    assert "RuntimeError: kaboom" in caplog.text
+
+
+def test_connect_filter_sees_the_request_and_can_refuse_with_a_status():
+    seen = []
+
+    class TokenAuth(WebSocketConnectFilter):
+        @classmethod
+        def filter(cls, ws, request):
+            seen.append(request)
+            if request.query.get("token") != "sesame":
+                raise Reject(401, "a valid token is required")
+            ws.token = request.query["token"]
+
+    def greet(ws, data):
+        ws.send(f"{ws.token}:{data}")
+
+    with run_server(connect=TokenAuth, message=greet) as server:
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            connect(url(server, "/chat?token=wrong"))
+        assert info.value.status_code == 401
+        assert b"a valid token is required" in info.value.resp_body
+        client = connect(url(server, "/chat?token=sesame"), header=["X-Client: tests"])
+        client.send("hi")
+        assert client.recv() == "sesame:hi"
+        request = seen[-1]
+        assert request.path == "/chat"
+        assert request.headers["x-client"] == "tests"
+        assert request.peer[0] == "127.0.0.1"
+        assert len(server.users) == 1  # the refused client never became a user
+
+
+def test_connect_filter_drop_means_403_and_a_raising_one_means_500():
+    def refuse_all(ws, request):
+        return DROP
+
+    with run_server(connect=refuse_all) as server:
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            connect(server)
+        assert info.value.status_code == 403
+
+    def buggy(ws, request):
+        raise KeyError("oops")
+
+    with run_server(connect=buggy) as server:
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            connect(server)
+        assert info.value.status_code == 500
+
+
+def test_disconnect_pipeline_gets_the_close_code_and_reason():
+    closes = []
+    with run_server(disconnect=lambda ws, info: closes.append(info)) as server:
+        client = connect(server)
+        client.close(status=4001, reason=b"bye now")
+        wait_for(lambda: closes)
+        raw = raw_upgrade(server.address[1])
+        raw.close()  # no closing handshake at all
+        wait_for(lambda: len(closes) == 2)
+    assert closes[0] == fws.CloseInfo(4001, "bye now")
+    assert closes[1].code == 1006 and not closes[1].clean
+
+
+def test_server_answers_a_close_with_the_clients_code():
+    with run_server(message=Echo) as server:
+        sock = raw_upgrade(server.address[1])
+        sock.sendall(client_frame(OP_CLOSE, struct.pack("!H", 3123) + b"done"))
+        opcode, payload = read_server_frame(sock)
+        assert opcode == OP_CLOSE
+        assert struct.unpack("!H", payload[:2])[0] == 3123
+        assert read_until_eof(sock) == b""  # then the server closes the TCP connection
+
+
+def test_server_answers_pings_with_pongs():
+    with run_server(message=Echo) as server:
+        sock = raw_upgrade(server.address[1])
+        sock.sendall(client_frame(OP_PING, b"12345"))
+        assert read_server_frame(sock) == (OP_PONG, b"12345")
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (client_frame(OP_TEXT, b"unmasked", masked=False), 1002),
+        (client_frame(OP_TEXT, b"x", rsv=2), 1002),
+        (client_frame(0x5, b"x"), 1002),
+        (client_frame(OP_TEXT, b"\xed\xa0\x80"), 1007),
+        (client_frame(OP_PING, b"x", fin=False), 1002),
+    ],
+)
+def test_protocol_violations_close_with_the_right_code_and_spare_others(frame, code):
+    with run_server(message=Echo) as server:
+        bystander = connect(server)
+        sock = raw_upgrade(server.address[1])
+        sock.sendall(frame)
+        opcode, payload = read_server_frame(sock)
+        assert opcode == OP_CLOSE
+        assert struct.unpack("!H", payload[:2])[0] == code
+        sock.close()
+        bystander.send("unaffected")
+        assert bystander.recv() == "unaffected"
+
+
+def test_oversized_message_is_refused_from_the_header_with_1009():
+    with run_server(message=Echo, max_message_size=1024) as server:
+        sock = raw_upgrade(server.address[1])
+        sock.sendall(client_frame(OP_BINARY, b"", length=10 * 2**20)[:14])  # header only
+        opcode, payload = read_server_frame(sock)
+        assert opcode == OP_CLOSE
+        assert struct.unpack("!H", payload[:2])[0] == 1009
+        with ws_sync.connect(url(server)) as client:
+            client.send("x" * 1024)
+            assert client.recv(timeout=5) == "x" * 1024
+            client.send("x" * 1025)
+            with pytest.raises(ConnectionClosed) as info:
+                client.recv(timeout=5)
+            assert info.value.rcvd.code == 1009
+
+
+def test_garbage_instead_of_http_gets_400_and_no_traceback(caplog):
+    with run_server(message=Echo) as server:
+        bystander = connect(server)
+        sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+        sock.sendall(b"\x16\x03\x01\x02\x00garbage garbage\r\n\r\n")
+        assert read_until_eof(sock).startswith(b"HTTP/1.1 400")
+        bystander.send("fine")
+        assert bystander.recv() == "fine"
+    assert "Traceback" not in caplog.text
+
+
+def test_plain_http_request_gets_426_with_an_explanation():
+    import urllib.error
+    import urllib.request
+
+    with run_server(message=Echo) as server:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.address[1]}/", timeout=5)
+        assert info.value.code == 426
+        body = info.value.read().decode()
+        assert "WebSocket" in body and body.count("\n") == 1
+
+
+def test_bad_upgrade_request_gets_a_clean_400():
+    with run_server(message=Echo) as server:
+        sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"  # no Sec-WebSocket-Key
+        )
+        response = read_until_eof(sock)
+        assert response.startswith(b"HTTP/1.1 400"), response
+        assert b"Sec-WebSocket-Key" in response
+
+
+def test_consumer_pipeline_runs_on_items_put_on_the_queue():
+    seen = []
+
+    def consume(server, item):
+        seen.append((server, item))
+        server.broadcast(f"queued: {item}")
+
+    with run_server(consumer=consume) as server:
+        client = connect(server)
+        wait_for(lambda: server.users)
+        server.hub.loop.run_callback_threadsafe(server.queue.put, "job-1")
+        assert client.recv() == "queued: job-1"
+        assert seen == [(server, "job-1")]
+
+
+def test_slow_reader_is_cut_off_while_sender_and_fast_readers_go_on():
+    payload = "y" * 16384
+    rounds = 300  # 4.9 MB: far beyond the slow client's socket buffers and queue limit
+    with run_server(message=BroadcastMessages, max_outbound_bytes=256 * 1024) as server:
+        slow = raw_upgrade(server.address[1], receive_buffer=4096)  # connected, never reads
+        fast = [connect(server, timeout=10) for _ in range(3)]
+        sender = connect(server, timeout=10)
+        wait_for(lambda: len(server.users) == 5)
+        slow_port = slow.getsockname()[1]
+        slow_id = next(c.id for c in server.users.values() if c.peer[1] == slow_port)
+        for round_number in range(rounds):
+            sender.send(payload)
+            # Every fast reader gets every message, although one client reads nothing.
+            for client in fast:
+                assert client.recv() == payload, round_number
+        # The slow client was cut off (1008) instead of buffering without bound.
+        wait_for(lambda: slow_id not in server.users, 15, "slow client was not disconnected")
+        # Its socket reaches EOF (read_until_eof raises on timeout) well short of
+        # everything: the close frame could not pass the data stuck ahead of it.
+        assert len(read_until_eof(slow, timeout=10)) < rounds * len(payload)
+        slow.close()
+
+
+def test_stop_closes_clients_with_1001():
+    with run_server(message=Echo) as server, ws_sync.connect(url(server)) as client:
+        wait_for(lambda: server.users)
+        started = time.monotonic()
+        stop_server(server)
+        with pytest.raises(ConnectionClosed) as info:
+            client.recv(timeout=10)
+        assert info.value.rcvd.code == 1001
+        assert time.monotonic() - started < 10
+        stop_server(server)  # idempotent
+
+
+def test_port_in_use_raises_oserror():
+    with run_server(message=Echo) as first:
+        with pytest.raises(OSError), run_server(port=first.address[1]):
+            pass
+
+
+def test_tls_with_a_certificate_generated_in_the_test(tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(cert_file)
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(cert_file, append=True)
+    cert.private_key_pem.write_to_path(key_file)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    with run_server(message=Echo, certfile=str(cert_file), keyfile=str(key_file)) as server:
+        with ws_sync.connect(url(server, scheme="wss"), ssl=client_context) as client:
+            client.send("secret")
+            assert client.recv(timeout=5) == "secret"
+            client.send(b"\x00" * 100_000)
+            assert client.recv(timeout=5) == b"\x00" * 100_000
+        with pytest.raises(ssl.SSLError):  # an untrusting client is refused by TLS itself
+            ws_sync.connect(url(server, scheme="wss"), ssl=ssl.create_default_context())
