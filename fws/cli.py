@@ -141,8 +141,7 @@ def _storage_click_options(storage_class: type[Storage]) -> list[click.Option]:
             names.append(f"--{option.name.replace('_', '-')}")
         options.append(
             click.Option(
-                names,
-                option.name,
+                [*names, option.name],
                 type=option.type,
                 default=option.default,
                 multiple=option.multiple,

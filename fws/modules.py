@@ -117,11 +117,12 @@ def _failed(name: str, exc: BaseException) -> str:
 
 
 def resolve_storage_name(name: str) -> str:
-    """The module path a storage name means (``redis``, ``default``, legacy or dotted)."""
+    """The module path a storage name means: a built-in (``redis``, ``default``),
+    the original's dotted path, or any importable module name."""
     if name.startswith(_LEGACY_STORAGE):
         name = name[len(_LEGACY_STORAGE) :]
     name = _STORAGE_ALIASES.get(name, name)
-    if "." not in name:
+    if "." not in name and name in builtin_storage_names():
         return f"fws.storage.{name}"
     return name
 

@@ -101,6 +101,29 @@ def fws_server_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "fws"]
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def run_fws_server(
+    args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run ``fws_server`` to completion (for commands that fail or print and exit)."""
+    return subprocess.run(
+        [*fws_server_command(), *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 _LISTENING = re.compile(r"fws listening on (wss?)://[^:]+:(\d+)")
 
 
@@ -117,7 +140,8 @@ class ServerProcess:
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 20) -> ServerProcess:
+    def start(self, timeout: float = 20, port: int | None = None) -> ServerProcess:
+        """Start and wait until it listens: for the log line, or for ``port`` to accept."""
         self.process = subprocess.Popen(
             [*fws_server_command(), *self.args],
             cwd=self.cwd,
@@ -129,6 +153,16 @@ class ServerProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if port is not None:
+            wait_for(
+                lambda: _accepts(port) or self.process.poll() is not None,
+                timeout,
+                f"fws_server did not start: {self.output}",
+            )
+            if self.process.poll() is not None:
+                raise AssertionError(f"fws_server exited early: {self.output}")
+            self.port = port
+            return self
         match = wait_for(
             lambda: self._listening() or self.process.poll() is not None,
             timeout,
@@ -169,7 +203,7 @@ class ServerProcess:
         return code
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
