@@ -204,6 +204,7 @@ class Connection:
         self.state = State.OPEN
         self._writer = gevent.spawn(self._write_loop)
         self.server.users[self.id] = self
+        self.server.storage_object.connected(self.id)
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
         try:
             self._read_loop(rfile)
@@ -264,6 +265,7 @@ class Connection:
         self.close_info = info
         log.info("connection %s closed: %s %s", self.id, info.code, info.reason)
         self.server.dispatch("disconnect", self, info)
+        self.server.storage_object.disconnected(self.id)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} {self.peer[0]}:{self.peer[1]}>"

@@ -110,5 +110,15 @@ class Storage(ABC):
         Backends that receive nothing from outside return at once.
         """
 
+    def connected(self, connection_id: str) -> None:
+        """A client connected to this server.
+
+        Backends that let other servers or programs reach one client by id
+        (the Redis one) record it; the default does nothing.
+        """
+
+    def disconnected(self, connection_id: str) -> None:
+        """The client ``connection_id`` is gone (its disconnect pipeline has run)."""
+
     def close(self) -> None:
         """Release connections; called once when the server stops."""
