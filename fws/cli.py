@@ -78,7 +78,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
         config = read_config(path)
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc)) from None
-    options = {param.name: param for param in ctx.command.params if isinstance(param, click.Option)}
+    options = {
+        param.name: param for param in ctx.command.params if isinstance(param, click.Option)
+    }
     settable = set(options) - {"config", "help", "version"}
     defaults: dict[str, Any] = {}
     for key, value in config.items():

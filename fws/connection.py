@@ -113,12 +113,13 @@ class Connection:
         of a text message is) and as a binary frame otherwise, so a browser
         never receives an invalid text frame.
         """
-        if not isinstance(data, str):
-            try:
-                data = bytes(data).decode("utf-8")
-            except UnicodeDecodeError:
-                data = bytes(data)
-        return self.send(data)
+        if isinstance(data, str):
+            return self.send(data)
+        raw = bytes(data)
+        try:
+            return self.send(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return self.send(raw)
 
     def broadcast(self, data: str | bytes, *, include_self: bool = False) -> None:
         """Send to every other client, on every server sharing the storage."""

@@ -5,9 +5,9 @@ pipeline (the seed's names are kept)::
 
     WebSocketConnectFilter     handshake, before the upgrade   data: Request
     WebSocketDataFilter        raw bytes read from the socket  data: bytes
-    WebSocketMessageFilter     each complete message           data: TextMessage (str) or bytes
+    WebSocketMessageFilter     each complete message           data: TextMessage or bytes
     WebSocketDisconnectFilter  the client is gone              data: CloseInfo
-    WebSocketConsumerFilter    each item off the server queue  data: the item (instance: the server)
+    WebSocketConsumerFilter    each item off the server queue  data: the item (instance: server)
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _filter_function(filter_: Any) -> tuple[str, Callable[..., Any]]:
         if isinstance(member, classmethod | staticmethod):
             return filter_.__name__, filter_.filter  # type: ignore[attr-defined]
         # A class whose filter() is a plain method is instantiated once.
-        return filter_.__name__, filter_().filter  # type: ignore[attr-defined]
+        return filter_.__name__, filter_().filter
     method = getattr(type(filter_), "filter", None)
     if callable(method):
         return type(filter_).__name__, filter_.filter

@@ -59,9 +59,7 @@ class Registry:
         return registry
 
     def __repr__(self) -> str:
-        chains = ", ".join(
-            f"{chain.__name__}: {self.pipeline(chain)!r}" for chain in self._chains
-        )
+        chains = ", ".join(f"{chain.__name__}: {self.pipeline(chain)!r}" for chain in self._chains)
         return f"Registry({chains})"
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import gevent
 import gevent.event
-import gevent.ssl
 import gevent.pool
 import gevent.queue
+import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from .connection import Connection, ConnectionHandler

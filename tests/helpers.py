@@ -110,7 +110,10 @@ def _accepts(port: int) -> bool:
 
 
 def run_fws_server(
-    args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 30
+    args: list[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``fws_server`` to completion (for commands that fail or print and exit)."""
     return subprocess.run(
@@ -130,7 +133,9 @@ _LISTENING = re.compile(r"fws listening on (wss?)://[^:]+:(\d+)")
 class ServerProcess:
     """``fws_server`` as a subprocess on a free loopback port; its output is kept."""
 
-    def __init__(self, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+    ):
         self.args = args
         self.cwd = cwd
         self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}

@@ -6,7 +6,6 @@ import pytest
 import websocket
 from helpers import connect, run_server, wait_for
 
-from fws import Pipeline
 from fws.filters.broadcast_messages import BroadcastMessages
 from fws.filters.broadcast_messages_by_token import (
     NO_TOKEN,
@@ -107,9 +106,7 @@ def test_stdout_filters_print_the_seed_formats(capsys):
         wait_for(lambda: server.users)
         client_id = next(iter(server.users))
         client.send("hello stdout")
-        server.hub.loop.run_callback_threadsafe(
-            server.queue.put, PubSubMessage("global", b"news")
-        )
+        server.hub.loop.run_callback_threadsafe(server.queue.put, PubSubMessage("global", b"news"))
         output = ""
 
         def collected() -> bool:

@@ -141,7 +141,9 @@ def test_tls_with_single_dash_key_and_cert(tmp_path):
     issued.private_key_pem.write_to_path(key)
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    with ServerProcess(["-f", "echo", "-key", str(key), "-cert", str(cert)], env=LOOPBACK_ANY_PORT) as server:
+    with ServerProcess(
+        ["-f", "echo", "-key", str(key), "-cert", str(cert)], env=LOOPBACK_ANY_PORT
+    ) as server:
         assert server.scheme == "wss"
         with ws_sync.connect(server.url, ssl=context) as client:
             client.send("over tls")
@@ -192,7 +194,10 @@ def test_storage_module_options_appear_in_help(tmp_path):
 
 
 def test_legacy_default_storage_path_is_accepted():
-    env = {**LOOPBACK_ANY_PORT, "STORAGE_OBJECT_MODULE": "filtered_websocket.storage_objects.default"}
+    env = {
+        **LOOPBACK_ANY_PORT,
+        "STORAGE_OBJECT_MODULE": "filtered_websocket.storage_objects.default",
+    }
     with ServerProcess(["-f", "echo"], env=env) as server:
         client = connect(server.url)
         client.send("ok")
@@ -220,10 +225,14 @@ def test_unknown_filter_module_names_the_builtins():
 def test_broken_filter_module_names_the_error_and_line(tmp_path):
     (tmp_path / "broken.py").write_text("x = 1\nraise ZeroDivisionError('bad module')\n")
     result = run_fws_server(["-f", "broken"], cwd=tmp_path)
-    assert_clean_failure(result, 2, "filter module 'broken' failed to import", "ZeroDivisionError", "broken.py:2")
+    assert_clean_failure(
+        result, 2, "filter module 'broken' failed to import", "ZeroDivisionError", "broken.py:2"
+    )
     (tmp_path / "needs_dep.py").write_text("import not_installed_anywhere\n")
     result = run_fws_server(["-f", "needs_dep"], cwd=tmp_path)
-    assert_clean_failure(result, 2, "filter module 'needs_dep' failed to import", "not_installed_anywhere")
+    assert_clean_failure(
+        result, 2, "filter module 'needs_dep' failed to import", "not_installed_anywhere"
+    )
     (tmp_path / "syntax.py").write_text("def (:\n")
     result = run_fws_server(["-f", "syntax"], cwd=tmp_path)
     assert_clean_failure(result, 2, "SyntaxError", "syntax.py:1")
@@ -286,10 +295,14 @@ def test_unknown_storage():
 
 def test_spread_multiple_values_keeps_other_arguments():
     command = build_command("default", MemoryStorage)
-    assert spread_multiple_values(command.params, ["-f", "a", "b", "-p", "1", "--filters", "c"]) == [
-        "-f", "a", "-f", "b", "-p", "1", "--filters", "c",
-    ]  # fmt: skip
-    assert spread_multiple_values(command.params, ["-f", "a", "--", "-b"]) == ["-f", "a", "--", "-b"]
+    spread = spread_multiple_values(command.params, ["-f", "a", "b", "-p", "1", "--filters", "c"])
+    assert spread == ["-f", "a", "-f", "b", "-p", "1", "--filters", "c"]
+    assert spread_multiple_values(command.params, ["-f", "a", "--", "-b"]) == [
+        "-f",
+        "a",
+        "--",
+        "-b",
+    ]
 
 
 def test_choose_storage_precedence(tmp_path):

@@ -62,7 +62,9 @@ def test_fragmented_message_with_interleaved_control_frame():
 
 
 def test_close_and_pong_frames():
-    events = parse(client_frame(OP_PONG, b""), client_frame(OP_CLOSE, struct.pack("!H", 4000) + b"bye"))
+    events = parse(
+        client_frame(OP_PONG, b""), client_frame(OP_CLOSE, struct.pack("!H", 4000) + b"bye")
+    )
     assert events == [Pong(b""), Close(4000, "bye")]
     assert parse(client_frame(OP_CLOSE, b"")) == [Close(1005, "")]
 

@@ -57,7 +57,7 @@ def test_seed_chat_server_example_reaches_clients_as_text():
     class ChatServer(WebSocketMessageFilter):
         @classmethod
         def filter(cls, web_socket_instance, data):
-            for client_id, client in web_socket_instance.users.items():
+            for client_id, client in web_socket_instance.users.items():  # noqa: B007 (seed)
                 client.sendMessage(bytes(data))
 
     with run_server(registry=fws.active_registry()) as server:

@@ -12,5 +12,6 @@ class StdoutMessages(WebSocketMessageFilter):
     @classmethod
     def filter(cls, web_socket_instance: Connection, data: TextMessage | bytes) -> None:
         # One write per message, so lines of concurrent clients never interleave.
-        sys.stdout.write(f"--MESSAGE--\n{web_socket_instance.id} => {data}\n")
+        shown = data if isinstance(data, str) else repr(data)  # binary: b'...'
+        sys.stdout.write(f"--MESSAGE--\n{web_socket_instance.id} => {shown}\n")
         sys.stdout.flush()
