@@ -205,9 +205,9 @@ class Connection:
         self.state = State.OPEN
         self._writer = gevent.spawn(self._write_loop)
         self.server.users[self.id] = self
-        self.server.storage_object.connected(self.id)
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
         try:
+            self.server.storage_object.connected(self.id)
             self._read_loop(rfile)
         except Exception:
             log.exception("connection %s: internal error", self.id)
