@@ -131,11 +131,16 @@ _LISTENING = re.compile(r"fws listening on (wss?)://[^:]+:(\d+)")
 
 
 class ServerProcess:
-    """``fws_server`` as a subprocess on a free loopback port; its output is kept."""
+    """``fws_server`` (or another ``command``) as a subprocess; its output is kept."""
 
     def __init__(
-        self, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+        self,
+        args: list[str],
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ):
+        self.command = command if command is not None else fws_server_command()
         self.args = args
         self.cwd = cwd
         self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -148,7 +153,7 @@ class ServerProcess:
     def start(self, timeout: float = 20, port: int | None = None) -> ServerProcess:
         """Start and wait until it listens: for the log line, or for ``port`` to accept."""
         self.process = subprocess.Popen(
-            [*fws_server_command(), *self.args],
+            [*self.command, *self.args],
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
