@@ -1,0 +1,283 @@
+"""The Redis storage's own operations, against a real redis-server.
+
+The storage runs in the test thread (and its listener in a plain thread): the
+test process is not monkey-patched, so blocking redis-py calls are fine here.
+A ``Recorder`` stands in for the fws server: it records what the storage asks
+it to deliver. Whole servers are tested in ``tests/test_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
+
+from fws.errors import ConfigurationError
+from fws.storage.base import PubSubMessage
+from fws.storage.redis import (
+    Publisher,
+    RedisStorage,
+    StorageUnavailable,
+    decode_envelope,
+    encode_envelope,
+)
+from helpers import LOOPBACK, free_port, wait_for
+
+
+class Recorder:
+    """What a storage needs of a server: ``users``, ``queue`` and ``broadcast``."""
+
+    def __init__(self, *user_ids: str) -> None:
+        self.users: dict[str, object] = {user_id: object() for user_id in user_ids}
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.sent: list[tuple[Any, str | None, tuple[str, ...] | None]] = []
+
+    def broadcast(self, data: Any, *, exclude: str | None = None, to: Any = None) -> int:
+        recipients = tuple(self.users) if to is None else tuple(to)
+        self.sent.append((data, exclude, None if to is None else tuple(sorted(to))))
+        return len([r for r in recipients if r in self.users and r != exclude])
+
+
+class Running:
+    """A storage opened on a Recorder, its listener in a thread; closed at the end."""
+
+    def __init__(self, url: str, *users: str, **options: Any) -> None:
+        options.setdefault("redis_ttl", 3)
+        self.storage = RedisStorage(redis_url=url, **options)
+        self.server = Recorder(*users)
+        self.thread = threading.Thread(target=self.storage.listen, daemon=True)
+
+    def __enter__(self) -> Running:
+        self.storage.open(self.server)  # type: ignore[arg-type]
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.storage.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "listener did not stop"
+
+
+@pytest.fixture
+def running(redis_server: RedisServer) -> Iterator[Any]:  # noqa: F811
+    opened: list[Running] = []
+
+    def start(*users: str, **options: Any) -> Running:
+        node = Running(redis_server.url, *users, **options).__enter__()
+        opened.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in reversed(opened):
+            node.__exit__(None, None, None)
+
+
+# -- the envelope ------------------------------------------------------------------
+
+
+def test_envelope_is_json_and_round_trips_text_and_binary() -> None:
+    text = encode_envelope("héllo", origin="s1", sender="c1", group="g")
+    assert json.loads(text)["text"] == "héllo"
+    assert decode_envelope(text).data == "héllo"
+    assert decode_envelope(text).group == "g"
+    binary = encode_envelope(b"\x00\xff", client="c2")
+    assert "binary" in json.loads(binary)
+    assert decode_envelope(binary).data == b"\x00\xff"
+    assert decode_envelope(binary).client == "c2"
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"v": 1}', b'{"text": "x", "group": 3}'])
+def test_malformed_envelope_is_rejected(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_envelope(raw)
+
+
+# -- start-up errors -----------------------------------------------------------------
+
+
+def test_invalid_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="invalid Redis URL"):
+        RedisStorage(redis_url="http://127.0.0.1:1/0")
+
+
+def test_refused_connection_at_start_up_is_a_configuration_error() -> None:
+    port = free_port()
+    with pytest.raises(ConfigurationError, match=f"cannot reach Redis at redis://{LOOPBACK}:{port}"):
+        RedisStorage(redis_url=f"redis://{LOOPBACK}:{port}/0")
+
+
+def test_password_is_not_shown_in_errors() -> None:
+    port = free_port()
+    with pytest.raises(ConfigurationError) as info:
+        RedisStorage(redis_url=f"redis://user:s3cret@{LOOPBACK}:{port}/0")
+    assert "s3cret" not in str(info.value)
+
+
+# -- groups ------------------------------------------------------------------------
+
+
+def test_groups_are_per_server_redis_sets_with_a_ttl(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+    node = running(redis_key="app", redis_ttl=30)
+    storage = node.storage
+    storage.add("room", "c1")
+    storage.add("room", "c2")
+    storage.add("room", "c1")
+    r = redis_server.client()
+    sid = storage.server_id
+    assert r.smembers(f"app:members:{sid}:room") == {b"c1", b"c2"}
+    assert r.smembers("app:groups:room") == {sid.encode()}
+    assert 0 < r.ttl(f"app:members:{sid}:room") <= 30
+    assert 0 < r.ttl("app:groups:room") <= 30
+    assert 0 < r.ttl(f"app:server:{sid}") <= 30
+    assert json.loads(r.get(f"app:server:{sid}"))["ttl"] == 30  # JSON, never pickle
+    assert storage.get("room") == storage["room"] == {"c1", "c2"}
+    assert all(key.startswith(b"app:") for key in r.keys("*"))
+
+    storage.remove("room", "c1")
+    storage.remove("room", "nobody")
+    assert storage.get("room") == {"c2"}
+    storage.remove("room", "c2")
+    assert storage.get("room") == set()
+    assert not r.exists(f"app:members:{sid}:room")
+    assert r.smembers("app:groups:room") == set()
+
+
+def test_groups_are_shared_by_servers(running: Any) -> None:
+    a = running("a1").storage
+    b = running("b1").storage
+    a.add("room", "a1")
+    b.add("room", "b1")
+    assert a.get("room") == b.get("room") == {"a1", "b1"}
+    b.remove("room", "a1")  # whoever added it
+    assert a.get("room") == {"b1"}
+    # a's own view follows, so it stops delivering group messages to a1
+    wait_for(lambda: "room" not in a._groups, 5, "the owner was not told about the removal")
+
+
+def test_dead_server_members_expire(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+    a = RedisStorage(redis_url=redis_server.url, redis_ttl=1)
+    a.open(Recorder())  # type: ignore[arg-type]  # opened, but no heartbeat: as if killed
+    a.add("room", "ghost")
+    b = running("b1", redis_ttl=1).storage
+    b.add("room", "b1")
+    assert b.get("room") == {"ghost", "b1"}
+    wait_for(lambda: b.get("room") == {"b1"}, 4, "the dead server's member stayed")
+    assert not redis_server.client().exists(f"fws:members:{a.server_id}:room")
+    a._pubsub_pool.disconnect()
+    a._pool.disconnect()
+
+
+def test_heartbeat_rewrites_state_lost_by_redis(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+    node = running("c1", redis_ttl=1)
+    node.storage.add("room", "c1")
+    redis_server.client().flushall()
+    wait_for(lambda: node.storage.get("room") == {"c1"}, 5, "state not rewritten after FLUSHALL")
+
+
+# -- fan-out -------------------------------------------------------------------------
+
+
+def test_group_message_reaches_only_servers_with_members_once(running: Any) -> None:
+    a = running("a1", "a2")
+    b = running("b1")
+    c = running("c1")
+    a.storage.add("room", "a1")
+    a.storage.add("room", "a2")
+    b.storage.add("room", "b1")
+    a.storage.send_to_group("room", "hi", sender="a1")
+    assert a.server.sent == [("hi", "a1", ("a1", "a2"))]  # local, at once
+    wait_for(lambda: b.server.sent, 5, "b did not get the group message")
+    time.sleep(0.3)
+    assert b.server.sent == [("hi", "a1", ("b1",))]
+    assert c.server.sent == []  # no members in room: no traffic
+
+
+def test_broadcast_reaches_every_server_once_and_skips_the_origin(running: Any) -> None:
+    a = running("a1")
+    b = running("b1")
+    a.storage.broadcast(b"\x00bin", sender="a1")
+    wait_for(lambda: b.server.sent, 5, "b did not get the broadcast")
+    time.sleep(0.3)
+    assert a.server.sent == [(b"\x00bin", "a1", None)]
+    assert b.server.sent == [(b"\x00bin", "a1", None)]
+
+
+def test_configured_channels_feed_the_consumer_queue(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+    node = running(redis_channels=("global", "news"))
+    redis_server.client().publish("news", b"hello")
+    item = node.server.queue.get(timeout=5)
+    assert item == PubSubMessage("news", b"hello")
+    node.storage.publish("global", "from fws")
+    assert node.server.queue.get(timeout=5) == PubSubMessage("global", b"from fws")
+
+
+def test_publisher_targets_a_group_or_one_client(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+    a = running("a1", "a2")
+    b = running("b1")
+    for storage, user in ((a.storage, "a1"), (a.storage, "a2"), (b.storage, "b1")):
+        storage.connected(user)
+    a.storage.add("room", "a1")
+    b.storage.add("room", "b1")
+    backend = Publisher(redis_server.url)
+    try:
+        assert backend.group_members("room") == {"a1", "b1"}
+        assert backend.servers() == {a.storage.server_id, b.storage.server_id}
+        assert backend.send_to_group("room", "to the room") == 2
+        assert backend.send_to_client("a2", "just a2") is True
+        assert backend.send_to_client("nobody", "lost") is False
+        assert backend.send_to_group("empty", "lost") == 0
+        wait_for(lambda: len(a.server.sent) == 2 and b.server.sent, 5, "not delivered")
+        assert sorted(a.server.sent, key=str) == sorted(
+            [("to the room", None, ("a1",)), ("just a2", None, ("a2",))], key=str
+        )
+        assert b.server.sent == [("to the room", None, ("b1",))]
+    finally:
+        backend.close()
+
+
+# -- outages -------------------------------------------------------------------------
+
+
+def test_outage_flags_health_defers_writes_and_resyncs(
+    running: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    caplog.set_level("INFO", logger="fws.storage.redis")
+    node = running("c1", "c2")
+    storage = node.storage
+    storage.add("room", "c1")
+    assert storage.pubsub_live
+    redis_server.stop()
+    wait_for(lambda: not storage.pubsub_live, 5, "health flag stayed up")
+    for n in range(20):
+        storage.send_to_group("room", f"m{n}", sender="c2")  # local delivery goes on
+    storage.add("room", "c2")  # kept locally, written after the outage
+    with pytest.raises(StorageUnavailable):
+        storage.get("room")
+    assert len(node.server.sent) == 20
+    redis_server.start()
+    wait_for(lambda: storage.pubsub_live, 10, "did not reconnect")
+    assert storage.get("room") == {"c1", "c2"}  # rewritten from the local mirror
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "unreachable" in r.message]
+    assert len(warnings) == 1, [r.message for r in caplog.records]
+    assert any("20 message(s)" in r.message for r in caplog.records)
+
+
+def test_one_pool_and_one_pubsub_connection(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+    node = running()
+    for n in range(300):
+        node.storage.connected(f"c{n}")
+        node.storage.add(f"g{n % 7}", f"c{n}")
+        node.storage.remove(f"g{n % 7}", f"c{n}")
+        node.storage.disconnected(f"c{n}")
+    sid = node.storage.server_id
+    names = [c["name"] for c in redis_server.client().client_list()]
+    assert names.count(f"fws-{sid}-pubsub") == 1
+    assert 1 <= names.count(f"fws-{sid}") <= 32
