@@ -328,3 +328,12 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_every_option_has_an_environment_variable():
+    env = {**LOOPBACK_ANY_PORT, "FWS_FILTERS": "echo stdout_messages"}
+    with ServerProcess([], env=env) as server:
+        client = connect(server.url)
+        client.send("from env")
+        assert client.recv() == "from env"
+        assert "Pipeline(Echo | StdoutMessages)" in server.output

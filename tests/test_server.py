@@ -361,3 +361,18 @@ def test_tls_with_a_certificate_generated_in_the_test(tmp_path):
             assert client.recv(timeout=5) == b"\x00" * 100_000
         with pytest.raises(ssl.SSLError):  # an untrusting client is refused by TLS itself
             ws_sync.connect(url(server, scheme="wss"), ssl=ssl.create_default_context())
+
+    # One PEM file holding both the key and the chain works as the certificate alone.
+    both = tmp_path / "both.pem"
+    both.write_bytes(key_file.read_bytes() + cert_file.read_bytes())
+    with run_server(message=Echo, certfile=str(both)) as server:
+        with ws_sync.connect(url(server, scheme="wss"), ssl=client_context) as client:
+            client.send("one file")
+            assert client.recv(timeout=5) == "one file"
+
+
+def test_stdlib_ssl_context_is_refused_with_a_clear_error():
+    import ssl
+
+    with pytest.raises(TypeError, match="gevent.ssl.SSLContext"):
+        fws.Server(ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))

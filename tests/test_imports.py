@@ -1,0 +1,42 @@
+"""``import fws`` has no side effects (as click's test_light_imports checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PROBE = """
+import json, logging, signal, sys
+before = signal.getsignal(signal.SIGTERM)
+import fws, fws.filters.broadcast_messages, fws.storage
+from gevent import monkey
+print(json.dumps({
+    "patched": monkey.is_anything_patched(),
+    "root_handlers": len(logging.getLogger().handlers),
+    "fws_handlers": len(logging.getLogger("fws").handlers),
+    "redis": "redis" in sys.modules,
+    "signal_changed": signal.getsignal(signal.SIGTERM) is not before,
+}))
+"""
+
+
+def test_import_fws_patches_nothing_and_configures_nothing():
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(result.stdout) == {
+        "patched": False,
+        "root_handlers": 0,
+        "fws_handlers": 0,
+        "redis": False,
+        "signal_changed": False,
+    }
+
+
+def test_public_names_are_listed():
+    import fws
+
+    assert set(fws.__all__) <= set(dir(fws))
+    for name in ("Pipeline", "DROP", "Server", "serve", "Reject", "WebSocketMessageFilter"):
+        assert name in fws.__all__
