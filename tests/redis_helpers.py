@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from helpers import LOOPBACK, free_port
 
 
@@ -49,12 +48,18 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
-                "--bind", LOOPBACK,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--protected-mode", "yes",
+                "--port",
+                str(self.port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--protected-mode",
+                "yes",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import LOOPBACK, free_port, wait_for
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 from fws.errors import ConfigurationError
@@ -27,7 +28,6 @@ from fws.storage.redis import (
     decode_envelope,
     encode_envelope,
 )
-from helpers import LOOPBACK, free_port, wait_for
 
 
 class Recorder:
@@ -124,7 +124,9 @@ def test_password_is_not_shown_in_errors() -> None:
 # -- groups ------------------------------------------------------------------------
 
 
-def test_groups_are_per_server_redis_sets_with_a_ttl(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+def test_groups_are_per_server_redis_sets_with_a_ttl(
+    running: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
     node = running(redis_key="app", redis_ttl=30)
     storage = node.storage
     storage.add("room", "c1")
@@ -210,7 +212,9 @@ def test_broadcast_reaches_every_server_once_and_skips_the_origin(running: Any) 
     assert b.server.sent == [(b"\x00bin", "a1", None)]
 
 
-def test_configured_channels_feed_the_consumer_queue(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+def test_configured_channels_feed_the_consumer_queue(
+    running: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
     node = running(redis_channels=("global", "news"))
     redis_server.client().publish("news", b"hello")
     item = node.server.queue.get(timeout=5)
@@ -219,7 +223,9 @@ def test_configured_channels_feed_the_consumer_queue(running: Any, redis_server:
     assert node.server.queue.get(timeout=5) == PubSubMessage("global", b"from fws")
 
 
-def test_publisher_targets_a_group_or_one_client(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
+def test_publisher_targets_a_group_or_one_client(
+    running: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
     a = running("a1", "a2")
     b = running("b1")
     for storage, user in ((a.storage, "a1"), (a.storage, "a2"), (b.storage, "b1")):
@@ -265,7 +271,9 @@ def test_outage_flags_health_defers_writes_and_resyncs(
     redis_server.start()
     wait_for(lambda: storage.pubsub_live, 10, "did not reconnect")
     assert storage.get("room") == {"c1", "c2"}  # rewritten from the local mirror
-    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "unreachable" in r.message]
+    warnings = [
+        r for r in caplog.records if r.levelname == "WARNING" and "unreachable" in r.message
+    ]
     assert len(warnings) == 1, [r.message for r in caplog.records]
     assert any("20 message(s)" in r.message for r in caplog.records)
 

@@ -1,0 +1,318 @@
+"""Several ``fws_server`` processes sharing one Redis behave as one server.
+
+Everything is real: a private redis-server on a free port, fws_server
+subprocesses on free ports, websocket-client clients, redis-cli.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import websocket
+from helpers import LOOPBACK, ServerProcess, connect, free_port, fws_server_command, wait_for
+from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
+
+from fws.storage.redis import Publisher
+
+BASE = ["-p", "0", "--host", LOOPBACK, "--close-timeout", "1"]
+REGISTERED = "Successfully registered with broadcast group: {}"
+_SERVER_ID = re.compile(r"server id ([0-9a-f]{32})")
+
+
+def server_id(server: ServerProcess) -> str:
+    match = _SERVER_ID.search(server.output)
+    assert match, server.output
+    return match.group(1)
+
+
+@contextlib.contextmanager
+def cluster(
+    redis: RedisServer, count: int, *args: str, env: dict[str, str] | None = None
+) -> Iterator[list[ServerProcess]]:
+    """``count`` fws_server processes on one Redis; stopped (or killed) at the end."""
+    servers: list[ServerProcess] = []
+    try:
+        for _ in range(count):
+            command = [*BASE, "--storage", "redis", "--redis-url", redis.url, *args]
+            servers.append(ServerProcess(command, env=env).start())
+        yield servers
+    finally:
+        for server in servers:
+            with contextlib.suppress(Exception):
+                server.stop(timeout=10)
+            server.__exit__()
+
+
+def receive_all(client: websocket.WebSocket, quiet: float = 0.5) -> list[str]:
+    """Every message until none arrives for ``quiet`` seconds."""
+    client.settimeout(quiet)
+    received = []
+    while True:
+        try:
+            received.append(client.recv())
+        except websocket.WebSocketTimeoutException:
+            return received
+
+
+def join(client: websocket.WebSocket, group: str) -> None:
+    client.send(f"token:{group}")
+    assert client.recv() == REGISTERED.format(group)
+
+
+# -- the seed's commands ------------------------------------------------------------
+
+
+def test_seed_storage_variable_lists_the_redis_options() -> None:
+    env = {**os.environ, "STORAGE_OBJECT_MODULE": "filtered_websocket.storage_objects.redis"}
+    result = subprocess.run(
+        [*fws_server_command(), "-h"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    for option in ("--redis_host", "--redis_port", "--redis_channels", "--redis_key",
+                   "--redis-url"):
+        assert option in result.stdout
+
+
+def test_seed_pubsub_command_and_redis_cli_publish(redis_server: RedisServer) -> None:  # noqa: F811
+    env = {"STORAGE_OBJECT_MODULE": "filtered_websocket.storage_objects.redis"}
+    args = [*BASE, "-f", "filtered_websocket.filters.broadcast_pubsub", "--redis_channels",
+            "global", "--redis_host", LOOPBACK, "--redis_port", str(redis_server.port)]
+    with ServerProcess(args, env=env) as server, ServerProcess(args, env=env) as other:
+        clients = [connect(server.url), connect(other.url)]
+        time.sleep(0.2)
+        redis_cli = shutil.which("redis-cli")
+        if redis_cli:
+            subprocess.run([redis_cli, "-h", LOOPBACK, "-p", str(redis_server.port),
+                            "PUBLISH", "global", "hello"], check=True, capture_output=True,
+                           timeout=10)
+        else:
+            redis_server.client().publish("global", "hello")
+        redis_server.client().publish("global", b"\xff\x00")  # not UTF-8: a binary frame
+        for client in clients:
+            assert client.recv() == "hello"
+            assert client.recv() == b"\xff\x00"
+            client.close()
+
+
+def test_json_config_with_redis_options(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    config = tmp_path / "config.json"
+    config.write_text(
+        "# a comment line\n"
+        + json.dumps({
+            "storage": "redis",
+            "host": LOOPBACK,
+            "port": "0",
+            "filters": ["filtered_websocket.filters.broadcast_messages_by_token",
+                        "filtered_websocket.filters.stdout_messages"],
+            "redis_host": LOOPBACK,
+            "redis_port": str(redis_server.port),
+            "redis_channels": ["global", "news"],
+            "redis_key": "cfg",
+        })
+    )
+    with ServerProcess(["-c", str(config)]) as a, ServerProcess(["-c", str(config)]) as b:
+        first, second = connect(a.url), connect(b.url)
+        join(first, "room")
+        join(second, "room")
+        first.send("across servers")
+        assert second.recv() == "across servers"
+        assert redis_server.client().keys("cfg:members:*")
+        assert "channels global news" in a.output
+        first.close()
+        second.close()
+
+
+def test_modern_spellings_and_environment(redis_server: RedisServer) -> None:  # noqa: F811
+    env = {"FWS_REDIS_URL": redis_server.url, "FWS_REDIS_CHANNELS": "alpha beta",
+           "FWS_REDIS_KEY": "envkey"}
+    with ServerProcess([*BASE, "--storage", "redis", "-f", "broadcast_pubsub"], env=env) as server:
+        client = connect(server.url)
+        time.sleep(0.2)
+        redis_server.client().publish("beta", "via env")
+        assert client.recv() == "via env"
+        assert "key prefix 'envkey'" in server.output
+        client.close()
+
+
+# -- delivery across servers -------------------------------------------------------
+
+
+def test_broadcast_exactly_once_across_servers_never_to_sender(redis_server: RedisServer) -> None:  # noqa: F811
+    with cluster(redis_server, 3, "-f", "broadcast_messages") as servers:
+        clients = [connect(server.url) for server in servers for _ in range(3)]
+        time.sleep(0.3)
+        for number, client in enumerate(clients):
+            client.send(f"from {number}")
+        for number, client in enumerate(clients):
+            received = Counter(receive_all(client))
+            expected = Counter(f"from {n}" for n in range(len(clients)) if n != number)
+            assert received == expected, f"client {number}"
+        for client in clients:
+            client.close()
+
+
+def test_token_groups_exactly_once_across_servers(redis_server: RedisServer) -> None:  # noqa: F811
+    with cluster(redis_server, 3, "-f", "broadcast_messages_by_token") as servers:
+        groups = {"red": [], "blue": []}  # type: dict[str, list[websocket.WebSocket]]
+        for index in range(9):
+            client = connect(servers[index % 3].url)
+            group = "red" if index % 2 else "blue"
+            join(client, group)
+            groups[group].append(client)
+        for group, members in groups.items():
+            for number, client in enumerate(members):
+                client.send(f"{group} {number}")
+        for group, members in groups.items():
+            for number, client in enumerate(members):
+                expected = Counter(f"{group} {n}" for n in range(len(members)) if n != number)
+                assert Counter(receive_all(client)) == expected, (group, number)
+        for members in groups.values():
+            for client in members:
+                client.close()
+
+
+def test_publish_messages_and_broadcast_pubsub_make_a_cluster_chat(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    with cluster(redis_server, 2, "-f", "publish_messages", "broadcast_pubsub") as servers:
+        clients = [connect(server.url) for server in servers for _ in range(2)]
+        time.sleep(0.2)
+        clients[0].send("chat line")
+        for client in clients:  # the sender too: its message comes back like everyone's
+            assert receive_all(client) == ["chat line"]
+            client.close()
+
+
+def test_backend_targets_one_group_or_one_client(redis_server: RedisServer) -> None:  # noqa: F811
+    with cluster(redis_server, 2, "-f", "broadcast_messages_by_token") as servers:
+        in_room = [connect(servers[0].url), connect(servers[1].url)]
+        outsider = connect(servers[1].url)
+        for client in in_room:
+            join(client, "room")
+        join(outsider, "hall")
+        backend = Publisher(redis_server.url)
+        try:
+            members = backend.group_members("room")
+            assert len(members) == 2
+            assert backend.send_to_group("room", "to the room") == 2
+            for client in in_room:
+                assert receive_all(client) == ["to the room"]
+            assert receive_all(outsider) == []
+            (hall_member,) = backend.group_members("hall")
+            assert backend.send_to_client(hall_member, "just you") is True
+            assert receive_all(outsider) == ["just you"]
+            assert all(receive_all(client) == [] for client in in_room)
+        finally:
+            backend.close()
+        for client in [*in_room, outsider]:
+            client.close()
+
+
+# -- failures ---------------------------------------------------------------------
+
+
+def test_redis_restart_under_traffic(redis_server: RedisServer) -> None:  # noqa: F811
+    with cluster(redis_server, 2, "-f", "broadcast_messages_by_token") as (a, b):
+        sender, neighbour, remote = connect(a.url), connect(a.url), connect(b.url)
+        for client in (sender, neighbour, remote):
+            join(client, "room")
+        sender.send("before")
+        assert remote.recv() == "before" and neighbour.recv() == "before"
+
+        redis_server.stop()
+        for number in range(30):
+            sender.send(f"during {number}")
+        # local delivery never stopped
+        assert receive_all(neighbour) == [f"during {n}" for n in range(30)]
+        assert receive_all(remote, quiet=0.2) == []
+
+        redis_server.start()
+        started = time.monotonic()
+        remote.settimeout(0.2)
+        while True:  # cross-server delivery resumes by itself
+            sender.send("after")
+            try:
+                if remote.recv() == "after":
+                    break
+            except websocket.WebSocketTimeoutException:
+                pass
+            assert time.monotonic() - started < 8, "pub/sub did not resume"
+        resumed = time.monotonic() - started
+        backend = Publisher(redis_server.url)
+        try:
+            wait_for(lambda: len(backend.group_members("room")) == 3, 5, "groups not rewritten")
+        finally:
+            backend.close()
+        for server in (a, b):
+            wait_for(lambda server=server: "is back" in server.output, 5, server.output)
+            assert server.output.count("unreachable") == 1, server.output
+        assert resumed < 8
+        for client in (sender, neighbour, remote):
+            client.close()
+
+
+def test_sigkilled_server_members_are_purged(redis_server: RedisServer) -> None:  # noqa: F811
+    with cluster(redis_server, 2, "-f", "broadcast_messages_by_token", "--redis_ttl", "2") as (
+        doomed,
+        survivor,
+    ):
+        victims = [connect(doomed.url), connect(doomed.url)]
+        keeper = connect(survivor.url)
+        for client in [*victims, keeper]:
+            join(client, "room")
+        backend = Publisher(redis_server.url)
+        try:
+            assert len(backend.group_members("room")) == 3
+            doomed_id = server_id(doomed)
+            doomed.stop(sig=signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for(lambda: len(backend.group_members("room")) == 1, 6, "ghost members stayed")
+            wait_for(lambda: not redis_server.client().keys(f"*{doomed_id}*"), 6, "keys stayed")
+            assert time.monotonic() - killed < 6
+            assert backend.servers() == {server_id(survivor)}
+            assert backend.send_to_group("room", "x") == 1  # the dead inbox is skipped
+            assert receive_all(keeper) == ["x"]
+        finally:
+            backend.close()
+        keeper.close()
+
+
+def test_start_up_fails_clearly_without_redis() -> None:
+    port = free_port()
+    for url, message in ((f"redis://{LOOPBACK}:{port}/0", "cannot reach Redis"),
+                         ("http://nowhere/0", "invalid Redis URL")):
+        result = subprocess.run(
+            [*fws_server_command(), *BASE, "--storage", "redis", "--redis-url", url],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_clients_coming_and_going_do_not_leak_redis_connections(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    with cluster(redis_server, 1, "-f", "broadcast_messages_by_token") as (server,):
+        sid = server_id(server)
+        for _wave in range(3):
+            clients = [connect(server.url) for _ in range(40)]
+            for number, client in enumerate(clients):
+                client.send(f"token:g{number % 5}")
+            for client in clients:
+                client.recv()
+                client.close()
+        names = [entry["name"] for entry in redis_server.client().client_list()]
+        assert names.count(f"fws-{sid}-pubsub") == 1
+        assert 1 <= names.count(f"fws-{sid}") <= 32
+        wait_for(lambda: not redis_server.client().keys("fws:members:*"), 5, "members left over")
