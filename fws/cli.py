@@ -180,7 +180,7 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             ["--host"],
             default="0.0.0.0",
             show_default=True,
-            help="Interface to listen on (0.0.0.0: all IPv4 interfaces).",
+            help="Interface to listen on (0.0.0.0: all IPv4 interfaces; '::' IPv4 and IPv6).",
         ),
         click.Option(
             ["-f", "--filters"],

@@ -155,10 +155,11 @@ class Server:
             gevent.spawn(self._consume),
             gevent.spawn(self.storage_object.listen),
         ]
+        host = f"[{self.host}]" if ":" in self.host else self.host
         log.info(
             "fws listening on %s://%s:%d; message pipeline: %r",
             "wss" if self.ssl_context else "ws",
-            self.host,
+            host,
             self.address[1],
             self.pipelines["message"],
         )

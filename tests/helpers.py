@@ -127,7 +127,7 @@ def run_fws_server(
     )
 
 
-_LISTENING = re.compile(r"fws listening on (wss?)://[^:]+:(\d+)")
+_LISTENING = re.compile(r"fws listening on (wss?)://(?:\[[^\]]*\]|[^:]+):(\d+)")
 
 
 class ServerProcess:

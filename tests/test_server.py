@@ -201,6 +201,25 @@ def test_server_answers_a_close_with_the_clients_code():
         assert read_until_eof(sock) == b""  # then the server closes the TCP connection
 
 
+def test_a_filter_can_close_its_client_with_a_code():
+    def quit_command(ws, data):
+        if data == "quit":
+            ws.close(4000, "bye")
+            return DROP
+        return None
+
+    with run_server(message=Pipeline(quit_command) | Echo) as server:
+        with ws_sync.connect(url(server)) as client:
+            client.send("still open")
+            assert client.recv(timeout=5) == "still open"
+            client.send("quit")
+            with pytest.raises(ConnectionClosed) as info:
+                client.recv(timeout=5)
+            assert (info.value.rcvd.code, info.value.rcvd.reason) == (4000, "bye")
+        with pytest.raises(ValueError):
+            fws.Connection(server, fws.Request("/")).close(1005)
+
+
 def test_server_answers_pings_with_pongs():
     with run_server(message=Echo) as server:
         sock = raw_upgrade(server.address[1])
