@@ -1,7 +1,7 @@
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: install test lint run bench
+.PHONY: install test lint run bench autobahn
 
 ## install: the package, its test and lint tools, editable
 install:
@@ -23,3 +23,7 @@ run:
 ## bench: speed, side by side with other servers, 127.0.0.1 only
 bench:
 	$(PYTHON) bench/run.py
+
+## autobahn: RFC 6455 conformance (Autobahn cases via kosoku) against fws_server -f echo
+autobahn:
+	$(PYTHON) tests/autobahn.py

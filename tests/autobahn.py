@@ -1,0 +1,80 @@
+"""Run the Autobahn|Testsuite cases (with kosoku) against ``fws_server -f echo``.
+
+``make autobahn`` runs this file and prints the summary; ``tests/test_autobahn.py``
+runs the same function in ``make test`` and fails on any FAILED case. The
+HTML/JSON report goes to ``reports/autobahn`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import LOOPBACK, ServerProcess  # noqa: E402
+
+REPORT_DIR = Path(__file__).parent.parent / "reports" / "autobahn"
+# The 9.x cases send messages of up to 16 MiB: raise the 1 MiB default for them.
+SERVER_ARGS = ["-f", "echo", "--host", LOOPBACK, "-p", "0"]
+SERVER_ARGS += ["--max-message-size", str(64 * 2**20), "--max-outbound-bytes", str(64 * 2**20)]
+# Groups 12 and 13 test permessage-deflate, which fws does not offer.
+EXCLUDED = ("12.*", "13.*")
+
+
+def kosoku_command() -> list[str]:
+    found = shutil.which("kosoku")
+    if found is None:
+        raise RuntimeError("kosoku is not installed: pip install kosoku (make install does)")
+    return [found]
+
+
+def run_autobahn(report_dir: Path = REPORT_DIR, parallelism: int = 4) -> dict[str, Counter[str]]:
+    """Run the suite; return {"behavior": Counter, "behaviorClose": Counter, "failed": [...]}."""
+    if report_dir.exists():
+        shutil.rmtree(report_dir)
+    report_dir.mkdir(parents=True)
+    with ServerProcess(SERVER_ARGS) as server:
+        command = [*kosoku_command(), "-o", str(report_dir), "-p", str(parallelism)]
+        for pattern in EXCLUDED:
+            command += ["-x", pattern]
+        subprocess.run(
+            [*command, f"{LOOPBACK}:{server.port}"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        server.stop()
+    behavior: Counter[str] = Counter()
+    behavior_close: Counter[str] = Counter()
+    failed: list[str] = []
+    cases = sorted(report_dir.glob("*_case_*.json"))
+    for path in cases:
+        case = json.loads(path.read_text())
+        behavior[case["behavior"]] += 1
+        behavior_close[case["behaviorClose"]] += 1
+        if "FAILED" in (case["behavior"], case["behaviorClose"]):
+            failed.append(f"{case['id']}: {case['behavior']}/{case['behaviorClose']}")
+    return {"behavior": behavior, "behaviorClose": behavior_close, "failed": failed}  # type: ignore[dict-item]
+
+
+def summary(result: dict[str, Counter[str]]) -> str:
+    behavior, close = result["behavior"], result["behaviorClose"]
+    total = sum(behavior.values())
+    parts = ", ".join(f"{count} {name}" for name, count in sorted(behavior.items()))
+    closes = ", ".join(f"{count} {name}" for name, count in sorted(close.items()))
+    return f"Autobahn: {total} cases: {parts}; close behaviour: {closes}"
+
+
+if __name__ == "__main__":
+    outcome = run_autobahn()
+    print(summary(outcome))
+    for line in outcome["failed"]:  # type: ignore[attr-defined]
+        print("FAILED", line)
+    print(f"report: {REPORT_DIR / 'index.html'}")
+    sys.exit(1 if outcome["failed"] or not sum(outcome["behavior"].values()) else 0)
