@@ -225,6 +225,48 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             help="Bytes queued for one client before it is closed as too slow (0: no limit).",
         ),
         click.Option(
+            ["--max-connections"],
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Open connections above which new clients get HTTP 503 (0: no limit).",
+        ),
+        click.Option(
+            ["--origin", "origins"],
+            multiple=True,
+            metavar="URL...",
+            help="Allowed Origin headers (e.g. https://chat.example); other browser origins "
+            "get 403. Default: any.",
+        ),
+        click.Option(
+            ["--handshake-timeout"],
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            help="Seconds a client has to complete the HTTP upgrade (0: no limit).",
+        ),
+        click.Option(
+            ["--ping-interval"],
+            type=click.FloatRange(min=0),
+            default=20.0,
+            show_default=True,
+            help="Seconds between keepalive pings (0: no pings).",
+        ),
+        click.Option(
+            ["--ping-timeout"],
+            type=click.FloatRange(min=0),
+            default=20.0,
+            show_default=True,
+            help="Seconds to wait for a pong before closing with 1011 (0: wait forever).",
+        ),
+        click.Option(
+            ["--idle-timeout"],
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="Close clients that send no message for this many seconds (0: never).",
+        ),
+        click.Option(
             ["--close-timeout"],
             type=click.FloatRange(min=0),
             default=5.0,
@@ -286,6 +328,12 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         ssl_context=ssl_context,
         max_message_size=_size(options["max_message_size"]),
         max_outbound_bytes=_size(options["max_outbound_bytes"]),
+        max_connections=_size(options["max_connections"]),
+        origins=options["origins"] or None,
+        handshake_timeout=options["handshake_timeout"] or None,
+        ping_interval=options["ping_interval"] or None,
+        ping_timeout=options["ping_timeout"] or None,
+        idle_timeout=options["idle_timeout"] or None,
         close_timeout=options["close_timeout"],
     )
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 import socket
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -30,11 +31,13 @@ from geventwebsocket.handler import WebSocketHandler
 from .errors import FilterError, ProtocolError, Reject
 from .events import CloseInfo, Request
 from .frames import (
+    OP_PING,
     OP_PONG,
     Close,
     FrameParser,
     Message,
     Ping,
+    Pong,
     encode_close,
     encode_frame,
     encode_message,
@@ -50,6 +53,7 @@ __all__ = ["Connection", "ConnectionHandler"]
 log = logging.getLogger("fws.connection")
 
 _READ_SIZE = 65536
+_KEEPALIVE_PING = encode_frame(OP_PING, b"fws")
 
 
 class State(enum.Enum):
@@ -75,8 +79,11 @@ class Connection:
         self._outbox_bytes = 0
         self._wakeup = gevent.event.Event()
         self._close_queued = False
+        self._failed = False  # a protocol error ended the frame stream
         self._writer: gevent.Greenlet | None = None
         self._close_timer: gevent.Greenlet | None = None
+        self._last_message_at = self._last_ping_at = time.monotonic()
+        self._awaiting_pong = False
 
     # -- the seed's surface ---------------------------------------------------
 
@@ -169,10 +176,37 @@ class Connection:
                     sendall(chunk)
                     self._outbox_bytes -= len(chunk)
                 if self._close_queued:
+                    if self._failed:
+                        # After a protocol error the client's close reply cannot be
+                        # parsed out of the broken stream; end our side instead, so the
+                        # client sees EOF at once rather than waiting for close_timeout.
+                        self._socket.shutdown(socket.SHUT_WR)
                     return
         except OSError as exc:
             log.debug("connection %s: write failed: %s", self.id, exc)
             self._abort_transport()
+
+    # -- liveness ---------------------------------------------------------------
+
+    def check_liveness(self, now: float) -> None:
+        """Send a keepalive ping when due; close the connection if it is dead or idle.
+
+        Called by the server's liveness greenlet for every open connection.
+        """
+        if self.state is not State.OPEN:
+            return
+        server = self.server
+        if server.idle_timeout and now - self._last_message_at > server.idle_timeout:
+            log.info("connection %s: idle for %.0f s, closing", self.id, server.idle_timeout)
+            self._start_close(1001, "idle timeout")
+        elif self._awaiting_pong:
+            if server.ping_timeout and now - self._last_ping_at > server.ping_timeout:
+                log.info("connection %s: no pong within %.0f s", self.id, server.ping_timeout)
+                self._start_close(1011, "keepalive ping timeout")
+        elif server.ping_interval and now - self._last_ping_at >= server.ping_interval:
+            self._awaiting_pong = True
+            self._last_ping_at = now
+            self._queue(_KEEPALIVE_PING)
 
     # -- closing --------------------------------------------------------------
 
@@ -219,7 +253,6 @@ class Connection:
         parser = FrameParser(max_message_size=self.server.max_message_size)
         dispatch = self.server.dispatch
         read = rfile.read1
-        failed = False
         while True:
             try:
                 chunk = read(_READ_SIZE)
@@ -229,22 +262,25 @@ class Connection:
                 return
             if self.server.pipelines["data"]:
                 dispatch("data", self, chunk)
-            if failed:
+            if self._failed:
                 continue  # after a protocol error, discard until the client closes
             try:
                 events = parser.feed(chunk)
             except ProtocolError as exc:
                 log.info("connection %s: protocol error: %s", self.id, exc)
+                self._failed = True
                 self._start_close(exc.code, exc.reason)
-                failed = True
                 continue
             for event in events:
                 if type(event) is Message:
                     if self.state is State.OPEN:
+                        self._last_message_at = time.monotonic()
                         dispatch("message", self, event.data)
                 elif type(event) is Ping:
                     if self.state is State.OPEN:
                         self._queue(encode_frame(OP_PONG, event.payload))
+                elif type(event) is Pong:
+                    self._awaiting_pong = False
                 elif type(event) is Close:
                     if self.state is State.OPEN:
                         # The client started the closing handshake: answer with its code.
@@ -297,9 +333,39 @@ class ConnectionHandler(WebSocketHandler):
             return [part.encode() if isinstance(part, str) else part for part in result]
         return None
 
+    def handle(self) -> None:
+        # Slowloris: a client gets handshake_timeout seconds to complete the
+        # upgrade; then its socket is shut down and the handler returns.
+        timeout = self.server.application.handshake_timeout
+        if not timeout:
+            super().handle()
+            return
+        timer = gevent.get_hub().loop.timer(timeout)
+        timer.start(self._handshake_expired)
+        self._handshake_timer = timer
+        try:
+            super().handle()
+        finally:
+            timer.close()
+
+    _handshake_timer: Any = None
+
+    def _handshake_expired(self) -> None:
+        log.info("handshake from %s:%s timed out", *self.client_address[:2])
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass  # already closed: nothing left to cut
+
     def upgrade_connection(self) -> Iterable[bytes] | None:
         server: Server = self.application
         request = Request.from_environ(self.environ, self.client_address)
+        if server.origins is not None:
+            origin = request.headers.get("origin")
+            if origin is not None and origin not in server.origins:
+                return self._refuse(request, Reject(403, f"origin {origin} is not allowed"))
+        if server.max_connections is not None and len(server.users) >= server.max_connections:
+            return self._refuse(request, Reject(503, "server is at its connection limit"))
         connection = Connection(server, request)
         try:
             outcome = server.pipelines["connect"].run(connection, request)
@@ -334,6 +400,8 @@ class ConnectionHandler(WebSocketHandler):
         return [body]
 
     def run_websocket(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.close()
         # gevent-websocket's frame layer stays unused: mark it closed so that its
         # __del__ does not write a close frame onto a socket fws owns.
         self.websocket.closed = True

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
-from collections.abc import Iterable
+import time
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import gevent
@@ -91,6 +92,13 @@ class Server:
         # Limits; None disables one.
         max_message_size: int | None = 2**20,
         max_outbound_bytes: int | None = 4 * 2**20,
+        max_connections: int | None = None,
+        origins: Collection[str] | None = None,
+        # Timeouts, in seconds; None disables one.
+        handshake_timeout: float | None = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        idle_timeout: float | None = None,
         close_timeout: float = 5.0,
     ) -> None:
         self.host = host
@@ -115,6 +123,12 @@ class Server:
         self.ssl_context = ssl_context
         self.max_message_size = max_message_size
         self.max_outbound_bytes = max_outbound_bytes
+        self.max_connections = max_connections
+        self.origins = frozenset(origins) if origins is not None else None
+        self.handshake_timeout = handshake_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.idle_timeout = idle_timeout
         self.close_timeout = close_timeout
         self.users: dict[str, Connection] = {}
         self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
@@ -155,6 +169,8 @@ class Server:
             gevent.spawn(self._consume),
             gevent.spawn(self.storage_object.listen),
         ]
+        if self.ping_interval or self.idle_timeout:
+            self._greenlets.append(gevent.spawn(self._watch_liveness))
         host = f"[{self.host}]" if ":" in self.host else self.host
         log.info(
             "fws listening on %s://%s:%d; message pipeline: %r",
@@ -242,6 +258,23 @@ class Server:
                 exc_info=exc.__cause__,
             )
             return DROP
+
+    def _watch_liveness(self) -> None:
+        """One greenlet for all connections: keepalive pings and the idle timeout.
+
+        A ping goes to each connection every ``ping_interval``; one whose pong
+        has not come back within ``ping_timeout`` is closed with 1011 (browsers
+        cannot see a dead link otherwise). A connection that sent no message for
+        ``idle_timeout`` is closed with 1001. One greenlet instead of a timer per
+        connection keeps idle connections cheap.
+        """
+        periods = [p for p in (self.ping_interval, self.ping_timeout, self.idle_timeout) if p]
+        tick = max(min(periods) / 4, 0.05)
+        while True:
+            gevent.sleep(tick)
+            now = time.monotonic()
+            for connection in tuple(self.users.values()):
+                connection.check_liveness(now)
 
     def _consume(self) -> None:
         while True:

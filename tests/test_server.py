@@ -251,12 +251,15 @@ def test_protocol_violations_close_with_the_right_code_and_spare_others(frame, c
 
 
 def test_oversized_message_is_refused_from_the_header_with_1009():
-    with run_server(message=Echo, max_message_size=1024) as server:
+    # A long close_timeout: after a protocol error the server must not wait for it.
+    with run_server(message=Echo, max_message_size=1024, close_timeout=30) as server:
         sock = raw_upgrade(server.address[1])
         sock.sendall(client_frame(OP_BINARY, b"", length=10 * 2**20)[:14])  # header only
         opcode, payload = read_server_frame(sock)
         assert opcode == OP_CLOSE
         assert struct.unpack("!H", payload[:2])[0] == 1009
+        assert read_until_eof(sock, timeout=5) == b""  # the server ended its side at once
+        sock.close()
         with ws_sync.connect(url(server)) as client:
             client.send("x" * 1024)
             assert client.recv(timeout=5) == "x" * 1024
