@@ -235,6 +235,8 @@ def test_server_answers_pings_with_pongs():
         (client_frame(0x5, b"x"), 1002),
         (client_frame(OP_TEXT, b"\xed\xa0\x80"), 1007),
         (client_frame(OP_PING, b"x", fin=False), 1002),
+        (client_frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xc3\x28"), 1007),
+        (client_frame(OP_CLOSE, struct.pack("!H", 1004)), 1002),
     ],
 )
 def test_protocol_violations_close_with_the_right_code_and_spare_others(frame, code):
@@ -248,6 +250,18 @@ def test_protocol_violations_close_with_the_right_code_and_spare_others(frame, c
         sock.close()
         bystander.send("unaffected")
         assert bystander.recv() == "unaffected"
+
+
+def test_half_a_frame_then_a_stall_blocks_nobody():
+    with run_server(message=Echo) as server:
+        sock = raw_upgrade(server.address[1])
+        frame = client_frame(OP_TEXT, b"patience")
+        sock.sendall(frame[:5])  # header and part of the mask, then nothing
+        bystander = connect(server)
+        bystander.send("not blocked")
+        assert bystander.recv() == "not blocked"
+        sock.sendall(frame[5:])  # the rest arrives later: the message is whole
+        assert read_server_frame(sock) == (OP_TEXT, b"patience")
 
 
 def test_oversized_message_is_refused_from_the_header_with_1009():
