@@ -1,0 +1,56 @@
+"""What the numbers ran on: they mean little without the machine and versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _node_version() -> str:
+    try:
+        return subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "absent"
+
+
+def _ws_version() -> str:
+    package = Path(__file__).resolve().parent / "node_modules" / "ws" / "package.json"
+    try:
+        return json.loads(package.read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return "absent"
+
+
+def describe() -> list[str]:
+    """One line each: CPU, cores and kernel; then the versions of what was compared."""
+    return [
+        f"{os.cpu_count()} x {_cpu_model()}, {platform.system()} {platform.release()}, "
+        f"server pinned to CPU 0, load generator (Node ws client) to CPU 1",
+        f"Python {platform.python_version()}, fws {_version('fws')}, gevent {_version('gevent')}, "
+        f"gevent-websocket {_version('gevent-websocket')}, websockets {_version('websockets')}, "
+        f"uvloop {_version('uvloop')}, Node {_node_version()}, ws {_ws_version()}",
+    ]

@@ -1,0 +1,189 @@
+"""One table (scenario x server, with fws/other ratios), the targets, as text and RST.
+
+The text and the reStructuredText come from the same rows, so the table in
+README.rst is the one the terminal showed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from scenarios import CLIENT_CPU, Metric, Scenario
+
+# scenario name -> server name -> result, or the error text if that run failed
+Results = dict[str, dict[str, Any]]
+
+CLIENT_BUSY = 90.0  # % of a core above which the load generator may be the limit
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal of issue 4: fws's number over another server's, compared with a ratio."""
+
+    text: str
+    scenario: str
+    key: str
+    other: str  # server name, or "" for an absolute limit
+    bound: float
+    at_least: bool  # True: the ratio (or value) must be >= bound
+
+    def check(self, results: Results) -> tuple[str, float | None]:
+        """("met" | "MISSED" | "not measured", the ratio or value)."""
+        row = results.get(self.scenario, {})
+        ours = _number(row.get("fws"), self.key)
+        theirs = _number(row.get(self.other), self.key) if self.other else 1.0
+        if ours is None or theirs is None or theirs == 0:
+            return "not measured", None
+        value = ours / theirs
+        ok = value >= self.bound if self.at_least else value <= self.bound
+        return ("met" if ok else "MISSED"), value
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "echo 100x10 messages/s >= 1.5 x websockets+uvloop",
+        "echo-100x10",
+        "messages_per_s",
+        "websockets+uvloop",
+        1.5,
+        True,
+    ),
+    Target("echo 100x10 p99 <= websockets", "echo-100x10", "p99_ms", "websockets", 1.0, False),
+    Target(
+        "echo 64 KiB MB/s >= 0.8 x websockets+uvloop",
+        "echo-64k",
+        "mb_per_s",
+        "websockets+uvloop",
+        0.8,
+        True,
+    ),
+    Target(
+        "broadcast 100 deliveries/s >= node ws",
+        "broadcast-100",
+        "deliveries_per_s",
+        "node ws",
+        1.0,
+        True,
+    ),
+    Target(
+        "broadcast 1000 deliveries/s >= node ws",
+        "broadcast-1000",
+        "deliveries_per_s",
+        "node ws",
+        1.0,
+        True,
+    ),
+    Target("idle connection <= 8 kB (value in kB)", "idle", "kb_per_connection", "", 8.0, False),
+    Target(
+        "slow reader: fast readers keep >= 0.9 of their rate",
+        "slow-reader",
+        "unchanged",
+        "",
+        0.9,
+        True,
+    ),
+)
+
+
+def _number(result: Any, key: str) -> float | None:
+    if not isinstance(result, dict):
+        return None
+    value = result.get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def format_value(value: float | None, metric: Metric) -> str:
+    if value is None:
+        return "-"
+    if metric.digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{metric.digits}f}"
+
+
+def rows(
+    scenarios: Sequence[Scenario], servers: Sequence[str], results: Results
+) -> list[list[str]]:
+    """Header + one row per (scenario, metric): values, then fws / each other server."""
+    others = [name for name in servers if name != "fws"]
+    header = ["scenario", "metric", *servers, *(f"fws/{_short(name)}" for name in others)]
+    table = [header]
+    for scenario in scenarios:
+        row_results = results.get(scenario.name, {})
+        for metric in scenario.metrics:
+            values = [_number(row_results.get(name), metric.key) for name in servers]
+            cells = []
+            for name, value in zip(servers, values, strict=True):
+                cell = (
+                    format_value(value, metric)
+                    if not isinstance(row_results.get(name), str)
+                    else "failed"
+                )
+                if metric is CLIENT_CPU and value is not None and value > CLIENT_BUSY:
+                    cell += "*"
+                cells.append(cell)
+            ours = values[servers.index("fws")] if "fws" in servers else None
+            ratios = []
+            for name in others:
+                theirs = values[servers.index(name)]
+                if metric.key in ("client_cpu", "server_cpu") or ours is None or not theirs:
+                    ratios.append("")
+                else:
+                    ratios.append(f"{ours / theirs:.2f}x")
+            table.append([scenario.name, metric.label, *cells, *ratios])
+    return table
+
+
+def _short(name: str) -> str:
+    return {
+        "gevent-websocket": "gws",
+        "websockets": "ws",
+        "websockets+uvloop": "uvloop",
+        "node ws": "node",
+    }.get(name, name)
+
+
+def as_text(table: list[list[str]]) -> str:
+    """Aligned columns: text left, numbers right."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for number, row in enumerate(table):
+        cells = [
+            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if number == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def as_rst(table: list[list[str]]) -> str:
+    """An RST simple table (every row's first cell is filled, as simple tables need)."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    rule = "  ".join("=" * width for width in widths)
+    lines = [rule]
+    for number, row in enumerate(table):
+        cells = [
+            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if number == 0:
+            lines.append(rule)
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def targets(results: Results) -> list[str]:
+    """One line per target of issue 4: met or MISSED, with the ratio."""
+    lines = []
+    for target in TARGETS:
+        verdict, value = target.check(results)
+        shown = "" if value is None else f" ({value:.2f}{'' if not target.other else 'x'})"
+        lines.append(f"{verdict:>12}  {target.text}{shown}")
+    return lines
+
+
+def legend(scenarios: Sequence[Scenario]) -> list[str]:
+    """What each scenario name stands for."""
+    return [f"{scenario.name}: {scenario.title}" for scenario in scenarios]

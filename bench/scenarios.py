@@ -1,0 +1,283 @@
+"""The scenarios of issue 4, each a function of one running server.
+
+A scenario's ``measure`` is one run against one running server and returns
+metric name -> number. Throughput runs are repeated (by bench/run.py, round
+robin over the servers, so that a burst of other load on the machine does not
+hit one server's every run) and the run with the median headline number is
+kept whole (so its p99 and CPU belong to the same run). The load
+generator's own CPU (``client CPU %``) rides along with every throughput
+number, so a reader can see the client was not what limited it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import loadgen
+from procs import ServerProcess, rss_bytes
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how often: ``--quick`` shortens everything."""
+
+    repeats: int = 3
+    warmup: float = 1.0
+    duration: float = 2.0
+    latency_duration: float = 3.0
+    idle_connections: int = 10_000
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(
+            repeats=1, warmup=0.5, duration=1.0, latency_duration=1.0, idle_connections=2_000
+        )
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the table."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    digits: int = 0
+
+
+CLIENT_CPU = Metric("client_cpu", "client CPU %", False)
+SERVER_CPU = Metric("server_cpu", "server CPU %", True)
+
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named measurement: the server mode it needs and the rows it fills."""
+
+    name: str
+    title: str
+    mode: str  # "echo" or "broadcast": which server program to start
+    metrics: tuple[Metric, ...]
+    measure: Callable[[ServerProcess, Settings], Result]  # one run
+    repeated: bool = True  # False: one run is the measurement (latency, memory)
+    key: str | None = None  # the number whose median run is kept; None: the first metric's
+
+    @property
+    def headline(self) -> str:
+        return self.key or self.metrics[0].key
+
+
+def _url(server: ServerProcess) -> str:
+    return f"ws://127.0.0.1:{server.port}/"
+
+
+def median_run(runs: list[Result], key: str) -> Result:
+    """The run whose ``key`` is the median (the upper one for an even count)."""
+    ordered = sorted(runs, key=lambda run: run[key])
+    chosen = dict(ordered[len(ordered) // 2])
+    chosen["runs"] = [run[key] for run in runs]
+    chosen["spread"] = (
+        (max(chosen["runs"]) - min(chosen["runs"])) / chosen[key] if chosen[key] else 0.0
+    )
+    return chosen
+
+
+def _once(server: ServerProcess, settings: Settings, config: Result) -> Result:
+    base = {"url": _url(server), "warmup": settings.warmup, "duration": settings.duration}
+    return loadgen.run({**base, **config}, server.pid)
+
+
+def _echo(connections: int, inflight: int, size: int) -> Callable[..., Result]:
+    def measure(server: ServerProcess, settings: Settings) -> Result:
+        config = {
+            "scenario": "echo",
+            "connections": connections,
+            "inflight": inflight,
+            "size": size,
+        }
+        return _once(server, settings, config)
+
+    return measure
+
+
+def _echo_latency(server: ServerProcess, settings: Settings) -> Result:
+    # One message in flight: the round trip itself, no queueing.
+    config = {
+        "scenario": "echo",
+        "url": _url(server),
+        "connections": 1,
+        "inflight": 1,
+        "size": 32,
+        "warmup": settings.warmup,
+        "duration": settings.latency_duration,
+    }
+    return loadgen.run(config, server.pid)
+
+
+def _broadcast(receivers: int, slow: int = 0) -> Callable[..., Result]:
+    def measure(server: ServerProcess, settings: Settings) -> Result:
+        config = {
+            "scenario": "broadcast",
+            "receivers": receivers,
+            "size": 64,
+            "window": 16,
+            "slow": slow,
+        }
+        return _once(server, settings, config)
+
+    return measure
+
+
+def _slow_reader(server: ServerProcess, settings: Settings) -> Result:
+    """The same 100-receiver broadcast without, then with, one receiver that never reads."""
+    alone = _broadcast(100)(server, settings)
+    with_slow = _broadcast(100, slow=1)(server, settings)
+    codes = with_slow["slow_close_codes"]
+    return {
+        "fast_alone": alone["deliveries_per_s"],
+        "fast_with_slow": with_slow["deliveries_per_s"],
+        "unchanged": with_slow["deliveries_per_s"] / alone["deliveries_per_s"],
+        "p99_ms": with_slow["p99_ms"],
+        "client_cpu": with_slow["client_cpu"],
+        "server_cpu": with_slow.get("server_cpu"),
+        "slow_fate": f"closed {codes[0]}" if codes else "kept open",
+        "stalled": with_slow["stalled"] or alone["stalled"],
+        "others_cpu": max(alone.get("others_cpu", 0), with_slow.get("others_cpu", 0)),
+    }
+
+
+def _idle(server: ServerProcess, settings: Settings) -> Result:
+    """Open N connections that say nothing; RSS before and after, time to open."""
+    memory: dict[str, int] = {}
+
+    def on_event(event: Result) -> str | None:
+        if event["event"] == "baseline":
+            time.sleep(0.5)
+            memory["before"] = rss_bytes(server.pid)
+            return "go"
+        if event["event"] == "opened":
+            time.sleep(1.0)  # let the server finish whatever each handshake left to do
+            memory["after"] = rss_bytes(server.pid)
+            return "done"
+        return None
+
+    count = settings.idle_connections
+    config = {
+        "scenario": "idle",
+        "url": _url(server),
+        "connections": count,
+        "concurrency": 100,
+        "timeout": 120,
+    }
+    result = loadgen.run(config, server.pid, on_event)
+    if result["failed"]:
+        raise loadgen.LoadgenError(
+            f"{result['failed']} of {count} idle connections failed: {result['first_error']}"
+        )
+    result["kb_per_connection"] = (memory["after"] - memory["before"]) / count / 1000
+    result["rss_before_mb"] = memory["before"] / 1e6
+    return result
+
+
+MS = 2
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "echo-latency",
+        "echo, 1 connection, 32 B, 1 in flight",
+        "echo",
+        (Metric("p50_ms", "p50 ms", False, MS), Metric("p99_ms", "p99 ms", False, MS), CLIENT_CPU),
+        _echo_latency,
+        repeated=False,
+    ),
+    Scenario(
+        "echo-100x10",
+        "echo, 100 connections x 10 in flight, 32 B",
+        "echo",
+        (
+            Metric("messages_per_s", "messages/s", True),
+            Metric("p99_ms", "p99 ms", False, MS),
+            Metric("fairness", "least served / mean", True, MS),
+            SERVER_CPU,
+            CLIENT_CPU,
+        ),
+        _echo(100, 10, 32),
+    ),
+    Scenario(
+        "echo-64k",
+        "echo, 10 connections x 2 in flight, 64 KiB",
+        "echo",
+        (Metric("mb_per_s", "MB/s echoed", True, 1), SERVER_CPU, CLIENT_CPU),
+        _echo(10, 2, 64 * 1024),
+    ),
+    Scenario(
+        "echo-1m",
+        "echo, 10 connections x 2 in flight, 1 MiB",
+        "echo",
+        (Metric("mb_per_s", "MB/s echoed", True, 1), SERVER_CPU, CLIENT_CPU),
+        _echo(10, 2, 2**20),
+    ),
+    Scenario(
+        "broadcast-100",
+        "broadcast, 1 sender -> 100 receivers, 64 B",
+        "broadcast",
+        (
+            Metric("deliveries_per_s", "deliveries/s", True),
+            Metric("p50_ms", "p50 ms", False, MS),
+            Metric("p99_ms", "p99 ms", False, MS),
+            SERVER_CPU,
+            CLIENT_CPU,
+        ),
+        _broadcast(100),
+    ),
+    Scenario(
+        "broadcast-1000",
+        "broadcast, 1 sender -> 1000 receivers, 64 B",
+        "broadcast",
+        (
+            Metric("deliveries_per_s", "deliveries/s", True),
+            Metric("p50_ms", "p50 ms", False, MS),
+            Metric("p99_ms", "p99 ms", False, MS),
+            SERVER_CPU,
+            CLIENT_CPU,
+        ),
+        _broadcast(1000),
+    ),
+    Scenario(
+        "idle",
+        "idle connections (10,000; --quick: 2,000)",
+        "echo",
+        (
+            Metric("open_seconds", "seconds to open", False, 2),
+            Metric("kb_per_connection", "server kB/connection", False, 1),
+        ),
+        _idle,
+        repeated=False,
+    ),
+    Scenario(
+        "slow-reader",
+        "broadcast to 100 fast + 1 paused receiver, 64 B",
+        "broadcast",
+        (
+            Metric("fast_alone", "fast deliveries/s, alone", True),
+            Metric("fast_with_slow", "fast deliveries/s, + slow", True),
+            Metric("unchanged", "with / without", True, 2),
+            CLIENT_CPU,
+        ),
+        _slow_reader,
+        key="unchanged",
+    ),
+)
+
+
+def select(only: list[str] | None) -> list[Scenario]:
+    """Scenarios whose name is, or starts with, one of ``only`` (all if None)."""
+    if not only:
+        return list(SCENARIOS)
+    chosen = [s for s in SCENARIOS if any(s.name == o or s.name.startswith(o) for o in only)]
+    if not chosen:
+        names = ", ".join(s.name for s in SCENARIOS)
+        raise SystemExit(f"no scenario matches {only}; scenarios: {names}")
+    return chosen

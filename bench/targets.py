@@ -1,0 +1,69 @@
+"""The servers under test and how to start each in a mode (``echo`` or ``broadcast``).
+
+fws runs as users run it (``fws_server -f echo``); the others are the small
+scripts in ``bench/servers/``, each taking ``PORT MODE``. One place to read
+what exactly is compared.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVERS_DIR = Path(__file__).resolve().parent / "servers"
+
+# fws's filter module for each mode; the default filters (broadcast + stdout) are off.
+FWS_FILTERS = {"echo": "echo", "broadcast": "broadcast_messages"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server under test: a short name for the table, and its command line."""
+
+    name: str
+    command: Callable[[int, str], list[str]]
+    missing: str | None = None  # why it cannot run here; None: it can
+
+
+def _fws(port: int, mode: str) -> list[str]:
+    script = shutil.which("fws_server")
+    base = [script] if script else [sys.executable, "-m", "fws"]
+    return [*base, "-q", "--host", "127.0.0.1", "-p", str(port), "-f", FWS_FILTERS[mode]]
+
+
+def _script(name: str, *extra: str) -> Callable[[int, str], list[str]]:
+    def command(port: int, mode: str) -> list[str]:
+        return [sys.executable, str(SERVERS_DIR / name), str(port), mode, *extra]
+
+    return command
+
+
+def _node(port: int, mode: str) -> list[str]:
+    return ["node", str(SERVERS_DIR / "node_server.js"), str(port), mode]
+
+
+def _missing_module(name: str) -> str | None:
+    return None if importlib.util.find_spec(name) else f"pip install {name}"
+
+
+def all_targets() -> list[Target]:
+    """Every server, fws first (ratios are fws / each other one)."""
+    return [
+        Target("fws", _fws),
+        Target(
+            "gevent-websocket",
+            _script("gevent_websocket_server.py"),
+            _missing_module("geventwebsocket"),
+        ),
+        Target("websockets", _script("websockets_server.py"), _missing_module("websockets")),
+        Target(
+            "websockets+uvloop",
+            _script("websockets_server.py", "--uvloop"),
+            _missing_module("websockets") or _missing_module("uvloop"),
+        ),
+        Target("node ws", _node, None if shutil.which("node") else "install Node.js"),
+    ]
