@@ -57,8 +57,19 @@ def redis_server(directory: Path) -> Iterator[str]:
         sys.exit("bench/cluster.py needs redis-server (apt-get install redis-server)")
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -87,11 +98,25 @@ def fws_servers(count: int, args: list[str], directory: Path) -> Iterator[list[t
             log = directory / f"fws-{len(list(directory.glob('fws-*.log')))}-{index}.log"
             logs.append(log)
             with log.open("wb") as out:
-                processes.append(subprocess.Popen(
-                    [*fws_command(), "-p", "0", "--host", LOOPBACK, "--log-level", "info",
-                     "--close-timeout", "1", *args],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                ))
+                processes.append(
+                    subprocess.Popen(
+                        [
+                            *fws_command(),
+                            "-p",
+                            "0",
+                            "--host",
+                            LOOPBACK,
+                            "--log-level",
+                            "info",
+                            "--close-timeout",
+                            "1",
+                            *args,
+                        ],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
         ports = []
         for process, log in zip(processes, logs, strict=True):
             deadline = time.monotonic() + 20
@@ -135,8 +160,14 @@ class WorkerResult:
 
 
 async def _client_main(
-    indexes: list[int], urls: list[str], group_size: int, rate: float, duration: float,
-    ready: Any, go: Any, result: WorkerResult,
+    indexes: list[int],
+    urls: list[str],
+    group_size: int,
+    rate: float,
+    duration: float,
+    ready: Any,
+    go: Any,
+    result: WorkerResult,
 ) -> None:
     from websockets.asyncio.client import connect
 
@@ -185,8 +216,16 @@ async def _client_main(
         task.cancel()
 
 
-def _worker(indexes: list[int], urls: list[str], group_size: int, rate: float, duration: float,
-            ready: Any, go: Any, out: Any) -> None:
+def _worker(
+    indexes: list[int],
+    urls: list[str],
+    group_size: int,
+    rate: float,
+    duration: float,
+    ready: Any,
+    go: Any,
+    out: Any,
+) -> None:
     result = WorkerResult()
     try:
         asyncio.run(_client_main(indexes, urls, group_size, rate, duration, ready, go, result))
@@ -220,8 +259,10 @@ def run_load(name: str, ports: list[tuple[int, int]], args: argparse.Namespace) 
     out = context.Queue()
     shares = [list(range(w, args.clients, args.workers)) for w in range(args.workers)]
     workers = [
-        context.Process(target=_worker, args=(share, urls, args.group_size, args.rate,
-                                              args.duration, ready, go, out))
+        context.Process(
+            target=_worker,
+            args=(share, urls, args.group_size, args.rate, args.duration, ready, go, out),
+        )
         for share in shares
     ]
     for worker in workers:
@@ -241,8 +282,10 @@ def run_load(name: str, ports: list[tuple[int, int]], args: argparse.Namespace) 
     go.set()
     results = [out.get(timeout=args.duration + 60) for _ in workers]
     wall = time.monotonic() - started
-    server_cpu = [cpu_seconds(pid) - before
-                  for (pid, _port), before in zip(ports, server_cpu_before, strict=True)]
+    server_cpu = [
+        cpu_seconds(pid) - before
+        for (pid, _port), before in zip(ports, server_cpu_before, strict=True)
+    ]
     for worker in workers:
         worker.join(10)
     errors = [r.error for r in results if r.error]
@@ -273,21 +316,31 @@ def _ms(values: list[int], quantile: float) -> str:
 def report(run: RunResult, args: argparse.Namespace) -> None:
     delivering = max(run.wall - 1.5, 1e-9)  # the drain time carries no new sends
     print(f"\n== {run.name}")
-    print(f"  sent {run.sent} messages, delivered {run.received} of {run.expected} expected "
-          f"({run.expected - run.received} missing)")
-    print(f"  delivered msg/s: {run.received / delivering:,.0f} "
-          f"(offered {args.clients * args.rate * (args.group_size - 1):,.0f}/s)")
+    print(
+        f"  sent {run.sent} messages, delivered {run.received} of {run.expected} expected "
+        f"({run.expected - run.received} missing)"
+    )
+    print(
+        f"  delivered msg/s: {run.received / delivering:,.0f} "
+        f"(offered {args.clients * args.rate * (args.group_size - 1):,.0f}/s)"
+    )
     for label, values in (("same-server", run.same_ns), ("cross-server", run.cross_ns)):
         if values:
-            print(f"  latency {label:12s} p50 {_ms(values, 0.5)} ms  p99 {_ms(values, 0.99)} ms  "
-                  f"max {_ms(values, 1.0)} ms  (n={len(values)})")
-    print("  server CPU: " + ", ".join(
-        f"{cpu:.2f} s ({cpu / run.wall:.0%} of a core)" for cpu in run.server_cpu))
+            print(
+                f"  latency {label:12s} p50 {_ms(values, 0.5)} ms  p99 {_ms(values, 0.99)} ms  "
+                f"max {_ms(values, 1.0)} ms  (n={len(values)})"
+            )
+    print(
+        "  server CPU: "
+        + ", ".join(f"{cpu:.2f} s ({cpu / run.wall:.0%} of a core)" for cpu in run.server_cpu)
+    )
     if run.redis_cpu is not None:
         print(f"  redis-server CPU: {run.redis_cpu:.2f} s ({run.redis_cpu / run.wall:.0%})")
     busiest = max(run.client_cpu)
-    print(f"  client CPU: {sum(run.client_cpu):.2f} s over {len(run.client_cpu)} processes, "
-          f"busiest {busiest:.2f} s ({busiest / run.wall:.0%} of a core, incl. connecting)")
+    print(
+        f"  client CPU: {sum(run.client_cpu):.2f} s over {len(run.client_cpu)} processes, "
+        f"busiest {busiest:.2f} s ({busiest / run.wall:.0%} of a core, incl. connecting)"
+    )
 
 
 def redis_pid(url: str) -> int | None:
@@ -311,9 +364,11 @@ def main() -> None:
     if not (1 <= args.clients <= 2000 and 0 < args.duration <= 60 and 0 < args.rate <= 100):
         parser.error("keep it bounded: clients 1..2000, duration <= 60 s, rate <= 100/s")
     filters = ["-f", "broadcast_messages_by_token"]
-    print(f"{args.clients} clients in groups of {args.group_size}, {args.rate:g} msg/s each "
-          f"for {args.duration:g} s; every message goes to the {args.group_size - 1} other "
-          f"members. CPU: {os.cpu_count()} cores.")
+    print(
+        f"{args.clients} clients in groups of {args.group_size}, {args.rate:g} msg/s each "
+        f"for {args.duration:g} s; every message goes to the {args.group_size - 1} other "
+        f"members. CPU: {os.cpu_count()} cores."
+    )
     with tempfile.TemporaryDirectory(prefix="fws-bench-") as tmp:
         directory = Path(tmp)
         with fws_servers(1, [*filters, "--storage", "memory"], directory) as ports:
@@ -324,15 +379,15 @@ def main() -> None:
             redis_args = [*filters, "--storage", "redis", "--redis-url", url]
             with fws_servers(2, redis_args, directory) as ports:
                 before = cpu_seconds(pid) if pid else 0.0
-                two = run_load("2 servers, redis storage (members alternate servers)",
-                               ports, args)
+                two = run_load("2 servers, redis storage (members alternate servers)", ports, args)
                 two.redis_cpu = cpu_seconds(pid) - before if pid else None
         report(two, args)
         with redis_server(directory) as url:
             redis_args = [*filters, "--storage", "redis", "--redis-url", url]
             with fws_servers(1, redis_args, directory) as ports:
-                alone = run_load("1 server, redis storage (Redis in the path, no peer)",
-                                 ports, args)
+                alone = run_load(
+                    "1 server, redis storage (Redis in the path, no peer)", ports, args
+                )
         report(alone, args)
     if statistics.mean([one.received, two.received]) == 0:
         sys.exit("nothing was delivered")
