@@ -20,12 +20,10 @@ import logging
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import gevent
-import gevent.event
 from geventwebsocket.handler import WebSocketHandler
 
 from .errors import FilterError, ProtocolError, Reject
@@ -53,6 +51,7 @@ __all__ = ["Connection", "ConnectionHandler"]
 log = logging.getLogger("fws.connection")
 
 _READ_SIZE = 65536
+_HANDSHAKE_BUFFER = 1024
 _KEEPALIVE_PING = encode_frame(OP_PING, b"fws")
 
 
@@ -75,9 +74,8 @@ class Connection:
         self.state = State.CONNECTING
         self.close_info: CloseInfo | None = None
         self._socket: socket.socket | None = None
-        self._outbox: deque[bytes] = deque()
+        self._outbox: list[bytes] = []  # a list: an empty deque costs 600 bytes
         self._outbox_bytes = 0
-        self._wakeup = gevent.event.Event()
         self._close_queued = False
         self._failed = False  # a protocol error ended the frame stream
         self._writer: gevent.Greenlet | None = None
@@ -159,32 +157,34 @@ class Connection:
     def _queue(self, frame: bytes) -> None:
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
-        self._wakeup.set()
+        if self._writer is None:
+            # The writer starts on the hub's next turn, so every frame queued
+            # until then (a whole batch of echoes, say) leaves in one send.
+            self._writer = gevent.spawn(self._write_loop)
 
     def _write_loop(self) -> None:
-        """Writer greenlet: send everything queued, many frames per system call."""
+        """Writer greenlet: send everything queued, many frames per system call.
+
+        It exits when the queue is empty, so an idle connection holds no writer.
+        """
         assert self._socket is not None
-        sendall = self._socket.sendall
         outbox = self._outbox
         try:
-            while True:
-                self._wakeup.wait()
-                self._wakeup.clear()
-                while outbox:
-                    chunk = outbox.popleft() if len(outbox) == 1 else b"".join(outbox)
-                    outbox.clear()
-                    sendall(chunk)
-                    self._outbox_bytes -= len(chunk)
-                if self._close_queued:
-                    if self._failed:
-                        # After a protocol error the client's close reply cannot be
-                        # parsed out of the broken stream; end our side instead, so the
-                        # client sees EOF at once rather than waiting for close_timeout.
-                        self._socket.shutdown(socket.SHUT_WR)
-                    return
+            while outbox:
+                chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+                outbox.clear()
+                self._socket.sendall(chunk)
+                self._outbox_bytes -= len(chunk)
+            if self._close_queued and self._failed:
+                # After a protocol error the client's close reply cannot be parsed
+                # out of the broken stream; end our side instead, so the client
+                # sees EOF at once rather than waiting for close_timeout.
+                self._socket.shutdown(socket.SHUT_WR)
         except OSError as exc:
             log.debug("connection %s: write failed: %s", self.id, exc)
             self._abort_transport()
+        finally:
+            self._writer = None
 
     # -- liveness ---------------------------------------------------------------
 
@@ -233,36 +233,44 @@ class Connection:
 
     # -- the connection's life --------------------------------------------------
 
-    def serve(self, sock: socket.socket, rfile: Any) -> None:
-        """Run the connection until it closes, in the handler's greenlet."""
+    def serve(self, sock: socket.socket, received: bytes = b"") -> None:
+        """Run the connection until it closes, in the handler's greenlet.
+
+        ``received`` is what the client sent right after the handshake and the
+        HTTP parser had already buffered.
+        """
         self._socket = sock
         self.state = State.OPEN
-        self._writer = gevent.spawn(self._write_loop)
         self.server.users[self.id] = self
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
         try:
             self.server.storage_object.connected(self.id)
-            self._read_loop(rfile)
+            self._read_loop(received)
         except Exception:
             log.exception("connection %s: internal error", self.id)
             self._start_close(1011, "internal server error")
         finally:
             self._finish()
 
-    def _read_loop(self, rfile: Any) -> None:
+    def _read_loop(self, received: bytes) -> None:
         parser = FrameParser(max_message_size=self.server.max_message_size)
         dispatch = self.server.dispatch
-        read = rfile.read1
+        # gevent's recv waits for readability before it allocates the buffer, so
+        # an idle connection holds no 64 KiB read buffer.
+        recv = self._socket.recv  # type: ignore[union-attr]
+        chunk = received
         while True:
-            try:
-                chunk = read(_READ_SIZE)
-            except OSError:  # reset, TLS failure, or shut down by _abort_transport
-                chunk = b""
             if not chunk:
-                return
+                try:
+                    chunk = recv(_READ_SIZE)
+                except OSError:  # reset, TLS failure, or shut down by _abort_transport
+                    return
+                if not chunk:
+                    return
             if self.server.pipelines["data"]:
                 dispatch("data", self, chunk)
             if self._failed:
+                chunk = b""
                 continue  # after a protocol error, discard until the client closes
             try:
                 events = parser.feed(chunk)
@@ -270,6 +278,7 @@ class Connection:
                 log.info("connection %s: protocol error: %s", self.id, exc)
                 self._failed = True
                 self._start_close(exc.code, exc.reason)
+                chunk = b""
                 continue
             for event in events:
                 if type(event) is Message:
@@ -288,13 +297,15 @@ class Connection:
                         self.close_info = CloseInfo(event.code, event.reason)
                         self._queue_close(event.code, "")
                     return
+            chunk = b""
 
     def _finish(self) -> None:
         self.server.users.pop(self.id, None)
-        if self._writer is not None:
+        writer = self._writer
+        if writer is not None:
             if self._close_queued:
-                self._writer.join(timeout=self.server.close_timeout)
-            self._writer.kill(block=False)
+                writer.join(timeout=self.server.close_timeout)
+            writer.kill(block=False)
         if self._close_timer is not None:
             self._close_timer.kill(block=False)
         self.state = State.CLOSED
@@ -316,6 +327,18 @@ class ConnectionHandler(WebSocketHandler):
     """
 
     _fws_connection: Connection | None = None
+
+    def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
+        # pywsgi's default 8 KiB read buffer would stay allocated for the whole
+        # life of every WebSocket; the handshake needs little.
+        if rfile is None:
+            rfile = sock.makefile("rb", _HANDSHAKE_BUFFER)
+        # fws batches its writes itself; Nagle's algorithm would only add delay.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not a TCP socket (a test's socketpair, a Unix socket)
+        super().__init__(sock, address, server, rfile)
 
     @property
     def logger(self) -> logging.Logger:  # gevent-websocket would install its own handler
@@ -385,6 +408,16 @@ class ConnectionHandler(WebSocketHandler):
             self._fws_connection = connection
         return result
 
+    def _take_buffered(self) -> bytes:
+        """Bytes the HTTP parser read past the request (frames sent right away)."""
+        self.socket.settimeout(0.0)  # read1 must return what is buffered, not wait
+        try:
+            return bytes(self.rfile.read1(_HANDSHAKE_BUFFER))
+        except OSError:
+            return b""
+        finally:
+            self.socket.settimeout(None)
+
     def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
         log.info("handshake from %s:%s refused: %s", *request.peer, refusal)
         body = (refusal.reason + "\n").encode()
@@ -403,12 +436,14 @@ class ConnectionHandler(WebSocketHandler):
         if self._handshake_timer is not None:
             self._handshake_timer.close()
         # gevent-websocket's frame layer stays unused: mark it closed so that its
-        # __del__ does not write a close frame onto a socket fws owns.
+        # __del__ does not write a close frame onto a socket fws owns, and drop it.
         self.websocket.closed = True
+        del self.websocket
+        self.environ["wsgi.websocket"] = None
         connection = self._fws_connection
         assert connection is not None
         try:
-            connection.serve(self.socket, self.rfile)
+            connection.serve(self.socket, self._take_buffered())
         finally:
             self._fws_connection = None
             self.environ["wsgi.websocket"] = None

@@ -252,6 +252,23 @@ def test_protocol_violations_close_with_the_right_code_and_spare_others(frame, c
         assert bystander.recv() == "unaffected"
 
 
+def test_frames_sent_together_with_the_handshake_are_not_lost():
+    with run_server(message=Echo) as server:
+        sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+        frames = client_frame(OP_TEXT, b"early") + client_frame(OP_TEXT, b"x" * 3000)
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + frames
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += sock.recv(1)
+        assert response.startswith(b"HTTP/1.1 101")
+        assert read_server_frame(sock) == (OP_TEXT, b"early")
+        assert read_server_frame(sock) == (OP_TEXT, b"x" * 3000)
+
+
 def test_half_a_frame_then_a_stall_blocks_nobody():
     with run_server(message=Echo) as server:
         sock = raw_upgrade(server.address[1])
