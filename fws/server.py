@@ -159,6 +159,9 @@ class Server:
             self,
             handler_class=ConnectionHandler,
             spawn=gevent.pool.Pool(),
+            # Reconnect storms open thousands of connections at once; the
+            # kernel caps this at net.core.somaxconn.
+            backlog=2048,
             log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
             **kwargs,
@@ -179,6 +182,11 @@ class Server:
             self.address[1],
             self.pipelines["message"],
         )
+
+    @property
+    def pubsub_live(self) -> bool:
+        """Health flag: whether messages from other servers can arrive now."""
+        return self.storage_object.pubsub_live
 
     @property
     def address(self) -> tuple[str, int]:

@@ -118,3 +118,21 @@ def test_stdout_filters_print_the_seed_formats(capsys):
     assert f"--MESSAGE--\n{client_id} => hello stdout\n" in output
     assert "--PUBSUB--\nglobal: news\n" in output
     assert "--RAWDATA--\nb'\\x81" in output  # a masked text frame, as read from the socket
+
+
+def test_memory_storage_reaches_one_client_by_id_and_reports_health():
+    def whisper(ws, data):
+        target, _, text = data.partition(" ")
+        if not ws.storage_object.send_to_client(target, text):
+            ws.send(f"no client {target}")
+
+    with run_server(message=whisper) as server:
+        alice, bob = connect(server), connect(server)
+        wait_for(lambda: len(server.users) == 2)
+        bob_port = bob.sock.getsockname()[1]
+        bob_id = next(c.id for c in server.users.values() if c.peer[1] == bob_port)
+        alice.send(f"{bob_id} psst")
+        assert bob.recv() == "psst"
+        alice.send("nobody hello")
+        assert alice.recv() == "no client nobody"
+        assert server.pubsub_live is True  # in-memory pub/sub never goes away

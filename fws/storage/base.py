@@ -82,6 +82,13 @@ class Storage(ABC):
     def send_to_group(self, key: str, data: str | bytes, *, sender: str | None = None) -> None:
         """Deliver ``data`` to the members of group ``key``, on every server, once each."""
 
+    def send_to_client(self, connection_id: str, data: str | bytes) -> bool:
+        """Deliver ``data`` to one client, on whichever server it is connected.
+
+        Returns whether it was found (here, or registered by a live server).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot reach single clients")
+
     # -- pub/sub: channels whose messages feed the consumer pipeline
 
     supports_pubsub: ClassVar[bool] = False

@@ -47,6 +47,11 @@ class MemoryStorage(Storage):
         if self._server is not None:
             self._server.broadcast(data, exclude=sender, to=self.get(key))
 
+    def send_to_client(self, connection_id: str, data: str | bytes) -> bool:
+        if self._server is None:
+            return False
+        return self._server.broadcast(data, to=(connection_id,)) == 1
+
     def publish(self, channel: str, data: str | bytes) -> None:
         if self._server is not None:
             self._server.queue.put(PubSubMessage(channel, data))
