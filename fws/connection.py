@@ -274,12 +274,9 @@ class Connection:
                 continue  # after a protocol error, discard until the client closes
             try:
                 events = parser.feed(chunk)
+                failure = None
             except ProtocolError as exc:
-                log.info("connection %s: protocol error: %s", self.id, exc)
-                self._failed = True
-                self._start_close(exc.code, exc.reason)
-                chunk = b""
-                continue
+                events, failure = exc.events, exc  # type: ignore[assignment]
             for event in events:
                 if type(event) is Message:
                     if self.state is State.OPEN:
@@ -297,6 +294,10 @@ class Connection:
                         self.close_info = CloseInfo(event.code, event.reason)
                         self._queue_close(event.code, "")
                     return
+            if failure is not None:
+                log.info("connection %s: protocol error: %s", self.id, failure)
+                self._failed = True
+                self._start_close(failure.code, failure.reason)
             chunk = b""
 
     def _finish(self) -> None:

@@ -37,6 +37,8 @@ class ProtocolError(FwsError):
         super().__init__(f"{reason} (close {code})")
         self.code = code
         self.reason = reason
+        self.events: list[object] = []
+        """Events completed before the violation, in the same chunk of bytes."""
 
 
 class FilterError(FwsError):

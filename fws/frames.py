@@ -86,10 +86,22 @@ class FrameParser:
         self._decoder: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[Event]:
-        """Parse ``data`` (appended to what was left over) into complete events."""
+        """Parse ``data`` (appended to what was left over) into complete events.
+
+        On a violation, ``ProtocolError.events`` holds the events completed
+        before it, so that valid messages ahead of a bad frame are not lost.
+        """
+        events: list[Event] = []
+        try:
+            self._parse(data, events)
+        except ProtocolError as exc:
+            exc.events = list(events)
+            raise
+        return events
+
+    def _parse(self, data: bytes, events: list[Event]) -> None:
         buffer = self._buffer
         buffer += data
-        events: list[Event] = []
         position = 0
         end = len(buffer)
         while end - position >= 2:
@@ -117,7 +129,6 @@ class FrameParser:
             if event is not None:
                 events.append(event)
         del buffer[:position]
-        return events
 
     def _check_header(self, first: int, second: int, length: int) -> None:
         opcode = first & 0x0F

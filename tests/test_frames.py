@@ -146,3 +146,10 @@ def test_encoders_use_the_shortest_length_form_and_never_mask():
     long_reason = encode_close(1000, "é" * 100)
     assert len(long_reason) <= 2 + 125
     long_reason[4:].decode("utf-8")  # still valid UTF-8 after cutting
+
+
+def test_events_before_a_violation_are_kept_on_the_error():
+    parser = FrameParser()
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(client_frame(OP_TEXT, b"valid") + client_frame(OP_TEXT, b"bad", rsv=1))
+    assert info.value.events == [Message(TextMessage("valid"))]

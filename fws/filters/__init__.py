@@ -6,6 +6,7 @@
                                 to the other members of the sender's group
 ``broadcast_pubsub``            each pub/sub message to every client
 ``echo``                        each message back to its sender
+``publish_messages``            each message to the pub/sub channel ``global``
 ``stdout_messages``             prints each message
 ``stdout_pubsub``               prints each pub/sub message
 ``stdout_rawdata``              prints the raw bytes read from clients
