@@ -45,6 +45,29 @@ def _ws_version() -> str:
         return "absent"
 
 
+def _revision() -> str:
+    """The commit measured, and whether fws/ differed from it (others may be editing)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "fws"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return f"fws at {head}" + (" with uncommitted changes in fws/" if dirty else "")
+
+
 def describe() -> list[str]:
     """One line each: CPU, cores and kernel; then the versions of what was compared."""
     return [
@@ -53,4 +76,5 @@ def describe() -> list[str]:
         f"Python {platform.python_version()}, fws {_version('fws')}, gevent {_version('gevent')}, "
         f"gevent-websocket {_version('gevent-websocket')}, websockets {_version('websockets')}, "
         f"uvloop {_version('uvloop')}, Node {_node_version()}, ws {_ws_version()}",
+        _revision(),
     ]
