@@ -322,6 +322,7 @@ async function broadcast() {
   );
   clearInterval(watchdog);
   const slowOpen = slowSockets.filter((ws) => ws.readyState === WebSocket.OPEN).length;
+  const slowClosedByServer = slowClosed.slice(); // before our own close at the end
   await closeAll([sender, ...fast.sockets, ...slowSockets]);
   emit({
     event: "result",
@@ -333,7 +334,7 @@ async function broadcast() {
     errors,
     stalled,
     slow_open_at_end: slowOpen,
-    slow_close_codes: slowClosed,
+    slow_close_codes: slowClosedByServer,
   });
 }
 

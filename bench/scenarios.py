@@ -143,7 +143,7 @@ def _slow_reader(server: ServerProcess, settings: Settings) -> Result:
         "p99_ms": with_slow["p99_ms"],
         "client_cpu": with_slow["client_cpu"],
         "server_cpu": with_slow.get("server_cpu"),
-        "slow_fate": f"closed {codes[0]}" if codes else "kept open",
+        "slow_fate": f"closed by the server, {codes[0]}" if codes else "kept open to the end",
         "stalled": with_slow["stalled"] or alone["stalled"],
         "others_cpu": max(alone.get("others_cpu", 0), with_slow.get("others_cpu", 0)),
     }
