@@ -22,6 +22,7 @@ from fws.frames import (
     encode_frame,
     encode_message,
     unmask,
+    unmask_portable,
 )
 
 
@@ -126,13 +127,17 @@ def test_no_limit_when_none():
     assert parse(client_frame(OP_BINARY, payload), max_message_size=None) == [Message(payload)]
 
 
-def test_unmask_is_its_own_inverse():
+@pytest.mark.parametrize("implementation", [unmask, unmask_portable])
+def test_unmask_matches_the_rfc_definition_and_is_its_own_inverse(implementation):
     data = bytes(range(256)) * 5 + b"abc"
     mask = b"\x01\x80\xff\x10"
-    masked = unmask(data, mask)
-    assert masked != data
+    masked = implementation(data, mask)
     assert masked == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-    assert unmask(masked, mask) == data
+    assert implementation(masked, mask) == data
+    assert implementation(memoryview(bytearray(data))[3:10], mask) == unmask_portable(
+        data[3:10], mask
+    )
+    assert implementation(b"", mask) == b""
 
 
 def test_encoders_use_the_shortest_length_form_and_never_mask():
@@ -153,3 +158,13 @@ def test_events_before_a_violation_are_kept_on_the_error():
     with pytest.raises(ProtocolError) as info:
         parser.feed(client_frame(OP_TEXT, b"valid") + client_frame(OP_TEXT, b"bad", rsv=1))
     assert info.value.events == [Message(TextMessage("valid"))]
+
+
+def test_endless_empty_continuation_frames_do_not_accumulate():
+    parser = FrameParser(max_message_size=1024)
+    parser.feed(client_frame(OP_TEXT, b"a", fin=False))
+    empty = client_frame(OP_CONTINUATION, b"", fin=False)
+    for _ in range(20):
+        assert parser.feed(empty * 1000) == []
+    assert len(parser._fragments) == 1
+    assert parser.feed(client_frame(OP_CONTINUATION, b"z")) == [Message(TextMessage("az"))]
