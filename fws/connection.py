@@ -15,6 +15,8 @@ raises ``ConcurrentObjectUseError`` if they do).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import logging
 import socket
@@ -78,6 +80,7 @@ class Connection:
         self._outbox_bytes = 0
         self._close_queued = False
         self._failed = False  # a protocol error ended the frame stream
+        self._close_received = False
         self._writer: gevent.Greenlet | None = None
         self._close_timer: gevent.Greenlet | None = None
         self._last_message_at = self._last_ping_at = time.monotonic()
@@ -243,6 +246,8 @@ class Connection:
         self.state = State.OPEN
         self.server.users[self.id] = self
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
+        if self.server.stopping:  # upgraded while the server was stopping
+            self._start_close(1001, "server shutting down")
         try:
             self.server.storage_object.connected(self.id)
             self._read_loop(received)
@@ -283,11 +288,13 @@ class Connection:
                         self._last_message_at = time.monotonic()
                         dispatch("message", self, event.data)
                 elif type(event) is Ping:
-                    if self.state is State.OPEN:
-                        self._queue(encode_frame(OP_PONG, event.payload))
+                    # Counted against max_outbound_bytes like any message: a client
+                    # that floods pings and never reads is closed, not buffered for.
+                    self.send_frame(encode_frame(OP_PONG, event.payload))
                 elif type(event) is Pong:
                     self._awaiting_pong = False
                 elif type(event) is Close:
+                    self._close_received = True
                     if self.state is State.OPEN:
                         # The client started the closing handshake: answer with its code.
                         self.state = State.CLOSING
@@ -310,7 +317,10 @@ class Connection:
         if self._close_timer is not None:
             self._close_timer.kill(block=False)
         self.state = State.CLOSED
-        info = self.close_info or CloseInfo(1006, "")
+        info = self.close_info or CloseInfo(1006, "", clean=False)
+        if not self._close_received and info.clean:
+            # We sent a close the client never answered (dead link, too slow...).
+            info = CloseInfo(info.code, info.reason, clean=False)
         self.close_info = info
         log.info("connection %s closed: %s %s", self.id, info.code, info.reason)
         self.server.dispatch("disconnect", self, info)
@@ -318,6 +328,27 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} {self.peer[0]}:{self.peer[1]}>"
+
+
+def _check_handshake(server: Server, request: Request) -> Reject | None:
+    """Refusals decided from the request alone, before any connect filter runs."""
+    key = request.headers.get("sec-websocket-key", "").strip()
+    try:
+        key_is_valid = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        key_is_valid = False
+    if not key_is_valid:
+        return Reject(400, "Sec-WebSocket-Key header is missing or not 16 base64 bytes")
+    if server.stopping:
+        return Reject(503, "server is shutting down")
+    if server.origins is not None:
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in server.origins:
+            return Reject(403, f"origin {origin} is not allowed")
+    limit = server.max_connections
+    if limit is not None and len(server.users) + server.upgrades_in_progress >= limit:
+        return Reject(503, "server is at its connection limit")
+    return None
 
 
 class ConnectionHandler(WebSocketHandler):
@@ -361,16 +392,17 @@ class ConnectionHandler(WebSocketHandler):
         # Slowloris: a client gets handshake_timeout seconds to complete the
         # upgrade; then its socket is shut down and the handler returns.
         timeout = self.server.application.handshake_timeout
-        if not timeout:
-            super().handle()
-            return
-        timer = gevent.get_hub().loop.timer(timeout)
-        timer.start(self._handshake_expired)
-        self._handshake_timer = timer
+        timer = None
+        if timeout:
+            timer = gevent.get_hub().loop.timer(timeout)
+            timer.start(self._handshake_expired)
+            self._handshake_timer = timer
         try:
             super().handle()
         finally:
-            timer.close()
+            if timer is not None:
+                timer.close()
+            self._release_place()  # killed mid-handshake (server stop)
 
     _handshake_timer: Any = None
 
@@ -384,12 +416,13 @@ class ConnectionHandler(WebSocketHandler):
     def upgrade_connection(self) -> Iterable[bytes] | None:
         server: Server = self.application
         request = Request.from_environ(self.environ, self.client_address)
-        if server.origins is not None:
-            origin = request.headers.get("origin")
-            if origin is not None and origin not in server.origins:
-                return self._refuse(request, Reject(403, f"origin {origin} is not allowed"))
-        if server.max_connections is not None and len(server.users) >= server.max_connections:
-            return self._refuse(request, Reject(503, "server is at its connection limit"))
+        early = _check_handshake(server, request)
+        if early is not None:
+            return self._refuse(request, early)
+        # Hold a place under max_connections from now until the connection is in
+        # server.users: connect filters may wait on I/O while others arrive.
+        server.upgrades_in_progress += 1
+        self._holds_place = True
         connection = Connection(server, request)
         try:
             outcome = server.pipelines["connect"].run(connection, request)
@@ -407,7 +440,16 @@ class ConnectionHandler(WebSocketHandler):
         result = super().upgrade_connection()
         if self.environ.get("wsgi.websocket") is not None:
             self._fws_connection = connection
+        else:
+            self._release_place()
         return result
+
+    _holds_place = False
+
+    def _release_place(self) -> None:
+        if self._holds_place:
+            self._holds_place = False
+            self.application.upgrades_in_progress -= 1
 
     def _take_buffered(self) -> bytes:
         """Bytes the HTTP parser read past the request (frames sent right away)."""
@@ -420,6 +462,7 @@ class ConnectionHandler(WebSocketHandler):
             self.socket.settimeout(None)
 
     def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
+        self._release_place()
         log.info("handshake from %s:%s refused: %s", *request.peer, refusal)
         body = (refusal.reason + "\n").encode()
         self.start_response(
@@ -443,8 +486,10 @@ class ConnectionHandler(WebSocketHandler):
         self.environ["wsgi.websocket"] = None
         connection = self._fws_connection
         assert connection is not None
+        received = self._take_buffered()
+        self._release_place()  # serve() puts the connection in users before it yields
         try:
-            connection.serve(self.socket, self._take_buffered())
+            connection.serve(self.socket, received)
         finally:
             self._fws_connection = None
             self.environ["wsgi.websocket"] = None

@@ -83,18 +83,17 @@ class TextMessage(str):
 class CloseInfo:
     """Why a connection ended.
 
-    ``code`` is the close code of the closing handshake (whoever started it);
-    1005 means the close frame carried no code, 1006 that the connection
-    dropped without a closing handshake.
+    ``code`` and ``reason`` are those of the first close frame, whoever sent
+    it: the client's, or the server's own (1001 at shutdown, 1008 for a slow
+    client, 1002/1007/1009 for a protocol error, 1011 for a dead link). 1005
+    means the close frame carried no code; 1006 that the connection dropped
+    with no close frame at all. ``clean`` says whether the closing handshake
+    completed (both sides sent a close frame).
     """
 
     code: int
     reason: str = ""
-
-    @property
-    def clean(self) -> bool:
-        """Whether a closing handshake took place."""
-        return self.code != 1006
+    clean: bool = True
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,30 @@ def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     return context
 
 
+class _WSGIServer(WSGIServer):
+    """pywsgi's server, with the TLS handshake under ``handshake_timeout`` too.
+
+    gevent performs the TLS handshake before any handler exists, on a socket
+    without a timeout: a client that opens TCP and says nothing would hold a
+    greenlet and a descriptor forever, and a failed handshake (a scanner, or
+    plain HTTP sent to a wss port) would print a traceback.
+    """
+
+    def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
+        client_socket.settimeout(self.application.handshake_timeout)
+        try:
+            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except OSError as exc:  # ssl.SSLError and timeouts are OSErrors
+            log.info("TLS handshake from %s:%s failed: %s", *address[:2], exc)
+            client_socket.close()
+            return None
+        tls_socket.settimeout(None)
+        try:
+            return self.handle(tls_socket, address)
+        finally:
+            tls_socket.close()
+
+
 class Server:
     """A WebSocket server whose behaviour is its pipelines.
 
@@ -130,7 +154,11 @@ class Server:
         self.ping_timeout = ping_timeout
         self.idle_timeout = idle_timeout
         self.close_timeout = close_timeout
+        if close_timeout <= 0:
+            raise ValueError("close_timeout must be more than 0 seconds")
         self.users: dict[str, Connection] = {}
+        self.upgrades_in_progress = 0
+        """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
         self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -154,7 +182,7 @@ class Server:
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
             kwargs["ssl_context"] = self.ssl_context
-        self._wsgi = WSGIServer(
+        self._wsgi = _WSGIServer(
             (self.host, self.port),
             self,
             handler_class=ConnectionHandler,
@@ -166,8 +194,14 @@ class Server:
             error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
             **kwargs,
         )
-        self._wsgi.start()
+        # The storage is ready (subscribed, state written) before the first
+        # client can arrive; if it fails, nothing is bound yet.
         self.storage_object.open(self)
+        try:
+            self._wsgi.start()
+        except BaseException:
+            self.storage_object.close()
+            raise
         self._greenlets = [
             gevent.spawn(self._consume),
             gevent.spawn(self.storage_object.listen),
@@ -182,6 +216,11 @@ class Server:
             self.address[1],
             self.pipelines["message"],
         )
+
+    @property
+    def stopping(self) -> bool:
+        """True from the moment ``stop()`` is called."""
+        return self._stopping
 
     @property
     def pubsub_live(self) -> bool:

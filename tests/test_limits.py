@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -100,7 +101,7 @@ def test_limits_are_command_line_options():
 
     args = ["-f", "echo", "--host", LOOPBACK, "-p", "0", "--max-connections", "1"]
     args += ["--origin", "https://a.example", "https://b.example", "--max-message-size", "100"]
-    args += ["--ping-interval", "0.2", "--ping-timeout", "5", "--handshake-timeout", "1"]
+    args += ["--ping-interval", "0.2", "--ping-timeout", "0.4", "--handshake-timeout", "0.5"]
     with ServerProcess(args) as server:
         with pytest.raises(websocket.WebSocketBadStatusException) as info:
             connect(server.url, origin="https://c.example")
@@ -117,5 +118,173 @@ def test_limits_are_command_line_options():
                 limited.recv(timeout=5)
             assert closed.value.rcvd.code == 1009
         time.sleep(0.3)
+        # --ping-interval and --ping-timeout: pinged, then closed with 1011 for silence.
         sock = raw_upgrade(server.port)
-        assert read_server_frame(sock)[0] == OP_PING
+        opcode, payload = read_server_frame(sock)
+        assert opcode == OP_PING
+        while opcode == OP_PING:
+            opcode, payload = read_server_frame(sock)
+        assert (opcode, close_code(payload)) == (OP_CLOSE, 1011)
+        sock.close()
+        time.sleep(0.3)
+        # --handshake-timeout: a client that never finishes its request is cut.
+        slow = socket.create_connection((LOOPBACK, server.port), timeout=5)
+        slow.sendall(b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        assert read_until_eof(slow) == b""
+        assert time.monotonic() - started < 3
+
+
+def test_a_client_flooding_pings_without_reading_is_closed_not_buffered_for():
+    from frame_builder import client_frame
+    from helpers import wait_for
+
+    with run_server(message=Echo, max_outbound_bytes=64 * 1024, close_timeout=0.5) as server:
+        sock = raw_upgrade(server.address[1], receive_buffer=4096)
+        wait_for(lambda: server.users)
+        pings = client_frame(OP_PING, b"p" * 125) * 100
+        deadline = time.monotonic() + 20
+        cut = False
+        while time.monotonic() < deadline:  # bounded: at most 20 s of pings
+            try:
+                sock.sendall(pings)
+            except OSError:  # the server cut the connection
+                cut = True
+                break
+        assert cut, "the server kept buffering pongs for a client that does not read"
+        wait_for(lambda: not server.users, 5)
+
+
+def test_slowloris_over_tls_is_cut_and_bad_tls_leaves_no_traceback(tmp_path, caplog):
+    import logging
+    import ssl
+
+    caplog.set_level(logging.INFO, logger="fws")
+
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    settings = {"certfile": str(cert), "keyfile": str(key), "handshake_timeout": 0.5}
+    with run_server(message=Echo, **settings) as server:
+        port = server.address[1]
+        silent = socket.create_connection(("127.0.0.1", port), timeout=5)  # no TLS hello
+        started = time.monotonic()
+        assert read_until_eof(silent) == b""
+        assert time.monotonic() - started < 4
+        plain = socket.create_connection(("127.0.0.1", port), timeout=5)
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # http:// to a wss port
+        with contextlib.suppress(ConnectionResetError):  # EOF or a reset: refused either way
+            read_until_eof(plain)
+        with ws_sync.connect(f"wss://127.0.0.1:{port}/", ssl=context) as client:
+            client.send("still fine")
+            assert client.recv(timeout=5) == "still fine"
+    assert "Traceback" not in caplog.text
+    assert "TLS handshake from 127.0.0.1" in caplog.text
+
+
+def test_max_connections_holds_under_a_burst_of_slow_handshakes():
+    import threading
+
+    import gevent
+
+    def slow_auth(ws, request):
+        gevent.sleep(0.3)  # I/O in a connect filter, while others arrive
+
+    with run_server(message=Echo, connect=slow_auth, max_connections=2) as server:
+        outcomes: list[object] = []
+
+        def attempt() -> None:
+            try:
+                outcomes.append(connect(server))
+            except websocket.WebSocketBadStatusException as exc:
+                outcomes.append(exc.status_code)
+
+        threads = [threading.Thread(target=attempt) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert sorted(o for o in outcomes if isinstance(o, int)) == [503] * 4
+        assert len(server.users) == 2
+
+
+def test_a_client_upgrading_while_the_server_stops_gets_1001():
+    import threading
+
+    import gevent
+    from helpers import stop_server
+
+    arrived = threading.Event()
+
+    def slow_auth(ws, request):
+        arrived.set()
+        gevent.sleep(0.5)
+
+    with run_server(message=Echo, connect=slow_auth, close_timeout=5) as server:
+        codes: list[int] = []
+
+        def client() -> None:
+            with ws_sync.connect(url(server)) as conn:
+                try:
+                    conn.recv(timeout=5)
+                except ConnectionClosed as exc:
+                    codes.append(exc.rcvd.code if exc.rcvd else 1006)
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        assert arrived.wait(5)
+        stop_server(server)
+        thread.join(10)
+        assert codes == [1001]
+
+
+def test_malformed_key_is_refused_before_connect_filters_run(caplog):
+    seen = []
+    with run_server(message=Echo, connect=lambda ws, request: seen.append(request)) as server:
+        sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert read_until_eof(sock).startswith(b"HTTP/1.1 400")
+    assert seen == []
+    assert "Traceback" not in caplog.text
+
+
+def test_unanswered_server_close_is_reported_as_not_clean():
+    closes = []
+
+    def close_on_request(ws, data):
+        ws.close(4000, "bye")
+
+    with run_server(
+        message=close_on_request,
+        disconnect=lambda ws, info: closes.append(info),
+        close_timeout=0.5,
+    ) as server:
+        from frame_builder import client_frame
+
+        from fws.frames import OP_TEXT
+
+        sock = raw_upgrade(server.address[1])
+        sock.sendall(client_frame(OP_TEXT, b"close me"))  # then never answers the close
+        opcode, payload = read_server_frame(sock)
+        assert (opcode, close_code(payload)) == (OP_CLOSE, 4000)
+        wait = time.monotonic() + 5
+        while not closes and time.monotonic() < wait:
+            time.sleep(0.05)
+    assert len(closes) == 1
+    assert (closes[0].code, closes[0].reason, closes[0].clean) == (4000, "bye", False)
+
+
+def test_close_timeout_must_be_positive():
+    import fws
+
+    with pytest.raises(ValueError, match="close_timeout"):
+        fws.Server(close_timeout=0)
