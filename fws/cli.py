@@ -86,6 +86,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
     for key, value in config.items():
         if key == "flags":
             flags = [value] if isinstance(value, str) else value
+            if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+                raise click.BadParameter(f"{path}: 'flags' must be a list of option names")
             for flag in flags:
                 name = str(flag).lstrip("-").replace("-", "_")
                 if name not in settable or not options[name].is_flag:
@@ -268,7 +270,7 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
         ),
         click.Option(
             ["--close-timeout"],
-            type=click.FloatRange(min=0),
+            type=click.FloatRange(min=0, min_open=True),
             default=5.0,
             show_default=True,
             help="Seconds a client has to answer a close before the socket is cut.",
@@ -311,8 +313,11 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
     if options["key"] and not options["cert"]:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
     storage_options = {opt.name: options.pop(opt.name) for opt in storage_class.options}
+    names = list(dict.fromkeys(options["filters"]))  # -f a a: a module adds its filters once
+    if len(names) < len(options["filters"]):
+        log.warning("filter modules named twice are loaded once: %s", " ".join(names))
     try:
-        modules = [load_filter_module(name) for name in options["filters"]]
+        modules = [load_filter_module(name) for name in names]
         ssl_context = tls_context(options["cert"], options["key"]) if options["cert"] else None
         storage = storage_class(**storage_options)
     except ConfigurationError as exc:
@@ -338,6 +343,9 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
     )
     try:
         server.start()
+    except ConfigurationError as exc:  # a filter that cannot be one
+        storage.close()
+        raise click.UsageError(str(exc)) from None
     except OSError as exc:
         storage.close()
         raise click.ClickException(

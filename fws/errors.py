@@ -4,7 +4,8 @@ Two families are kept apart, because they call for different reactions::
 
     FwsError
     ├── ConfigurationError      the user started fws wrongly: one clear line, exit 2
-    │   └── FilterModuleError   a ``-f`` module is missing or fails to import
+    │   ├── FilterModuleError   a ``-f`` module is missing or fails to import
+    │   └── InvalidFilter       not a filter: no filter(), or a wrong signature
     ├── ProtocolError           the *client* misbehaved: one log line, close 1002/1007/1009
     ├── FilterError             a *filter* raised: traceback, that event's pipeline stops
     └── Reject                  a connect filter refused the handshake with an HTTP status
@@ -28,6 +29,10 @@ class ConfigurationError(FwsError):
 
 class FilterModuleError(ConfigurationError):
     """A filter module named on the command line cannot be loaded."""
+
+
+class InvalidFilter(ConfigurationError, TypeError):
+    """Something given as a filter cannot be one (no filter(), wrong signature)."""
 
 
 class ProtocolError(FwsError):

@@ -19,7 +19,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from .errors import FilterError
+from .errors import FilterError, InvalidFilter
 
 __all__ = ["DROP", "Pipeline"]
 
@@ -66,17 +66,24 @@ def _filter_function(filter_: Any) -> tuple[str, Callable[..., Any]]:
     if isinstance(filter_, type):
         member = inspect.getattr_static(filter_, "filter", None)
         if member is None:
-            raise TypeError(f"{filter_.__name__} has no filter() method")
+            raise InvalidFilter(f"{filter_.__name__} has no filter() method")
         if isinstance(member, classmethod | staticmethod):
             return filter_.__name__, filter_.filter  # type: ignore[attr-defined]
         # A class whose filter() is a plain method is instantiated once.
-        return filter_.__name__, filter_().filter
+        try:
+            instance = filter_()
+        except TypeError as exc:
+            raise InvalidFilter(
+                f"{filter_.__name__}.filter is a plain method, so fws instantiates the class, "
+                f"but {filter_.__name__}() failed: {exc}"
+            ) from None
+        return filter_.__name__, instance.filter
     method = getattr(type(filter_), "filter", None)
     if callable(method):
         return type(filter_).__name__, filter_.filter
     if callable(filter_):
         return getattr(filter_, "__name__", repr(filter_)), filter_
-    raise TypeError(
+    raise InvalidFilter(
         f"{filter_!r} is not a filter: expected a class or object with a filter() "
         "method, or a function (web_socket_instance, data)"
     )
@@ -94,7 +101,8 @@ def _positional_arity(function: Callable[..., Any]) -> int:
         if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
             count += 1
     if count == 0:
-        raise TypeError(f"{function!r} takes no arguments; a filter takes (instance, data)")
+        name = getattr(function, "__qualname__", repr(function))
+        raise InvalidFilter(f"{name} takes no arguments; a filter takes (instance, data)")
     return count
 
 

@@ -64,14 +64,18 @@ class Registry:
 
 
 def filters_defined_in(module: ModuleType) -> list[type]:
-    """The recordable filter classes defined at the top level of ``module``."""
-    return [
-        value
+    """The recordable filter classes defined at the top level of ``module``.
+
+    A class bound under two names counts once, where it first appears.
+    """
+    found = {
+        id(value): value
         for value in vars(module).values()
         if isinstance(value, FilterMeta)
         and value.__module__ == module.__name__
         and _is_recordable(value)
-    ]
+    }
+    return list(found.values())
 
 
 def chain_of(filter_class: type) -> type:

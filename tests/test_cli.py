@@ -337,3 +337,46 @@ def test_every_option_has_an_environment_variable():
         client.send("from env")
         assert client.recv() == "from env"
         assert "Pipeline(Echo | StdoutMessages)" in server.output
+
+
+def test_a_module_named_twice_is_loaded_once():
+    with ServerProcess(["-f", "echo", "echo"], env=LOOPBACK_ANY_PORT) as server:
+        client = connect(server.url)
+        client.send("once")
+        assert client.recv() == "once"
+        client.settimeout(0.3)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            client.recv()  # not echoed twice
+        assert "Pipeline(Echo)" in server.output
+
+
+def test_a_class_that_cannot_be_a_filter_is_a_clear_error(tmp_path):
+    (tmp_path / "bad_signature.py").write_text(
+        "from fws import WebSocketMessageFilter\n\n\n"
+        "class NoArguments(WebSocketMessageFilter):\n"
+        "    @staticmethod\n"
+        "    def filter():\n"
+        "        pass\n"
+    )
+    result = run_fws_server(["-f", "bad_signature", "-p", "0"], cwd=tmp_path)
+    assert_clean_failure(result, 2, "takes no arguments")
+    (tmp_path / "needs_init_args.py").write_text(
+        "from fws import WebSocketMessageFilter\n\n\n"
+        "class NeedsSetup(WebSocketMessageFilter):\n"
+        "    def __init__(self, setting):\n"
+        "        self.setting = setting\n\n"
+        "    def filter(self, ws, data):\n"
+        "        pass\n"
+    )
+    result = run_fws_server(["-f", "needs_init_args", "-p", "0"], cwd=tmp_path)
+    assert_clean_failure(result, 2, "NeedsSetup() failed")
+
+
+def test_flags_must_be_a_list_of_names(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"flags": 5}')
+    assert_clean_failure(run_fws_server(["-c", str(path)]), 2, "'flags' must be a list")
+
+
+def test_close_timeout_zero_is_refused():
+    assert_clean_failure(run_fws_server(["--close-timeout", "0"]), 2, "close-timeout")
