@@ -305,6 +305,7 @@ def test_clients_coming_and_going_do_not_leak_redis_connections(
 ) -> None:
     with cluster(redis_server, 1, "-f", "broadcast_messages_by_token") as (server,):
         sid = server_id(server)
+        counts = []
         for _wave in range(3):
             clients = [connect(server.url) for _ in range(40)]
             for number, client in enumerate(clients):
@@ -312,7 +313,9 @@ def test_clients_coming_and_going_do_not_leak_redis_connections(
             for client in clients:
                 client.recv()
                 client.close()
-        names = [entry["name"] for entry in redis_server.client().client_list()]
-        assert names.count(f"fws-{sid}-pubsub") == 1
-        assert 1 <= names.count(f"fws-{sid}") <= 32
+            names = [entry["name"] for entry in redis_server.client().client_list()]
+            assert names.count(f"fws-{sid}-pubsub") == 1
+            counts.append(names.count(f"fws-{sid}"))
+        # The pool may grow in the first wave; later waves reuse what it holds.
+        assert 1 <= counts[-1] <= counts[0] <= 32, counts
         wait_for(lambda: not redis_server.client().keys("fws:members:*"), 5, "members left over")

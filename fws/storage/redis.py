@@ -888,6 +888,22 @@ class RedisStorage(Storage):
                 "this server's keys were missing from Redis (restart or eviction?); rewriting them"
             )
             self._try_resync()
+        self._prune_dead_servers()
+
+    def _prune_dead_servers(self) -> None:
+        """Remove from ``P:servers`` the ids whose liveness key has expired (SIGKILL)."""
+        try:
+            ids = [_text(sid) for sid in self.redis.smembers(self.keys.servers)]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for sid in ids:
+                    pipe.exists(self.keys.server(sid))
+                alive = pipe.execute()
+            dead = [sid for sid, exists in zip(ids, alive, strict=True) if not exists]
+            if dead:
+                self.redis.srem(self.keys.servers, *dead)
+                log.info("removed %d dead server id(s) from %s", len(dead), self.keys.servers)
+        except RedisError as exc:
+            self._outage(exc)
 
     def _forget_server(self) -> None:
         sid = self.server_id
@@ -909,9 +925,16 @@ class RedisStorage(Storage):
                 log.debug("closing the pub/sub connection: %s", exc)
 
     def _outage(self, exc: BaseException) -> None:
-        """Note a failure; only the first of an outage is logged as a warning."""
+        """Note a failure; only the first of an outage is logged as a warning.
+
+        Any failure (a publish or a read too, not only the pub/sub link) marks the
+        state dirty, so the listener resyncs and ends the outage as soon as Redis
+        answers again; otherwise a single timed-out PUBLISH would cut this server
+        off from the cluster until its pub/sub connection happened to drop.
+        """
         if self._closing.is_set():
             return
+        self._dirty = True
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning(
