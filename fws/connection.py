@@ -483,14 +483,16 @@ class ConnectionHandler(WebSocketHandler):
         # __del__ does not write a close frame onto a socket fws owns, and drop it.
         self.websocket.closed = True
         del self.websocket
-        self.environ["wsgi.websocket"] = None
         connection = self._fws_connection
         assert connection is not None
         received = self._take_buffered()
         self._release_place()  # serve() puts the connection in users before it yields
+        # The request is in connection.request now; pywsgi's environ and parsed
+        # headers would stay alive as long as the WebSocket (~3 kB each).
+        self.environ = {"wsgi.websocket": None}
+        self.headers = None
         try:
             connection.serve(self.socket, received)
         finally:
             self._fws_connection = None
-            self.environ["wsgi.websocket"] = None
             self.close_connection = True
