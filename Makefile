@@ -20,8 +20,9 @@ lint:
 run:
 	fws_server $(ARGS)
 
-## bench: speed, side by side with other servers, 127.0.0.1 only
+## bench: speed, side by side with other servers, 127.0.0.1 only (needs node and npm)
 bench:
+	$(PYTHON) -m pip install -q -e '.[bench]'
 	$(PYTHON) bench/run.py
 
 ## autobahn: RFC 6455 conformance (Autobahn cases via kosoku) against fws_server -f echo
