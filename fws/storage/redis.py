@@ -21,7 +21,7 @@ single atomic commands (SADD/SREM in MULTI), never read-modify-write.
 
 Channels::
 
-    P:broadcast            every server: broadcasts (JSON envelope)
+    P:broadcast            every server with clients: broadcasts (JSON envelope)
     P:inbox:SID            server SID only: group and client messages (JSON envelope)
     --redis_channels       every server: raw data for the consumer pipeline
 
@@ -502,6 +502,7 @@ class RedisStorage(Storage):
         self._listener_done = threading.Event()
         self._listening = False
         self._closed = False
+        self._broadcast_subscribed = False
 
     # -- groups ----------------------------------------------------------------
 
@@ -580,12 +581,34 @@ class RedisStorage(Storage):
             pipe.expire(key, self.ttl)
 
         self._write(write)
+        self._follow_broadcasts()
 
     def disconnected(self, connection_id: str) -> None:
         self._clients.discard(connection_id)
         self._generation += 1
         key = self.keys.clients(self.server_id)
         self._write(lambda pipe: pipe.srem(key, connection_id))
+        self._follow_broadcasts()
+
+    def _follow_broadcasts(self) -> None:
+        """Be subscribed to the broadcast channel exactly while this server has clients.
+
+        A server with no clients then receives no broadcast traffic at all. Only
+        the SUBSCRIBE/UNSUBSCRIBE command is written here; the confirmation is
+        read (and ignored) by the listener, which owns the reading side.
+        """
+        pubsub = self._pubsub
+        wanted = bool(self._clients)
+        if pubsub is None or not self._pubsub_live or wanted == self._broadcast_subscribed:
+            return  # not connected yet: _connect reconciles when it is done
+        self._broadcast_subscribed = wanted
+        try:
+            if wanted:
+                pubsub.subscribe(self.keys.broadcast_channel)
+            else:
+                pubsub.unsubscribe(self.keys.broadcast_channel)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)  # the reconnection subscribes as the clients require
 
     # -- fan-out ---------------------------------------------------------------------
 
@@ -701,7 +724,10 @@ class RedisStorage(Storage):
         """Subscribe, wait for Redis to confirm, then rewrite this server's state."""
         pubsub = PubSub(self._pubsub_pool)
         self._pubsub = pubsub
-        channels = [self.keys.broadcast_channel, self.keys.inbox(self.server_id), *self.channels]
+        channels = [self.keys.inbox(self.server_id), *self.channels]
+        if self._clients:
+            channels.append(self.keys.broadcast_channel)
+        self._broadcast_subscribed = bool(self._clients)
         pubsub.subscribe(*channels)
         pending = set(channels)
         deadline = time.monotonic() + COMMAND_TIMEOUT
@@ -718,6 +744,7 @@ class RedisStorage(Storage):
                 self._handle(message)
         self._resync()
         self._pubsub_live = True
+        self._follow_broadcasts()  # clients may have come or gone while subscribing
         self._backoff.reset()
         self._recovered()
 
@@ -917,6 +944,7 @@ class RedisStorage(Storage):
 
     def _drop_pubsub(self) -> None:
         self._pubsub_live = False
+        self._broadcast_subscribed = False
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:

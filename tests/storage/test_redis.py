@@ -202,9 +202,15 @@ def test_group_message_reaches_only_servers_with_members_once(running: Any) -> N
     assert c.server.sent == []  # no members in room: no traffic
 
 
-def test_broadcast_reaches_every_server_once_and_skips_the_origin(running: Any) -> None:
+def test_broadcast_reaches_every_server_once_and_skips_the_origin(
+    running: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
     a = running("a1")
     b = running("b1")
+    a.storage.connected("a1")
+    b.storage.connected("b1")
+    numsub = redis_server.client().pubsub_numsub
+    wait_for(lambda: dict(numsub("fws:broadcast"))[b"fws:broadcast"] == 2, 5)
     a.storage.broadcast(b"\x00bin", sender="a1")
     wait_for(lambda: b.server.sent, 5, "b did not get the broadcast")
     time.sleep(0.3)
@@ -324,3 +330,22 @@ def test_dead_server_ids_are_pruned_from_the_server_set(
         "a dead server id stayed in fws:servers",
     )
     assert node.storage.server_id.encode() in admin.smembers("fws:servers")
+
+
+def test_only_servers_with_clients_subscribe_to_broadcasts(
+    running: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
+    admin = redis_server.client()
+
+    def subscribers() -> int:
+        return int(dict(admin.pubsub_numsub("fws:broadcast"))[b"fws:broadcast"])
+
+    empty, busy = running(), running("c1")
+    assert subscribers() == 0
+    busy.storage.connected("c1")
+    wait_for(lambda: subscribers() == 1, 5, "a server with a client did not subscribe")
+    empty.storage.broadcast("to every client", sender=None)  # from the server with none
+    wait_for(lambda: busy.server.sent, 5, "the broadcast did not arrive")
+    assert empty.server.sent == [("to every client", None, None)]  # its own local delivery
+    busy.storage.disconnected("c1")
+    wait_for(lambda: subscribers() == 0, 5, "a server without clients stayed subscribed")
