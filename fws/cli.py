@@ -12,6 +12,7 @@ The seed's spellings keep working: several modules after one ``-f``
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -156,8 +157,37 @@ def _storage_click_options(storage_class: type[Storage]) -> list[click.Option]:
     return options
 
 
-def _size(value: int) -> int | None:
-    return value or None
+# Limits: (Server keyword, type, help). The defaults are read from Server's
+# signature, so the library and the command line cannot disagree; the option
+# is the keyword with dashes, and 0 on the command line is None (off).
+LIMITS: tuple[tuple[str, type, str], ...] = (
+    ("max_message_size", int, "Largest message a client may send, in bytes (close 1009)."),
+    ("max_outbound_bytes", int, "Bytes queued for a client before it is closed as too slow."),
+    ("max_connections", int, "Open connections above which new clients get HTTP 503."),
+    ("handshake_timeout", float, "Seconds a client has to complete the HTTP upgrade."),
+    ("ping_interval", float, "Seconds between keepalive pings."),
+    ("ping_timeout", float, "Seconds to wait for a pong before closing with 1011."),
+    ("idle_timeout", float, "Close clients that send no message for this many seconds."),
+)
+
+
+def _server_default(name: str) -> Any:
+    from .server import Server
+
+    return inspect.signature(Server).parameters[name].default
+
+
+def _limit_options() -> list[click.Option]:
+    return [
+        click.Option(
+            [f"--{name.replace('_', '-')}"],
+            type=click.IntRange(min=0) if kind is int else click.FloatRange(min=0),
+            default=_server_default(name) or 0,
+            show_default=True,
+            help=f"{text} 0: off.",
+        )
+        for name, kind, text in LIMITS
+    ]
 
 
 def build_command(storage_name: str, storage_class: type[Storage]) -> click.Command:
@@ -212,27 +242,7 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             "$STORAGE_OBJECT_MODULE. Its options are listed below.",
         ),
         *_storage_click_options(storage_class),
-        click.Option(
-            ["--max-message-size"],
-            type=click.IntRange(min=0),
-            default=2**20,
-            show_default=True,
-            help="Largest message a client may send, in bytes (0: no limit); close 1009 above.",
-        ),
-        click.Option(
-            ["--max-outbound-bytes"],
-            type=click.IntRange(min=0),
-            default=4 * 2**20,
-            show_default=True,
-            help="Bytes queued for one client before it is closed as too slow (0: no limit).",
-        ),
-        click.Option(
-            ["--max-connections"],
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="Open connections above which new clients get HTTP 503 (0: no limit).",
-        ),
+        *_limit_options(),
         click.Option(
             ["--origin", "origins"],
             multiple=True,
@@ -241,37 +251,9 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             "get 403. Default: any.",
         ),
         click.Option(
-            ["--handshake-timeout"],
-            type=click.FloatRange(min=0),
-            default=10.0,
-            show_default=True,
-            help="Seconds a client has to complete the HTTP upgrade (0: no limit).",
-        ),
-        click.Option(
-            ["--ping-interval"],
-            type=click.FloatRange(min=0),
-            default=20.0,
-            show_default=True,
-            help="Seconds between keepalive pings (0: no pings).",
-        ),
-        click.Option(
-            ["--ping-timeout"],
-            type=click.FloatRange(min=0),
-            default=20.0,
-            show_default=True,
-            help="Seconds to wait for a pong before closing with 1011 (0: wait forever).",
-        ),
-        click.Option(
-            ["--idle-timeout"],
-            type=click.FloatRange(min=0),
-            default=0.0,
-            show_default=True,
-            help="Close clients that send no message for this many seconds (0: never).",
-        ),
-        click.Option(
             ["--close-timeout"],
             type=click.FloatRange(min=0, min_open=True),
-            default=5.0,
+            default=_server_default("close_timeout"),
             show_default=True,
             help="Seconds a client has to answer a close before the socket is cut.",
         ),
@@ -331,14 +313,8 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         registry=Registry.from_modules(modules),
         storage=storage,
         ssl_context=ssl_context,
-        max_message_size=_size(options["max_message_size"]),
-        max_outbound_bytes=_size(options["max_outbound_bytes"]),
-        max_connections=_size(options["max_connections"]),
         origins=options["origins"] or None,
-        handshake_timeout=options["handshake_timeout"] or None,
-        ping_interval=options["ping_interval"] or None,
-        ping_timeout=options["ping_timeout"] or None,
-        idle_timeout=options["idle_timeout"] or None,
+        **{name: options[name] or None for name, _, _ in LIMITS},
         close_timeout=options["close_timeout"],
     )
     try:

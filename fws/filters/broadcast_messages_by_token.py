@@ -14,9 +14,12 @@ Refuse clients at the handshake with a ``WebSocketConnectFilter`` for that.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from fws.connection import Connection
 from fws.events import CloseInfo, TextMessage, WebSocketDisconnectFilter, WebSocketMessageFilter
+
+if TYPE_CHECKING:
+    from fws.connection import Connection
 
 TOKEN = re.compile(r"token:(\S+)")
 REGISTERED = "Successfully registered with broadcast group: {}"

@@ -6,11 +6,13 @@ text), anything else as a binary frame.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fws.events import WebSocketConsumerFilter
-from fws.server import Server
 from fws.storage.base import PubSubMessage
+
+if TYPE_CHECKING:
+    from fws.server import Server
 
 
 def as_frame_data(data: Any) -> str | bytes:

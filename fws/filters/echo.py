@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fws.connection import Connection
+from typing import TYPE_CHECKING
+
 from fws.events import TextMessage, WebSocketMessageFilter
+
+if TYPE_CHECKING:
+    from fws.connection import Connection
 
 
 class Echo(WebSocketMessageFilter):

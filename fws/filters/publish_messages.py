@@ -15,10 +15,12 @@ To publish elsewhere, subclass in your own module::
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from fws.connection import Connection
 from fws.events import TextMessage, WebSocketMessageFilter
+
+if TYPE_CHECKING:
+    from fws.connection import Connection
 
 
 class PublishMessages(WebSocketMessageFilter):

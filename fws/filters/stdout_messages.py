@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from fws.connection import Connection
 from fws.events import TextMessage, WebSocketMessageFilter
+
+if TYPE_CHECKING:
+    from fws.connection import Connection
 
 
 class StdoutMessages(WebSocketMessageFilter):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fws.events import WebSocketConsumerFilter
-from fws.server import Server
+
+if TYPE_CHECKING:
+    from fws.server import Server
 
 
 class StdoutPubSub(WebSocketConsumerFilter):
