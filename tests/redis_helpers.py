@@ -34,14 +34,37 @@ def require_redis_server() -> str:
 class RedisServer:
     """A private redis-server on 127.0.0.1; ``stop()`` and ``start()`` again keep the port."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, tls: bool = False) -> None:
         self.binary = require_redis_server()
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.ca_file: Path | None = None
+        self._tls_args: list[str] = []
+        if tls:
+            self._make_certificates()
+
+    def _make_certificates(self) -> None:
+        """A CA and a server certificate for 127.0.0.1, made for this test."""
+        import trustme
+
+        ca = trustme.CA()
+        issued = ca.issue_cert(LOOPBACK)
+        cert, key = self.directory / "redis-cert.pem", self.directory / "redis-key.pem"
+        self.ca_file = self.directory / "redis-ca.pem"
+        issued.cert_chain_pems[0].write_to_path(cert)
+        issued.private_key_pem.write_to_path(key)
+        ca.cert_pem.write_to_path(self.ca_file)
+        self._tls_args = [
+            "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(self.ca_file),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     @property
     def url(self) -> str:
+        if self.ca_file is not None:
+            return f"rediss://{LOOPBACK}:{self.port}/0?ssl_ca_certs={self.ca_file}"
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def start(self, timeout: float = 10) -> RedisServer:
@@ -49,7 +72,8 @@ class RedisServer:
             [
                 self.binary,
                 "--port",
-                str(self.port),
+                "0" if self._tls_args else str(self.port),
+                *self._tls_args,
                 "--bind",
                 LOOPBACK,
                 "--save",
@@ -96,6 +120,8 @@ class RedisServer:
             time.sleep(0.05)
 
     def client(self) -> redis.Redis:
+        if self.ca_file is not None:
+            return redis.Redis.from_url(self.url, socket_timeout=5)
         return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
 
 

@@ -300,6 +300,30 @@ def test_start_up_fails_clearly_without_redis() -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_rediss_url_talks_tls_to_redis(tmp_path: Path) -> None:
+    tls_redis = RedisServer(tmp_path, tls=True).start()
+    try:
+        args = [*BASE, "--storage", "redis", "--redis-url", tls_redis.url]
+        args += ["-f", "broadcast_pubsub"]
+        with ServerProcess(args) as server:
+            client = connect(server.url)
+            time.sleep(0.2)
+            tls_redis.client().publish("global", "over tls")
+            assert client.recv() == "over tls"
+            assert "rediss://" in server.output
+        # A plain redis:// URL to the TLS port fails at start-up, clearly.
+        plain = f"redis://{LOOPBACK}:{tls_redis.port}/0"
+        result = subprocess.run(
+            [*fws_server_command(), *BASE, "--storage", "redis", "--redis-url", plain],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "cannot reach Redis" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        tls_redis.stop()
+
+
 def test_clients_coming_and_going_do_not_leak_redis_connections(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
