@@ -13,7 +13,7 @@ test:
 
 ## lint: ruff and mypy
 lint:
-	$(PYTHON) -m ruff check fws tests
+	$(PYTHON) -m ruff check fws tests bench examples
 	$(PYTHON) -m mypy
 
 ## run: fws_server with ARGS, e.g. make run ARGS="-f echo -p 9001"
