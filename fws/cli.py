@@ -295,15 +295,17 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
     if options["key"] and not options["cert"]:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
     storage_options = {opt.name: options.pop(opt.name) for opt in storage_class.options}
-    names = list(dict.fromkeys(options["filters"]))  # -f a a: a module adds its filters once
-    if len(names) < len(options["filters"]):
-        log.warning("filter modules named twice are loaded once: %s", " ".join(names))
     try:
-        modules = [load_filter_module(name) for name in names]
+        loaded = [load_filter_module(name) for name in options["filters"]]
         ssl_context = tls_context(options["cert"], options["key"]) if options["cert"] else None
         storage = storage_class(**storage_options)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
+    # A module named twice (-f echo echo, or echo and fws.filters.echo) adds its
+    # filters once, where it first appears.
+    modules = list(dict.fromkeys(loaded))
+    if len(modules) < len(loaded):
+        log.warning("filter modules named more than once are loaded once")
     for module in modules:
         if not filters_defined_in(module):
             log.warning("filter module %s defines no filters", module.__name__)

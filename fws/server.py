@@ -73,14 +73,16 @@ class _WSGIServer(WSGIServer):
     """
 
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
-        client_socket.settimeout(self.application.handshake_timeout)
+        # One deadline for the whole handshake: a socket timeout would restart
+        # at every byte, and a client trickling its hello would never be cut.
+        deadline = self.application.handshake_timeout or None
         try:
-            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
-        except OSError as exc:  # ssl.SSLError and timeouts are OSErrors
+            with gevent.Timeout(deadline, TimeoutError("TLS handshake timed out")):
+                tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except OSError as exc:  # ssl.SSLError and our TimeoutError are OSErrors
             log.info("TLS handshake from %s:%s failed: %s", *address[:2], exc)
             client_socket.close()
             return None
-        tls_socket.settimeout(None)
         try:
             return self.handle(tls_socket, address)
         finally:

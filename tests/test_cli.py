@@ -340,7 +340,8 @@ def test_every_option_has_an_environment_variable():
 
 
 def test_a_module_named_twice_is_loaded_once():
-    with ServerProcess(["-f", "echo", "echo"], env=LOOPBACK_ANY_PORT) as server:
+    names = ["-f", "echo", "echo", "fws.filters.echo", "filtered_websocket.filters.echo"]
+    with ServerProcess(names, env=LOOPBACK_ANY_PORT) as server:
         client = connect(server.url)
         client.send("once")
         assert client.recv() == "once"

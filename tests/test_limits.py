@@ -195,6 +195,59 @@ def test_slowloris_over_tls_is_cut_and_bad_tls_leaves_no_traceback(tmp_path, cap
     assert "TLS handshake from 127.0.0.1" in caplog.text
 
 
+def _tls_files(tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return {"certfile": str(cert), "keyfile": str(key)}, context
+
+
+def test_a_tls_hello_trickled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
+    files, _ = _tls_files(tmp_path)
+    with run_server(message=Echo, handshake_timeout=1.0, **files) as server:
+        sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+        hello = b"\x16\x03\x01\x02\x00" + b"\x01" * 512  # a record header, then a trickle
+        started = time.monotonic()
+        cut = False
+        for byte in hello:  # bounded: 517 bytes, 0.2 s apart at most
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                cut = True
+                break
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(1) == b"":
+                    cut = True
+                    break
+            except TimeoutError:
+                pass
+            if time.monotonic() - started > 6:
+                break
+        assert cut, "a client trickling its TLS hello was never cut"
+        assert time.monotonic() - started < 4
+
+
+def test_handshake_timeout_off_still_serves_tls(tmp_path):
+    files, context = _tls_files(tmp_path)
+    with run_server(message=Echo, handshake_timeout=None, **files) as server:
+        with ws_sync.connect(url(server, scheme="wss"), ssl=context) as client:
+            client.send("no deadline")
+            assert client.recv(timeout=5) == "no deadline"
+    with run_server(message=Echo, handshake_timeout=0, **files) as server:
+        with ws_sync.connect(url(server, scheme="wss"), ssl=context) as client:
+            client.send("zero means off")
+            assert client.recv(timeout=5) == "zero means off"
+
+
 def test_max_connections_holds_under_a_burst_of_slow_handshakes():
     import threading
 

@@ -96,8 +96,8 @@ POOL_WAIT = 5.0
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 2.0
 """Reconnection delays double from BACKOFF_FIRST up to this many seconds."""
-POLL = 0.5
-"""How often the listener looks up from pub/sub to run its heartbeat or stop."""
+POLL = 0.1
+"""How often the listener looks up from pub/sub: heartbeat, stop, broadcast subscription."""
 
 
 class StorageUnavailable(FwsError):
@@ -581,34 +581,29 @@ class RedisStorage(Storage):
             pipe.expire(key, self.ttl)
 
         self._write(write)
-        self._follow_broadcasts()
 
     def disconnected(self, connection_id: str) -> None:
         self._clients.discard(connection_id)
         self._generation += 1
         key = self.keys.clients(self.server_id)
         self._write(lambda pipe: pipe.srem(key, connection_id))
-        self._follow_broadcasts()
 
-    def _follow_broadcasts(self) -> None:
+    def _follow_broadcasts(self, pubsub: PubSub) -> None:
         """Be subscribed to the broadcast channel exactly while this server has clients.
 
         A server with no clients then receives no broadcast traffic at all. Only
-        the SUBSCRIBE/UNSUBSCRIBE command is written here; the confirmation is
-        read (and ignored) by the listener, which owns the reading side.
+        the listener calls this, between reads: it owns every byte of the pub/sub
+        connection, so a failure here takes its ordinary reconnect path. A first
+        client on an empty server follows cross-server broadcasts within POLL.
         """
-        pubsub = self._pubsub
         wanted = bool(self._clients)
-        if pubsub is None or not self._pubsub_live or wanted == self._broadcast_subscribed:
-            return  # not connected yet: _connect reconciles when it is done
+        if wanted == self._broadcast_subscribed:
+            return
+        if wanted:
+            pubsub.subscribe(self.keys.broadcast_channel)
+        else:
+            pubsub.unsubscribe(self.keys.broadcast_channel)
         self._broadcast_subscribed = wanted
-        try:
-            if wanted:
-                pubsub.subscribe(self.keys.broadcast_channel)
-            else:
-                pubsub.unsubscribe(self.keys.broadcast_channel)
-        except (RedisError, OSError) as exc:
-            self._outage(exc)  # the reconnection subscribes as the clients require
 
     # -- fan-out ---------------------------------------------------------------------
 
@@ -744,7 +739,6 @@ class RedisStorage(Storage):
                 self._handle(message)
         self._resync()
         self._pubsub_live = True
-        self._follow_broadcasts()  # clients may have come or gone while subscribing
         self._backoff.reset()
         self._recovered()
 
@@ -755,6 +749,7 @@ class RedisStorage(Storage):
         last_seen = time.monotonic()
         next_beat = last_seen + interval
         while not self._closing.is_set():
+            self._follow_broadcasts(pubsub)
             message = pubsub.get_message(timeout=min(POLL, interval))
             now = time.monotonic()
             if message is not None:
