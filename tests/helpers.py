@@ -281,3 +281,30 @@ def stop_server(server: fws.Server) -> None:
     """Ask the server (running in its own thread) to stop, from the test thread."""
     hub = server.hub  # type: ignore[attr-defined]
     hub.loop.run_callback_threadsafe(gevent.spawn, server.stop)
+
+
+class TLSFiles:
+    """A CA and a certificate for 127.0.0.1 made for one test, written as PEM files."""
+
+    def __init__(self, directory: Path) -> None:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        issued = ca.issue_cert(LOOPBACK, "localhost")
+        self.cert, self.key = directory / "cert.pem", directory / "key.pem"
+        self.ca = directory / "ca.pem"
+        issued.cert_chain_pems[0].write_to_path(self.cert)
+        for pem in issued.cert_chain_pems[1:]:
+            pem.write_to_path(self.cert, append=True)
+        issued.private_key_pem.write_to_path(self.key)
+        ca.cert_pem.write_to_path(self.ca)
+        self.client_context = ssl.create_default_context()
+        ca.configure_trust(self.client_context)
+        """An SSLContext for clients that trusts the CA."""
+
+    @property
+    def server_settings(self) -> dict[str, str]:
+        """``certfile``/``keyfile`` keywords for ``fws.Server``."""
+        return {"certfile": str(self.cert), "keyfile": str(self.key)}

@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import ssl
 
 import pytest
 import websocket
 import websockets.sync.client as ws_sync
 from click.testing import CliRunner
-from helpers import LOOPBACK, ServerProcess, connect, free_port, run_fws_server, wait_for
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    TLSFiles,
+    connect,
+    free_port,
+    run_fws_server,
+    wait_for,
+)
 from websockets.exceptions import ConnectionClosed
 
 import fws
@@ -132,15 +139,8 @@ def test_config_file_port_and_flags_and_command_line_override(tmp_path):
 
 
 def test_tls_with_single_dash_key_and_cert(tmp_path):
-    import trustme
-
-    ca = trustme.CA()
-    issued = ca.issue_cert(LOOPBACK)
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(cert)
-    issued.private_key_pem.write_to_path(key)
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    tls = TLSFiles(tmp_path)
+    cert, key, context = tls.cert, tls.key, tls.client_context
     with ServerProcess(
         ["-f", "echo", "-key", str(key), "-cert", str(cert)], env=LOOPBACK_ANY_PORT
     ) as server:

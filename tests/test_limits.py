@@ -11,6 +11,7 @@ import pytest
 import websocket
 import websockets.sync.client as ws_sync
 from helpers import (
+    TLSFiles,
     connect,
     raw_upgrade,
     read_server_frame,
@@ -164,21 +165,11 @@ def test_a_client_flooding_pings_without_reading_is_closed_not_buffered_for():
 
 def test_slowloris_over_tls_is_cut_and_bad_tls_leaves_no_traceback(tmp_path, caplog):
     import logging
-    import ssl
 
     caplog.set_level(logging.INFO, logger="fws")
-
-    import trustme
-
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(cert)
-    issued.private_key_pem.write_to_path(key)
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    settings = {"certfile": str(cert), "keyfile": str(key), "handshake_timeout": 0.5}
-    with run_server(message=Echo, **settings) as server:
+    tls = TLSFiles(tmp_path)
+    context = tls.client_context
+    with run_server(message=Echo, handshake_timeout=0.5, **tls.server_settings) as server:
         port = server.address[1]
         silent = socket.create_connection(("127.0.0.1", port), timeout=5)  # no TLS hello
         started = time.monotonic()
@@ -195,24 +186,9 @@ def test_slowloris_over_tls_is_cut_and_bad_tls_leaves_no_traceback(tmp_path, cap
     assert "TLS handshake from 127.0.0.1" in caplog.text
 
 
-def _tls_files(tmp_path):
-    import ssl
-
-    import trustme
-
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(cert)
-    issued.private_key_pem.write_to_path(key)
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return {"certfile": str(cert), "keyfile": str(key)}, context
-
-
 def test_a_tls_hello_trickled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
-    files, _ = _tls_files(tmp_path)
-    with run_server(message=Echo, handshake_timeout=1.0, **files) as server:
+    tls = TLSFiles(tmp_path)
+    with run_server(message=Echo, handshake_timeout=1.0, **tls.server_settings) as server:
         sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
         hello = b"\x16\x03\x01\x02\x00" + b"\x01" * 512  # a record header, then a trickle
         started = time.monotonic()
@@ -237,7 +213,8 @@ def test_a_tls_hello_trickled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
 
 
 def test_handshake_timeout_off_still_serves_tls(tmp_path):
-    files, context = _tls_files(tmp_path)
+    tls = TLSFiles(tmp_path)
+    files, context = tls.server_settings, tls.client_context
     with run_server(message=Echo, handshake_timeout=None, **files) as server:
         with ws_sync.connect(url(server, scheme="wss"), ssl=context) as client:
             client.send("no deadline")

@@ -11,6 +11,7 @@ import websocket
 import websockets.sync.client as ws_sync
 from frame_builder import client_frame
 from helpers import (
+    TLSFiles,
     connect,
     raw_upgrade,
     read_server_frame,
@@ -394,17 +395,8 @@ def test_port_in_use_raises_oserror():
 def test_tls_with_a_certificate_generated_in_the_test(tmp_path):
     import ssl
 
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(cert_file)
-    for pem in cert.cert_chain_pems[1:]:
-        pem.write_to_path(cert_file, append=True)
-    cert.private_key_pem.write_to_path(key_file)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    tls = TLSFiles(tmp_path)
+    cert_file, key_file, client_context = tls.cert, tls.key, tls.client_context
 
     with run_server(message=Echo, certfile=str(cert_file), keyfile=str(key_file)) as server:
         with ws_sync.connect(url(server, scheme="wss"), ssl=client_context) as client:
