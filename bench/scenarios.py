@@ -183,6 +183,14 @@ def _idle(server: ServerProcess, settings: Settings) -> Result:
 
 
 MS = 2
+BROADCAST_METRICS = (
+    Metric("deliveries_per_s", "deliveries/s", True),
+    Metric("p50_ms", "p50 ms", False, MS),
+    Metric("p99_ms", "p99 ms", False, MS),
+    SERVER_CPU,
+    CLIENT_CPU,
+)
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "echo-latency",
@@ -223,26 +231,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "broadcast-100",
         "broadcast, 1 sender -> 100 receivers, 64 B",
         "broadcast",
-        (
-            Metric("deliveries_per_s", "deliveries/s", True),
-            Metric("p50_ms", "p50 ms", False, MS),
-            Metric("p99_ms", "p99 ms", False, MS),
-            SERVER_CPU,
-            CLIENT_CPU,
-        ),
+        BROADCAST_METRICS,
         _broadcast(100),
     ),
     Scenario(
         "broadcast-1000",
         "broadcast, 1 sender -> 1000 receivers, 64 B",
         "broadcast",
-        (
-            Metric("deliveries_per_s", "deliveries/s", True),
-            Metric("p50_ms", "p50 ms", False, MS),
-            Metric("p99_ms", "p99 ms", False, MS),
-            SERVER_CPU,
-            CLIENT_CPU,
-        ),
+        BROADCAST_METRICS,
         _broadcast(1000),
     ),
     Scenario(
