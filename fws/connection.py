@@ -123,6 +123,8 @@ class Connection:
         """
         if isinstance(data, str):
             return self.send(data)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
         raw = bytes(data)
         try:
             return self.send(raw.decode("utf-8"))

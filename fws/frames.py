@@ -248,7 +248,10 @@ def encode_message(data: str | bytes | bytearray | memoryview) -> bytes:
     """A text frame for ``str``, a binary frame for bytes-like data."""
     if isinstance(data, str):
         return encode_frame(OP_TEXT, data.encode("utf-8"))
-    return encode_frame(OP_BINARY, bytes(data))
+    if isinstance(data, bytes | bytearray | memoryview):
+        return encode_frame(OP_BINARY, bytes(data))
+    # bytes(42) would silently send 42 zero bytes.
+    raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
 
 
 def encode_close(code: int = 1000, reason: str = "") -> bytes:

@@ -168,3 +168,9 @@ def test_endless_empty_continuation_frames_do_not_accumulate():
         assert parser.feed(empty * 1000) == []
     assert len(parser._fragments) == 1
     assert parser.feed(client_frame(OP_CONTINUATION, b"z")) == [Message(TextMessage("az"))]
+
+
+@pytest.mark.parametrize("bad", [42, None, ["list"], {"a": 1}])
+def test_encoding_anything_but_text_or_bytes_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="str or bytes"):
+        encode_message(bad)
