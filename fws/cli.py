@@ -79,10 +79,15 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
         config = read_config(path)
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc)) from None
-    options = {
-        param.name: param for param in ctx.command.params if isinstance(param, click.Option)
-    }
-    settable = set(options) - {"config", "help", "version"}
+    # A key is an option's long name (dashes or underscores) or its parameter
+    # name: "origin" and "origins" both set --origin.
+    options: dict[str, click.Option] = {}
+    for param in ctx.command.params:
+        if isinstance(param, click.Option) and param.name not in ("config", "help", "version"):
+            options[param.name] = param
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    options.setdefault(opt[2:].replace("-", "_"), param)
     defaults: dict[str, Any] = {}
     for key, value in config.items():
         if key == "flags":
@@ -90,20 +95,23 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
             if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
                 raise click.BadParameter(f"{path}: 'flags' must be a list of option names")
             for flag in flags:
-                name = str(flag).lstrip("-").replace("-", "_")
-                if name not in settable or not options[name].is_flag:
+                option = options.get(flag.lstrip("-").replace("-", "_"))
+                if option is None or not option.is_flag:
                     raise click.BadParameter(
                         f"{path}: 'flags' names {flag!r}, which is not a boolean option"
                     )
-                defaults[name] = True
+                defaults[option.name] = True
         elif key == "storage":
             continue  # already used to choose the storage options (see choose_storage)
-        elif key not in settable:
-            raise click.BadParameter(
-                f"{path}: unknown key {key!r}; known keys: flags, {', '.join(sorted(settable))}"
-            )
+        elif key not in options:
+            known = sorted({"flags", *(o.name for o in options.values() if o.name)})
+            listed = ", ".join(known)
+            raise click.BadParameter(f"{path}: unknown key {key!r}; known keys: {listed}")
         else:
-            defaults[key] = value
+            option = options[key]
+            if option.multiple and isinstance(value, str):
+                value = value.split()  # "filters": "echo stdout_messages", as FWS_FILTERS
+            defaults[option.name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
 

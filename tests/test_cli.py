@@ -381,3 +381,18 @@ def test_flags_must_be_a_list_of_names(tmp_path):
 
 def test_close_timeout_zero_is_refused():
     assert_clean_failure(run_fws_server(["--close-timeout", "0"]), 2, "close-timeout")
+
+
+def test_config_keys_by_option_name_and_a_string_for_several_values(tmp_path):
+    config = tmp_path / "fws.json"
+    config.write_text(
+        json.dumps({"filters": "echo stdout_messages", "origin": ["https://ok.example"]})
+    )
+    with ServerProcess(["-c", str(config)], env=LOOPBACK_ANY_PORT) as server:
+        assert "Pipeline(Echo | StdoutMessages)" in server.output
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            connect(server.url, origin="https://other.example")
+        assert info.value.status_code == 403
+        client = connect(server.url, origin="https://ok.example")
+        client.send("configured")
+        assert client.recv() == "configured"
