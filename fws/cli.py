@@ -212,13 +212,13 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
         click.Option(
             ["-p", "--port"],
             type=click.IntRange(0, 65535),
-            default=9000,
+            default=_server_default("port"),
             show_default=True,
             help="TCP port; 0 picks a free one.",
         ),
         click.Option(
             ["--host"],
-            default="0.0.0.0",
+            default=_server_default("host"),
             show_default=True,
             help="Interface to listen on (0.0.0.0: all IPv4 interfaces; '::' IPv4 and IPv6).",
         ),
@@ -293,10 +293,8 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
 
     from .server import Server, tls_context
 
-    level = "warning" if options.pop("quiet") else options.pop("log_level")
-    options.pop("log_level", None)
     logging.basicConfig(
-        level=level.upper(),
+        level="WARNING" if options["quiet"] else options["log_level"].upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -22,7 +22,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -42,6 +42,7 @@ from .frames import (
     encode_frame,
     encode_message,
     is_valid_close_code,
+    text_if_utf8,
 )
 from .pipeline import DROP
 
@@ -121,15 +122,7 @@ class Connection:
         of a text message is) and as a binary frame otherwise, so a browser
         never receives an invalid text frame.
         """
-        if isinstance(data, str):
-            return self.send(data)
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
-        raw = bytes(data)
-        try:
-            return self.send(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            return self.send(raw)
+        return self.send(text_if_utf8(data))
 
     def broadcast(self, data: str | bytes, *, include_self: bool = False) -> None:
         """Send to every other client, on every server sharing the storage."""
@@ -259,25 +252,29 @@ class Connection:
         finally:
             self._finish()
 
-    def _read_loop(self, received: bytes) -> None:
-        parser = FrameParser(max_message_size=self.server.max_message_size)
-        dispatch = self.server.dispatch
+    def _chunks(self, received: bytes) -> Iterator[bytes]:
+        """What the client sends, chunk by chunk, until EOF or a socket error."""
+        if received:
+            yield received
         # gevent's recv waits for readability before it allocates the buffer, so
         # an idle connection holds no 64 KiB read buffer.
         recv = self._socket.recv  # type: ignore[union-attr]
-        chunk = received
         while True:
+            try:
+                chunk = recv(_READ_SIZE)
+            except OSError:  # reset, TLS failure, or shut down by _abort_transport
+                return
             if not chunk:
-                try:
-                    chunk = recv(_READ_SIZE)
-                except OSError:  # reset, TLS failure, or shut down by _abort_transport
-                    return
-                if not chunk:
-                    return
+                return
+            yield chunk
+
+    def _read_loop(self, received: bytes) -> None:
+        parser = FrameParser(max_message_size=self.server.max_message_size)
+        dispatch = self.server.dispatch
+        for chunk in self._chunks(received):
             if self.server.pipelines["data"]:
                 dispatch("data", self, chunk)
             if self._failed:
-                chunk = b""
                 continue  # after a protocol error, discard until the client closes
             try:
                 events = parser.feed(chunk)
@@ -307,7 +304,6 @@ class Connection:
                 log.info("connection %s: protocol error: %s", self.id, failure)
                 self._failed = True
                 self._start_close(failure.code, failure.reason)
-            chunk = b""
 
     def _finish(self) -> None:
         self.server.users.pop(self.id, None)
@@ -394,19 +390,21 @@ class ConnectionHandler(WebSocketHandler):
         # Slowloris: a client gets handshake_timeout seconds to complete the
         # upgrade; then its socket is shut down and the handler returns.
         timeout = self.server.application.handshake_timeout
-        timer = None
         if timeout:
-            timer = gevent.get_hub().loop.timer(timeout)
-            timer.start(self._handshake_expired)
-            self._handshake_timer = timer
+            self._handshake_timer = gevent.get_hub().loop.timer(timeout)
+            self._handshake_timer.start(self._handshake_expired)
         try:
             super().handle()
         finally:
-            if timer is not None:
-                timer.close()
+            self._stop_handshake_timer()
             self._release_place()  # killed mid-handshake (server stop)
 
     _handshake_timer: Any = None
+
+    def _stop_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.close()
+            self._handshake_timer = None
 
     def _handshake_expired(self) -> None:
         log.info("handshake from %s:%s timed out", *self.client_address[:2])
@@ -479,8 +477,7 @@ class ConnectionHandler(WebSocketHandler):
         return [body]
 
     def run_websocket(self) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.close()
+        self._stop_handshake_timer()
         # gevent-websocket's frame layer stays unused: mark it closed so that its
         # __del__ does not write a close frame onto a socket fws owns, and drop it.
         self.websocket.closed = True

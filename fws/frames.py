@@ -254,6 +254,25 @@ def encode_message(data: str | bytes | bytearray | memoryview) -> bytes:
     raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
 
 
+def text_if_utf8(data: str | bytes | bytearray | memoryview) -> str | bytes:
+    """Bytes that are UTF-8 as ``str`` (a text frame), others unchanged (binary).
+
+    The original sent only text frames; where fws gets bytes it must send the
+    way the original did (``sendMessage``, pub/sub data), valid UTF-8 becomes
+    text, and anything else goes as binary rather than as an invalid text frame.
+    """
+    if isinstance(data, str):
+        return data
+    if not isinstance(data, bytes | bytearray | memoryview):
+        # bytes(42) would silently be 42 zero bytes.
+        raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
+    raw = bytes(data)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
 def encode_close(code: int = 1000, reason: str = "") -> bytes:
     """A close frame; code 1005 ("no code") sends an empty payload."""
     if code == 1005:

@@ -127,6 +127,8 @@ class Server:
         idle_timeout: float | None = None,
         close_timeout: float = 5.0,
     ) -> None:
+        if close_timeout <= 0:
+            raise ValueError("close_timeout must be more than 0 seconds")
         self.host = host
         self.port = port
         self._explicit: dict[str, Any] = {
@@ -156,8 +158,6 @@ class Server:
         self.ping_timeout = ping_timeout
         self.idle_timeout = idle_timeout
         self.close_timeout = close_timeout
-        if close_timeout <= 0:
-            raise ValueError("close_timeout must be more than 0 seconds")
         self.users: dict[str, Connection] = {}
         self.upgrades_in_progress = 0
         """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
@@ -277,8 +277,7 @@ class Server:
 
         The frame is encoded once and the same bytes are queued for every
         recipient. The connection whose id is ``exclude`` (usually the sender) is
-        skipped. Returns how many
-        connections it was queued for.
+        skipped. Returns how many connections it was queued for.
         """
         frame = encode_message(data)
         if to is None:

@@ -9,25 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fws.events import WebSocketConsumerFilter
+from fws.frames import text_if_utf8
 from fws.storage.base import PubSubMessage
 
 if TYPE_CHECKING:
     from fws.server import Server
 
 
-def as_frame_data(data: Any) -> str | bytes:
-    """Text for UTF-8 bytes (browsers get a string), bytes otherwise."""
-    if isinstance(data, str):
-        return data
-    raw = bytes(data)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw
-
-
 class BroadcastPubSub(WebSocketConsumerFilter):
     @classmethod
     def filter(cls, web_socket_instance: Server, data: Any) -> None:
         payload = data.data if isinstance(data, PubSubMessage) else data
-        web_socket_instance.broadcast(as_frame_data(payload))
+        web_socket_instance.broadcast(text_if_utf8(payload))
