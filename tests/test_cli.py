@@ -351,26 +351,31 @@ def test_a_module_named_twice_is_loaded_once():
         assert "Pipeline(Echo)" in server.output
 
 
-def test_a_class_that_cannot_be_a_filter_is_a_clear_error(tmp_path):
-    (tmp_path / "bad_signature.py").write_text(
-        "from fws import WebSocketMessageFilter\n\n\n"
-        "class NoArguments(WebSocketMessageFilter):\n"
-        "    @staticmethod\n"
-        "    def filter():\n"
-        "        pass\n"
-    )
-    result = run_fws_server(["-f", "bad_signature", "-p", "0"], cwd=tmp_path)
-    assert_clean_failure(result, 2, "takes no arguments")
-    (tmp_path / "needs_init_args.py").write_text(
-        "from fws import WebSocketMessageFilter\n\n\n"
-        "class NeedsSetup(WebSocketMessageFilter):\n"
-        "    def __init__(self, setting):\n"
-        "        self.setting = setting\n\n"
-        "    def filter(self, ws, data):\n"
-        "        pass\n"
-    )
-    result = run_fws_server(["-f", "needs_init_args", "-p", "0"], cwd=tmp_path)
-    assert_clean_failure(result, 2, "NeedsSetup() failed")
+@pytest.mark.parametrize(
+    ("module", "phrase"),
+    [
+        (
+            "class NoArguments(WebSocketMessageFilter):\n"
+            "    @staticmethod\n"
+            "    def filter():\n"
+            "        pass\n",
+            "takes no arguments",
+        ),
+        (
+            "class NeedsSetup(WebSocketMessageFilter):\n"
+            "    def __init__(self, setting):\n"
+            "        self.setting = setting\n\n"
+            "    def filter(self, ws, data):\n"
+            "        pass\n",
+            "NeedsSetup() failed",
+        ),
+    ],
+)
+def test_a_class_that_cannot_be_a_filter_is_a_clear_error(tmp_path, module, phrase):
+    header = "from fws import WebSocketMessageFilter\n\n\n"
+    (tmp_path / "bad_filter.py").write_text(header + module)
+    result = run_fws_server(["-f", "bad_filter", "-p", "0"], cwd=tmp_path)
+    assert_clean_failure(result, 2, phrase)
 
 
 def test_flags_must_be_a_list_of_names(tmp_path):

@@ -21,6 +21,7 @@ from fws.frames import (
     encode_close,
     encode_frame,
     encode_message,
+    text_if_utf8,
     unmask,
     unmask_portable,
 )
@@ -174,3 +175,11 @@ def test_endless_empty_continuation_frames_do_not_accumulate():
 def test_encoding_anything_but_text_or_bytes_is_a_type_error(bad):
     with pytest.raises(TypeError, match="str or bytes"):
         encode_message(bad)
+    with pytest.raises(TypeError, match="str or bytes"):
+        text_if_utf8(bad)
+
+
+def test_text_if_utf8_keeps_binary_that_is_not_utf8():
+    assert text_if_utf8("é") == "é"
+    assert text_if_utf8("é".encode()) == "é"
+    assert text_if_utf8(bytearray(b"\xff\x00")) == b"\xff\x00"

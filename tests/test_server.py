@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 
 import pytest
 import websocket
@@ -377,12 +376,10 @@ def test_slow_reader_is_cut_off_while_sender_and_fast_readers_go_on():
 def test_stop_closes_clients_with_1001():
     with run_server(message=Echo) as server, ws_sync.connect(url(server)) as client:
         wait_for(lambda: server.users)
-        started = time.monotonic()
         stop_server(server)
         with pytest.raises(ConnectionClosed) as info:
             client.recv(timeout=10)
         assert info.value.rcvd.code == 1001
-        assert time.monotonic() - started < 10
         stop_server(server)  # idempotent
 
 
