@@ -68,18 +68,33 @@ def load_filter_module(name: str) -> ModuleType:
     target = resolve_filter_name(name)
     if target.endswith(".py"):
         return _import_file(name, Path(target))
+    builtins = f"built-in filters: {', '.join(builtin_filter_names())}"
+    return _import(target, name, "filter module", builtins, FilterModuleError)
+
+
+def _import(
+    target: str,
+    name: str,
+    kind: str,
+    builtins: str,
+    error: type[ConfigurationError],
+) -> ModuleType:
+    """Import ``target`` (what the user's ``name`` means) or raise ``error``.
+
+    A missing module is "unknown" and the message lists the built-ins; a module
+    that exists but fails (or lacks a dependency) says where it failed.
+    """
     _put_cwd_on_path()
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
-            raise FilterModuleError(
-                f"unknown filter module {name!r} (no module named {exc.name!r}); "
-                f"built-in filters: {', '.join(builtin_filter_names())}"
+            raise error(
+                f"unknown {kind} {name!r} (no module named {exc.name!r}); {builtins}"
             ) from None
-        raise FilterModuleError(_failed(name, exc)) from exc
+        raise error(_failed(kind, name, exc)) from exc
     except Exception as exc:
-        raise FilterModuleError(_failed(name, exc)) from exc
+        raise error(_failed(kind, name, exc)) from exc
 
 
 def _import_file(name: str, path: Path) -> ModuleType:
@@ -95,7 +110,7 @@ def _import_file(name: str, path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
-        raise FilterModuleError(_failed(name, exc)) from exc
+        raise FilterModuleError(_failed("filter module", name, exc)) from exc
     return module
 
 
@@ -107,13 +122,13 @@ def _put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
-def _failed(name: str, exc: BaseException) -> str:
+def _failed(kind: str, name: str, exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         where = f"{exc.filename}:{exc.lineno}"
     else:
         frames = traceback.extract_tb(exc.__traceback__)
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-    return f"filter module {name!r} failed to import: {type(exc).__name__}: {exc} ({where})"
+    return f"{kind} {name!r} failed to import: {type(exc).__name__}: {exc} ({where})"
 
 
 def resolve_storage_name(name: str) -> str:
@@ -130,20 +145,8 @@ def resolve_storage_name(name: str) -> str:
 def load_storage_class(name: str) -> type[Storage]:
     """The storage class of the module ``name`` means, or ``ConfigurationError``."""
     target = resolve_storage_name(name)
-    _put_cwd_on_path()
-    try:
-        module = importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
-            raise ConfigurationError(
-                f"unknown storage {name!r} (no module named {exc.name!r}); "
-                f"built-in storage: {', '.join(builtin_storage_names())}"
-            ) from None
-        raise ConfigurationError(f"storage module {name!r} failed to import: {exc}") from None
-    except Exception as exc:
-        raise ConfigurationError(
-            f"storage module {name!r} failed to import: {type(exc).__name__}: {exc}"
-        ) from None
+    builtins = f"built-in storage: {', '.join(builtin_storage_names())}"
+    module = _import(target, name, "storage", builtins, ConfigurationError)
     storage_class = getattr(module, "storage_class", None)
     if not (isinstance(storage_class, type) and issubclass(storage_class, Storage)):
         raise ConfigurationError(
