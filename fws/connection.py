@@ -6,8 +6,17 @@ upgrade inside gevent's pywsgi; after the 101 response fws's own frame layer
 (``fws.frames``) takes over the socket, so that it can see the raw bytes for
 the data event, enforce limits from frame headers and answer closes correctly.
 
-Each connection runs two greenlets: the pywsgi handler greenlet reads and runs
-the pipelines, and a writer greenlet it owns drains the connection's outbound
+A connection is served by a greenlet of its own while it is active, and by
+none while it is idle. Its reader greenlet reads and runs the pipelines; once
+it has waited ``PARK_AFTER`` seconds for more, the server's watch greenlet
+ends it and the connection waits on a libev watcher instead, whose next
+readiness starts a new reader. A greenlet blocked in recv costs about 7 kB on
+CPython 3.11 (its saved C stack and a page of Python frame stack), more than
+everything else an idle connection holds. At most one reader runs per
+connection, so its events stay in order, and a filter that blocks blocks only
+its own connection.
+
+A writer greenlet, also started on demand, drains the connection's outbound
 queue. Other connections' greenlets only ever append to that queue, so sending
 never blocks the sender and two greenlets never write to one socket (gevent
 raises ``ConcurrentObjectUseError`` if they do).
@@ -22,10 +31,12 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.socket
+import gevent.ssl
 from geventwebsocket.handler import WebSocketHandler
 
 from .errors import FilterError, ProtocolError, Reject
@@ -55,6 +66,14 @@ log = logging.getLogger("fws.connection")
 
 _READ_SIZE = 65536
 _HANDSHAKE_BUFFER = 1024
+PARK_AFTER = 1.0
+"""Seconds a reader waits for more before it may give way to a watcher (see park_if_quiet)."""
+
+
+class _Park(Exception):
+    """Thrown into a reader that waits for data, to end it in favour of a watcher."""
+
+
 _KEEPALIVE_PING = encode_frame(OP_PING, b"fws")
 
 
@@ -66,7 +85,38 @@ class State(enum.Enum):
 
 
 class Connection:
-    """A WebSocket client, with the seed's surface (``id``, ``users``, ``sendMessage``...)."""
+    """A WebSocket client, with the seed's surface (``id``, ``users``, ``sendMessage``...).
+
+    Filters may set attributes of their own on it, as the seed's did.
+    """
+
+    # Slots keep an idle connection small; __dict__ stays for filters' own attributes.
+    __slots__ = (
+        "id",
+        "server",
+        "request",
+        "token",
+        "state",
+        "close_info",
+        "_socket",
+        "_parser",
+        "_watcher",
+        "_reader",
+        "_in_recv",
+        "_last_read_at",
+        "_outbox",
+        "_outbox_bytes",
+        "_close_queued",
+        "_failed",
+        "_close_received",
+        "_writer",
+        "_close_timer",
+        "_last_message_at",
+        "_last_ping_at",
+        "_awaiting_pong",
+        "__dict__",
+        "__weakref__",
+    )
 
     def __init__(self, server: Server, request: Request) -> None:
         self.id: str = str(uuid.uuid4())
@@ -77,6 +127,11 @@ class Connection:
         self.state = State.CONNECTING
         self.close_info: CloseInfo | None = None
         self._socket: socket.socket | None = None
+        self._parser: FrameParser | None = None
+        self._watcher: Any = None  # libev read watcher while the connection is parked
+        self._reader: gevent.Greenlet | None = None
+        self._in_recv = False  # the reader is blocked in recv, and only there
+        self._last_read_at = 0.0
         self._outbox: list[bytes] = []  # a list: an empty deque costs 600 bytes
         self._outbox_bytes = 0
         self._close_queued = False
@@ -231,13 +286,15 @@ class Connection:
 
     # -- the connection's life --------------------------------------------------
 
-    def serve(self, sock: socket.socket, received: bytes = b"") -> None:
-        """Run the connection until it closes, in the handler's greenlet.
+    def open(self, sock: socket.socket, received: bytes = b"") -> None:
+        """Start serving the upgraded socket; returns at once, the connection lives on.
 
-        ``received`` is what the client sent right after the handshake and the
-        HTTP parser had already buffered.
+        Called in the handshake's greenlet. ``received`` is what the client
+        sent right after the handshake and the HTTP parser had already buffered.
         """
         self._socket = sock
+        self._parser = FrameParser(max_message_size=self.server.max_message_size)
+        self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.state = State.OPEN
         self.server.users[self.id] = self
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
@@ -245,68 +302,128 @@ class Connection:
             self._start_close(1001, "server shutting down")
         try:
             self.server.storage_object.connected(self.id)
-            self._read_loop(received)
+        except Exception:
+            log.exception("connection %s: internal error", self.id)
+            self._start_close(1011, "internal server error")
+            self._finish()
+            return
+        if received:
+            self._reader = gevent.spawn(self._read_burst, received)
+        else:
+            self._park()
+
+    def abort(self) -> None:
+        """End the connection now, without waiting for the client (server stop)."""
+        if self._reader is not None:
+            self._reader.kill(block=False)
+        self._abort_transport()
+
+    def park_if_quiet(self, now: float) -> None:
+        """End the reader greenlet if it has waited ``PARK_AFTER`` seconds for data.
+
+        Called by the server's watch greenlet for the connections in
+        ``server.reading``. Readers wait in a plain ``recv`` while the client is
+        active, which costs nothing per message; once it is quiet, the wait
+        moves to a watcher and the greenlet's memory is freed.
+        """
+        if self._in_recv and now - self._last_read_at >= PARK_AFTER:
+            gevent.get_hub().loop.run_callback(self._throw_park)
+
+    def _throw_park(self) -> None:
+        # In the hub, as gevent.Timeout does: the reader is switched out, and if
+        # it is still in recv, raising there leaves nothing half done.
+        if self._reader is not None and self._in_recv:
+            self._reader.throw(_Park)
+
+    def _park(self) -> None:
+        """Wait for the client's next bytes on a libev watcher, not in a greenlet."""
+        self._watcher.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        # In the hub: start a reader; it runs on the hub's next turn.
+        self._watcher.stop()
+        self._reader = gevent.spawn(self._read_burst)
+
+    def _read_burst(self, received: bytes = b"") -> None:
+        """Reader greenlet: run the pipelines on what the client sends until it goes quiet."""
+        ended = True
+        self.server.reading.add(self)
+        try:
+            ended = self._read_until_quiet(received)
         except Exception:
             log.exception("connection %s: internal error", self.id)
             self._start_close(1011, "internal server error")
         finally:
-            self._finish()
+            # Also reached when the server kills this greenlet as it stops.
+            self.server.reading.discard(self)
+            self._reader = None
+            if ended:
+                self._finish()
+            else:
+                self._park()
 
-    def _chunks(self, received: bytes) -> Iterator[bytes]:
-        """What the client sends, chunk by chunk, until EOF or a socket error."""
-        if received:
-            yield received
-        # gevent's recv waits for readability before it allocates the buffer, so
-        # an idle connection holds no 64 KiB read buffer.
-        recv = self._socket.recv  # type: ignore[union-attr]
+    def _read_until_quiet(self, received: bytes) -> bool:
+        """Handle chunks until the stream ends (True) or the reader is parked (False)."""
+        if received and self._handle_chunk(received):
+            return True
+        assert self._socket is not None
+        recv = self._socket.recv
         while True:
+            self._last_read_at = time.monotonic()
+            self._in_recv = True
             try:
+                # gevent's recv waits for readability before it allocates the buffer.
                 chunk = recv(_READ_SIZE)
+            except _Park:
+                return False
             except OSError:  # reset, TLS failure, or shut down by _abort_transport
-                return
-            if not chunk:
-                return
-            yield chunk
+                return True
+            finally:
+                self._in_recv = False
+            if not chunk or self._handle_chunk(chunk):
+                return True
 
-    def _read_loop(self, received: bytes) -> None:
-        parser = FrameParser(max_message_size=self.server.max_message_size)
+    def _handle_chunk(self, chunk: bytes) -> bool:
+        """Run the pipelines for one chunk; True once the client's close has arrived."""
         dispatch = self.server.dispatch
-        for chunk in self._chunks(received):
-            if self.server.pipelines["data"]:
-                dispatch("data", self, chunk)
-            if self._failed:
-                continue  # after a protocol error, discard until the client closes
-            try:
-                events = parser.feed(chunk)
-                failure = None
-            except ProtocolError as exc:
-                events, failure = exc.events, exc  # type: ignore[assignment]
-            for event in events:
-                if type(event) is Message:
-                    if self.state is State.OPEN:
-                        self._last_message_at = time.monotonic()
-                        dispatch("message", self, event.data)
-                elif type(event) is Ping:
-                    # Counted against max_outbound_bytes like any message: a client
-                    # that floods pings and never reads is closed, not buffered for.
-                    self.send_frame(encode_frame(OP_PONG, event.payload))
-                elif type(event) is Pong:
-                    self._awaiting_pong = False
-                elif type(event) is Close:
-                    self._close_received = True
-                    if self.state is State.OPEN:
-                        # The client started the closing handshake: answer with its code.
-                        self.state = State.CLOSING
-                        self.close_info = CloseInfo(event.code, event.reason)
-                        self._queue_close(event.code, "")
-                    return
-            if failure is not None:
-                log.info("connection %s: protocol error: %s", self.id, failure)
-                self._failed = True
-                self._start_close(failure.code, failure.reason)
+        if self.server.pipelines["data"]:
+            dispatch("data", self, chunk)
+        if self._failed:
+            return False  # after a protocol error, discard until the client closes
+        assert self._parser is not None
+        try:
+            events = self._parser.feed(chunk)
+            failure = None
+        except ProtocolError as exc:
+            events, failure = exc.events, exc  # type: ignore[assignment]
+        for event in events:
+            if type(event) is Message:
+                if self.state is State.OPEN:
+                    self._last_message_at = time.monotonic()
+                    dispatch("message", self, event.data)
+            elif type(event) is Ping:
+                # Counted against max_outbound_bytes like any message: a client
+                # that floods pings and never reads is closed, not buffered for.
+                self.send_frame(encode_frame(OP_PONG, event.payload))
+            elif type(event) is Pong:
+                self._awaiting_pong = False
+            elif type(event) is Close:
+                self._close_received = True
+                if self.state is State.OPEN:
+                    # The client started the closing handshake: answer with its code.
+                    self.state = State.CLOSING
+                    self.close_info = CloseInfo(event.code, event.reason)
+                    self._queue_close(event.code, "")
+                return True
+        if failure is not None:
+            log.info("connection %s: protocol error: %s", self.id, failure)
+            self._failed = True
+            self._start_close(failure.code, failure.reason)
+        return False
 
     def _finish(self) -> None:
         self.server.users.pop(self.id, None)
+        self._watcher.close()
         writer = self._writer
         if writer is not None:
             if self._close_queued:
@@ -314,6 +431,8 @@ class Connection:
             writer.kill(block=False)
         if self._close_timer is not None:
             self._close_timer.kill(block=False)
+        assert self._socket is not None
+        self._socket.close()
         self.state = State.CLOSED
         info = self.close_info or CloseInfo(1006, "", clean=False)
         if not self._close_received and info.clean:
@@ -356,7 +475,10 @@ class ConnectionHandler(WebSocketHandler):
     application, which saves a second back-reference.
     """
 
+    socket: Any  # pywsgi's; None once the connection owns it
     _fws_connection: Connection | None = None
+    detached = False
+    """True once the upgraded socket belongs to a ``Connection``, not to pywsgi."""
 
     def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
         # pywsgi's default 8 KiB read buffer would stay allocated for the whole
@@ -484,14 +606,24 @@ class ConnectionHandler(WebSocketHandler):
         del self.websocket
         connection = self._fws_connection
         assert connection is not None
+        self._fws_connection = None
         received = self._take_buffered()
-        self._release_place()  # serve() puts the connection in users before it yields
-        # The request is in connection.request now; pywsgi's environ and parsed
-        # headers would stay alive as long as the WebSocket (~3 kB each).
+        self._release_place()  # open() puts the connection in users before it yields
+        # The connection owns the socket from here on; this greenlet, the
+        # handler and its buffers end with the handshake.
+        sock = self._detach_socket()
+        self.close_connection = True
         self.environ = {"wsgi.websocket": None}
-        self.headers = None
-        try:
-            connection.serve(self.socket, received)
-        finally:
-            self._fws_connection = None
-            self.close_connection = True
+        connection.open(sock, received)
+
+    def _detach_socket(self) -> socket.socket:
+        """Take the socket from pywsgi and gevent's server, which close theirs on return."""
+        sock, self.socket = self.socket, None
+        self.detached = True
+        # The handshake reader holds a reference that would keep a closed TLS
+        # socket's descriptor open until the garbage collector found it.
+        self.rfile.close()
+        if isinstance(sock, gevent.ssl.SSLSocket):
+            return sock  # fws's _WSGIServer closes a TLS socket only if it is not detached
+        family, kind, proto = sock.family, sock.type, sock.proto
+        return gevent.socket.socket(family, kind, proto, fileno=sock.detach())

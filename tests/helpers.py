@@ -222,14 +222,23 @@ class ServerProcess:
 
 
 def raw_upgrade(
-    port: int, path: str = "/", extra_headers: str = "", receive_buffer: int | None = None
+    port: int,
+    path: str = "/",
+    extra_headers: str = "",
+    receive_buffer: int | None = None,
+    tls: Any = None,
 ) -> socket.socket:
-    """A plain socket that has completed the HTTP upgrade (for hand-made frames)."""
+    """A socket that has completed the HTTP upgrade (for hand-made frames).
+
+    ``tls``: an ``ssl.SSLContext`` to speak TLS with (``TLSFiles.client_context``).
+    """
     sock = socket.socket()
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.settimeout(5)
     sock.connect((LOOPBACK, port))
+    if tls is not None:
+        sock = tls.wrap_socket(sock, server_hostname=LOOPBACK)
     sock.sendall(
         (
             f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUpgrade: websocket\r\n"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import struct
 
+import gevent
+import greenlet
 import pytest
 import websocket
 import websockets.sync.client as ws_sync
@@ -281,6 +284,63 @@ def test_half_a_frame_then_a_stall_blocks_nobody():
         assert read_server_frame(sock) == (OP_TEXT, b"patience")
 
 
+def _live_greenlets() -> int:
+    return sum(1 for g in gc.get_objects() if isinstance(g, greenlet.greenlet) and g)
+
+
+def test_idle_connections_hold_no_greenlet_and_wake_when_spoken_to():
+    # An idle connection waits on a libev watcher; a parked greenlet would cost
+    # about 7 kB per connection (make bench measures the memory itself).
+    with run_server(message=Echo) as server:
+        baseline = _live_greenlets()
+        clients = [connect(server) for _ in range(40)]
+        for number, client in enumerate(clients):
+            client.send(f"hello {number}")
+            assert client.recv() == f"hello {number}"
+        wait_for(lambda: len(server.users) == 40)
+        wait_for(
+            lambda: _live_greenlets() <= baseline + 2,
+            message=f"{_live_greenlets() - baseline} more greenlets with 40 idle clients",
+        )
+        for number, client in enumerate(clients):  # every parked connection wakes up
+            client.send(f"again {number}")
+        for number, client in enumerate(clients):
+            assert client.recv() == f"again {number}"
+            client.close()
+
+
+def test_messages_stay_in_order_while_a_filter_blocks():
+    class Slow(WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            if data == "first":
+                gevent.sleep(0.2)  # meanwhile the client's next messages arrive
+            web_socket_instance.send(data)
+
+    with run_server(message=Slow) as server:
+        client, bystander = connect(server), connect(server)
+        for word in ("first", "second", "third", "fourth"):
+            client.send(word)
+        bystander.send("not blocked")
+        assert bystander.recv() == "not blocked"
+        assert [client.recv() for _ in range(4)] == ["first", "second", "third", "fourth"]
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_the_server_closes_tcp_right_after_the_close_handshake(scheme, tmp_path):
+    # A client waits for the server's EOF before it reports the close (RFC 6455 7.1.1).
+    tls = TLSFiles(tmp_path) if scheme == "wss" else None
+    settings = tls.server_settings if tls is not None else {}
+    with run_server(message=Echo, close_timeout=30, **settings) as server:
+        sock = raw_upgrade(server.address[1], tls=tls and tls.client_context)
+        sock.sendall(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        assert read_server_frame(sock) == (OP_CLOSE, struct.pack("!H", 1000))
+        assert read_until_eof(sock, timeout=5) == b""  # raises if the server holds on
+        wait_for(lambda: not server.users)
+
+
 def test_oversized_message_is_refused_from_the_header_with_1009():
     # A long close_timeout: after a protocol error the server must not wait for it.
     with run_server(message=Echo, max_message_size=1024, close_timeout=30) as server:
@@ -381,6 +441,33 @@ def test_stop_closes_clients_with_1001():
             client.recv(timeout=10)
         assert info.value.rcvd.code == 1001
         stop_server(server)  # idempotent
+
+
+def test_stop_cuts_a_connection_whose_filter_never_returns():
+    class Stuck(WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            gevent.sleep(3600)
+
+    closed = []
+
+    class Record(fws.WebSocketDisconnectFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            closed.append(data.code)
+
+    with run_server(message=Stuck, disconnect=Record, close_timeout=0.5) as server:
+        client = connect(server)
+        client.send("hang")
+        wait_for(lambda: server.users)
+        stop_server(server)
+        wait_for(lambda: not server.users, timeout=10, message="the stuck connection was kept")
+        assert closed == [1001]  # the close it was sent, never answered: not clean
+        client.close()
 
 
 def test_port_in_use_raises_oserror():
