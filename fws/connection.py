@@ -64,7 +64,7 @@ __all__ = ["Connection", "ConnectionHandler"]
 
 log = logging.getLogger("fws.connection")
 
-_READ_SIZE = 65536
+READ_SIZE = 262144
 _HANDSHAKE_BUFFER = 1024
 PARK_AFTER = 1.0
 """Seconds a reader waits for more before it may give way to a watcher (see park_if_quiet)."""
@@ -367,26 +367,31 @@ class Connection:
         if received and self._handle_chunk(received):
             return True
         assert self._socket is not None
-        recv = self._socket.recv
+        recv_into = self._socket.recv_into
+        # One read buffer for the whole server: the parser copies only what an
+        # incomplete frame needs, so idle connections hold none, and a chunk
+        # is parsed before this greenlet can yield to another reader.
+        buffer = self.server.read_buffer
+        view = memoryview(buffer)
         while True:
             self._last_read_at = time.monotonic()
             self._in_recv = True
             try:
-                # gevent's recv waits for readability before it allocates the buffer.
-                chunk = recv(_READ_SIZE)
+                size = recv_into(buffer)
             except _Park:
                 return False
             except OSError:  # reset, TLS failure, or shut down by _abort_transport
                 return True
             finally:
                 self._in_recv = False
-            if not chunk or self._handle_chunk(chunk):
+            if not size or self._handle_chunk(view[:size]):
                 return True
 
-    def _handle_chunk(self, chunk: bytes) -> bool:
+    def _handle_chunk(self, chunk: bytes | memoryview) -> bool:
         """Run the pipelines for one chunk; True once the client's close has arrived."""
         dispatch = self.server.dispatch
         if self.server.pipelines["data"]:
+            chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
             dispatch("data", self, chunk)
         if self._failed:
             return False  # after a protocol error, discard until the client closes

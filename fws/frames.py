@@ -103,50 +103,86 @@ class FrameParser:
         self._size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
 
-    def feed(self, data: bytes) -> list[Event]:
-        """Parse ``data`` (appended to what was left over) into complete events.
+    def feed(self, data: bytes | memoryview) -> list[Event]:
+        """Parse ``data`` (after what was left over) into complete events.
+
+        ``data`` may be a view of a buffer that is reused once ``feed``
+        returns: what an incomplete frame needs later is copied.
 
         On a violation, ``ProtocolError.events`` holds the events completed
         before it, so that valid messages ahead of a bad frame are not lost.
         """
         events: list[Event] = []
+        buffer = self._buffer
         try:
-            self._parse(data, events)
+            if buffer:
+                # Grow the frame in progress only up to its own end: appending
+                # whole reads would make the buffer large and short-lived.
+                data = memoryview(data)
+                while buffer and data:
+                    missing = self._frame_size(buffer) - len(buffer)
+                    buffer += data[:missing]
+                    data = data[missing:]
+                    if len(buffer) == self._frame_size(buffer):
+                        self._parse(buffer, events)
+                        buffer.clear()
+                if buffer:
+                    return events
+            consumed = self._parse(data, events)  # in place; only a partial frame is kept
+            if consumed < len(data):
+                buffer += data[consumed:]
         except ProtocolError as exc:
             exc.events = list(events)
             raise
         return events
 
-    def _parse(self, data: bytes, events: list[Event]) -> None:
-        buffer = self._buffer
-        buffer += data
+    def _frame_size(self, head: bytearray) -> int:
+        """The size of the frame ``head`` begins: of its header until that is whole.
+
+        The header is checked as soon as it is whole, before any payload is kept.
+        """
+        if len(head) < 2:
+            return 2
+        length = head[1] & 0x7F
+        header_size = 6 if length < 126 else 8 if length == 126 else 14
+        if len(head) < header_size:
+            return header_size
+        if length == 126:
+            (length,) = struct.unpack_from("!H", head, 2)
+        elif length == 127:
+            (length,) = struct.unpack_from("!Q", head, 2)
+        self._check_header(head[0], head[1], length)
+        return header_size + length
+
+    def _parse(self, data: bytes | bytearray | memoryview, events: list[Event]) -> int:
+        """Append the events of the complete frames in ``data``; return the bytes they took."""
         position = 0
-        end = len(buffer)
+        end = len(data)
         while end - position >= 2:
-            first, second = buffer[position], buffer[position + 1]
+            first, second = data[position], data[position + 1]
             length = second & 0x7F
             header_size = 6
             if length == 126:
                 header_size = 8
                 if end - position < header_size:
                     break
-                (length,) = struct.unpack_from("!H", buffer, position + 2)
+                (length,) = struct.unpack_from("!H", data, position + 2)
             elif length == 127:
                 header_size = 14
                 if end - position < header_size:
                     break
-                (length,) = struct.unpack_from("!Q", buffer, position + 2)
+                (length,) = struct.unpack_from("!Q", data, position + 2)
             self._check_header(first, second, length)
             frame_end = position + header_size + length
             if frame_end > end:
                 break
-            mask = bytes(buffer[position + header_size - 4 : position + header_size])
-            payload = unmask(memoryview(buffer)[position + header_size : frame_end], mask)
+            mask = bytes(data[position + header_size - 4 : position + header_size])
+            payload = unmask(memoryview(data)[position + header_size : frame_end], mask)
             position = frame_end
             event = self._frame(first & 0x0F, bool(first & 0x80), payload)
             if event is not None:
                 events.append(event)
-        del buffer[:position]
+        return position
 
     def _check_header(self, first: int, second: int, length: int) -> None:
         opcode = first & 0x0F

@@ -22,7 +22,7 @@ import gevent.queue
 import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
-from .connection import PARK_AFTER, Connection, ConnectionHandler
+from .connection import PARK_AFTER, READ_SIZE, Connection, ConnectionHandler
 from .errors import ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
@@ -170,6 +170,8 @@ class Server:
         self.users: dict[str, Connection] = {}
         self.reading: set[Connection] = set()
         """Connections whose reader greenlet runs; the others wait on a watcher."""
+        self.read_buffer = bytearray(READ_SIZE)
+        """Every reader's recv_into target; a chunk is parsed before its reader yields."""
         self.upgrades_in_progress = 0
         """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
         self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()

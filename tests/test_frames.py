@@ -47,6 +47,53 @@ def test_frames_split_at_every_byte_boundary_reassemble():
     assert events == [Message(TextMessage("x" * 300)), Ping(b"p")]
 
 
+def _feed_through_one_reused_buffer(parser: FrameParser, stream: bytes, cuts: list[int]) -> list:
+    """Feed ``stream`` in pieces, each a view of one buffer that is overwritten after every
+    feed, as the server's shared read buffer is."""
+    buffer = bytearray(len(stream))
+    events = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        size = end - start
+        buffer[:size] = stream[start:end]
+        events += parser.feed(memoryview(buffer)[:size])
+        buffer[:] = b"\xee" * len(buffer)  # whatever the parser kept must be its own copy
+    return events
+
+
+@pytest.mark.parametrize("shape", ["two pieces", "three pieces"])
+def test_pieces_of_a_reused_read_buffer_reassemble_at_any_cut(shape):
+    frames = [
+        client_frame(OP_TEXT, b"hi"),  # 6-byte header
+        client_frame(OP_BINARY, bytes(range(256)) * 2),  # 16-bit length
+        client_frame(OP_BINARY, b"\x07" * 70_000),  # 64-bit length
+        client_frame(OP_PING, b"p"),
+    ]
+    stream = b"".join(frames)
+    boundaries = [0]
+    for frame in frames:
+        boundaries.append(boundaries[-1] + len(frame))
+    cuts = sorted({b + d for b in boundaries for d in range(-3, 16)} & set(range(1, len(stream))))
+    expected = [
+        Message(TextMessage("hi")),
+        Message(bytes(range(256)) * 2),
+        Message(b"\x07" * 70_000),
+        Ping(b"p"),
+    ]
+    for cut in cuts:
+        pieces = [cut] if shape == "two pieces" else [cut, min(cut + 7, len(stream) - 1)]
+        pieces = sorted(set(pieces))
+        assert _feed_through_one_reused_buffer(FrameParser(), stream, pieces) == expected, pieces
+
+
+def test_size_limit_is_checked_when_a_split_header_becomes_whole():
+    parser = FrameParser(max_message_size=1000)
+    header = client_frame(OP_BINARY, b"", length=70_000)  # a 64-bit length, no payload
+    assert parser.feed(header[:3]) == []
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(header[3:] + b"\x00" * 100)
+    assert info.value.code == 1009
+
+
 def test_64_bit_length_frames():
     payload = bytes(range(256)) * 300
     assert parse(client_frame(OP_BINARY, payload)) == [Message(payload)]
