@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .allocator import tune_for_server
 from .config import read_config
 from .errors import ConfigurationError
 from .modules import builtin_filter_names, load_filter_module, load_storage_class
@@ -345,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from gevent import monkey
 
     monkey.patch_all()
+    tune_for_server()
     args = list(sys.argv[1:] if argv is None else argv)
     storage_name = choose_storage(args, os.environ)
     try:
