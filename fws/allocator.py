@@ -41,11 +41,14 @@ def tune_for_server() -> bool:
 
     Nothing is changed when the C library is not glibc, or when the operator
     already tunes malloc through its environment (``MALLOC_TRIM_THRESHOLD_``,
-    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``): their choice wins.
+    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``..., or ``glibc.malloc``
+    tunables in ``GLIBC_TUNABLES``): their choice wins.
     """
     if platform.libc_ver()[0] != "glibc":
         return False
     if any(name.startswith("MALLOC_") and name.endswith("_") for name in os.environ):
+        return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # The mmap threshold first: setting either turns off glibc's own adjustment.

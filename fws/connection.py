@@ -300,12 +300,17 @@ class Connection:
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
         if self.server.stopping:  # upgraded while the server was stopping
             self._start_close(1001, "server shutting down")
+        registered = False
         try:
             self.server.storage_object.connected(self.id)
+            registered = True
         except Exception:
             log.exception("connection %s: internal error", self.id)
             self._start_close(1011, "internal server error")
-            self._finish()
+        finally:
+            if not registered:  # also when the server kills this greenlet as it stops
+                self._finish()
+        if not registered:
             return
         if received:
             self._reader = gevent.spawn(self._read_burst, received)
@@ -313,9 +318,15 @@ class Connection:
             self._park()
 
     def abort(self) -> None:
-        """End the connection now, without waiting for the client (server stop)."""
-        if self._reader is not None:
-            self._reader.kill(block=False)
+        """End the connection now, without waiting for the client (server stop).
+
+        Shutting the socket down wakes a reader in recv, or one not started
+        yet, with EOF. Only a reader stuck elsewhere (in a filter) is killed:
+        a greenlet killed before it starts never runs its clean-up.
+        """
+        reader = self._reader
+        if reader is not None and self in self.server.reading and not self._in_recv:
+            reader.kill(block=False)
         self._abort_transport()
 
     def park_if_quiet(self, now: float) -> None:
@@ -380,7 +391,9 @@ class Connection:
                 size = recv_into(buffer)
             except _Park:
                 return False
-            except OSError:  # reset, TLS failure, or shut down by _abort_transport
+            # Reset, TLS failure, or shut down by _abort_transport (a TLS socket
+            # that was shut down raises ValueError: "closed or unwrapped").
+            except (OSError, ValueError):
                 return True
             finally:
                 self._in_recv = False
@@ -427,6 +440,13 @@ class Connection:
         return False
 
     def _finish(self) -> None:
+        self.server.finishing.add(self)  # Server.stop waits for these too
+        try:
+            self._finish_now()
+        finally:
+            self.server.finishing.discard(self)
+
+    def _finish_now(self) -> None:
         self.server.users.pop(self.id, None)
         self._watcher.close()
         writer = self._writer

@@ -143,15 +143,16 @@ class FrameParser:
         """
         if len(head) < 2:
             return 2
-        length = head[1] & 0x7F
-        header_size = 6 if length < 126 else 8 if length == 126 else 14
+        first, second = head[0], head[1]
+        length = second & 0x7F
+        if length < 126:  # the whole length is in the first two bytes
+            self._check_header(first, second, length)
+            return 6 + length
+        header_size = 8 if length == 126 else 14
         if len(head) < header_size:
             return header_size
-        if length == 126:
-            (length,) = struct.unpack_from("!H", head, 2)
-        elif length == 127:
-            (length,) = struct.unpack_from("!Q", head, 2)
-        self._check_header(head[0], head[1], length)
+        (length,) = struct.unpack_from("!H" if header_size == 8 else "!Q", head, 2)
+        self._check_header(first, second, length)
         return header_size + length
 
     def _parse(self, data: bytes | bytearray | memoryview, events: list[Event]) -> int:

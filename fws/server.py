@@ -170,6 +170,8 @@ class Server:
         self.users: dict[str, Connection] = {}
         self.reading: set[Connection] = set()
         """Connections whose reader greenlet runs; the others wait on a watcher."""
+        self.finishing: set[Connection] = set()
+        """Connections out of ``users`` whose disconnect pipeline and storage clean-up run."""
         self.read_buffer = bytearray(READ_SIZE)
         """Every reader's recv_into target; a chunk is parsed before its reader yields."""
         self.upgrades_in_progress = 0
@@ -287,7 +289,8 @@ class Server:
             self._stopped.set()
 
     def _wait_for_connections(self, deadline: float) -> None:
-        while self.users and time.monotonic() < deadline:
+        # Until every connection is closed and its disconnect pipeline has run.
+        while (self.users or self.finishing) and time.monotonic() < deadline:
             gevent.sleep(0.02)
 
     # -- what connections and filters use -----------------------------------------

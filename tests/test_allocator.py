@@ -25,4 +25,6 @@ def _run(**env: str) -> str:
 def test_settings_apply_on_glibc_unless_the_operator_tunes_malloc_already():
     assert _run() == "True"
     assert _run(MALLOC_TRIM_THRESHOLD_="1048576") == "False"  # the operator's choice wins
+    assert _run(GLIBC_TUNABLES="glibc.malloc.trim_threshold=0") == "False"
+    assert _run(GLIBC_TUNABLES="glibc.rtld.nns=4") == "True"  # not a malloc tunable
 

@@ -94,6 +94,14 @@ def test_size_limit_is_checked_when_a_split_header_becomes_whole():
     assert info.value.code == 1009
 
 
+def test_a_bad_header_is_refused_as_soon_as_its_first_two_bytes_are_in():
+    parser = FrameParser()
+    assert parser.feed(b"\x89") == []
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(b"\x00")  # an unmasked ping: nothing more is needed to refuse it
+    assert info.value.code == 1002
+
+
 def test_64_bit_length_frames():
     payload = bytes(range(256)) * 300
     assert parse(client_frame(OP_BINARY, payload)) == [Message(payload)]

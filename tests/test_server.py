@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import socket
 import struct
+import threading
+import time
 
 import gevent
 import greenlet
@@ -468,6 +470,71 @@ def test_stop_cuts_a_connection_whose_filter_never_returns():
         wait_for(lambda: not server.users, timeout=10, message="the stuck connection was kept")
         assert closed == [1001]  # the close it was sent, never answered: not clean
         client.close()
+
+
+def test_stop_waits_for_the_disconnect_pipeline_to_finish():
+    finished = []
+
+    class SlowGoodbye(fws.WebSocketDisconnectFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            gevent.sleep(0.2)  # storage clean-up, say
+            finished.append(data.code)
+
+    with run_server(message=Echo, disconnect=SlowGoodbye) as server:
+        with ws_sync.connect(url(server)) as client:  # answers the server's close itself
+            wait_for(lambda: server.users)
+            stop_server(server)
+            with pytest.raises(ConnectionClosed):
+                client.recv(timeout=10)
+    # run_server has waited for stop() to return.
+    assert finished == [1001]
+
+
+def test_stop_ends_a_connection_whose_reader_has_not_started_yet():
+    # Server.stop aborts what is left; a reader spawned by the watcher but not
+    # yet run must still end the connection (killing it unstarted would not).
+    seen: dict[str, bool] = {}
+    with run_server(message=Echo, close_timeout=0.5) as server:
+        sock = raw_upgrade(server.address[1])
+        wait_for(lambda: server.users)
+        (connection,) = server.users.values()
+        polling = threading.Event()
+
+        def abort_as_the_reader_is_spawned() -> None:
+            polling.set()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                reader = connection._reader
+                if reader is not None and reader.gr_frame is None and not reader.dead:
+                    connection.abort()
+                    seen["aborted unstarted"] = True
+                    return
+                gevent.sleep(0)
+
+        server.hub.loop.run_callback_threadsafe(gevent.spawn, abort_as_the_reader_is_spawned)
+        assert polling.wait(5)
+        sock.sendall(client_frame(OP_TEXT, b"wake up"))
+        wait_for(lambda: seen, message="the reader was never caught before its start")
+        wait_for(lambda: not server.users, message="the aborted connection was kept")
+        assert connection.state.value == "closed"
+        sock.close()
+
+
+def test_a_tls_client_cut_after_a_protocol_error_logs_no_traceback(tmp_path, caplog):
+    tls = TLSFiles(tmp_path)
+    with run_server(message=Echo, close_timeout=0.5, **tls.server_settings) as server:
+        sock = raw_upgrade(server.address[1], tls=tls.client_context)
+        sock.sendall(client_frame(OP_TEXT, b"bad", rsv=1))
+        opcode, payload = read_server_frame(sock)
+        assert (opcode, struct.unpack("!H", payload[:2])[0]) == (OP_CLOSE, 1002)
+        sock.sendall(client_frame(OP_CLOSE, struct.pack("!H", 1002)))
+        wait_for(lambda: not server.users)
+        sock.close()
+    assert "internal error" not in caplog.text
+    assert "Traceback" not in caplog.text
 
 
 def test_port_in_use_raises_oserror():
