@@ -384,6 +384,7 @@ class Connection:
         # is parsed before this greenlet can yield to another reader.
         buffer = self.server.read_buffer
         view = memoryview(buffer)
+        unyielded = 0
         while True:
             self._last_read_at = time.monotonic()
             self._in_recv = True
@@ -399,15 +400,24 @@ class Connection:
                 self._in_recv = False
             if not size or self._handle_chunk(view[:size]):
                 return True
+            # gevent's recv returns at once while data is waiting, so a client
+            # that never pauses would keep the hub from writers (this
+            # connection's own echoes too), other readers and timers.
+            unyielded += size
+            if unyielded >= READ_SIZE or self._outbox_bytes >= READ_SIZE:
+                unyielded = 0
+                gevent.sleep(0)
 
     def _handle_chunk(self, chunk: bytes | memoryview) -> bool:
         """Run the pipelines for one chunk; True once the client's close has arrived."""
+        if self._failed:
+            # After a protocol error, discard until the client closes (over TLS
+            # the socket may be unwrapped by then: these bytes are not even data).
+            return False
         dispatch = self.server.dispatch
         if self.server.pipelines["data"]:
             chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
             dispatch("data", self, chunk)
-        if self._failed:
-            return False  # after a protocol error, discard until the client closes
         assert self._parser is not None
         try:
             events = self._parser.feed(chunk)

@@ -150,6 +150,7 @@ class FrameParser:
             return 6 + length
         header_size = 8 if length == 126 else 14
         if len(head) < header_size:
+            self._check_header(first, second, None)
             return header_size
         (length,) = struct.unpack_from("!H" if header_size == 8 else "!Q", head, 2)
         self._check_header(first, second, length)
@@ -166,11 +167,13 @@ class FrameParser:
             if length == 126:
                 header_size = 8
                 if end - position < header_size:
+                    self._check_header(first, second, None)
                     break
                 (length,) = struct.unpack_from("!H", data, position + 2)
             elif length == 127:
                 header_size = 14
                 if end - position < header_size:
+                    self._check_header(first, second, None)
                     break
                 (length,) = struct.unpack_from("!Q", data, position + 2)
             self._check_header(first, second, length)
@@ -185,7 +188,12 @@ class FrameParser:
                 events.append(event)
         return position
 
-    def _check_header(self, first: int, second: int, length: int) -> None:
+    def _check_header(self, first: int, second: int, length: int | None) -> None:
+        """Refuse a bad frame from its header; ``None``: the extended length is not in yet.
+
+        Everything but the size is decided by the first two bytes, so a client
+        that sends those and stalls is refused at once.
+        """
         opcode = first & 0x0F
         if first & 0x70:
             raise ProtocolError(1002, "reserved bits set, but no extension was negotiated")
@@ -194,7 +202,7 @@ class FrameParser:
         if opcode in _CONTROL_OPCODES:
             if not first & 0x80:
                 raise ProtocolError(1002, "control frames must not be fragmented")
-            if length > _MAX_CONTROL_PAYLOAD:
+            if second & 0x7F > _MAX_CONTROL_PAYLOAD:  # 126 and 127 announce longer lengths
                 raise ProtocolError(1002, "control frame payload over 125 bytes")
             return
         if opcode == OP_CONTINUATION:
@@ -205,6 +213,8 @@ class FrameParser:
                 raise ProtocolError(1002, "new message before the fragmented one finished")
         else:
             raise ProtocolError(1002, f"unknown opcode {opcode:#x}")
+        if length is None:
+            return
         if length >> 63:
             raise ProtocolError(1002, "frame length has its most significant bit set")
         limit = self.max_message_size

@@ -94,11 +94,23 @@ def test_size_limit_is_checked_when_a_split_header_becomes_whole():
     assert info.value.code == 1009
 
 
-def test_a_bad_header_is_refused_as_soon_as_its_first_two_bytes_are_in():
+@pytest.mark.parametrize(
+    "first_two",
+    [
+        b"\x89\x00",  # an unmasked ping
+        b"\x89\xfe",  # a ping announcing a 16-bit length
+        b"\x82\x7e",  # unmasked binary, 16-bit length
+        b"\x82\x7f",  # unmasked binary, 64-bit length
+        b"\xc2\xfe",  # a reserved bit set, 16-bit length
+    ],
+)
+@pytest.mark.parametrize("split", [True, False])
+def test_a_bad_header_is_refused_as_soon_as_its_first_two_bytes_are_in(first_two, split):
     parser = FrameParser()
-    assert parser.feed(b"\x89") == []
+    if split:  # the second byte completes a partial frame kept from an earlier read
+        assert parser.feed(first_two[:1]) == []
     with pytest.raises(ProtocolError) as info:
-        parser.feed(b"\x00")  # an unmasked ping: nothing more is needed to refuse it
+        parser.feed(first_two[1:] if split else first_two)  # then the client stalls
     assert info.value.code == 1002
 
 

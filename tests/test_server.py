@@ -343,6 +343,23 @@ def test_the_server_closes_tcp_right_after_the_close_handshake(scheme, tmp_path)
         wait_for(lambda: not server.users)
 
 
+def test_a_client_streaming_without_pause_gets_every_echo_and_is_not_called_slow():
+    # Its data is always waiting, so recv never blocks: the reader must still let
+    # the writer run, or the echoes pile up past max_outbound_bytes (4 MiB).
+    count, payload = 100, bytes(range(256)) * 256  # 100 x 64 KiB = 6.4 MiB
+    with run_server(message=Echo) as server:
+        sock = raw_upgrade(server.address[1])
+        sock.settimeout(10)
+        stream = client_frame(OP_BINARY, payload) * count
+        sender = threading.Thread(target=sock.sendall, args=(stream,))
+        sender.start()
+        echoes = [read_server_frame(sock) for _ in range(count)]
+        sender.join(10)
+        assert echoes == [(OP_BINARY, payload)] * count
+        assert len(server.users) == 1
+        sock.close()
+
+
 def test_oversized_message_is_refused_from_the_header_with_1009():
     # A long close_timeout: after a protocol error the server must not wait for it.
     with run_server(message=Echo, max_message_size=1024, close_timeout=30) as server:
