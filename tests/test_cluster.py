@@ -19,7 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import websocket
-from helpers import LOOPBACK, ServerProcess, connect, free_port, fws_server_command, wait_for
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    connect,
+    free_port,
+    fws_server_command,
+    raw_upgrade,
+    wait_for,
+)
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 from fws.storage.redis import Publisher
@@ -259,6 +267,29 @@ def test_redis_restart_under_traffic(redis_server: RedisServer) -> None:  # noqa
         assert resumed < 8
         for client in (sender, neighbour, remote):
             client.close()
+
+
+def test_sigterm_with_a_hung_redis_exits_cleanly(redis_server: RedisServer) -> None:  # noqa: F811
+    # Redis stops answering (SIGSTOP) but keeps its connections open: every
+    # clean-up write at shutdown times out. The server must still exit 0, and
+    # log no traceback from writes cut short when the storage closes.
+    with cluster(redis_server, 1, "-f", "broadcast_messages_by_token") as (server,):
+        clients = [connect(server.url) for _ in range(20)]
+        for client in clients[:10]:
+            join(client, "room")
+        silent = [raw_upgrade(server.port) for _ in range(100)]
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(3)  # the heartbeat and the listener are stuck by now
+            assert server.stop(timeout=30) == 0
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert "Traceback" not in server.output, server.output
+        assert "internal error" not in server.output, server.output
+        for client in clients:
+            client.close()
+        for sock in silent:
+            sock.close()
 
 
 def test_sigkilled_server_members_are_purged(redis_server: RedisServer) -> None:  # noqa: F811

@@ -685,6 +685,8 @@ class RedisStorage(Storage):
                     self._outage(exc)
                     self._closing.wait(self._backoff.next())
                 except Exception:
+                    if self._closing.is_set():
+                        break  # close() disconnected the pools under a command
                     # Our bug, not Redis's: say so loudly, but keep the cluster link.
                     log.exception("redis listener failed; reconnecting")
                     self._drop_pubsub()
@@ -813,6 +815,10 @@ class RedisStorage(Storage):
         except RedisError as exc:
             self._dirty = True
             self._outage(exc)
+        except ValueError as exc:  # redis-py, when close() disconnected the pool under it
+            if not self._closed:
+                raise
+            log.debug("write cut short by close: %s", exc)
 
     def _publish(self, send: Callable[[], _T]) -> _T | None:
         if self._down_since is not None:
@@ -956,6 +962,10 @@ class RedisStorage(Storage):
         off from the cluster until its pub/sub connection happened to drop.
         """
         if self._closing.is_set():
+            # Quietly: but a Redis that just failed is not worth a last clean-up
+            # attempt that would hold the stop for another command timeout.
+            if self._down_since is None:
+                self._down_since = time.monotonic()
             return
         self._dirty = True
         if self._down_since is None:
