@@ -641,8 +641,15 @@ class RedisStorage(Storage):
         return bool(reached)
 
     def publish(self, channel: str, data: str | bytes) -> None:
-        """Send raw ``data`` to every server subscribed to ``channel`` (this one included)."""
-        self._publish(lambda: self.redis.publish(channel, data))
+        """Send raw ``data`` to every server subscribed to ``channel`` (this one included).
+
+        While Redis is unreachable, this server's own consumer pipeline still
+        gets it (if it follows ``channel``), as local clients still get local
+        broadcasts: a pub/sub chat goes on within each server.
+        """
+        published = self._publish(lambda: self.redis.publish(channel, data))
+        if published is None and channel in self.channels and self._server is not None:
+            self._server.queue.put(PubSubMessage(channel, data))
 
     @property
     def pubsub_live(self) -> bool:

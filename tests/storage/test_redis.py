@@ -270,6 +270,9 @@ def test_outage_flags_health_defers_writes_and_resyncs(
     wait_for(lambda: not storage.pubsub_live, 5, "health flag stayed up")
     for n in range(20):
         storage.send_to_group("room", f"m{n}", sender="c2")  # local delivery goes on
+    storage.publish("global", b"still here")  # a followed channel: this server's consumers
+    assert node.server.queue.get(timeout=5) == PubSubMessage("global", b"still here")
+    storage.publish("elsewhere", b"x")  # a channel this server does not follow
     storage.add("room", "c2")  # kept locally, written after the outage
     with pytest.raises(StorageUnavailable):
         storage.get("room")
@@ -281,7 +284,8 @@ def test_outage_flags_health_defers_writes_and_resyncs(
         r for r in caplog.records if r.levelname == "WARNING" and "unreachable" in r.message
     ]
     assert len(warnings) == 1, [r.message for r in caplog.records]
-    assert any("20 message(s)" in r.message for r in caplog.records)
+    assert any("22 message(s)" in r.message for r in caplog.records)
+    assert node.server.queue.empty()
 
 
 def test_one_pool_and_one_pubsub_connection(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
