@@ -1,4 +1,4 @@
-"""The fws server: gevent's pywsgi, one greenlet per connection, pipelines per event.
+"""The fws server: gevent's pywsgi, a greenlet per active connection, pipelines per event.
 
 ``Server`` owns the listening socket, the connections (``users``), the queue
 the consumer pipeline reads and the storage object. It builds one ``Pipeline``
