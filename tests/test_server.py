@@ -540,6 +540,23 @@ def test_stop_ends_a_connection_whose_reader_has_not_started_yet():
         sock.close()
 
 
+def test_stop_ends_a_connection_whose_storage_registration_never_returns():
+    # Server.stop kills the handshake greenlet stuck in storage.connected();
+    # the connection it had registered must not outlive the server.
+    from fws.storage.memory import MemoryStorage
+
+    class StuckStorage(MemoryStorage):
+        def connected(self, connection_id: str) -> None:
+            gevent.sleep(3600)
+
+    with run_server(message=Echo, storage=StuckStorage(), close_timeout=0.5) as server:
+        sock = raw_upgrade(server.address[1])  # the 101 is sent before connected()
+        wait_for(lambda: server.users)
+        stop_server(server)
+        wait_for(lambda: not server.users, timeout=10, message="the connection was kept")
+        sock.close()
+
+
 def test_a_tls_client_cut_after_a_protocol_error_logs_no_traceback(tmp_path, caplog):
     tls = TLSFiles(tmp_path)
     with run_server(message=Echo, close_timeout=0.5, **tls.server_settings) as server:
