@@ -9,6 +9,7 @@ registry holds for it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import ssl
 import time
@@ -51,11 +52,13 @@ def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(certfile, keyfile)
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"TLS file not found: {exc.filename}") from None
-    except PermissionError as exc:
-        raise ConfigurationError(f"TLS file not readable: {exc.filename}") from None
     except (ssl.SSLError, OSError) as exc:
+        # ssl's FileNotFoundError and PermissionError carry no file name: find it.
+        for path in (certfile, keyfile):
+            if path is not None and not os.path.exists(path):
+                raise ConfigurationError(f"TLS file not found: {path}") from None
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigurationError(f"TLS file not readable: {path}") from None
         names = certfile if keyfile is None else f"{certfile} / {keyfile}"
         raise ConfigurationError(
             f"cannot load TLS certificate and key from {names}: {exc}"

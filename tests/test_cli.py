@@ -273,7 +273,9 @@ def test_bad_port_number():
 def test_unreadable_or_bad_tls_files(tmp_path):
     missing = tmp_path / "missing.pem"
     assert_clean_failure(
-        run_fws_server(["-key", str(missing), "-cert", str(missing)]), 2, "TLS file not found"
+        run_fws_server(["-key", str(missing), "-cert", str(missing)]),
+        2,
+        f"TLS file not found: {missing}",
     )
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
