@@ -91,8 +91,6 @@ class Storage(ABC):
 
     # -- pub/sub: channels whose messages feed the consumer pipeline
 
-    supports_pubsub: ClassVar[bool] = False
-
     def publish(self, channel: str, data: str | bytes) -> None:
         """Send ``data`` to the consumer pipeline of every server subscribed to ``channel``."""
         raise NotImplementedError(f"{type(self).__name__} has no pub/sub")

@@ -20,7 +20,7 @@ __all__ = ["MemoryStorage", "storage_class"]
 
 
 class MemoryStorage(Storage):
-    supports_pubsub = True
+    """Groups and pub/sub within this one process: the default, and what tests use."""
 
     def __init__(self) -> None:
         self._groups: defaultdict[str, set[str]] = defaultdict(set)

@@ -414,7 +414,6 @@ class RedisStorage(Storage):
     fails at start-up with a clear message instead of serving half a cluster.
     """
 
-    supports_pubsub = True
     options: ClassVar[tuple[StorageOption, ...]] = (
         StorageOption("redis_host", "localhost", "Redis host."),
         StorageOption("redis_port", 6379, "Redis port.", type=int),
