@@ -35,14 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from procs import LOOPBACK, free_port
+
 _LISTENING = re.compile(r"fws listening on ws://[^:]+:(\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def fws_command() -> list[str]:
