@@ -300,18 +300,16 @@ class Connection:
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
         if self.server.stopping:  # upgraded while the server was stopping
             self._start_close(1001, "server shutting down")
-        registered = False
         try:
             self.server.storage_object.connected(self.id)
-            registered = True
         except Exception:
             log.exception("connection %s: internal error", self.id)
             self._start_close(1011, "internal server error")
-        finally:
-            if not registered:  # also when the server kills this greenlet as it stops
-                self._finish()
-        if not registered:
+            self._finish()
             return
+        except gevent.GreenletExit:  # the server, stopping, killed this handshake
+            self._finish()
+            raise
         if received:
             self._reader = gevent.spawn(self._read_burst, received)
         else:
