@@ -120,10 +120,11 @@ class FrameParser:
                 # whole reads would make the buffer large and short-lived.
                 data = memoryview(data)
                 while buffer and data:
-                    missing = self._frame_size(buffer) - len(buffer)
+                    header_size, frame_size = self._extent(buffer, 0)
+                    missing = (frame_size or header_size) - len(buffer)
                     buffer += data[:missing]
                     data = data[missing:]
-                    if len(buffer) == self._frame_size(buffer):
+                    if len(buffer) == self._extent(buffer, 0)[1]:
                         self._parse(buffer, events)
                         buffer.clear()
                 if buffer:
@@ -136,57 +137,46 @@ class FrameParser:
             raise
         return events
 
-    def _frame_size(self, head: bytearray) -> int:
-        """The size of the frame ``head`` begins: of its header until that is whole.
+    def _extent(self, data: bytes | bytearray | memoryview, position: int) -> tuple[int, int]:
+        """(header size, frame size) of the frame at ``position``; frame size 0 until known.
 
-        The header is checked as soon as it is whole, before any payload is kept.
+        While the frame size is 0, the header size is what the header still
+        needs. The header is checked as soon as its first two bytes are in,
+        and again with the extended length, before any payload is kept.
         """
-        if len(head) < 2:
-            return 2
-        first, second = head[0], head[1]
+        available = len(data) - position
+        if available < 2:
+            return 2, 0
+        first, second = data[position], data[position + 1]
         length = second & 0x7F
         if length < 126:  # the whole length is in the first two bytes
             self._check_header(first, second, length)
-            return 6 + length
+            return 6, 6 + length
         header_size = 8 if length == 126 else 14
-        if len(head) < header_size:
+        if available < header_size:
             self._check_header(first, second, None)
-            return header_size
-        (length,) = struct.unpack_from("!H" if header_size == 8 else "!Q", head, 2)
+            return header_size, 0
+        (length,) = struct.unpack_from("!H" if header_size == 8 else "!Q", data, position + 2)
         self._check_header(first, second, length)
-        return header_size + length
+        return header_size, header_size + length
 
     def _parse(self, data: bytes | bytearray | memoryview, events: list[Event]) -> int:
         """Append the events of the complete frames in ``data``; return the bytes they took."""
         position = 0
         end = len(data)
-        while end - position >= 2:
-            first, second = data[position], data[position + 1]
-            length = second & 0x7F
-            header_size = 6
-            if length == 126:
-                header_size = 8
-                if end - position < header_size:
-                    self._check_header(first, second, None)
-                    break
-                (length,) = struct.unpack_from("!H", data, position + 2)
-            elif length == 127:
-                header_size = 14
-                if end - position < header_size:
-                    self._check_header(first, second, None)
-                    break
-                (length,) = struct.unpack_from("!Q", data, position + 2)
-            self._check_header(first, second, length)
-            frame_end = position + header_size + length
-            if frame_end > end:
-                break
-            mask = bytes(data[position + header_size - 4 : position + header_size])
-            payload = unmask(memoryview(data)[position + header_size : frame_end], mask)
+        while True:
+            header_size, frame_size = self._extent(data, position)
+            if not frame_size or end - position < frame_size:
+                return position
+            payload_start = position + header_size
+            frame_end = position + frame_size
+            mask = bytes(data[payload_start - 4 : payload_start])
+            payload = unmask(memoryview(data)[payload_start:frame_end], mask)
+            first = data[position]
             position = frame_end
             event = self._frame(first & 0x0F, bool(first & 0x80), payload)
             if event is not None:
                 events.append(event)
-        return position
 
     def _check_header(self, first: int, second: int, length: int | None) -> None:
         """Refuse a bad frame from its header; ``None``: the extended length is not in yet.
