@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -290,9 +289,7 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
 
 
 def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
-    import gevent
-
-    from .server import Server, tls_context
+    from .server import Server, serve_until_signalled, tls_context
 
     logging.basicConfig(
         level="WARNING" if options["quiet"] else options["log_level"].upper(),
@@ -336,9 +333,7 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         raise click.ClickException(
             f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
         ) from None
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, gevent.spawn, server.stop)
-    server.serve_forever()
+    serve_until_signalled(server)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

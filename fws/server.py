@@ -32,7 +32,7 @@ from .registry import Registry, active_registry
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 
-__all__ = ["Server", "serve", "tls_context"]
+__all__ = ["Server", "serve", "serve_until_signalled", "tls_context"]
 
 log = logging.getLogger("fws.server")
 
@@ -407,6 +407,11 @@ def serve(**settings: Any) -> None:
     """
     server = Server(**settings)
     server.start()
+    serve_until_signalled(server)
+
+
+def serve_until_signalled(server: Server) -> None:
+    """Block in ``server.serve_forever()``; SIGINT or SIGTERM stops it cleanly."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, gevent.spawn, server.stop)
     server.serve_forever()
