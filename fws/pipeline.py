@@ -107,14 +107,16 @@ def _positional_arity(function: Callable[..., Any]) -> int:
 
 
 def is_filter(candidate: Any) -> bool:
-    """Whether ``candidate`` can be a pipeline stage (used by ``|``)."""
+    """Whether ``candidate`` has the shape of a pipeline stage (used by ``|``).
+
+    Only the shape: a class is not instantiated here, so that ``A | B``
+    instantiates a plain-method filter class once, when its stage is built.
+    """
     if isinstance(candidate, Pipeline):
         return True
-    try:
-        _filter_function(candidate)
-    except TypeError:
-        return False
-    return True
+    if isinstance(candidate, type):
+        return inspect.getattr_static(candidate, "filter", None) is not None
+    return callable(getattr(type(candidate), "filter", None)) or callable(candidate)
 
 
 class Pipeline:

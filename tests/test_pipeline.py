@@ -89,6 +89,21 @@ def test_functions_instances_and_plain_method_classes_are_filters():
     assert len(pipeline) == 3
 
 
+def test_a_plain_method_class_is_instantiated_once_when_piped():
+    made = []
+
+    class Counted:
+        def __init__(self):
+            made.append(self)
+
+        def filter(self, web_socket_instance, data):
+            return data
+
+    pipeline = Pipeline(Upper) | Counted
+    assert pipeline.run(None, "a") == "A"
+    assert len(made) == 1
+
+
 def test_filter_taking_only_the_instance_is_called_without_data():
     calls = []
 
