@@ -296,13 +296,37 @@ def _text(value: bytes | str) -> str:
 
 
 class _Scripts:
-    """The Lua scripts, registered on one client (redis-py loads them on first use)."""
+    """The Lua scripts on one client, with their KEYS/ARGV conventions in one place.
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.send_to_group = client.register_script(_SEND_TO_GROUP)
-        self.send_to_client = client.register_script(_SEND_TO_CLIENT)
-        self.group_members = client.register_script(_GROUP_MEMBERS)
-        self.remove_everywhere = client.register_script(_REMOVE_EVERYWHERE)
+    redis-py loads a script on first use. The servers and ``Publisher`` call
+    the same scripts; only ``origin`` differs (a server's id, or "" for none).
+    """
+
+    def __init__(self, client: redis.Redis, keys: KeyLayout) -> None:
+        self._keys = keys
+        self._prefix = keys.prefix + ":"
+        self._send_to_group = client.register_script(_SEND_TO_GROUP)
+        self._send_to_client = client.register_script(_SEND_TO_CLIENT)
+        self._group_members = client.register_script(_GROUP_MEMBERS)
+        self._remove_everywhere = client.register_script(_REMOVE_EVERYWHERE)
+
+    def send_to_group(self, group: str, origin: str, payload: bytes) -> int:
+        """How many servers with members of ``group`` (other than ``origin``) took it."""
+        args: list[str | bytes] = [self._prefix, origin, payload]
+        return int(self._send_to_group(keys=[self._keys.group(group)], args=args))
+
+    def send_to_client(self, connection_id: str, payload: bytes) -> bool:
+        """Whether a live server registered ``connection_id`` and took the message."""
+        args: list[str | bytes] = [self._prefix, connection_id, payload]
+        return bool(self._send_to_client(keys=[self._keys.servers], args=args))
+
+    def group_members(self, group: str) -> set[str]:
+        members = self._group_members(keys=[self._keys.group(group)], args=[self._prefix, group])
+        return {_text(member) for member in members}
+
+    def remove_everywhere(self, group: str, member: str, origin: str, notice: bytes) -> None:
+        args: list[str | bytes] = [self._prefix, group, member, origin, notice]
+        self._remove_everywhere(keys=[self._keys.group(group)], args=args)
 
 
 # -- a backend program's way in ----------------------------------------------------
@@ -339,7 +363,7 @@ class Publisher:
                 raise ConfigurationError(f"invalid Redis URL {_redact(url)}: {exc}") from None
         self.redis = client
         self.keys = KeyLayout(key)
-        self._scripts = _Scripts(client)
+        self._scripts = _Scripts(client, self.keys)
 
     def broadcast(self, data: str | bytes) -> int:
         """Every client of every server."""
@@ -347,21 +371,12 @@ class Publisher:
 
     def send_to_group(self, group: str, data: str | bytes) -> int:
         """The members of ``group``, on whichever servers they are."""
-        payload = encode_envelope(data, group=group)
-        return int(
-            self._scripts.send_to_group(
-                keys=[self.keys.group(group)], args=[self.keys.prefix + ":", "", payload]
-            )
-        )
+        return self._scripts.send_to_group(group, "", encode_envelope(data, group=group))
 
     def send_to_client(self, connection_id: str, data: str | bytes) -> bool:
         """One client, by its connection id (``web_socket_instance.id``)."""
         payload = encode_envelope(data, client=connection_id)
-        return bool(
-            self._scripts.send_to_client(
-                keys=[self.keys.servers], args=[self.keys.prefix + ":", connection_id, payload]
-            )
-        )
+        return self._scripts.send_to_client(connection_id, payload)
 
     def publish(self, channel: str, data: str | bytes) -> int:
         """Raw data to a ``--redis_channels`` channel: the consumer pipelines get it."""
@@ -369,10 +384,7 @@ class Publisher:
 
     def group_members(self, group: str) -> set[str]:
         """The connection ids in ``group``, over all live servers."""
-        members = self._scripts.group_members(
-            keys=[self.keys.group(group)], args=[self.keys.prefix + ":", group]
-        )
-        return {_text(member) for member in members}
+        return self._scripts.group_members(group)
 
     def servers(self) -> set[str]:
         """Ids of the servers whose heartbeat is current."""
@@ -473,7 +485,7 @@ class RedisStorage(Storage):
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {_redact(self.url)}: {exc}") from None
         self.redis = redis.Redis(connection_pool=self._pool)
-        self._scripts = _Scripts(self.redis)
+        self._scripts = _Scripts(self.redis, self.keys)
         if check:
             try:
                 self.redis.ping()
@@ -510,13 +522,10 @@ class RedisStorage(Storage):
         if self._down_since is not None:
             raise StorageUnavailable(f"Redis at {_redact(self.url)} is unreachable")
         try:
-            members = self._scripts.group_members(
-                keys=[self.keys.group(key)], args=[self.keys.prefix + ":", key]
-            )
+            return self._scripts.group_members(key)
         except RedisError as exc:
             self._outage(exc)
             raise StorageUnavailable(f"Redis at {_redact(self.url)}: {exc}") from exc
-        return {_text(member) for member in members}
 
     def add(self, key: str, value: str) -> None:
         members = self._groups.setdefault(key, set())
@@ -560,10 +569,7 @@ class RedisStorage(Storage):
             raise StorageUnavailable(f"Redis at {_redact(self.url)} is unreachable")
         notice = encode_envelope(value, origin=self.server_id, group=key, op="remove")
         try:
-            self._scripts.remove_everywhere(
-                keys=[self.keys.group(key)],
-                args=[self.keys.prefix + ":", key, value, self.server_id, notice],
-            )
+            self._scripts.remove_everywhere(key, value, self.server_id, notice)
         except RedisError as exc:
             self._outage(exc)
             raise StorageUnavailable(f"Redis at {_redact(self.url)}: {exc}") from exc
@@ -617,12 +623,7 @@ class RedisStorage(Storage):
         if local and self._server is not None:
             self._server.broadcast(data, exclude=sender, to=tuple(local))
         payload = encode_envelope(data, origin=self.server_id, sender=sender, group=key)
-        self._publish(
-            lambda: self._scripts.send_to_group(
-                keys=[self.keys.group(key)],
-                args=[self.keys.prefix + ":", self.server_id, payload],
-            )
-        )
+        self._publish(lambda: self._scripts.send_to_group(key, self.server_id, payload))
 
     def send_to_client(self, connection_id: str, data: str | bytes) -> bool:
         """Deliver to one client wherever it is connected; whether it was found.
@@ -632,12 +633,7 @@ class RedisStorage(Storage):
         if self._server is not None and connection_id in self._server.users:
             return self._server.broadcast(data, to=(connection_id,)) > 0
         payload = encode_envelope(data, origin=self.server_id, client=connection_id)
-        reached = self._publish(
-            lambda: self._scripts.send_to_client(
-                keys=[self.keys.servers], args=[self.keys.prefix + ":", connection_id, payload]
-            )
-        )
-        return bool(reached)
+        return bool(self._publish(lambda: self._scripts.send_to_client(connection_id, payload)))
 
     def publish(self, channel: str, data: str | bytes) -> None:
         """Send raw ``data`` to every server subscribed to ``channel`` (this one included).
