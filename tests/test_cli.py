@@ -390,6 +390,27 @@ def test_close_timeout_zero_is_refused():
     assert_clean_failure(run_fws_server(["--close-timeout", "0"]), 2, "close-timeout")
 
 
+def test_config_file_indented_comments_dashed_keys_and_a_single_flag(tmp_path):
+    port = free_port()
+    config = tmp_path / "fws.json"
+    config.write_text(
+        "{\n"
+        "    # an indented comment line, as in the seed's example\n"
+        f'    "port": {port}, "host": "{LOOPBACK}", "filters": ["echo"],\n'
+        '    "max-message-size": 10,\n'
+        '    "flags": "quiet"\n'
+        "}\n"
+    )
+    with ServerProcess(["-c", str(config)], env={"FWS_PORT": ""}).start(port=port) as server:
+        client = connect(f"ws://{LOOPBACK}:{port}/")
+        client.send("0123456789")
+        assert client.recv() == "0123456789"
+        client.send("0123456789!")  # 11 bytes: over the configured limit
+        opcode, payload = client.recv_data(control_frame=True)
+        assert (opcode, payload[:2]) == (websocket.ABNF.OPCODE_CLOSE, b"\x03\xf1")  # 1009
+        assert "INFO" not in server.output  # "flags": "quiet" as a single name
+
+
 def test_config_keys_by_option_name_and_a_string_for_several_values(tmp_path):
     config = tmp_path / "fws.json"
     config.write_text(

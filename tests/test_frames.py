@@ -148,6 +148,7 @@ def test_close_and_pong_frames():
         (client_frame(OP_PING, b"x", fin=False), 1002, "fragmented"),
         (client_frame(OP_PING, b"x" * 126), 1002, "125"),
         (client_frame(OP_CONTINUATION, b"x"), 1002, "continuation"),
+        (client_frame(OP_BINARY, b"", length=2**63), 1002, "most significant bit"),
         (client_frame(OP_TEXT, b"\xff\xfe"), 1007, "UTF-8"),
         (client_frame(OP_CLOSE, b"\x03"), 1002, "1-byte"),
         (client_frame(OP_CLOSE, struct.pack("!H", 1005)), 1002, "close code"),

@@ -282,13 +282,14 @@ def test_a_client_upgrading_while_the_server_stops_gets_1001():
         assert codes == [1001]
 
 
-def test_malformed_key_is_refused_before_connect_filters_run(caplog):
+@pytest.mark.parametrize("key", [b"abc", b"YWJj"])  # not base64; base64 of 3 bytes, not 16
+def test_malformed_key_is_refused_before_connect_filters_run(key, caplog):
     seen = []
     with run_server(message=Echo, connect=lambda ws, request: seen.append(request)) as server:
         sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
         sock.sendall(
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         assert read_until_eof(sock).startswith(b"HTTP/1.1 400")
     assert seen == []

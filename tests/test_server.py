@@ -165,6 +165,11 @@ def test_connect_filter_sees_the_request_and_can_refuse_with_a_status():
         assert len(server.users) == 1  # the refused client never became a user
 
 
+def test_request_query_keeps_blank_values_and_the_last_of_a_repeated_name():
+    request = fws.Request(path="/", query_string="room=a&room=b&token=&x=1")
+    assert request.query == {"room": "b", "token": "", "x": "1"}
+
+
 def test_connect_filter_drop_means_403_and_a_raising_one_means_500():
     def refuse_all(ws, request):
         return DROP
@@ -287,7 +292,8 @@ def test_half_a_frame_then_a_stall_blocks_nobody():
 
 
 def _live_greenlets() -> int:
-    return sum(1 for g in gc.get_objects() if isinstance(g, greenlet.greenlet) and g)
+    # type(), not isinstance(): the heap may hold dead weak proxies, which raise on access.
+    return sum(1 for g in gc.get_objects() if issubclass(type(g), greenlet.greenlet) and g)
 
 
 def test_idle_connections_hold_no_greenlet_and_wake_when_spoken_to():
@@ -569,6 +575,87 @@ def test_a_tls_client_cut_after_a_protocol_error_logs_no_traceback(tmp_path, cap
         sock.close()
     assert "internal error" not in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_a_storage_that_fails_to_register_a_client_closes_it_with_1011(caplog):
+    from fws.storage.memory import MemoryStorage
+
+    class BrokenStorage(MemoryStorage):
+        def connected(self, connection_id: str) -> None:
+            raise RuntimeError("storage bug")
+
+    with run_server(message=Echo, storage=BrokenStorage()) as server:
+        with ws_sync.connect(url(server)) as client:
+            with pytest.raises(ConnectionClosed) as info:
+                client.recv(timeout=5)
+        assert info.value.rcvd.code == 1011
+    assert "RuntimeError: storage bug" in caplog.text  # our bug: logged with its traceback
+
+
+def test_an_internal_error_in_the_reader_closes_with_1011_and_spares_others():
+    with run_server(message=Echo) as server:
+        bystander = connect(server)
+        real_dispatch = server.dispatch
+
+        def broken_dispatch(event, instance, data):
+            if data == "break":
+                raise RuntimeError("fws bug")
+            return real_dispatch(event, instance, data)
+
+        server.dispatch = broken_dispatch  # type: ignore[method-assign]
+        with ws_sync.connect(url(server)) as client:
+            client.send("break")
+            with pytest.raises(ConnectionClosed) as info:
+                client.recv(timeout=5)
+        assert info.value.rcvd.code == 1011
+        bystander.send("still here")
+        assert bystander.recv() == "still here"
+
+
+def test_one_frame_larger_than_the_outbound_limit_still_goes_to_a_reading_client():
+    # The limit is on a backlog: a single message bigger than it is not one.
+    with run_server(message=Echo, max_outbound_bytes=1000) as server:
+        client = connect(server)
+        client.send_binary(b"x" * 5000)
+        assert client.recv() == b"x" * 5000
+
+
+def test_messages_after_the_server_closes_are_not_dispatched_and_send_says_false():
+    seen, sent_while_closing = [], []
+
+    class ByeCloses(WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            seen.append(str(data))
+            if data == "bye":
+                web_socket_instance.close(1000, "bye")
+                sent_while_closing.append(web_socket_instance.send("too late"))
+
+    with run_server(message=ByeCloses) as server:
+        sock = raw_upgrade(server.address[1])
+        sock.sendall(client_frame(OP_TEXT, b"bye") + client_frame(OP_TEXT, b"after"))
+        opcode, _payload = read_server_frame(sock)
+        assert opcode == OP_CLOSE
+        sock.sendall(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        wait_for(lambda: not server.users)
+        sock.close()
+    assert seen == ["bye"]
+    assert sent_while_closing == [False]
+
+
+def test_a_handshake_that_arrives_after_stop_began_gets_503():
+    with run_server(message=Echo, close_timeout=0.5) as server:
+        sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+        stop_server(server)  # the connection is accepted; its request comes next
+        wait_for(lambda: server.stopping)
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert read_until_eof(sock).startswith(b"HTTP/1.1 503")
+        sock.close()
 
 
 def test_port_in_use_raises_oserror():
