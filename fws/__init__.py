@@ -7,20 +7,21 @@ signal handlers. Scripts call ``gevent.monkey.patch_all()`` themselves, first.
 from __future__ import annotations
 
 from .connection import Connection as Connection
+from .datatypes import CloseInfo as CloseInfo
+from .datatypes import Request as Request
+from .datatypes import TextMessage as TextMessage
 from .errors import ConfigurationError as ConfigurationError
 from .errors import FilterError as FilterError
 from .errors import FilterModuleError as FilterModuleError
 from .errors import FwsError as FwsError
 from .errors import ProtocolError as ProtocolError
 from .errors import Reject as Reject
-from .events import CloseInfo as CloseInfo
-from .events import Request as Request
-from .events import TextMessage as TextMessage
 from .events import WebSocketConnectFilter as WebSocketConnectFilter
 from .events import WebSocketConsumerFilter as WebSocketConsumerFilter
 from .events import WebSocketDataFilter as WebSocketDataFilter
 from .events import WebSocketDisconnectFilter as WebSocketDisconnectFilter
 from .events import WebSocketMessageFilter as WebSocketMessageFilter
+from .events import WebSocketOpenFilter as WebSocketOpenFilter
 from .pipeline import DROP as DROP
 from .pipeline import Pipeline as Pipeline
 from .registry import FilterBase as FilterBase
@@ -55,6 +56,7 @@ __all__ = [
     "WebSocketDataFilter",
     "WebSocketDisconnectFilter",
     "WebSocketMessageFilter",
+    "WebSocketOpenFilter",
     "active_registry",
     "isolated_registry",
     "serve",

@@ -15,8 +15,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from .datatypes import TextMessage
 from .errors import ProtocolError
-from .events import TextMessage
 
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1

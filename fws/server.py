@@ -106,7 +106,7 @@ class Server:
 
     Pipelines (``None``: take the event's pipeline from ``registry``, which
     defaults to the active registry; pass ``Pipeline()`` for none):
-    ``connect``, ``data``, ``message``, ``disconnect``, ``consumer``.
+    ``connect``, ``open``, ``data``, ``message``, ``disconnect``, ``consumer``.
     """
 
     def __init__(
@@ -116,6 +116,7 @@ class Server:
         port: int = 9000,
         # Pipelines, one per event.
         connect: Any = None,
+        open: Any = None,  # noqa: A002 - the event's name, like the other pipelines
         data: Any = None,
         message: Any = None,
         disconnect: Any = None,
@@ -145,6 +146,7 @@ class Server:
         self.port = port
         self._explicit: dict[str, Any] = {
             "connect": connect,
+            "open": open,
             "data": data,
             "message": message,
             "disconnect": disconnect,
