@@ -36,6 +36,7 @@ log = logging.getLogger("fws.cli")
 DEFAULT_FILTERS = ("broadcast_messages", "stdout_messages")
 STORAGE_ENVVARS = ("FWS_STORAGE", "STORAGE_OBJECT_MODULE")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+COMPRESSION_CHOICES = ("deflate", "off")
 
 
 class FwsCommand(click.Command):
@@ -172,6 +173,8 @@ LIMITS: tuple[tuple[str, type, str], ...] = (
     ("max_message_size", int, "Largest message a client may send, in bytes (close 1009)."),
     ("max_outbound_bytes", int, "Bytes queued for a client before it is closed as too slow."),
     ("max_connections", int, "Open connections above which new clients get HTTP 503."),
+    ("max_header_bytes", int, "Largest HTTP request head (request line and headers), in "
+     "bytes (HTTP 431)."),
     ("handshake_timeout", float, "Seconds a client has to complete the HTTP upgrade."),
     ("ping_interval", float, "Seconds between keepalive pings."),
     ("ping_timeout", float, "Seconds to wait for a pong before closing with 1011."),
@@ -259,6 +262,33 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             "get 403. Default: any.",
         ),
         click.Option(
+            ["--subprotocol", "subprotocols"],
+            multiple=True,
+            metavar="NAME...",
+            help="Subprotocols this server speaks, preferred first; the first one the client "
+            "also offers is chosen. Clients offering none are let in unless "
+            "--require-subprotocol.",
+        ),
+        click.Option(
+            ["--require-subprotocol"],
+            is_flag=True,
+            help="Refuse (HTTP 400) clients that offer none of the --subprotocol names.",
+        ),
+        click.Option(
+            ["--compression"],
+            type=click.Choice(COMPRESSION_CHOICES),
+            default=_server_default("compression"),
+            show_default=True,
+            help="permessage-deflate for clients that offer it (RFC 7692), or off.",
+        ),
+        click.Option(
+            ["--trusted-proxy", "trusted_proxies"],
+            multiple=True,
+            metavar="CIDR...",
+            help="Proxies (addresses or networks) whose X-Forwarded-For / Forwarded headers "
+            "name the client; from anyone else those headers are ignored.",
+        ),
+        click.Option(
             ["--close-timeout"],
             type=click.FloatRange(min=0, min_open=True),
             default=_server_default("close_timeout"),
@@ -298,6 +328,8 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
     )
     if options["key"] and not options["cert"]:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
+    if options["require_subprotocol"] and not options["subprotocols"]:
+        raise click.UsageError("--require-subprotocol needs at least one --subprotocol NAME")
     storage_options = {opt.name: options.pop(opt.name) for opt in storage_class.options}
     try:
         loaded = [load_filter_module(name) for name in options["filters"]]
@@ -313,16 +345,25 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
     for module in modules:
         if not filters_defined_in(module):
             log.warning("filter module %s defines no filters", module.__name__)
-    server = Server(
-        host=options["host"],
-        port=options["port"],
-        registry=Registry.from_modules(modules),
-        storage=storage,
-        ssl_context=ssl_context,
-        origins=options["origins"] or None,
-        **{name: options[name] or None for name, _, _ in LIMITS},
-        close_timeout=options["close_timeout"],
-    )
+    limits: dict[str, Any] = {name: options[name] or None for name, _, _ in LIMITS}
+    try:
+        server = Server(
+            host=options["host"],
+            port=options["port"],
+            registry=Registry.from_modules(modules),
+            storage=storage,
+            ssl_context=ssl_context,
+            origins=options["origins"] or None,
+            subprotocols=options["subprotocols"],
+            require_subprotocol=options["require_subprotocol"],
+            compression=options["compression"],
+            trusted_proxies=options["trusted_proxies"],
+            **limits,
+            close_timeout=options["close_timeout"],
+        )
+    except ConfigurationError as exc:  # a --trusted-proxy that is not an address
+        storage.close()
+        raise click.UsageError(str(exc)) from None
     try:
         server.start()
     except ConfigurationError as exc:  # a filter that cannot be one

@@ -24,23 +24,19 @@ raises ``ConcurrentObjectUseError`` if they do).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import logging
 import socket
 import time
 import uuid
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.socket
 import gevent.ssl
-from geventwebsocket.handler import WebSocketHandler
 
 from .datatypes import CloseInfo, Request
-from .errors import FilterError, ProtocolError, Reject
+from .errors import ProtocolError
 from .frames import (
     OP_PING,
     OP_PONG,
@@ -55,17 +51,15 @@ from .frames import (
     is_valid_close_code,
     text_if_utf8,
 )
-from .pipeline import DROP
 
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["Connection", "ConnectionHandler"]
+__all__ = ["Connection"]
 
 log = logging.getLogger("fws.connection")
 
 READ_SIZE = 262144
-_HANDSHAKE_BUFFER = 1024
 PARK_AFTER = 1.0
 """Seconds a reader waits for more before it may give way to a watcher (see park_if_quiet)."""
 
@@ -118,6 +112,9 @@ class Connection:
         "_deadline",
         "claims",
         "user",
+        "subprotocol",
+        "deflate",
+        "_response_headers",
         "__dict__",
         "__weakref__",
     )
@@ -145,12 +142,19 @@ class Connection:
         self._close_timer: gevent.Greenlet | None = None
         self._last_message_at = self._last_ping_at = time.monotonic()
         self._awaiting_pong = False
-        self._opening = False  # the open pipeline runs: others' frames wait behind its own
+        # While open() runs (storage registration, the open pipeline): the greenlet
+        # running it, and the frames other greenlets queued meanwhile, held back.
+        self._opening: tuple[Any, list[bytes]] | None = None
         self._deadline: Any = None  # libev timer of close_after, if one was set
         self.claims: dict[str, Any] | None = None
         """The verified token's claims, set by ``jwt_auth`` (or any connect filter)."""
         self.user: str | None = None
         """Who the client is: ``jwt_auth`` sets the token's ``sub`` here."""
+        self.subprotocol: str | None = None
+        """The subprotocol the 101 response names; a connect filter may choose one the
+        client offered (``request.subprotocols``). ``--subprotocol`` preselects it."""
+        self.deflate: Any = None  # the permessage-deflate codec, when negotiated
+        self._response_headers: list[tuple[str, str]] | None = None
 
     # -- the seed's surface ---------------------------------------------------
 
@@ -199,6 +203,19 @@ class Connection:
             raise ValueError(f"{code} is not a close code a server may send")
         self._start_close(code, reason)
 
+    def add_response_header(self, name: str, value: str) -> None:
+        """Send a header with the 101 response (``Set-Cookie``...); for connect filters."""
+        if self.state is not State.CONNECTING:
+            raise RuntimeError("response headers can only be added before the upgrade")
+        if self._response_headers is None:
+            self._response_headers = []
+        self._response_headers.append((name, value))
+
+    def take_response_headers(self) -> list[tuple[str, str]]:
+        """The headers connect filters added; they are not kept after the upgrade."""
+        headers, self._response_headers = self._response_headers or [], None
+        return headers
+
     def close_after(self, seconds: float, code: int = 1008, reason: str = "") -> None:
         """Close the connection with ``code`` once ``seconds`` have passed (an expiring token).
 
@@ -231,9 +248,14 @@ class Connection:
         return True
 
     def _queue(self, frame: bytes) -> None:
-        self._outbox.append(frame)
         self._outbox_bytes += len(frame)
-        if self._writer is None and not self._opening:
+        if self._opening is not None:
+            opener, held = self._opening
+            # The open pipeline's frames go first; the writer waits for its end.
+            (self._outbox if gevent.getcurrent() is opener else held).append(frame)
+            return
+        self._outbox.append(frame)
+        if self._writer is None:
             # The writer starts on the hub's next turn, so every frame queued
             # until then (a whole batch of echoes, say) leaves in one send.
             self._writer = gevent.spawn(self._write_loop)
@@ -319,6 +341,7 @@ class Connection:
         self._parser = FrameParser(max_message_size=self.server.max_message_size)
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.state = State.OPEN
+        self._opening = (gevent.getcurrent(), [])
         self.server.users[self.id] = self
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
         if self.server.stopping:  # upgraded while the server was stopping
@@ -328,41 +351,32 @@ class Connection:
         except Exception:
             log.exception("connection %s: internal error", self.id)
             self._start_close(1011, "internal server error")
+            self._end_opening()
             self._finish()
             return
         except gevent.GreenletExit:  # the server, stopping, killed this handshake
+            self._end_opening()
             self._finish()
             raise
-        self._run_open_pipeline()
-        if self.state is State.CLOSED:
-            return
+        try:
+            if self.server.pipelines["open"]:
+                self.server.dispatch("open", self, self.request)
+        except gevent.GreenletExit:
+            self._end_opening()
+            self._finish()
+            raise
+        self._end_opening()
         if received:
             self._reader = gevent.spawn(self._read_burst, received)
         else:
             self._park()
 
-    def _run_open_pipeline(self) -> None:
-        """Run the open event; what its filters send leaves before anything else.
-
-        Other greenlets may queue frames for this connection meanwhile (a
-        broadcast that arrived while a filter waited on I/O): the writer does
-        not start until the open pipeline is done, and those frames go after
-        the open pipeline's own.
-        """
-        if not self.server.pipelines["open"]:
-            return
-        self._opening = True
-        early = len(self._outbox)
-        try:
-            self.server.dispatch("open", self, self.request)
-        except gevent.GreenletExit:
-            self._opening = False
-            self._finish()
-            raise
-        finally:
-            self._opening = False
-        if early:
-            self._outbox[:] = self._outbox[early:] + self._outbox[:early]
+    def _end_opening(self) -> None:
+        """Release the frames held while opening, after the open pipeline's own."""
+        assert self._opening is not None
+        _, held = self._opening
+        self._opening = None
+        self._outbox.extend(held)
         if self._outbox and self._writer is None:
             self._writer = gevent.spawn(self._write_loop)
 
@@ -532,185 +546,3 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} {self.peer[0]}:{self.peer[1]}>"
-
-
-def _check_handshake(server: Server, request: Request) -> Reject | None:
-    """Refusals decided from the request alone, before any connect filter runs."""
-    key = request.headers.get("sec-websocket-key", "").strip()
-    try:
-        key_is_valid = len(base64.b64decode(key, validate=True)) == 16
-    except (binascii.Error, ValueError):
-        key_is_valid = False
-    if not key_is_valid:
-        return Reject(400, "Sec-WebSocket-Key header is missing or not 16 base64 bytes")
-    if server.stopping:
-        return Reject(503, "server is shutting down")
-    if server.origins is not None:
-        origin = request.headers.get("origin")
-        if origin is not None and origin not in server.origins:
-            return Reject(403, f"origin {origin} is not allowed")
-    limit = server.max_connections
-    if limit is not None and len(server.users) + server.upgrades_in_progress >= limit:
-        return Reject(503, "server is at its connection limit")
-    return None
-
-
-class ConnectionHandler(WebSocketHandler):
-    """gevent-websocket's handler, with the connect pipeline before the upgrade.
-
-    ``application`` is the fws ``Server``: pywsgi gives every handler the
-    application, which saves a second back-reference.
-    """
-
-    socket: Any  # pywsgi's; None once the connection owns it
-    _fws_connection: Connection | None = None
-    detached = False
-    """True once the upgraded socket belongs to a ``Connection``, not to pywsgi."""
-
-    def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
-        # pywsgi's default 8 KiB read buffer would stay allocated for the whole
-        # life of every WebSocket; the handshake needs little.
-        if rfile is None:
-            rfile = sock.makefile("rb", _HANDSHAKE_BUFFER)
-        # fws batches its writes itself; Nagle's algorithm would only add delay.
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not a TCP socket (a test's socketpair, a Unix socket)
-        super().__init__(sock, address, server, rfile)
-
-    @property
-    def logger(self) -> logging.Logger:  # gevent-websocket would install its own handler
-        return log
-
-    def log_request(self) -> None:
-        if self.server.log is not None and "101" not in str(self.status):
-            self.server.log.write(self.format_request() + "\n")
-
-    def upgrade_websocket(self) -> Iterable[bytes] | None:
-        result = super().upgrade_websocket()
-        # gevent-websocket answers some bad requests with str bodies; pywsgi wants bytes.
-        if result is not None:
-            self.close_connection = True  # a failed upgrade does not keep the socket
-            return [part.encode() if isinstance(part, str) else part for part in result]
-        return None
-
-    def handle(self) -> None:
-        # Slowloris: a client gets handshake_timeout seconds to complete the
-        # upgrade; then its socket is shut down and the handler returns.
-        timeout = self.server.application.handshake_timeout
-        if timeout:
-            self._handshake_timer = gevent.get_hub().loop.timer(timeout)
-            self._handshake_timer.start(self._handshake_expired)
-        try:
-            super().handle()
-        finally:
-            self._stop_handshake_timer()
-            self._release_place()  # killed mid-handshake (server stop)
-
-    _handshake_timer: Any = None
-
-    def _stop_handshake_timer(self) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.close()
-            self._handshake_timer = None
-
-    def _handshake_expired(self) -> None:
-        log.info("handshake from %s:%s timed out", *self.client_address[:2])
-        try:
-            self.socket.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass  # already closed: nothing left to cut
-
-    def upgrade_connection(self) -> Iterable[bytes] | None:
-        server: Server = self.application
-        request = Request.from_environ(self.environ, self.client_address)
-        early = _check_handshake(server, request)
-        if early is not None:
-            return self._refuse(request, early)
-        # Hold a place under max_connections from now until the connection is in
-        # server.users: connect filters may wait on I/O while others arrive.
-        server.upgrades_in_progress += 1
-        self._holds_place = True
-        connection = Connection(server, request)
-        try:
-            outcome = server.pipelines["connect"].run(connection, request)
-            if outcome is DROP:
-                raise Reject(403)
-        except FilterError as exc:
-            if isinstance(exc.__cause__, Reject):
-                refusal = exc.__cause__
-            else:  # fail closed: a broken auth filter must not let everyone in
-                log.error("connect filter %s raised", exc.filter_name, exc_info=exc.__cause__)
-                refusal = Reject(500, "internal server error")
-            return self._refuse(request, refusal)
-        except Reject as refusal:
-            return self._refuse(request, refusal)
-        result = super().upgrade_connection()
-        if self.environ.get("wsgi.websocket") is not None:
-            self._fws_connection = connection
-        else:
-            self._release_place()
-        return result
-
-    _holds_place = False
-
-    def _release_place(self) -> None:
-        if self._holds_place:
-            self._holds_place = False
-            self.application.upgrades_in_progress -= 1
-
-    def _take_buffered(self) -> bytes:
-        """Bytes the HTTP parser read past the request (frames sent right away)."""
-        self.socket.settimeout(0.0)  # read1 must return what is buffered, not wait
-        try:
-            return bytes(self.rfile.read1(_HANDSHAKE_BUFFER))
-        except OSError:
-            return b""
-        finally:
-            self.socket.settimeout(None)
-
-    def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
-        self._release_place()
-        log.info("handshake from %s:%s refused: %s", *request.peer, refusal)
-        body = (refusal.reason + "\n").encode()
-        self.start_response(
-            f"{refusal.status.value} {refusal.status.phrase}",
-            [
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("Connection", "close"),
-            ],
-        )
-        self.close_connection = True
-        return [body]
-
-    def run_websocket(self) -> None:
-        self._stop_handshake_timer()
-        # gevent-websocket's frame layer stays unused: mark it closed so that its
-        # __del__ does not write a close frame onto a socket fws owns, and drop it.
-        self.websocket.closed = True
-        del self.websocket
-        connection = self._fws_connection
-        assert connection is not None
-        self._fws_connection = None
-        received = self._take_buffered()
-        self._release_place()  # open() puts the connection in users before it yields
-        # The connection owns the socket from here on; this greenlet, the
-        # handler and its buffers end with the handshake.
-        sock = self._detach_socket()
-        self.close_connection = True
-        self.environ = {"wsgi.websocket": None}
-        connection.open(sock, received)
-
-    def _detach_socket(self) -> socket.socket:
-        """Take the socket from pywsgi and gevent's server, which close theirs on return."""
-        sock, self.socket = self.socket, None
-        self.detached = True
-        # The handshake reader holds a reference that would keep a closed TLS
-        # socket's descriptor open until the garbage collector found it.
-        self.rfile.close()
-        if isinstance(sock, gevent.ssl.SSLSocket):
-            return sock  # fws's _WSGIServer closes a TLS socket only if it is not detached
-        family, kind, proto = sock.family, sock.type, sock.proto
-        return gevent.socket.socket(family, kind, proto, fileno=sock.detach())

@@ -13,7 +13,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import gevent
@@ -23,16 +23,19 @@ import gevent.queue
 import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
-from .connection import PARK_AFTER, READ_SIZE, Connection, ConnectionHandler
+from .connection import PARK_AFTER, READ_SIZE, Connection
 from .errors import ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
+from .handshake import ConnectionHandler, ProxyNetworks
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 
-__all__ = ["Server", "serve", "serve_until_signalled", "tls_context"]
+__all__ = ["COMPRESSION_CHOICES", "Server", "serve", "serve_until_signalled", "tls_context"]
+
+COMPRESSION_CHOICES = ("deflate", "off")
 
 log = logging.getLogger("fws.server")
 
@@ -133,6 +136,14 @@ class Server:
         max_outbound_bytes: int | None = 4 * 2**20,
         max_connections: int | None = None,
         origins: Collection[str] | None = None,
+        max_header_bytes: int | None = 16 * 1024,
+        # The handshake: subprotocols offered (the first the client also offers is
+        # chosen), whether a client must offer one, permessage-deflate ("off" or
+        # "deflate"), and proxies whose X-Forwarded-For / Forwarded are believed.
+        subprotocols: Sequence[str] = (),
+        require_subprotocol: bool = False,
+        compression: str = "deflate",
+        trusted_proxies: Iterable[str] = (),
         # Timeouts, in seconds; None disables one.
         handshake_timeout: float | None = 10.0,
         ping_interval: float | None = 20.0,
@@ -167,6 +178,20 @@ class Server:
         self.max_outbound_bytes = max_outbound_bytes
         self.max_connections = max_connections
         self.origins = frozenset(origins) if origins is not None else None
+        self.max_header_bytes = max_header_bytes
+        self.subprotocols = tuple(subprotocols)
+        if require_subprotocol and not self.subprotocols:
+            raise ConfigurationError("require_subprotocol needs at least one subprotocol")
+        self.require_subprotocol = require_subprotocol
+        if compression not in COMPRESSION_CHOICES:
+            raise ConfigurationError(
+                f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, not {compression!r}"
+            )
+        self.compression = compression
+        try:
+            self.trusted_proxies = ProxyNetworks(trusted_proxies)
+        except ValueError as exc:
+            raise ConfigurationError(f"trusted proxy: {exc}") from None
         self.handshake_timeout = handshake_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -323,6 +348,12 @@ class Server:
             if connection is not None and connection.id != exclude:
                 sent += connection.send_frame(frame)
         return sent
+
+    def negotiate_compression(self, offers: str | None) -> Any:
+        """The permessage-deflate codec for a client's ``Sec-WebSocket-Extensions``, or None."""
+        if self.compression == "off" or not offers:
+            return None
+        return None
 
     def dispatch(self, event: str, instance: Any, data: Any) -> Any:
         """Run an event's pipeline; a filter that raises is logged and drops the event."""

@@ -1,0 +1,505 @@
+"""The HTTP upgrade: the one module that knows gevent-websocket's handler.
+
+gevent's pywsgi reads the request head; this handler then decides, in one
+place and in this order, what becomes of it:
+
+1. a request that does not ask for ``Upgrade: websocket`` is plain HTTP and
+   goes to the server's WSGI application (static files, or 426);
+2. the RFC 6455 section 4.2.1 checks, all of them, from the request alone:
+   GET, HTTP/1.1 or later, ``Host``, the ``Upgrade`` and ``Connection`` token
+   lists, a key that decodes to 16 bytes, version 13 (otherwise 426 with
+   ``Sec-WebSocket-Version: 13``); then the server's own: not stopping,
+   an allowed origin, the connection limit, a required subprotocol;
+3. only then the connect pipeline (so authentication or database work never
+   runs for a request that is refused anyway), which may choose the
+   subprotocol, add response headers, or refuse with ``Reject``;
+4. permessage-deflate is negotiated, the 101 response is written, and the
+   socket is handed to a ``Connection``; this greenlet and the handler end.
+
+Every refusal is an HTTP status with a one-line body and one log line, never
+a traceback; so is a client that breaks off mid-request. The request head is
+bounded as a whole (``max_header_bytes``), not only line by line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.socket
+import gevent.ssl
+from gevent.pywsgi import WSGIHandler
+from geventwebsocket.handler import WebSocketHandler
+
+from .connection import Connection
+from .datatypes import ExtensionOffer, Request
+from .errors import FilterError, Reject
+from .pipeline import DROP
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["ConnectionHandler", "ProxyNetworks", "printable"]
+
+log = logging.getLogger("fws.handshake")
+
+_HANDSHAKE_BUFFER = 1024
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+BEARER_PREFIX = "bearer."
+"""Subprotocol entries that carry a token (``jwt_auth``); never echoed back as chosen."""
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for one log line: control characters escaped, length bounded.
+
+    Paths, origins and reasons come from clients; ``%0a`` in a path must not
+    forge a second log line, nor an ANSI sequence recolour the terminal.
+    """
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _tokens(value: str) -> list[str]:
+    """A comma-separated header value as lower-case tokens: ``keep-alive, Upgrade``."""
+    return [token.strip().lower() for token in value.split(",") if token.strip()]
+
+
+def _parse_extensions(value: str) -> tuple[ExtensionOffer, ...]:
+    """``Sec-WebSocket-Extensions`` offers; a header that does not parse offers nothing."""
+    if not value:
+        return ()
+    from websockets.exceptions import InvalidHeader
+    from websockets.headers import parse_extension
+
+    try:
+        return tuple((name, tuple(params)) for name, params in parse_extension(value))
+    except InvalidHeader:
+        return ()
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
+
+
+class ProxyNetworks:
+    """The addresses whose ``X-Forwarded-For`` / ``Forwarded`` headers are believed.
+
+    From anyone else those headers are ignored: a client must not choose the
+    address that logs, limits and filters see.
+    """
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def client_of(self, peer: tuple[str, int], headers: dict[str, str]) -> tuple[str, int]:
+        """The client address the trusted proxies name, or ``peer`` itself.
+
+        The chain is read from the right (the hop nearest to us): the first
+        address that is not a trusted proxy is the client. An address that
+        does not parse ends the walk where it is, so a forged entry cannot
+        jump the chain.
+        """
+        if not self.networks or not self.trusts(peer[0]):
+            return peer
+        hops = _forwarded_for(headers.get("forwarded", ""))
+        if not hops:
+            hops = [hop.strip() for hop in headers.get("x-forwarded-for", "").split(",")]
+        for hop in reversed([hop for hop in hops if hop]):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer
+            if not self.trusts(hop):
+                return (hop, 0)
+        return peer
+
+
+def _forwarded_for(value: str) -> list[str]:
+    """The ``for=`` addresses of an RFC 7239 ``Forwarded`` header, ports and brackets removed."""
+    found = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, _, node = pair.strip().partition("=")
+            if name.lower() != "for":
+                continue
+            node = node.strip().strip('"')
+            if node.startswith("["):  # [2001:db8::1]:4711
+                node = node[1 : node.find("]")] if "]" in node else ""
+            elif node.count(":") == 1:  # 192.0.2.60:4711
+                node = node.partition(":")[0]
+            found.append(node)
+    return found
+
+
+class _HeadTooLarge(ValueError):
+    """The request head is over ``max_header_bytes`` (a ValueError: pywsgi's client error)."""
+
+
+class _BoundedReader:
+    """The handshake's reader: counts every byte of the request head against one bound.
+
+    pywsgi bounds the request line (8 KiB) and each header line (64 KiB), and
+    http.client the number of header lines (100), but not the whole: 94 lines
+    of 22 KiB were upgraded and held. ``reset`` starts a new request's count.
+    """
+
+    __slots__ = ("_raw", "_limit", "_used")
+
+    def __init__(self, raw: Any, limit: int | None) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._used = 0
+
+    def reset(self) -> None:
+        self._used = 0
+
+    def readline(self, size: int = -1) -> bytes:
+        line: bytes = self._raw.readline(size)
+        self._used += len(line)
+        if self._limit is not None and self._used > self._limit:
+            raise _HeadTooLarge(f"request head over {self._limit} bytes")
+        return line
+
+    def __getattr__(self, name: str) -> Any:  # read, read1, close, closed...
+        return getattr(self._raw, name)
+
+
+class ConnectionHandler(WebSocketHandler):
+    """pywsgi's per-client handler, with fws's upgrade in place of gevent-websocket's.
+
+    ``application`` is the fws ``Server``: pywsgi gives every handler the
+    application, which saves a second back-reference.
+    """
+
+    socket: Any  # pywsgi's; None once the connection owns it
+    environ: dict[str, Any]
+    detached = False
+    """True once the upgraded socket belongs to a ``Connection``, not to pywsgi."""
+
+    def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
+        # pywsgi's default 8 KiB read buffer would stay allocated for the whole
+        # life of every WebSocket; the handshake needs little.
+        if rfile is None:
+            rfile = sock.makefile("rb", _HANDSHAKE_BUFFER)
+        rfile = _BoundedReader(rfile, server.application.max_header_bytes)
+        # fws batches its writes itself; Nagle's algorithm would only add delay.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not a TCP socket (a test's socketpair, a Unix socket)
+        super().__init__(sock, address, server, rfile)
+
+    @property
+    def logger(self) -> logging.Logger:  # gevent-websocket would install its own handler
+        return log
+
+    # -- pywsgi's request loop, made quiet about clients that misbehave ----------
+
+    _handshake_timer: Any = None
+    _holds_place = False
+
+    def handle(self) -> None:
+        # Slowloris: a client gets handshake_timeout seconds to complete the
+        # upgrade; then its socket is shut down and the handler returns.
+        timeout = self.server.application.handshake_timeout
+        if timeout:
+            self._handshake_timer = gevent.get_hub().loop.timer(timeout)
+            self._handshake_timer.start(self._handshake_expired)
+        try:
+            super().handle()
+        except OSError as exc:
+            # A client that hung up while we answered (a broken pipe writing a
+            # 400): one line, no traceback. The socket is closed below.
+            log.info("client %s went away: %s", self._peer_text(), exc.strerror or exc)
+        finally:
+            self._stop_handshake_timer()
+            self._release_place()  # killed mid-handshake (server stop)
+
+    def handle_one_request(self) -> Any:
+        self.rfile.reset()  # keep-alive: each request head has the whole bound
+        return super().handle_one_request()
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        """A request pywsgi could not parse: one log line and a 400 or 431, no traceback.
+
+        Reached for a head over ``max_header_bytes``, more than 100 header
+        lines (http.client's limit), a bad request line and the like.
+        """
+        if isinstance(ex, _HeadTooLarge):
+            log.info("request from %s refused: 431 %s", self._peer_text(), ex)
+            return "431", _plain_response(431, "Request Header Fields Too Large", str(ex))
+        reason = printable(str(ex) or type(ex).__name__)
+        log.info("request from %s refused: 400 %s", self._peer_text(), reason)
+        return "400", _plain_response(400, "Bad Request", "malformed HTTP request")
+
+    def _peer_text(self) -> str:
+        address = self.client_address
+        if isinstance(address, tuple) and len(address) >= 2:
+            return f"{address[0]}:{address[1]}"
+        return str(address or "-")
+
+    def log_request(self) -> None:
+        if self.server.log is not None and "101" not in str(self.status):
+            self.server.log.write(printable(self.format_request(), 1000) + "\n")
+
+    def _stop_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.close()
+            self._handshake_timer = None
+
+    def _handshake_expired(self) -> None:
+        log.info("handshake from %s timed out", self._peer_text())
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass  # already closed: nothing left to cut
+
+    # -- the upgrade ----------------------------------------------------------------
+
+    def run_application(self) -> None:
+        upgrade = self.environ.get("HTTP_UPGRADE", "")
+        if "websocket" not in _tokens(upgrade):
+            # Plain HTTP (a browser fetching the page, a health probe): the app.
+            WSGIHandler.run_application(self)
+            return
+        self.result = self._upgrade()
+        if self.result is not None:
+            self.process_result()
+
+    def _upgrade(self) -> list[bytes] | None:
+        """Answer an upgrade request: a refusal's body, or None once the 101 is sent."""
+        server: Server = self.application
+        peer = (str(self.client_address[0]), int(self.client_address[1]))
+        headers = _request_headers(self.environ)
+        if server.trusted_proxies:
+            peer = server.trusted_proxies.client_of(peer, headers)
+        request = Request(
+            path=str(self.environ.get("PATH_INFO", "/")),
+            query_string=str(self.environ.get("QUERY_STRING", "")),
+            headers=headers,
+            peer=peer,
+            subprotocols=tuple(
+                entry.strip()
+                for entry in headers.get("sec-websocket-protocol", "").split(",")
+                if entry.strip()
+            ),
+            extensions=_parse_extensions(headers.get("sec-websocket-extensions", "")),
+        )
+        early = self._check(server, request)
+        if early is not None:
+            return self._refuse(request, early)
+        # Hold a place under max_connections from now until the connection is in
+        # server.users: connect filters may wait on I/O while others arrive.
+        server.upgrades_in_progress += 1
+        self._holds_place = True
+        connection = Connection(server, request)
+        connection.subprotocol = _first_offered(server.subprotocols, request.subprotocols)
+        try:
+            outcome = server.pipelines["connect"].run(connection, request)
+            if outcome is DROP:
+                raise Reject(403)
+        except FilterError as exc:
+            if isinstance(exc.__cause__, Reject):
+                refusal = exc.__cause__
+            else:  # fail closed: a broken auth filter must not let everyone in
+                log.error("connect filter %s raised", exc.filter_name, exc_info=exc.__cause__)
+                refusal = Reject(500, "internal server error")
+            return self._refuse(request, refusal)
+        except Reject as rejected:
+            return self._refuse(request, rejected)
+        response = self._response_headers(server, connection, request)
+        if isinstance(response, Reject):
+            return self._refuse(request, response)
+        try:
+            self.socket.sendall(response)
+        except OSError as exc:
+            log.info("client %s went away during the upgrade: %s", self._peer_text(), exc)
+            self._release_place()
+            self.close_connection = True
+            return None
+        self.status = "101 Switching Protocols"
+        self.headers_sent = True
+        self._hand_over(connection)
+        return None
+
+    def _check(self, server: Server, request: Request) -> Reject | None:
+        """Every refusal decided from the request alone, before any connect filter runs."""
+        environ = self.environ
+        if environ.get("REQUEST_METHOD") != "GET":
+            return Reject(405, "a WebSocket upgrade must be a GET request")
+        if self.request_version in ("HTTP/0.9", "HTTP/1.0"):
+            return Reject(400, "a WebSocket upgrade needs HTTP/1.1 or later")
+        headers = request.headers
+        if not headers.get("host", "").strip():
+            return Reject(400, "Host header is missing")
+        if "upgrade" not in _tokens(headers.get("connection", "")):
+            return Reject(400, "Connection header must include 'Upgrade'")
+        key = headers.get("sec-websocket-key", "").strip()
+        try:
+            key_is_valid = len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            key_is_valid = False
+        if not key_is_valid:
+            return Reject(400, "Sec-WebSocket-Key header is missing or not 16 base64 bytes")
+        if headers.get("sec-websocket-version", "").strip() != "13":
+            return Reject(426, "only WebSocket version 13 is supported")
+        if server.stopping:
+            return Reject(503, "server is shutting down")
+        if server.origins is not None:
+            origin = headers.get("origin")
+            if origin is not None and origin not in server.origins:
+                return Reject(403, f"origin {printable(origin, 100)} is not allowed")
+        limit = server.max_connections
+        if limit is not None and len(server.users) + server.upgrades_in_progress >= limit:
+            return Reject(503, "server is at its connection limit")
+        if server.require_subprotocol and not _first_offered(
+            server.subprotocols, request.subprotocols
+        ):
+            wanted = ", ".join(server.subprotocols)
+            return Reject(400, f"no supported subprotocol offered (this server speaks {wanted})")
+        return None
+
+    def _response_headers(
+        self, server: Server, connection: Connection, request: Request
+    ) -> bytes | Reject:
+        """The 101 response, or a 500 when a filter chose what cannot be sent (our bug)."""
+        lines = [
+            "HTTP/1.1 101 Switching Protocols",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Accept: " + accept_key(request.headers["sec-websocket-key"].strip()),
+        ]
+        chosen = connection.subprotocol
+        if chosen is not None:
+            if chosen not in request.subprotocols or chosen.startswith(BEARER_PREFIX):
+                log.error(
+                    "connection %s: subprotocol %r chosen, but the client offered %r%s",
+                    connection.id,
+                    printable(chosen, 60),
+                    [printable(offer, 60) for offer in request.subprotocols],
+                    " (a bearer token is never echoed)" * chosen.startswith(BEARER_PREFIX),
+                )
+                return Reject(500, "internal server error")
+            lines.append("Sec-WebSocket-Protocol: " + chosen)
+        deflate = server.negotiate_compression(request.headers.get("sec-websocket-extensions"))
+        if deflate is not None:
+            connection.deflate = deflate
+            lines.append("Sec-WebSocket-Extensions: " + deflate.response)
+        for name, value in connection.take_response_headers():
+            if not _is_header_safe(name) or not _is_header_safe(value) or not name:
+                log.error("connection %s: response header %r is not sendable", connection.id, name)
+                return Reject(500, "internal server error")
+            lines.append(f"{name}: {value}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _hand_over(self, connection: Connection) -> None:
+        """Give the socket, and what the client sent after its request, to the connection."""
+        self._stop_handshake_timer()
+        received = self._take_buffered()
+        self._release_place()  # open() puts the connection in users before it yields
+        # The connection owns the socket from here on; this greenlet, the
+        # handler and its buffers end with the handshake.
+        sock = self._detach_socket()
+        self.close_connection = True
+        self.environ = {}
+        connection.request = connection.request.without_headers()
+        connection.open(sock, received)
+
+    def _release_place(self) -> None:
+        if self._holds_place:
+            self._holds_place = False
+            self.application.upgrades_in_progress -= 1
+
+    def _take_buffered(self) -> bytes:
+        """Bytes the HTTP parser read past the request (frames sent right away)."""
+        self.socket.settimeout(0.0)  # read1 must return what is buffered, not wait
+        try:
+            return bytes(self.rfile.read1(_HANDSHAKE_BUFFER))
+        except OSError:
+            return b""
+        finally:
+            self.socket.settimeout(None)
+
+    def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
+        self._release_place()
+        peer = f"{request.peer[0]}:{request.peer[1]}"
+        path, reason = printable(request.path), printable(str(refusal))
+        log.info("handshake from %s %s refused: %s", peer, path, reason)
+        body = (printable(refusal.reason) + "\n").encode()
+        headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+        if refusal.status.value == 426:
+            headers.append(("Sec-WebSocket-Version", "13"))
+        if refusal.status.value == 405:
+            headers.append(("Allow", "GET"))
+        self.start_response(f"{refusal.status.value} {refusal.status.phrase}", headers)
+        self.close_connection = True
+        return [body]
+
+    def _detach_socket(self) -> socket.socket:
+        """Take the socket from pywsgi and gevent's server, which close theirs on return."""
+        sock, self.socket = self.socket, None
+        self.detached = True
+        # The handshake reader holds a reference that would keep a closed TLS
+        # socket's descriptor open until the garbage collector found it.
+        self.rfile.close()
+        if isinstance(sock, gevent.ssl.SSLSocket):
+            return sock  # fws's _WSGIServer closes a TLS socket only if it is not detached
+        family, kind, proto = sock.family, sock.type, sock.proto
+        return gevent.socket.socket(family, kind, proto, fileno=sock.detach())
+
+
+def _request_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """Header names lower case, from the environ (``X-Token`` arrives as ``HTTP_X_TOKEN``)."""
+    headers = {
+        key[5:].replace("_", "-").lower(): str(value)
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    }
+    if "CONTENT_TYPE" in environ and environ["CONTENT_TYPE"]:
+        headers["content-type"] = str(environ["CONTENT_TYPE"])
+    return headers
+
+
+def _first_offered(ours: Sequence[str], offered: Sequence[str]) -> str | None:
+    """The first of our subprotocols, in our order, that the client offered."""
+    for name in ours:
+        if name in offered:
+            return name
+    return None
+
+
+def _is_header_safe(text: str) -> bool:
+    return "\r" not in text and "\n" not in text and "\0" not in text
+
+
+def _plain_response(status: int, phrase: str, reason: str) -> bytes:
+    body = (reason + "\n").encode()
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1") + body

@@ -1,0 +1,432 @@
+"""The upgrade: RFC 6455 4.2.1 checks, subprotocols, response headers, bounds, proxies.
+
+Raw sockets send the malformed requests (no client library would); real
+clients check what a well-behaved client sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+
+import gevent
+import pytest
+import websocket
+import websockets.sync.client as ws_sync
+from helpers import LOOPBACK, ServerProcess, connect, raw_upgrade, run_server, url, wait_for
+
+import fws
+from fws.filters.echo import Echo
+from fws.handshake import ProxyNetworks, accept_key, printable
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def exchange(port: int, request: bytes, timeout: float = 5) -> bytes:
+    """Send ``request`` raw and return everything the server answers until it closes."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+
+def upgrade_request(
+    *,
+    method: str = "GET",
+    version: str = "HTTP/1.1",
+    host: bool = True,
+    upgrade: str = "websocket",
+    connection: str = "Upgrade",
+    key: str | None = KEY,
+    ws_version: str | None = "13",
+    extra: str = "",
+) -> bytes:
+    lines = [f"{method} /chat {version}"]
+    if host:
+        lines.append("Host: 127.0.0.1")
+    lines += [f"Upgrade: {upgrade}", f"Connection: {connection}"]
+    if key is not None:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    if ws_version is not None:
+        lines.append(f"Sec-WebSocket-Version: {ws_version}")
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
+
+
+class CountingConnect(fws.WebSocketConnectFilter):
+    calls = 0
+
+    @classmethod
+    def filter(cls, web_socket_instance, request):
+        cls.calls += 1
+
+
+BAD_REQUESTS = {
+    "HTTP/1.0": (dict(version="HTTP/1.0"), b"400", b"HTTP/1.1 or later"),
+    "POST": (dict(method="POST"), b"405", b"must be a GET"),
+    "no Host": (dict(host=False), b"400", b"Host header"),
+    "no Upgrade in Connection": (dict(connection="keep-alive"), b"400", b"'Upgrade'"),
+    "no key": (dict(key=None), b"400", b"Sec-WebSocket-Key"),
+    "short key": (dict(key="c2hvcnQ="), b"400", b"16 base64 bytes"),
+    "key not base64": (dict(key="not base64 at all!!!!!!!"), b"400", b"Sec-WebSocket-Key"),
+    "version 8": (dict(ws_version="8"), b"426", b"version 13"),
+    "no version": (dict(ws_version=None), b"426", b"version 13"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_rfc6455_checks_refuse_before_any_connect_filter_runs(case, caplog):
+    kwargs, status, reason = BAD_REQUESTS[case]
+    CountingConnect.calls = 0
+    with caplog.at_level(logging.INFO, logger="fws"):
+        with run_server(connect=CountingConnect, message=Echo) as server:
+            answer = exchange(server.address[1], upgrade_request(**kwargs))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status), answer
+    assert reason in body and body.count(b"\n") == 1, body  # a one-line body
+    if status == b"426":
+        assert b"Sec-WebSocket-Version: 13" in head
+    assert CountingConnect.calls == 0
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_http_1_0_upgrade_is_400_never_gevent_websockets_402():
+    with run_server(message=Echo) as server:
+        answer = exchange(server.address[1], upgrade_request(version="HTTP/1.0"))
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request"), answer
+    assert b"402" not in answer
+
+
+def test_token_lists_are_read_case_insensitively():
+    request = upgrade_request(upgrade="WebSocket", connection="keep-alive, UPGRADE")
+    with run_server(message=Echo) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            sock.sendall(request)
+            head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), head
+    assert f"Sec-WebSocket-Accept: {accept_key(KEY)}".encode() in head
+    assert accept_key(KEY) == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's own example
+
+
+def test_plain_http_still_gets_426_and_a_request_without_websocket_upgrade_too():
+    with run_server(message=Echo) as server:
+        plain = exchange(server.address[1], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        h2c_request = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+        h2c = exchange(server.address[1], h2c_request)
+    assert plain.startswith(b"HTTP/1.1 426"), plain
+    assert h2c.startswith(b"HTTP/1.1 426"), h2c
+
+
+# -- subprotocols and response headers ------------------------------------------------
+
+
+def test_the_first_of_the_servers_subprotocols_the_client_offers_is_chosen():
+    with run_server(message=Echo, subprotocols=["chat.v2", "chat.v1"]) as server:
+        client = connect(server, subprotocols=["chat.v1", "chat.v2"])
+        assert client.getsubprotocol() == "chat.v2"  # our preference, not the client's order
+        client.close()
+        other = connect(server, subprotocols=["chat.v1", "other"])
+        assert other.getsubprotocol() == "chat.v1"
+        other.close()
+        with ws_sync.connect(url(server)) as plain:  # offers none: still let in
+            assert plain.subprotocol is None
+            plain.send("hi")
+            assert plain.recv(timeout=5) == "hi"
+
+
+def test_require_subprotocol_refuses_a_client_offering_none_with_400():
+    with run_server(message=Echo, subprotocols=["chat.v1"], require_subprotocol=True) as server:
+        offer = upgrade_request(extra="Sec-WebSocket-Protocol: x\r\n")
+        answer = exchange(server.address[1], offer)
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        assert b"chat.v1" in answer
+        client = connect(server, subprotocols=["chat.v1"])
+        assert client.getsubprotocol() == "chat.v1"
+        client.close()
+
+
+def test_require_subprotocol_without_a_subprotocol_is_a_configuration_error():
+    with pytest.raises(fws.ConfigurationError, match="at least one subprotocol"):
+        fws.Server(require_subprotocol=True)
+
+
+class ChooseAndSetCookie(fws.WebSocketConnectFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, request):
+        assert request.subprotocols == ("bearer.abc", "graphql-ws", "chat")
+        web_socket_instance.subprotocol = "chat"
+        web_socket_instance.add_response_header("Set-Cookie", "session=42; HttpOnly")
+
+
+def test_a_connect_filter_chooses_the_subprotocol_and_adds_response_headers():
+    request = upgrade_request(extra="Sec-WebSocket-Protocol: bearer.abc, graphql-ws,chat\r\n")
+    with run_server(connect=ChooseAndSetCookie, message=Echo) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            sock.sendall(request)
+            head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert b"Sec-WebSocket-Protocol: chat\r\n" in head
+    assert b"Set-Cookie: session=42; HttpOnly\r\n" in head
+    assert b"bearer.abc" not in head
+
+
+class ChooseUnoffered(fws.WebSocketConnectFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, request):
+        web_socket_instance.subprotocol = request.query.get("pick", "never-offered")
+
+
+@pytest.mark.parametrize("pick", ["never-offered", "bearer.secret-token"])
+def test_choosing_a_subprotocol_the_client_did_not_offer_or_a_token_is_500(pick, caplog):
+    offer = "Sec-WebSocket-Protocol: chat, bearer.secret-token\r\n"
+    with run_server(connect=ChooseUnoffered, message=Echo) as server:
+        request = upgrade_request(extra=offer).replace(b"/chat", f"/chat?pick={pick}".encode())
+        answer = exchange(server.address[1], request)
+    assert answer.startswith(b"HTTP/1.1 500"), answer
+    assert b"secret-token" not in answer
+    assert any("subprotocol" in r.getMessage() for r in caplog.records)
+
+
+class BadHeader(fws.WebSocketConnectFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, request):
+        web_socket_instance.add_response_header("X-Evil", "a\r\nSet-Cookie: injected=1")
+
+
+def test_a_response_header_with_a_line_break_is_our_bug_500_never_sent():
+    with run_server(connect=BadHeader, message=Echo) as server:
+        answer = exchange(server.address[1], upgrade_request())
+    assert answer.startswith(b"HTTP/1.1 500"), answer
+    assert b"injected" not in answer
+
+
+# -- bounds and hostile clients -----------------------------------------------------------
+
+
+def test_a_huge_request_head_is_refused_with_431_and_nothing_is_kept():
+    # The issue's numbers: 94 header lines of 22 KiB each (2 MB) were upgraded with 101.
+    extra = "".join(f"X-Filler-{n}: {'a' * 22 * 1024}\r\n" for n in range(94))
+    with run_server(message=Echo) as server:
+        answer = exchange(server.address[1], upgrade_request(extra=extra))
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert server.users == {}
+
+
+def test_the_head_bound_is_an_option_and_a_head_under_it_passes():
+    extra = "".join(f"X-Filler-{n}: {'a' * 1000}\r\n" for n in range(20))  # about 20 KB
+    with run_server(message=Echo) as server:  # 16 KiB by default
+        answer = exchange(server.address[1], upgrade_request(extra=extra))
+        assert answer.startswith(b"HTTP/1.1 431")
+    with run_server(message=Echo, max_header_bytes=64 * 1024) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            sock.sendall(upgrade_request(extra=extra))
+            assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+
+
+def test_more_than_100_header_lines_is_400_with_one_log_line_and_no_traceback(caplog):
+    extra = "".join(f"X-{n}: 1\r\n" for n in range(101))
+    with caplog.at_level(logging.INFO, logger="fws"):
+        with run_server(message=Echo) as server:
+            answer = exchange(server.address[1], upgrade_request(extra=extra))
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_hostile_handshakes_print_no_traceback(tmp_path):
+    """Slowloris cut by the timeout, clients that reset while we answer 400, 101+ headers."""
+    args = ["-f", "echo", "--host", LOOPBACK, "-p", "0", "--handshake-timeout", "0.5"]
+    with ServerProcess(args, cwd=tmp_path) as server:
+        slow = []
+        for _ in range(60):
+            sock = socket.create_connection((LOOPBACK, server.port), timeout=5)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(sock)
+        for _ in range(60):  # a bad request, then a reset before the answer is read
+            sock = socket.create_connection((LOOPBACK, server.port), timeout=5)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(upgrade_request(key="bad") * 50)
+            sock.close()
+        many = "".join(f"X-{n}: 1\r\n" for n in range(150))
+        for _ in range(10):
+            exchange(server.port, upgrade_request(extra=many))
+        time.sleep(1.5)  # the slow ones are cut by now
+        for sock in slow:
+            sock.close()
+        # The server still serves.
+        client = connect(server.url)
+        client.send("still here")
+        assert client.recv() == "still here"
+        client.close()
+        server.stop()
+    assert "Traceback" not in server.output, server.output
+    assert "BrokenPipeError" not in server.output
+    timeouts = server.output.count("timed out")
+    assert 50 <= timeouts <= 60, server.output
+
+
+def test_a_path_with_a_line_break_cannot_forge_a_log_line(caplog):
+    with caplog.at_level(logging.INFO, logger="fws"):
+        with run_server(message=Echo) as server:
+            request = upgrade_request(key="bad").replace(
+                b"/chat", b"/x%0a2026-01-01 INFO forged\x1b[31m"
+            )
+            exchange(server.address[1], request)
+    messages = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(messages) == 1
+    assert "\n" not in messages[0] and "\x1b" not in messages[0], messages
+    assert printable("a\nb\x1b[0m") == "a\\nb\\x1b[0m"
+
+
+# -- what connect filters see -----------------------------------------------------------
+
+
+class Capture(fws.WebSocketConnectFilter):
+    seen: list[fws.Request] = []
+
+    @classmethod
+    def filter(cls, web_socket_instance, request):
+        cls.seen.append(request)
+
+
+class ReportRequest(fws.WebSocketMessageFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, data):
+        request = web_socket_instance.request
+        web_socket_instance.send(f"{request.peer[0]} {len(request.headers)} {request.path}")
+
+
+def test_request_offers_are_parsed_and_the_connection_keeps_no_header_dict():
+    Capture.seen.clear()
+    settings = dict(compression="off", subprotocols=["b"])  # websocket-client wants a choice
+    with run_server(connect=Capture, message=ReportRequest, **settings) as server:
+        client = connect(
+            url(server, "/room?x=1"),
+            subprotocols=["a", "b"],
+            header=["Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits, x-y"],
+        )
+        client.send("?")
+        assert client.recv() == "127.0.0.1 0 /room"  # headers dropped after the upgrade
+        client.close()
+    request = Capture.seen[0]
+    assert request.subprotocols == ("a", "b")
+    assert request.extensions == (
+        ("permessage-deflate", (("client_max_window_bits", None),)),
+        ("x-y", ()),
+    )
+    assert request.headers["host"].startswith("127.0.0.1")
+
+
+def test_trusted_proxy_headers_set_the_peer_and_others_are_ignored():
+    Capture.seen.clear()
+    forwarded = ["X-Forwarded-For: 203.0.113.9, 10.0.0.7"]
+    with run_server(connect=Capture, message=Echo, trusted_proxies=["127.0.0.0/8"]) as server:
+        connect(server, header=forwarded).close()
+        connect(server, header=['Forwarded: for="[2001:db8::1]:4711";proto=https']).close()
+    with run_server(connect=Capture, message=Echo, trusted_proxies=["10.9.9.0/24"]) as server:
+        connect(server, header=forwarded).close()  # 127.0.0.1 is not trusted here
+    assert Capture.seen[0].peer == ("10.0.0.7", 0)  # the hop nearest to us not trusted
+    assert Capture.seen[1].peer == ("2001:db8::1", 0)
+    assert Capture.seen[2].peer[0] == "127.0.0.1"
+
+
+def test_proxy_chain_is_read_from_the_right_and_stops_at_garbage():
+    proxies = ProxyNetworks(["127.0.0.1", "10.0.0.0/8"])
+    peer = ("127.0.0.1", 5000)
+    assert proxies.client_of(peer, {"x-forwarded-for": "1.2.3.4, 10.1.1.1"}) == ("1.2.3.4", 0)
+    assert proxies.client_of(peer, {"x-forwarded-for": "1.2.3.4, junk"}) == peer
+    assert proxies.client_of(("8.8.8.8", 1), {"x-forwarded-for": "1.2.3.4"}) == ("8.8.8.8", 1)
+    assert proxies.client_of(peer, {"forwarded": "for=192.0.2.60:80;by=x"}) == ("192.0.2.60", 0)
+
+
+def test_a_trusted_proxy_that_is_not_an_address_is_a_configuration_error():
+    with pytest.raises(fws.ConfigurationError, match="trusted proxy"):
+        fws.Server(trusted_proxies=["not-a-network"])
+
+
+# -- the open event ------------------------------------------------------------------------
+
+
+class Greet(fws.WebSocketOpenFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, request):
+        # Another greenlet (a broadcast from another client, say) sends to this
+        # connection while the filter waits on I/O: it must arrive after the greeting.
+        gevent.spawn(web_socket_instance.send, "someone joined")
+        gevent.sleep(0.05)
+        web_socket_instance.send(f"welcome to {request.path}")
+
+
+
+
+events: list[str] = []
+
+
+def record_open(instance, request):
+    events.append("open")
+
+
+def record_message(instance, data):
+    events.append(f"message {data}")
+
+
+def record_disconnect(instance, info):
+    events.append("disconnect")
+
+
+def test_open_filters_send_before_anything_else_reaches_the_client():
+    with run_server(open=Greet, message=Echo) as server:
+        client = connect(url(server, "/lobby"))
+        assert client.recv() == "welcome to /lobby"
+        assert client.recv() == "someone joined"
+        client.send("after")
+        assert client.recv() == "after"
+        client.close()
+
+
+def test_per_connection_order_is_open_then_messages_then_disconnect_once():
+    events.clear()
+    with run_server(open=record_open, message=record_message, disconnect=record_disconnect) as s:
+        raw = raw_upgrade(s.address[1])
+        # Two frames sent at once with nothing read yet: open still comes first.
+        mask = b"\x00\x00\x00\x00"
+        frames = [b"\x81\x81" + mask + b"a", b"\x81\x81" + mask + b"b"]
+        raw.sendall(b"".join(frames) + b"\x88\x82" + mask + b"\x03\xe8")
+        wait_for(lambda: "disconnect" in events)
+        raw.close()
+    assert events == ["open", "message a", "message b", "disconnect"]
+
+
+def test_the_open_event_is_exported_and_joins_the_registry_like_the_others(fresh_registry):
+    class Hello(fws.WebSocketOpenFilter):
+        @classmethod
+        def filter(cls, web_socket_instance, request):
+            web_socket_instance.send("hello from the registry")
+
+    assert fresh_registry.filters(fws.WebSocketOpenFilter) == (Hello,)
+    with run_server(registry=fresh_registry) as server:
+        client = connect(server)
+        assert client.recv() == "hello from the registry"
+        client.close()
+
+
+def test_websocket_client_and_websockets_both_complete_the_handshake():
+    with run_server(message=Echo) as server:
+        with ws_sync.connect(url(server)) as client:
+            client.send("x")
+            assert client.recv(timeout=5) == "x"
+        other = websocket.create_connection(url(server), timeout=5)
+        other.send("y")
+        assert other.recv() == "y"
+        other.close()
