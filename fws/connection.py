@@ -35,6 +35,7 @@ import gevent
 import gevent.socket
 import gevent.ssl
 
+from .context import READ_SIZE, ConnectionSettings, ConnectionTable
 from .datatypes import CloseInfo, Request
 from .errors import ProtocolError
 from .frames import (
@@ -59,7 +60,6 @@ __all__ = ["Connection"]
 
 log = logging.getLogger("fws.connection")
 
-READ_SIZE = 262144
 PARK_AFTER = 1.0
 """Seconds a reader waits for more before it may give way to a watcher (see park_if_quiet)."""
 
@@ -88,6 +88,8 @@ class Connection:
     __slots__ = (
         "id",
         "server",
+        "settings",
+        "table",
         "request",
         "token",
         "state",
@@ -119,10 +121,19 @@ class Connection:
         "__weakref__",
     )
 
-    def __init__(self, server: Server, request: Request) -> None:
+    def __init__(
+        self,
+        request: Request,
+        settings: ConnectionSettings,
+        table: ConnectionTable,
+        server: Server | None = None,
+    ) -> None:
         self.id: str = str(uuid.uuid4())
-        self.server = server
         self.request = request
+        self.settings = settings
+        self.table = table
+        self.server = server
+        """The server, for filters (the seed's reached it this way); fws reads the table."""
         self.token: str | None = None
         """Free for filters; ``broadcast_messages_by_token`` keeps the group name here."""
         self.state = State.CONNECTING
@@ -161,16 +172,16 @@ class Connection:
     @property
     def users(self) -> dict[str, Connection]:
         """Every open connection of this server, by id."""
-        return self.server.users
+        return self.table.users
 
     @property
     def storage_object(self) -> Any:
-        return self.server.storage_object
+        return self.table.storage
 
     @property
     def queue(self) -> Any:
         """The server's queue; items put here run through the consumer pipeline."""
-        return self.server.queue
+        return self.table.queue
 
     @property
     def peer(self) -> tuple[str, int]:
@@ -195,7 +206,7 @@ class Connection:
 
     def broadcast(self, data: str | bytes, *, include_self: bool = False) -> None:
         """Send to every other client, on every server sharing the storage."""
-        self.server.storage_object.broadcast(data, sender=None if include_self else self.id)
+        self.table.storage.broadcast(data, sender=None if include_self else self.id)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; the client has ``close_timeout`` seconds to answer."""
@@ -235,7 +246,7 @@ class Connection:
         """Queue an already encoded frame (a broadcast encodes once for everyone)."""
         if self.state is not State.OPEN:
             return False
-        limit = self.server.max_outbound_bytes
+        limit = self.settings.max_outbound_bytes
         if limit is not None and self._outbox_bytes and self._outbox_bytes + len(frame) > limit:
             log.warning(
                 "connection %s: client too slow, %d bytes waiting; closing it",
@@ -293,15 +304,15 @@ class Connection:
         """
         if self.state is not State.OPEN:
             return
-        server = self.server
-        if server.idle_timeout and now - self._last_message_at > server.idle_timeout:
-            log.info("connection %s: idle for %.0f s, closing", self.id, server.idle_timeout)
+        settings = self.settings
+        if settings.idle_timeout and now - self._last_message_at > settings.idle_timeout:
+            log.info("connection %s: idle for %.0f s, closing", self.id, settings.idle_timeout)
             self._start_close(1001, "idle timeout")
         elif self._awaiting_pong:
-            if server.ping_timeout and now - self._last_ping_at > server.ping_timeout:
-                log.info("connection %s: no pong within %.0f s", self.id, server.ping_timeout)
+            if settings.ping_timeout and now - self._last_ping_at > settings.ping_timeout:
+                log.info("connection %s: no pong within %.0f s", self.id, settings.ping_timeout)
                 self._start_close(1011, "keepalive ping timeout")
-        elif server.ping_interval and now - self._last_ping_at >= server.ping_interval:
+        elif settings.ping_interval and now - self._last_ping_at >= settings.ping_interval:
             self._awaiting_pong = True
             self._last_ping_at = now
             self._queue(_KEEPALIVE_PING)
@@ -314,7 +325,7 @@ class Connection:
         self.state = State.CLOSING
         self.close_info = CloseInfo(code, reason)
         self._queue_close(code, reason)
-        self._close_timer = gevent.spawn_later(self.server.close_timeout, self._abort_transport)
+        self._close_timer = gevent.spawn_later(self.settings.close_timeout, self._abort_transport)
 
     def _queue_close(self, code: int, reason: str) -> None:
         self._close_queued = True
@@ -338,16 +349,16 @@ class Connection:
         sent right after the handshake and the HTTP parser had already buffered.
         """
         self._socket = sock
-        self._parser = FrameParser(max_message_size=self.server.max_message_size)
+        self._parser = FrameParser(max_message_size=self.settings.max_message_size)
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.state = State.OPEN
         self._opening = (gevent.getcurrent(), [])
-        self.server.users[self.id] = self
+        self.table.users[self.id] = self
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
-        if self.server.stopping:  # upgraded while the server was stopping
+        if self.table.stopping:  # upgraded while the server was stopping
             self._start_close(1001, "server shutting down")
         try:
-            self.server.storage_object.connected(self.id)
+            self.table.storage.connected(self.id)
         except Exception:
             log.exception("connection %s: internal error", self.id)
             self._start_close(1011, "internal server error")
@@ -359,8 +370,8 @@ class Connection:
             self._finish()
             raise
         try:
-            if self.server.pipelines["open"]:
-                self.server.dispatch("open", self, self.request)
+            if self.table.pipelines["open"]:
+                self.table.dispatch("open", self, self.request)
         except gevent.GreenletExit:
             self._end_opening()
             self._finish()
@@ -388,7 +399,7 @@ class Connection:
         a greenlet killed before it starts never runs its clean-up.
         """
         reader = self._reader
-        if reader is not None and self in self.server.reading and not self._in_recv:
+        if reader is not None and self in self.table.reading and not self._in_recv:
             reader.kill(block=False)
         self._abort_transport()
 
@@ -421,7 +432,7 @@ class Connection:
     def _read_burst(self, received: bytes = b"") -> None:
         """Reader greenlet: run the pipelines on what the client sends until it goes quiet."""
         ended = True
-        self.server.reading.add(self)
+        self.table.reading.add(self)
         try:
             ended = self._read_until_quiet(received)
         except Exception:
@@ -429,7 +440,7 @@ class Connection:
             self._start_close(1011, "internal server error")
         finally:
             # Also reached when the server kills this greenlet as it stops.
-            self.server.reading.discard(self)
+            self.table.reading.discard(self)
             self._reader = None
             if ended:
                 self._finish()
@@ -445,7 +456,7 @@ class Connection:
         # One read buffer for the whole server: the parser copies only what an
         # incomplete frame needs, so idle connections hold none, and a chunk
         # is parsed before this greenlet can yield to another reader.
-        buffer = self.server.read_buffer
+        buffer = self.table.read_buffer
         view = memoryview(buffer)
         unyielded = 0
         while True:
@@ -477,8 +488,8 @@ class Connection:
             # After a protocol error, discard until the client closes (over TLS
             # the socket may be unwrapped by then: these bytes are not even data).
             return False
-        dispatch = self.server.dispatch
-        if self.server.pipelines["data"]:
+        dispatch = self.table.dispatch
+        if self.table.pipelines["data"]:
             chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
             dispatch("data", self, chunk)
         assert self._parser is not None
@@ -513,19 +524,19 @@ class Connection:
         return False
 
     def _finish(self) -> None:
-        self.server.finishing.add(self)  # Server.stop waits for these too
+        self.table.finishing.add(self)  # Server.stop waits for these too
         try:
             self._finish_now()
         finally:
-            self.server.finishing.discard(self)
+            self.table.finishing.discard(self)
 
     def _finish_now(self) -> None:
-        self.server.users.pop(self.id, None)
+        self.table.users.pop(self.id, None)
         self._watcher.close()
         writer = self._writer
         if writer is not None:
             if self._close_queued:
-                writer.join(timeout=self.server.close_timeout)
+                writer.join(timeout=self.settings.close_timeout)
             writer.kill(block=False)
         if self._close_timer is not None:
             self._close_timer.kill(block=False)
@@ -541,8 +552,8 @@ class Connection:
             info = CloseInfo(info.code, info.reason, clean=False)
         self.close_info = info
         log.info("connection %s closed: %s %s", self.id, info.code, info.reason)
-        self.server.dispatch("disconnect", self, info)
-        self.server.storage_object.disconnected(self.id)
+        self.table.dispatch("disconnect", self, info)
+        self.table.storage.disconnected(self.id)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} {self.peer[0]}:{self.peer[1]}>"

@@ -313,7 +313,7 @@ class ConnectionHandler(WebSocketHandler):
         # server.users: connect filters may wait on I/O while others arrive.
         server.upgrades_in_progress += 1
         self._holds_place = True
-        connection = Connection(server, request)
+        connection = Connection(request, server.connection_settings, server.table, server)
         connection.subprotocol = _first_offered(server.subprotocols, request.subprotocols)
         try:
             outcome = server.pipelines["connect"].run(connection, request)

@@ -23,7 +23,8 @@ import gevent.queue
 import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
-from .connection import PARK_AFTER, READ_SIZE, Connection
+from .connection import PARK_AFTER, Connection
+from .context import ConnectionSettings, ConnectionTable
 from .errors import ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
@@ -197,19 +198,30 @@ class Server:
         self.ping_timeout = ping_timeout
         self.idle_timeout = idle_timeout
         self.close_timeout = close_timeout
-        self.users: dict[str, Connection] = {}
-        self.reading: set[Connection] = set()
-        """Connections whose reader greenlet runs; the others wait on a watcher."""
-        self.finishing: set[Connection] = set()
-        """Connections out of ``users`` whose disconnect pipeline and storage clean-up run."""
-        self.read_buffer = bytearray(READ_SIZE)
-        """Every reader's recv_into target; a chunk is parsed before its reader yields."""
+        self.connection_settings = ConnectionSettings(
+            max_message_size=max_message_size,
+            max_outbound_bytes=max_outbound_bytes,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            idle_timeout=idle_timeout,
+            close_timeout=close_timeout,
+        )
+        self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self.table = ConnectionTable(
+            storage=self.storage_object,
+            queue=self.queue,
+            pipelines=self.pipelines,
+            dispatch=self.dispatch,
+        )
+        """What the connections share; ``users`` and the rest below are its own objects."""
+        self.users = self.table.users
+        self.reading = self.table.reading
+        self.finishing = self.table.finishing
         self.upgrades_in_progress = 0
         """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
-        self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
-        self._stopping = False
         self._stopped = gevent.event.Event()
 
     # -- life cycle -------------------------------------------------------------
@@ -268,7 +280,7 @@ class Server:
     @property
     def stopping(self) -> bool:
         """True from the moment ``stop()`` is called."""
-        return self._stopping
+        return self.table.stopping
 
     @property
     def pubsub_live(self) -> bool:
@@ -294,10 +306,10 @@ class Server:
         Idempotent: a second call waits for the first to finish. ``timeout``
         (default: ``close_timeout`` + 1 s) bounds the wait for clients.
         """
-        if self._stopping:
+        if self.table.stopping:
             self._stopped.wait()
             return
-        self._stopping = True
+        self.table.stopping = True
         deadline = time.monotonic() + (self.close_timeout + 1 if timeout is None else timeout)
         try:
             if self._wsgi is not None:

@@ -227,7 +227,8 @@ def test_a_filter_can_close_its_client_with_a_code():
                 client.recv(timeout=5)
             assert (info.value.rcvd.code, info.value.rcvd.reason) == (4000, "bye")
         with pytest.raises(ValueError):
-            fws.Connection(server, fws.Request("/")).close(1005)
+            connection = fws.Connection(fws.Request("/"), server.connection_settings, server.table)
+            connection.close(1005)
 
 
 def test_server_answers_pings_with_pongs():
@@ -595,14 +596,14 @@ def test_a_storage_that_fails_to_register_a_client_closes_it_with_1011(caplog):
 def test_an_internal_error_in_the_reader_closes_with_1011_and_spares_others():
     with run_server(message=Echo) as server:
         bystander = connect(server)
-        real_dispatch = server.dispatch
+        real_dispatch = server.table.dispatch
 
         def broken_dispatch(event, instance, data):
             if data == "break":
                 raise RuntimeError("fws bug")
             return real_dispatch(event, instance, data)
 
-        server.dispatch = broken_dispatch  # type: ignore[method-assign]
+        server.table.dispatch = broken_dispatch
         with ws_sync.connect(url(server)) as client:
             client.send("break")
             with pytest.raises(ConnectionClosed) as info:

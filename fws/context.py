@@ -1,0 +1,70 @@
+"""What every connection of a server shares: its settings and its table.
+
+A ``Connection`` reads nothing else of its server, so connection code can be
+read, and tested, with a table and settings of its own (``connection.server``
+stays for filters: the seed's filters reach the server through it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .pipeline import Pipeline
+    from .storage.base import Storage
+
+__all__ = ["READ_SIZE", "ConnectionSettings", "ConnectionTable"]
+
+READ_SIZE = 262144
+"""Bytes one recv may return; the size of the read buffer every reader shares."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """Limits and timeouts, the same for every connection of a server; ``None``: off.
+
+    The defaults are ``fws.Server``'s (which documents each).
+    """
+
+    max_message_size: int | None = 2**20
+    max_outbound_bytes: int | None = 4 * 2**20
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    idle_timeout: float | None = None
+    close_timeout: float = 5.0
+
+
+class ConnectionTable:
+    """The connections of one server and what they use together while they run.
+
+    ``dispatch(event, instance, data)`` runs an event's pipeline (the server's,
+    which logs a filter that raises); ``pipelines`` says which events have
+    filters at all, so that a connection skips work nobody listens to.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        queue: Any,
+        pipelines: dict[str, Pipeline],
+        dispatch: Callable[[str, Any, Any], Any],
+    ) -> None:
+        self.users: dict[str, Connection] = {}
+        """Every open connection, by id."""
+        self.reading: set[Connection] = set()
+        """Connections whose reader greenlet runs; the others wait on a watcher."""
+        self.finishing: set[Connection] = set()
+        """Connections out of ``users`` whose disconnect pipeline and storage clean-up run."""
+        self.read_buffer = bytearray(READ_SIZE)
+        """Every reader's recv_into target; a chunk is parsed before its reader yields."""
+        self.storage = storage
+        self.queue = queue
+        """Items put here run through the consumer pipeline."""
+        self.pipelines = pipelines
+        self.dispatch = dispatch
+        self.stopping = False
+        """True once the server stops: a connection upgraded now is closed with 1001."""
