@@ -55,6 +55,7 @@ from .frames import (
     is_valid_close_code,
     text_if_utf8,
 )
+from .groups import check_group_name
 from .pipeline import DROP
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class Connection:
         "_deadline",
         "claims",
         "user",
+        "_groups",
         "__dict__",
         "__weakref__",
     )
@@ -127,7 +129,7 @@ class Connection:
         self.server = server
         self.request = request
         self.token: str | None = None
-        """Free for filters; ``broadcast_messages_by_token`` keeps the group name here."""
+        """The group joined with ``token:NAME`` (``broadcast_messages_by_token``); see ``join``."""
         self.state = State.CONNECTING
         self.close_info: CloseInfo | None = None
         self._socket: socket.socket | None = None
@@ -151,6 +153,7 @@ class Connection:
         """The verified token's claims, set by ``jwt_auth`` (or any connect filter)."""
         self.user: str | None = None
         """Who the client is: ``jwt_auth`` sets the token's ``sub`` here."""
+        self._groups: set[str] | None = None  # None until the first join: most never join
 
     # -- the seed's surface ---------------------------------------------------
 
@@ -211,6 +214,53 @@ class Connection:
             self._deadline.close()
         self._deadline = gevent.get_hub().loop.timer(max(seconds, 0.0))
         self._deadline.start(self._start_close, code, reason)
+
+    # -- groups -----------------------------------------------------------------
+    # Membership lives in the storage (so a group spans servers with Redis);
+    # _groups is this connection's own record, to leave them all when it ends.
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this connection is in (joined on this connection, not yet left)."""
+        return frozenset(self._groups) if self._groups else frozenset()
+
+    def join(self, name: str) -> None:
+        """Join group ``name``: ``storage.send_to_group(name, ...)`` then reaches this client.
+
+        Raises ``ValueError`` for an empty name or one above
+        ``MAX_GROUP_NAME_BYTES`` (256 bytes of UTF-8), storing nothing, and
+        ``RuntimeError`` before the upgrade (join in an open filter: a connect
+        filter's client may yet be refused) or once the connection has ended.
+        Joining twice is harmless. The connection leaves its groups when it
+        ends, after its disconnect filters ran (they still see ``groups``).
+        """
+        check_group_name(name)
+        if self.state is State.CONNECTING or self.state is State.CLOSED:
+            raise RuntimeError(f"cannot join a group while the connection is {self.state.value}")
+        if self._groups is not None and name in self._groups:
+            return
+        self.server.storage_object.add(name, self.id)
+        if self._groups is None:
+            self._groups = set()
+        self._groups.add(name)
+
+    def leave(self, name: str) -> None:
+        """Leave group ``name``; leaving a group this connection is not in is harmless."""
+        if self._groups is None or name not in self._groups:
+            return
+        self.server.storage_object.remove(name, self.id)
+        self._groups.discard(name)
+        if not self._groups:
+            self._groups = None
+
+    def _leave_groups(self) -> None:
+        """Leave every group as the connection ends, even if the storage fails on one."""
+        groups, self._groups = self._groups, None
+        for name in groups or ():
+            try:
+                self.server.storage_object.remove(name, self.id)
+            except Exception as exc:
+                log.warning("connection %s: could not leave group %r: %s", self.id, name, exc)
 
     # -- sending --------------------------------------------------------------
 
@@ -528,6 +578,7 @@ class Connection:
         self.close_info = info
         log.info("connection %s closed: %s %s", self.id, info.code, info.reason)
         self.server.dispatch("disconnect", self, info)
+        self._leave_groups()
         self.server.storage_object.disconnected(self.id)
 
     def __repr__(self) -> str:

@@ -48,3 +48,25 @@ def test_token_auth_example_refuses_at_the_handshake():
         bob = connect(server.url, header=["X-Token: other"])
         alice.send("authenticated")
         assert bob.recv() == "authenticated"
+
+
+def test_token_auth_with_token_groups_routes_by_the_group_never_by_the_secret():
+    env = {**ANY_PORT, "FWS_TOKENS": "s3cret"}
+    args = ["-f", "token_auth", "broadcast_messages_by_token"]
+    with ServerProcess(args, cwd=EXAMPLES, env=env) as server:
+        alice = connect(server.url + "?token=s3cret")
+        bob = connect(server.url + "?token=s3cret")
+        eve = connect(server.url + "?token=s3cret")
+        # Authenticated, but in no group yet: the secret is not a group.
+        alice.send("hello?")
+        assert alice.recv() == "Error: No token has been set"
+        eve.send("token:s3cret")  # a group named like the secret hears nothing
+        assert eve.recv() == "Successfully registered with broadcast group: s3cret"
+        for client in (alice, bob):
+            client.send("token:room1")
+            assert client.recv() == "Successfully registered with broadcast group: room1"
+        alice.send("to room1")
+        assert bob.recv() == "to room1"
+        eve.settimeout(0.5)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            eve.recv()
