@@ -266,6 +266,13 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             help="Seconds a client has to answer a close before the socket is cut.",
         ),
         click.Option(
+            ["--static"],
+            type=click.Path(exists=True, file_okay=False),
+            metavar="DIR",
+            help="Serve DIR's files to plain HTTP GET/HEAD requests (index.html at /); "
+            "without it they get 426.",
+        ),
+        click.Option(
             ["--log-level"],
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             default="info",
@@ -322,6 +329,7 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         origins=options["origins"] or None,
         **{name: options[name] or None for name, _, _ in LIMITS},
         close_timeout=options["close_timeout"],
+        static=options["static"],
     )
     try:
         server.start()

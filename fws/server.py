@@ -29,6 +29,7 @@ from .events import EVENTS
 from .frames import encode_message
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
+from .static import StaticFiles
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 
@@ -139,6 +140,9 @@ class Server:
         ping_timeout: float | None = 20.0,
         idle_timeout: float | None = None,
         close_timeout: float = 5.0,
+        # Plain HTTP: GET/HEAD requests that are not upgrades get the files of
+        # this directory (see fws.static); None: they get 426 Upgrade Required.
+        static: str | os.PathLike[str] | None = None,
     ) -> None:
         if close_timeout <= 0:
             raise ValueError("close_timeout must be more than 0 seconds")
@@ -172,6 +176,7 @@ class Server:
         self.ping_timeout = ping_timeout
         self.idle_timeout = idle_timeout
         self.close_timeout = close_timeout
+        self.static = StaticFiles(static) if static is not None else None
         self.users: dict[str, Connection] = {}
         self.reading: set[Connection] = set()
         """Connections whose reader greenlet runs; the others wait on a watcher."""
@@ -378,6 +383,8 @@ class Server:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """WSGI application for requests that are not WebSocket upgrades."""
+        if self.static is not None:
+            return self.static(environ, start_response)
         start_response(
             "426 Upgrade Required",
             [
