@@ -1,8 +1,13 @@
 """Token authentication at the handshake: ``fws_server -f token_auth broadcast_messages``.
 
-Clients connect to ``ws://host:9000/?token=SECRET``; anyone else gets HTTP 401
-and never holds an open WebSocket. Set the accepted tokens in FWS_TOKENS
-(comma separated).
+Clients connect to ``ws://host:9000/?token=SECRET`` (or send an ``X-Token``
+header); anyone else gets HTTP 401 and never holds an open WebSocket. Set the
+accepted tokens in FWS_TOKENS (comma separated).
+
+The secret is checked and then forgotten: it is not ``connection.token``, which
+``broadcast_messages_by_token`` uses for the group joined with ``token:NAME``,
+so ``fws_server -f token_auth broadcast_messages_by_token`` routes by the
+group a client chose, never by its secret.
 """
 
 import os
@@ -15,7 +20,6 @@ TOKENS = set(filter(None, os.environ.get("FWS_TOKENS", "").split(",")))
 class RequireToken(WebSocketConnectFilter):
     @classmethod
     def filter(cls, web_socket_instance, request):
-        token = request.query.get("token") or request.headers.get("x-token")
-        if token not in TOKENS:
+        secret = request.query.get("token") or request.headers.get("x-token")
+        if secret not in TOKENS:
             raise Reject(401, "a valid token is required")
-        web_socket_instance.token = token

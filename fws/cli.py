@@ -296,6 +296,13 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             help="Seconds a client has to answer a close before the socket is cut.",
         ),
         click.Option(
+            ["--static"],
+            type=click.Path(exists=True, file_okay=False),
+            metavar="DIR",
+            help="Serve DIR's files to plain HTTP GET/HEAD requests (index.html at /); "
+            "without it they get 426.",
+        ),
+        click.Option(
             ["--log-level"],
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             default="info",
@@ -360,6 +367,7 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
             trusted_proxies=options["trusted_proxies"],
             **limits,
             close_timeout=options["close_timeout"],
+            static=options["static"],
         )
     except ConfigurationError as exc:  # a --trusted-proxy that is not an address
         storage.close()

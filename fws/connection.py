@@ -52,6 +52,7 @@ from .frames import (
     is_valid_close_code,
     text_if_utf8,
 )
+from .groups import check_group_name
 
 if TYPE_CHECKING:
     from .server import Server
@@ -117,6 +118,7 @@ class Connection:
         "subprotocol",
         "deflate",
         "_response_headers",
+        "_groups",
         "__dict__",
         "__weakref__",
     )
@@ -135,7 +137,7 @@ class Connection:
         self.server = server
         """The server, for filters (the seed's reached it this way); fws reads the table."""
         self.token: str | None = None
-        """Free for filters; ``broadcast_messages_by_token`` keeps the group name here."""
+        """The group joined with ``token:NAME`` (``broadcast_messages_by_token``); see ``join``."""
         self.state = State.CONNECTING
         self.close_info: CloseInfo | None = None
         self._socket: socket.socket | None = None
@@ -166,6 +168,7 @@ class Connection:
         client offered (``request.subprotocols``). ``--subprotocol`` preselects it."""
         self.deflate: Any = None  # the permessage-deflate codec, when negotiated
         self._response_headers: list[tuple[str, str]] | None = None
+        self._groups: set[str] | None = None  # None until the first join: most never join
 
     # -- the seed's surface ---------------------------------------------------
 
@@ -239,6 +242,53 @@ class Connection:
             self._deadline.close()
         self._deadline = gevent.get_hub().loop.timer(max(seconds, 0.0))
         self._deadline.start(self._start_close, code, reason)
+
+    # -- groups -----------------------------------------------------------------
+    # Membership lives in the storage (so a group spans servers with Redis);
+    # _groups is this connection's own record, to leave them all when it ends.
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this connection is in (joined on this connection, not yet left)."""
+        return frozenset(self._groups) if self._groups else frozenset()
+
+    def join(self, name: str) -> None:
+        """Join group ``name``: ``storage.send_to_group(name, ...)`` then reaches this client.
+
+        Raises ``ValueError`` for an empty name or one above
+        ``MAX_GROUP_NAME_BYTES`` (256 bytes of UTF-8), storing nothing, and
+        ``RuntimeError`` before the upgrade (join in an open filter: a connect
+        filter's client may yet be refused) or once the connection has ended.
+        Joining twice is harmless. The connection leaves its groups when it
+        ends, after its disconnect filters ran (they still see ``groups``).
+        """
+        check_group_name(name)
+        if self.state is State.CONNECTING or self.state is State.CLOSED:
+            raise RuntimeError(f"cannot join a group while the connection is {self.state.value}")
+        if self._groups is not None and name in self._groups:
+            return
+        self.table.storage.add(name, self.id)
+        if self._groups is None:
+            self._groups = set()
+        self._groups.add(name)
+
+    def leave(self, name: str) -> None:
+        """Leave group ``name``; leaving a group this connection is not in is harmless."""
+        if self._groups is None or name not in self._groups:
+            return
+        self.table.storage.remove(name, self.id)
+        self._groups.discard(name)
+        if not self._groups:
+            self._groups = None
+
+    def _leave_groups(self) -> None:
+        """Leave every group as the connection ends, even if the storage fails on one."""
+        groups, self._groups = self._groups, None
+        for name in groups or ():
+            try:
+                self.table.storage.remove(name, self.id)
+            except Exception as exc:
+                log.warning("connection %s: could not leave group %r: %s", self.id, name, exc)
 
     # -- sending --------------------------------------------------------------
 
@@ -553,6 +603,7 @@ class Connection:
         self.close_info = info
         log.info("connection %s closed: %s %s", self.id, info.code, info.reason)
         self.table.dispatch("disconnect", self, info)
+        self._leave_groups()
         self.table.storage.disconnected(self.id)
 
     def __repr__(self) -> str:

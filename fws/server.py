@@ -31,6 +31,7 @@ from .frames import encode_message
 from .handshake import ConnectionHandler, ProxyNetworks
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
+from .static import StaticFiles
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 
@@ -151,6 +152,9 @@ class Server:
         ping_timeout: float | None = 20.0,
         idle_timeout: float | None = None,
         close_timeout: float = 5.0,
+        # Plain HTTP: GET/HEAD requests that are not upgrades get the files of
+        # this directory (see fws.static); None: they get 426 Upgrade Required.
+        static: str | os.PathLike[str] | None = None,
     ) -> None:
         if close_timeout <= 0:
             raise ValueError("close_timeout must be more than 0 seconds")
@@ -217,6 +221,7 @@ class Server:
         self.users = self.table.users
         self.reading = self.table.reading
         self.finishing = self.table.finishing
+        self.static = StaticFiles(static) if static is not None else None
         self.upgrades_in_progress = 0
         """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
 
@@ -421,6 +426,8 @@ class Server:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """WSGI application for requests that are not WebSocket upgrades."""
+        if self.static is not None:
+            return self.static(environ, start_response)
         start_response(
             "426 Upgrade Required",
             [

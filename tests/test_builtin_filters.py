@@ -9,11 +9,7 @@ import websocket
 from helpers import connect, run_server, wait_for
 
 from fws.filters.broadcast_messages import BroadcastMessages
-from fws.filters.broadcast_messages_by_token import (
-    NO_TOKEN,
-    BroadcastMessagesByToken,
-    LeaveTokenGroup,
-)
+from fws.filters.broadcast_messages_by_token import NO_TOKEN, BroadcastMessagesByToken
 from fws.filters.broadcast_pubsub import BroadcastPubSub
 from fws.filters.echo import Echo
 from fws.filters.stdout_messages import StdoutMessages
@@ -52,7 +48,7 @@ def test_echo_answers_only_the_sender():
 
 
 def test_token_groups_register_answer_and_route_within_the_group():
-    with run_server(message=BroadcastMessagesByToken, disconnect=LeaveTokenGroup) as server:
+    with run_server(message=BroadcastMessagesByToken) as server:
         red1, red2, blue, loner = (connect(server) for _ in range(4))
         loner.send("anyone?")
         assert loner.recv() == NO_TOKEN
@@ -73,7 +69,7 @@ def test_token_groups_register_answer_and_route_within_the_group():
         blue.send("hi blues")
         assert red2.recv() == "hi blues"
         assert len(server.storage_object.get("red")) == 1
-        # Disconnecting leaves the group.
+        # Disconnecting leaves the group (the connection does it: no filter needed).
         red2.close()
         wait_for(lambda: len(server.storage_object.get("blue")) == 1)
 

@@ -374,3 +374,26 @@ def test_clients_coming_and_going_do_not_leak_redis_connections(
         # The pool may grow in the first wave; later waves reuse what it holds.
         assert 1 <= counts[-1] <= counts[0] <= 32, counts
         wait_for(lambda: not redis_server.client().keys("fws:members:*"), 5, "members left over")
+
+
+def test_chat_rooms_span_servers(redis_server: RedisServer) -> None:  # noqa: F811
+    """Connection.join is backed by the storage: a room spans the servers."""
+    chat = Path(__file__).parent.parent / "examples" / "chat"
+    args = [*BASE, "--storage", "redis", "--redis-url", redis_server.url, "-f", "chat"]
+    with ServerProcess(args, cwd=chat) as one, ServerProcess(args, cwd=chat) as two:
+        alice = connect(one.url + "?room=kitchen")
+        bob = connect(two.url + "?room=kitchen")
+        carol = connect(two.url + "?room=garden")
+        for client in (alice, bob, carol):
+            assert json.loads(client.recv())["type"] == "welcome"
+        assert json.loads(alice.recv())["type"] == "joined"  # bob, from the other server
+        alice.send(json.dumps({"text": "über Redis"}))
+        for client in (alice, bob):
+            # Room notices travel through Redis too: bob may yet hear that alice joined.
+            received = json.loads(client.recv())
+            while received["type"] == "joined":
+                received = json.loads(client.recv())
+            assert received["text"] == "über Redis"
+        bob.close()
+        assert json.loads(alice.recv())["type"] == "left"
+        assert receive_all(carol) == []

@@ -1,11 +1,18 @@
 """Broadcast groups: ``token:NAME`` joins group NAME, messages reach the group.
 
 A message containing ``token:NAME`` puts the sender in group NAME (leaving the
-group it was in) and is answered with
+group it joined this way before) and is answered with
 ``Successfully registered with broadcast group: NAME``. Any other message goes
 to the other members of the sender's group; a client in no group is answered
-``Error: No token has been set``. Groups live in the storage object, so with a
-shared storage they span servers.
+``Error: No token has been set``. A NAME longer than 256 bytes of UTF-8 is
+answered ``Error: group name longer than 256 bytes`` and changes nothing.
+
+The group is joined with ``Connection.join``, so it lives in the storage object
+(with a shared storage it spans servers) and the client leaves it when it
+disconnects. ``connection.token`` is the seed's name for the group joined
+through ``token:``; this filter routes only to a group the connection has
+actually joined, so a ``token`` another filter set (a secret, say) never
+becomes a group name.
 
 This is a *grouping* key, not authentication: anyone who knows a name can join.
 Refuse clients at the handshake with a ``WebSocketConnectFilter`` for that.
@@ -16,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from fws.events import CloseInfo, TextMessage, WebSocketDisconnectFilter, WebSocketMessageFilter
+from fws.events import TextMessage, WebSocketMessageFilter
 
 if TYPE_CHECKING:
     from fws.connection import Connection
@@ -32,23 +39,19 @@ class BroadcastMessagesByToken(WebSocketMessageFilter):
         client = web_socket_instance
         text = data if isinstance(data, str) else bytes(data).decode("utf-8", "replace")
         match = TOKEN.search(text)
+        group = client.token if client.token in client.groups else None
         if match is not None:
             token = match.group(1)
-            if client.token is not None and client.token != token:
-                client.storage_object.remove(client.token, client.id)
+            try:
+                client.join(token)
+            except ValueError as exc:
+                client.send(f"Error: {exc}")
+                return
+            if group is not None and group != token:
+                client.leave(group)
             client.token = token
-            client.storage_object.add(token, client.id)
             client.send(REGISTERED.format(token))
-        elif client.token is None:
+        elif group is None:
             client.send(NO_TOKEN)
         else:
-            client.storage_object.send_to_group(client.token, data, sender=client.id)
-
-
-class LeaveTokenGroup(WebSocketDisconnectFilter):
-    @classmethod
-    def filter(cls, web_socket_instance: Connection, data: CloseInfo) -> None:
-        if web_socket_instance.token is not None:
-            web_socket_instance.storage_object.remove(
-                web_socket_instance.token, web_socket_instance.id
-            )
+            client.storage_object.send_to_group(group, data, sender=client.id)
