@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography import x509
@@ -38,6 +38,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fws.datatypes import Request
 from fws.errors import ConfigurationError, Reject
 from fws.events import WebSocketConnectFilter
+
+if TYPE_CHECKING:
+    from fws.connection import Connection
 
 __all__ = ["JwtAuth", "JwtSettings", "find_token", "load_public_key", "offered_subprotocols"]
 
@@ -275,7 +278,7 @@ class JwtAuth(WebSocketConnectFilter):
             raise Reject(401, _reason(exc)) from None
         return claims
 
-    def filter(self, connection: Any, request: Request) -> None:
+    def filter(self, connection: Connection, request: Request) -> None:
         claims = self.claims(request)
         connection.claims = claims
         connection.user = claims.get("sub")
