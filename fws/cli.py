@@ -25,6 +25,7 @@ from . import __version__
 from .allocator import tune_for_server
 from .config import read_config
 from .errors import ConfigurationError
+from .events import WebSocketConnectFilter
 from .modules import builtin_filter_names, load_filter_module, load_storage_class
 from .registry import Registry, filters_defined_in
 from .storage.base import Storage
@@ -201,6 +202,73 @@ def _limit_options() -> list[click.Option]:
     ]
 
 
+def _jwt_options() -> list[click.Option]:
+    """JWT at the door (-f jwt_auth); click spells the environment FWS_JWT_SECRET etc."""
+    return [
+        click.Option(
+            ["--jwt-secret"],
+            help="jwt_auth: HMAC secret (HS256); prefer $FWS_JWT_SECRET: ps shows arguments.",
+        ),
+        click.Option(
+            ["--jwt-key-file"],
+            type=click.Path(dir_okay=False),
+            help="jwt_auth: PEM public key or certificate (RS256, ES256 or EdDSA tokens).",
+        ),
+        click.Option(
+            ["--jwt-algorithms"],
+            multiple=True,
+            metavar="ALG...",
+            help="jwt_auth: accepted algorithms. Default: HS256 with a secret, the key's own "
+            "(RS256, ES256, EdDSA) with a key file; HMAC with a key file is refused.",
+        ),
+        click.Option(["--jwt-audience"], help="jwt_auth: required 'aud' claim."),
+        click.Option(["--jwt-issuer"], help="jwt_auth: required 'iss' claim."),
+        click.Option(
+            ["--jwt-leeway"],
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="jwt_auth: seconds of clock skew allowed for exp, nbf and iat.",
+        ),
+        click.Option(
+            ["--jwt-cookie"],
+            metavar="NAME",
+            help="jwt_auth: also read the token from this cookie.",
+        ),
+    ]
+
+
+def _jwt_keywords(registry: Registry, options: dict[str, Any]) -> dict[str, Any]:
+    """``Server`` keywords that give the jwt_auth filters their settings (``--jwt-*``).
+
+    The connect pipeline is passed explicitly, with every ``JwtAuth`` class
+    of the registry replaced by an instance holding the settings.
+    """
+    given = {name: options.pop(name) for name in list(options) if name.startswith("jwt_")}
+    auth = sys.modules.get("fws.filters.jwt_auth")  # imported by -f jwt_auth, or a subclass
+    connect = registry.filters(WebSocketConnectFilter)
+    if auth is None or not any(issubclass(f, auth.JwtAuth) for f in connect):
+        if any(given.values()):
+            log.warning("--jwt-* options have no effect without -f jwt_auth")
+        return {}
+    if not (given["jwt_secret"] or given["jwt_key_file"]):
+        raise ConfigurationError(
+            "-f jwt_auth needs --jwt-secret or --jwt-key-file (or $FWS_JWT_SECRET, "
+            "$FWS_JWT_KEY_FILE); without one no client could be verified"
+        )
+    key_file = given["jwt_key_file"]
+    settings = auth.JwtSettings(
+        secret=given["jwt_secret"] or None,
+        public_key=auth.load_public_key(key_file) if key_file else None,
+        algorithms=tuple(given["jwt_algorithms"]),
+        audience=given["jwt_audience"],
+        issuer=given["jwt_issuer"],
+        leeway=given["jwt_leeway"],
+        cookie=given["jwt_cookie"],
+    )
+    return {"connect": [f(settings) if issubclass(f, auth.JwtAuth) else f for f in connect]}
+
+
 def build_command(storage_name: str, storage_class: type[Storage]) -> click.Command:
     """The ``fws_server`` command, with the chosen storage's options added."""
     params: list[click.Parameter] = [
@@ -309,6 +377,7 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             show_default=True,
         ),
         click.Option(["-q", "--quiet"], is_flag=True, help="Log only warnings and errors."),
+        *_jwt_options(),
     ]
 
     def run(**options: Any) -> None:
@@ -352,12 +421,14 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
     for module in modules:
         if not filters_defined_in(module):
             log.warning("filter module %s defines no filters", module.__name__)
+    registry = Registry.from_modules(modules)
     limits: dict[str, Any] = {name: options[name] or None for name, _, _ in LIMITS}
     try:
+        jwt_keywords = _jwt_keywords(registry, options)
         server = Server(
             host=options["host"],
             port=options["port"],
-            registry=Registry.from_modules(modules),
+            registry=registry,
             storage=storage,
             ssl_context=ssl_context,
             origins=options["origins"] or None,
@@ -368,8 +439,9 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
             **limits,
             close_timeout=options["close_timeout"],
             static=options["static"],
+            **jwt_keywords,
         )
-    except ConfigurationError as exc:  # a --trusted-proxy that is not an address
+    except ConfigurationError as exc:  # unusable --jwt-* settings, a bad --trusted-proxy
         storage.close()
         raise click.UsageError(str(exc)) from None
     try:
