@@ -263,6 +263,22 @@ class ConnectionHandler(WebSocketHandler):
         if self.server.log is not None and "101" not in str(self.status):
             self.server.log.write(printable(self.format_request(), 1000) + "\n")
 
+    def format_request(self) -> str:
+        """pywsgi's access log line, with the query string left out.
+
+        Query strings carry secrets (``?token=`` for ``jwt_auth``): an access
+        log must not hold them.
+        """
+        requestline = self.requestline
+        if requestline and "?" in requestline:
+            method, _, rest = requestline.partition(" ")
+            target, _, version = rest.partition(" ")
+            self.requestline = f"{method} {target.partition('?')[0]}?... {version}".rstrip()
+        try:
+            return str(super().format_request())
+        finally:
+            self.requestline = requestline
+
     def _stop_handshake_timer(self) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.close()

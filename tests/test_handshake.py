@@ -430,3 +430,13 @@ def test_websocket_client_and_websockets_both_complete_the_handshake():
         other.send("y")
         assert other.recv() == "y"
         other.close()
+
+
+def test_the_access_log_leaves_query_strings_out(caplog):
+    with caplog.at_level(logging.DEBUG, logger="fws.http"):
+        with run_server(message=Echo) as server:
+            exchange(server.address[1], b"GET /page?token=s3cr3t HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: any("GET /page" in r.getMessage() for r in caplog.records))
+    lines = [r.getMessage() for r in caplog.records if r.name == "fws.http"]
+    assert any("GET /page?... HTTP/1.1" in line for line in lines), lines
+    assert not any("s3cr3t" in line for line in lines)
