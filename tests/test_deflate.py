@@ -7,12 +7,16 @@ inflater, as a browser's would be.
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import pytest
 from frame_builder import client_frame
 
+import fws.deflate as fws_deflate
 from fws import ProtocolError, TextMessage
 from fws.deflate import DeflateSettings, PerMessageDeflate, negotiate
 from fws.frames import (
@@ -506,3 +510,17 @@ def test_no_limit_on_inflated_size_when_none():
     data = ClientDeflater().message(payload)
     parser = FrameParser(max_message_size=None, deflate=codec_for("permessage-deflate"))
     assert parser.feed(client_frame(OP_BINARY, data, rsv=RSV1)) == [Message(payload)]
+
+
+def test_deflate_and_frames_import_without_gevent():
+    # fws/__init__ imports the server; load the two modules without it, with gevent blocked.
+    probe = (
+        "import sys, types\n"
+        "sys.modules['gevent'] = None\n"
+        "package = types.ModuleType('fws')\n"
+        f"package.__path__ = [{str(Path(fws_deflate.__file__).parent)!r}]\n"
+        "sys.modules['fws'] = package\n"
+        "import fws.deflate, fws.frames\n"
+        "assert not any(name.startswith('gevent') for name in sys.modules if sys.modules[name])\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
