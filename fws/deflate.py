@@ -32,9 +32,11 @@ does; the client's next offer, or no compression, follows.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final, Protocol
 
 from websockets.exceptions import InvalidHeader, NegotiationError
@@ -140,7 +142,7 @@ class PerMessageDeflate:
         self.compress_min_size = compress_min_size
         self.memory_level = memory_level
         self.shared_key: Hashable | None = (
-            (EXTENSION_NAME, server_window_bits, memory_level, compress_min_size)
+            _shared_key(server_window_bits, memory_level, compress_min_size)
             if server_no_context_takeover
             else None
         )
@@ -177,6 +179,12 @@ class PerMessageDeflate:
         return decompressor
 
 
+@lru_cache(maxsize=64)
+def _shared_key(window_bits: int, memory_level: int, compress_min_size: int) -> Hashable:
+    # One tuple for all the connections alike, rather than one each.
+    return (EXTENSION_NAME, window_bits, memory_level, compress_min_size)
+
+
 def negotiate(
     header_values: Sequence[str], settings: DeflateSettings
 ) -> tuple[str, PerMessageDeflate] | None:
@@ -210,7 +218,8 @@ def negotiate(
                 response_params, extension = factory.process_request_params(params, [])
             except NegotiationError:
                 continue
-            response = build_extension([(EXTENSION_NAME, response_params)])  # type: ignore[list-item]
+            # Interned: thousands of connections share a handful of responses.
+            response = sys.intern(build_extension([(EXTENSION_NAME, response_params)]))  # type: ignore[list-item]
             codec = PerMessageDeflate(
                 response=response,
                 server_no_context_takeover=extension.local_no_context_takeover,
