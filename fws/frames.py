@@ -6,17 +6,28 @@ and returns every complete event. It enforces what a server must refuse
 control frames, bad UTF-8, bad close codes) and the message size limit, which
 it checks from the frame header, before the payload is waited for. A violation
 raises ``ProtocolError`` with the close code to answer with.
+
+With permessage-deflate negotiated (``fws.deflate``), RSV1 on the first frame
+of a message marks it compressed; the size limit then also bounds the inflated
+size, enforced while inflating, so a small frame cannot inflate to a large
+one. Corrupt compressed data is refused with 1002, as websockets does (its
+``PerMessageDeflate.decode`` raises ``ProtocolError``); Node's ``ws`` uses
+1007, and the Autobahn suite tests neither.
 """
 
 from __future__ import annotations
 
 import codecs
 import struct
+import zlib
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .datatypes import TextMessage
 from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from .deflate import Inflater, PerMessageDeflate
 
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1
@@ -27,6 +38,7 @@ OP_PONG: Final = 0xA
 
 _CONTROL_OPCODES: Final = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 _MAX_CONTROL_PAYLOAD: Final = 125
+_EMPTY_BLOCK: Final = b"\x00\x00\xff\xff"  # RFC 7692 7.2.2: re-appended to a message
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +104,30 @@ class FrameParser:
     """Turns the bytes a client sends into ``Message``/``Ping``/``Pong``/``Close`` events.
 
     ``max_message_size`` limits a whole message, all fragments together, in
-    bytes; ``None`` disables the limit.
+    bytes; ``None`` disables the limit. For a compressed message it limits
+    both the bytes on the wire and the inflated size.
+
+    ``deflate`` is the connection's negotiated permessage-deflate codec;
+    ``None``: not negotiated, and RSV1 is a protocol error.
     """
 
-    def __init__(self, *, max_message_size: int | None = 2**20) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_size: int | None = 2**20,
+        deflate: PerMessageDeflate | None = None,
+    ) -> None:
         self.max_message_size = max_message_size
+        self.deflate = deflate
         self._buffer = bytearray()
         self._opcode: int | None = None  # of the fragmented message in progress
         self._fragments: list[bytes | str] = []
-        self._size = 0
+        self._size = 0  # bytes on the wire of the fragmented message in progress
         self._decoder: codecs.IncrementalDecoder | None = None
+        # Of the fragmented compressed message in progress: its inflater, and
+        # the bytes it has inflated so far.
+        self._inflater: Inflater | None = None
+        self._inflated = 0
 
     def feed(self, data: bytes | memoryview) -> list[Event]:
         """Parse ``data`` (after what was left over) into complete events.
@@ -174,7 +200,10 @@ class FrameParser:
             payload = unmask(memoryview(data)[payload_start:frame_end], mask)
             first = data[position]
             position = frame_end
-            event = self._frame(first & 0x0F, bool(first & 0x80), payload)
+            if first & 0x40:  # _check_header let RSV1 through: a compressed message
+                event = self._compressed_frame(first & 0x0F, bool(first & 0x80), payload)
+            else:
+                event = self._frame(first & 0x0F, bool(first & 0x80), payload)
             if event is not None:
                 events.append(event)
 
@@ -186,7 +215,7 @@ class FrameParser:
         """
         opcode = first & 0x0F
         if first & 0x70:
-            raise ProtocolError(1002, "reserved bits set, but no extension was negotiated")
+            self._check_reserved_bits(first)
         if not second & 0x80:
             raise ProtocolError(1002, "client frames must be masked")
         if opcode in _CONTROL_OPCODES:
@@ -211,6 +240,16 @@ class FrameParser:
         if limit is not None and self._size + length > limit:
             raise ProtocolError(1009, f"message over the {limit}-byte limit")
 
+    def _check_reserved_bits(self, first: int) -> None:
+        """RSV1 is allowed on the first frame of a message, with permessage-deflate only."""
+        if first & 0x30 or self.deflate is None:
+            raise ProtocolError(1002, "reserved bits set, but no extension uses them")
+        opcode = first & 0x0F
+        if opcode in _CONTROL_OPCODES:
+            raise ProtocolError(1002, "RSV1 set on a control frame")
+        if opcode == OP_CONTINUATION:
+            raise ProtocolError(1002, "RSV1 set on a continuation frame")
+
     def _frame(self, opcode: int, fin: bool, payload: bytes) -> Event | None:
         if opcode == OP_PING:
             return Ping(payload)
@@ -224,7 +263,26 @@ class FrameParser:
             self._opcode = opcode
             if opcode == OP_TEXT:
                 self._decoder = codecs.getincrementaldecoder("utf-8")()
+        return self._fragment(payload, fin)
+
+    def _compressed_frame(self, opcode: int, fin: bool, payload: bytes) -> Event | None:
+        """The first frame of a compressed text or binary message (the header checked that)."""
+        assert self.deflate is not None
+        inflater = self.deflate.decompressor()
+        if fin:  # the common case: a whole message in one frame
+            data = self._inflate(inflater, payload, final=True)
+            return Message(_text(data) if opcode == OP_TEXT else data)
+        self._opcode = opcode
+        if opcode == OP_TEXT:
+            self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._inflater = inflater
+        return self._fragment(payload, fin)
+
+    def _fragment(self, payload: bytes, fin: bool) -> Event | None:
         self._size += len(payload)
+        if self._inflater is not None:
+            payload = self._inflate(self._inflater, payload, final=fin)
+            self._inflated += len(payload)
         # Decoding fragment by fragment fails a bad text message early. Empty
         # fragments are not kept: endless ones must not grow memory unbounded.
         piece = self._decode(payload, final=fin) if self._decoder else payload
@@ -234,9 +292,30 @@ class FrameParser:
             return None
         fragments, text = self._fragments, self._decoder is not None
         self._opcode, self._fragments, self._size, self._decoder = None, [], 0, None
+        self._inflater, self._inflated = None, 0  # a per-message inflater is freed here
         if text:
             return Message(TextMessage("".join(fragments)))  # type: ignore[arg-type]
         return Message(b"".join(fragments))  # type: ignore[arg-type]
+
+    def _inflate(self, inflater: Inflater, data: bytes, *, final: bool) -> bytes:
+        """Inflate one frame's payload, refusing output beyond the message size limit.
+
+        zlib is asked for at most one byte more than the message may still
+        grow, so a bomb costs no more than the limit in memory and time.
+        """
+        if final:
+            data += _EMPTY_BLOCK
+        limit = self.max_message_size
+        try:
+            if limit is None:
+                return inflater.decompress(data)
+            room = limit - self._inflated
+            inflated = inflater.decompress(data, room + 1)
+        except zlib.error:
+            raise ProtocolError(1002, "compressed message is not valid deflate data") from None
+        if len(inflated) > room:
+            raise ProtocolError(1009, f"message over the {limit}-byte limit once inflated")
+        return inflated
 
     def _decode(self, payload: bytes, *, final: bool) -> str:
         assert self._decoder is not None
@@ -268,10 +347,10 @@ def _parse_close(payload: bytes) -> Close:
     return Close(code, reason)
 
 
-def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """One unfragmented, unmasked frame (servers never mask)."""
+def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
+    """One unfragmented, unmasked frame (servers never mask); ``rsv1``: compressed."""
     size = len(payload)
-    first = 0x80 | opcode
+    first = 0xC0 | opcode if rsv1 else 0x80 | opcode
     if size < 126:
         header = struct.pack("!BB", first, size)
     elif size < 65536:
@@ -281,14 +360,25 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     return header + payload
 
 
-def encode_message(data: str | bytes | bytearray | memoryview) -> bytes:
-    """A text frame for ``str``, a binary frame for bytes-like data."""
+def encode_message(
+    data: str | bytes | bytearray | memoryview, deflate: PerMessageDeflate | None = None
+) -> bytes:
+    """A text frame for ``str``, a binary frame for bytes-like data.
+
+    ``deflate`` is the connection's permessage-deflate codec: a payload of at
+    least its ``compress_min_size`` bytes is compressed (RSV1 set). ``None``:
+    never compress. With server context takeover, frames must be sent in the
+    order they were encoded.
+    """
     if isinstance(data, str):
-        return encode_frame(OP_TEXT, data.encode("utf-8"))
-    if isinstance(data, bytes | bytearray | memoryview):
-        return encode_frame(OP_BINARY, bytes(data))
-    # bytes(42) would silently send 42 zero bytes.
-    raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
+        opcode, payload = OP_TEXT, data.encode("utf-8")
+    elif isinstance(data, bytes | bytearray | memoryview):
+        opcode, payload = OP_BINARY, bytes(data)
+    else:  # bytes(42) would silently send 42 zero bytes.
+        raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
+    if deflate is not None and len(payload) >= deflate.compress_min_size:
+        return encode_frame(opcode, deflate.compress(payload), rsv1=True)
+    return encode_frame(opcode, payload)
 
 
 def text_if_utf8(data: str | bytes | bytearray | memoryview) -> str | bytes:

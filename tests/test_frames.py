@@ -222,6 +222,12 @@ def test_encoders_use_the_shortest_length_form_and_never_mask():
     long_reason[4:].decode("utf-8")  # still valid UTF-8 after cutting
 
 
+def test_encode_frame_sets_rsv1_only_when_asked():
+    assert encode_frame(OP_TEXT, b"hi", rsv1=True) == b"\xc1\x02hi"
+    assert encode_frame(OP_BINARY, b"x" * 70_000, rsv1=True)[:2] == b"\xc2\x7f"
+    assert encode_frame(OP_TEXT, b"hi") == b"\x81\x02hi"
+
+
 def test_events_before_a_violation_are_kept_on_the_error():
     parser = FrameParser()
     with pytest.raises(ProtocolError) as info:
