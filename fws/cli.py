@@ -24,6 +24,7 @@ import click
 from . import __version__
 from .allocator import tune_for_server
 from .config import read_config
+from .deflate import COMPRESSION_CHOICES, DeflateSettings
 from .errors import ConfigurationError
 from .events import WebSocketConnectFilter
 from .modules import builtin_filter_names, load_filter_module, load_storage_class
@@ -37,7 +38,6 @@ log = logging.getLogger("fws.cli")
 DEFAULT_FILTERS = ("broadcast_messages", "stdout_messages")
 STORAGE_ENVVARS = ("FWS_STORAGE", "STORAGE_OBJECT_MODULE")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-COMPRESSION_CHOICES = ("deflate", "off")
 
 
 class FwsCommand(click.Command):
@@ -350,6 +350,14 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             help="permessage-deflate for clients that offer it (RFC 7692), or off.",
         ),
         click.Option(
+            ["--compression-min-size"],
+            type=click.IntRange(min=0),
+            default=DeflateSettings.compress_min_size,
+            show_default=True,
+            help="With --compression deflate: messages shorter than this many bytes are "
+            "sent uncompressed.",
+        ),
+        click.Option(
             ["--trusted-proxy", "trusted_proxies"],
             multiple=True,
             metavar="CIDR...",
@@ -434,7 +442,11 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
             origins=options["origins"] or None,
             subprotocols=options["subprotocols"],
             require_subprotocol=options["require_subprotocol"],
-            compression=options["compression"],
+            compression=(
+                DeflateSettings(compress_min_size=options["compression_min_size"])
+                if options["compression"] == "deflate"
+                else "off"
+            ),
             trusted_proxies=options["trusted_proxies"],
             **limits,
             close_timeout=options["close_timeout"],

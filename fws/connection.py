@@ -37,6 +37,7 @@ import gevent.ssl
 
 from .context import READ_SIZE, ConnectionSettings, ConnectionTable
 from .datatypes import CloseInfo, Request
+from .deflate import PerMessageDeflate
 from .errors import ProtocolError
 from .frames import (
     OP_PING,
@@ -166,7 +167,8 @@ class Connection:
         self.subprotocol: str | None = None
         """The subprotocol the 101 response names; a connect filter may choose one the
         client offered (``request.subprotocols``). ``--subprotocol`` preselects it."""
-        self.deflate: Any = None  # the permessage-deflate codec, when negotiated
+        self.deflate: PerMessageDeflate | None = None
+        """The permessage-deflate codec, when the handshake negotiated one."""
         self._response_headers: list[tuple[str, str]] | None = None
         self._groups: set[str] | None = None  # None until the first join: most never join
 
@@ -196,7 +198,7 @@ class Connection:
         Returns at once; returns False when the connection is not open (the
         message is dropped: a client that is leaving cannot receive it).
         """
-        return self.send_frame(encode_message(data))
+        return self.send_frame(encode_message(data, self.deflate))
 
     def sendMessage(self, data: str | bytes | bytearray) -> bool:
         """The seed's send: a *text* frame, as the original only sent text.
@@ -399,7 +401,9 @@ class Connection:
         sent right after the handshake and the HTTP parser had already buffered.
         """
         self._socket = sock
-        self._parser = FrameParser(max_message_size=self.settings.max_message_size)
+        self._parser = FrameParser(
+            max_message_size=self.settings.max_message_size, deflate=self.deflate
+        )
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.state = State.OPEN
         self._opening = (gevent.getcurrent(), [])

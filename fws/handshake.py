@@ -194,6 +194,7 @@ class ConnectionHandler(WebSocketHandler):
 
     socket: Any  # pywsgi's; None once the connection owns it
     environ: dict[str, Any]
+    requestline: str | None
     detached = False
     """True once the upgraded socket belongs to a ``Connection``, not to pywsgi."""
 

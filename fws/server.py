@@ -25,6 +25,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from .connection import PARK_AFTER, Connection
 from .context import ConnectionSettings, ConnectionTable
+from .deflate import COMPRESSION_CHOICES, DeflateSettings, PerMessageDeflate, negotiate
 from .errors import ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
@@ -35,9 +36,8 @@ from .static import StaticFiles
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 
-__all__ = ["COMPRESSION_CHOICES", "Server", "serve", "serve_until_signalled", "tls_context"]
+__all__ = ["Server", "serve", "serve_until_signalled", "tls_context"]
 
-COMPRESSION_CHOICES = ("deflate", "off")
 
 log = logging.getLogger("fws.server")
 
@@ -140,11 +140,12 @@ class Server:
         origins: Collection[str] | None = None,
         max_header_bytes: int | None = 16 * 1024,
         # The handshake: subprotocols offered (the first the client also offers is
-        # chosen), whether a client must offer one, permessage-deflate ("off" or
-        # "deflate"), and proxies whose X-Forwarded-For / Forwarded are believed.
+        # chosen), whether a client must offer one, permessage-deflate ("off",
+        # "deflate" for DeflateSettings(), or DeflateSettings of your own), and
+        # proxies whose X-Forwarded-For / Forwarded headers are believed.
         subprotocols: Sequence[str] = (),
         require_subprotocol: bool = False,
-        compression: str = "deflate",
+        compression: str | DeflateSettings = "deflate",
         trusted_proxies: Iterable[str] = (),
         # Timeouts, in seconds; None disables one.
         handshake_timeout: float | None = 10.0,
@@ -188,11 +189,14 @@ class Server:
         if require_subprotocol and not self.subprotocols:
             raise ConfigurationError("require_subprotocol needs at least one subprotocol")
         self.require_subprotocol = require_subprotocol
-        if compression not in COMPRESSION_CHOICES:
+        if isinstance(compression, DeflateSettings):
+            self.deflate_settings: DeflateSettings | None = compression
+        elif compression in COMPRESSION_CHOICES:
+            self.deflate_settings = DeflateSettings() if compression == "deflate" else None
+        else:
             raise ConfigurationError(
                 f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, not {compression!r}"
             )
-        self.compression = compression
         try:
             self.trusted_proxies = ProxyNetworks(trusted_proxies)
         except ValueError as exc:
@@ -352,25 +356,40 @@ class Server:
         """Send ``data`` to every open connection (or those whose id is in ``to``).
 
         The frame is encoded once and the same bytes are queued for every
-        recipient. The connection whose id is ``exclude`` (usually the sender) is
+        recipient; for permessage-deflate clients it is compressed once per
+        codec setting (clients whose server side keeps no context share one
+        compressed frame), or per client where the client's codec keeps context.
+        The connection whose id is ``exclude`` (usually the sender) is
         skipped. Returns how many connections it was queued for.
         """
         frame = encode_message(data)
+        compressed: dict[Any, bytes] = {}  # one deflated frame per shared codec setting
         if to is None:
             recipients: Iterable[Connection | None] = tuple(self.users.values())
         else:
             recipients = [self.users.get(connection_id) for connection_id in to]
         sent = 0
         for connection in recipients:
-            if connection is not None and connection.id != exclude:
+            if connection is None or connection.id == exclude:
+                continue
+            deflate = connection.deflate
+            if deflate is None:
                 sent += connection.send_frame(frame)
+            elif deflate.shared_key is None:  # context takeover: its own stream
+                sent += connection.send_frame(encode_message(data, deflate))
+            else:
+                shared = compressed.get(deflate.shared_key)
+                if shared is None:
+                    shared = compressed[deflate.shared_key] = encode_message(data, deflate)
+                sent += connection.send_frame(shared)
         return sent
 
-    def negotiate_compression(self, offers: str | None) -> Any:
+    def negotiate_compression(self, offers: str | None) -> PerMessageDeflate | None:
         """The permessage-deflate codec for a client's ``Sec-WebSocket-Extensions``, or None."""
-        if self.compression == "off" or not offers:
+        if self.deflate_settings is None or not offers:
             return None
-        return None
+        negotiated = negotiate([offers], self.deflate_settings)
+        return None if negotiated is None else negotiated[1]
 
     def dispatch(self, event: str, instance: Any, data: Any) -> Any:
         """Run an event's pipeline; a filter that raises is logged and drops the event."""

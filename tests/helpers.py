@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import pytest
 import websocket
 
 import fws
@@ -64,6 +65,21 @@ def run_server(**settings: Any) -> Iterator[fws.Server]:
         box["hub"].loop.run_callback_threadsafe(gevent.spawn, server.stop)
         thread.join(15)
         assert not thread.is_alive(), "server thread did not stop"
+
+
+def require_binary(name: str, install: str) -> str:
+    """The path of ``name``; skip the test where it is missing, but fail under ``CI=true``.
+
+    CI installs every binary the tests drive: a missing one there must fail
+    the build rather than silently test less.
+    """
+    binary = shutil.which(name)
+    if binary is None:
+        reason = f"{name} is not installed ({install})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
+        pytest.skip(reason)
+    return binary
 
 
 def url(server: fws.Server, path: str = "/", scheme: str = "ws") -> str:

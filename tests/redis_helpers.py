@@ -7,8 +7,6 @@ missing Redis must fail the build rather than silently test less.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -17,18 +15,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import LOOPBACK, free_port
+from helpers import LOOPBACK, free_port, require_binary
 
 
 def require_redis_server() -> str:
     """The ``redis-server`` path; skip (fail under CI=true) when it is missing."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        reason = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
-        pytest.skip(reason)
-    return binary
+    return require_binary("redis-server", "apt-get install redis-server")
 
 
 class RedisServer:
