@@ -15,14 +15,30 @@ filter listed before this one (``-f jwt_auth chat``), else ``"anonymous"``.
 
 import json
 
-from fws import WebSocketDisconnectFilter, WebSocketMessageFilter, WebSocketOpenFilter
+from fws import (
+    WebSocketConnectFilter,
+    WebSocketDisconnectFilter,
+    WebSocketMessageFilter,
+    WebSocketOpenFilter,
+)
 from fws.groups import check_group_name
+
+PROTOCOL = "chat.v1"
 
 
 def to_room(connection, room, kind, sender=None, **fields):
     message = {"type": kind, "user": connection.user or "anonymous", "room": room, **fields}
     data = json.dumps(message, ensure_ascii=False)
     connection.storage_object.send_to_group(room, data, sender=sender)
+
+
+class SpeakChatV1(WebSocketConnectFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, request):
+        # A browser that offers subprotocols fails the connection unless one is
+        # chosen back; the page offers "chat.v1" (and "bearer.<token>", for jwt_auth).
+        if PROTOCOL in request.subprotocols:
+            web_socket_instance.subprotocol = PROTOCOL
 
 
 class JoinRoom(WebSocketOpenFilter):
