@@ -6,6 +6,9 @@
                                 to the other members of the sender's group
 ``broadcast_pubsub``            each pub/sub message to every client
 ``echo``                        each message back to its sender
+``jwt_auth``                    only clients with a valid JWT upgrade (401
+                                otherwise); needs ``--jwt-secret`` or
+                                ``--jwt-key-file``
 ``publish_messages``            each message to the pub/sub channel ``global``
 ``stdout_messages``             prints each message
 ``stdout_pubsub``               prints each pub/sub message
