@@ -255,20 +255,29 @@ def raw_upgrade(
     sock.connect((LOOPBACK, port))
     if tls is not None:
         sock = tls.wrap_socket(sock, server_hostname=LOOPBACK)
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
-        ).encode()
-    )
+    sock.sendall(upgrade_request(port, path, extra_headers))
+    response = read_response_head(sock)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def upgrade_request(port: int, path: str = "/", extra_headers: str = "") -> bytes:
+    """A well-formed upgrade request; ``extra_headers`` are whole lines ending in CRLF."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    ).encode()
+
+
+def read_response_head(sock: socket.socket) -> bytes:
+    """Read until the end of an HTTP response head; return all that was read."""
     response = b""
     while b"\r\n\r\n" not in response:
         chunk = sock.recv(4096)
         assert chunk, f"connection closed during the handshake: {response!r}"
         response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
+    return response
 
 
 def read_server_frame(sock: socket.socket) -> tuple[int, bytes]:

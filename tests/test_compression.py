@@ -13,7 +13,16 @@ import zlib
 import pytest
 import websocket
 import websockets.sync.client as ws_sync
-from helpers import LOOPBACK, ServerProcess, raw_upgrade, read_server_frame, run_server, url
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    raw_upgrade,
+    read_response_head,
+    read_server_frame,
+    run_server,
+    upgrade_request,
+    url,
+)
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 import fws
@@ -47,14 +56,8 @@ def masked_frame(first: int, payload: bytes) -> bytes:
 
 def handshake_response(port: int, extra: str) -> bytes:
     with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
-        sock.sendall(
-            (
-                f"GET / HTTP/1.1\r\nHost: {LOOPBACK}\r\nUpgrade: websocket\r\nConnection: Upgrade"
-                f"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                f"{extra}\r\n"
-            ).encode()
-        )
-        return sock.recv(4096)
+        sock.sendall(upgrade_request(port, extra_headers=extra))
+        return read_response_head(sock)
 
 
 def test_websockets_client_negotiates_deflate_and_large_messages_round_trip():

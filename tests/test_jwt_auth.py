@@ -22,10 +22,12 @@ from helpers import (
     ServerProcess,
     connect,
     free_port,
+    read_response_head,
     read_server_frame,
     read_until_eof,
     run_fws_server,
     run_server,
+    upgrade_request,
     url,
     wait_for,
 )
@@ -62,18 +64,8 @@ def handshake(port: int, path: str = "/", headers: tuple[str, ...] = ()) -> tupl
     sock = socket.create_connection((LOOPBACK, port), timeout=5)
     with sock:
         extra = "".join(f"{header}\r\n" for header in headers)
-        sock.sendall(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
-            ).encode()
-        )
-        response = b""
-        while b"\r\n\r\n" not in response:
-            chunk = sock.recv(4096)
-            assert chunk, response
-            response += chunk
+        sock.sendall(upgrade_request(port, path, extra))
+        response = read_response_head(sock)
         head, _, body = response.partition(b"\r\n\r\n")
         status = int(head.split()[1])
         if status != 101:
