@@ -203,8 +203,14 @@ def main(argv: list[str] | None = None) -> None:
             f"* marks more than {report.CLIENT_BUSY:.0f}%, where the client may be the limit",
             "throughput: median of "
             f"{settings.repeats} run(s) of {settings.duration:g} s after {settings.warmup:g} s "
-            "warm-up; binary messages; fws with -f echo / -f broadcast_messages and its "
-            "default limits",
+            "warm-up; binary messages (JSON text in the -json, -deflate and -chat "
+            "scenarios); fws with -f echo / -f broadcast_messages and its default limits",
+            "compression: in the -deflate scenarios the client offers permessage-deflate "
+            "(ws's default offer) and every server answers with its library's defaults "
+            "(fws: no context takeover, compressed from 1024 B; websockets: context "
+            "takeover, 12-bit windows; Node ws: context takeover, from 1024 B only without "
+            "it); n/a: gevent-websocket has no permessage-deflate; the JSON scenarios use "
+            "loadgen.js's lean client (sync zlib), the others the ws client",
             f"measured in {time.monotonic() - began:.0f} s",
         ]
         print()
