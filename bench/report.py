@@ -141,6 +141,7 @@ def _short(name: str) -> str:
         "websockets": "ws",
         "websockets+uvloop": "uvloop",
         "node ws": "node",
+        "fws+takeover": "takeover",
     }.get(name, name)
 
 

@@ -25,7 +25,7 @@ import loadgen
 import machine
 import report
 from procs import free_port, run_server
-from scenarios import SCENARIOS, Scenario, Settings, median_run, select
+from scenarios import SCENARIOS, Scenario, Settings, Unsupported, median_run, select
 from targets import Target, all_targets
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -55,6 +55,9 @@ def measure(
                 if target.missing:
                     row[target.name] = f"not installed: {target.missing}"
                     continue
+                if target.scenarios is not None and scenario.name not in target.scenarios:
+                    row[target.name] = "not run: the same as fws here"
+                    continue
                 if isinstance(row.get(target.name), str):
                     continue  # failed once: the other repeats would fail the same way
                 began = time.monotonic()
@@ -64,7 +67,8 @@ def measure(
                 except (RuntimeError, OSError, KeyError) as exc:
                     result = str(exc).splitlines()[0] if str(exc) else repr(exc)
                     row[target.name] = result
-                    problems.append(f"{scenario.name} / {target.name}: {exc}")
+                    if not isinstance(exc, Unsupported):
+                        problems.append(f"{scenario.name} / {target.name}: {exc}")
                 _progress(scenario, target.name, result, time.monotonic() - began)
         for name, done in runs.items():
             if done and not isinstance(row.get(name), str):

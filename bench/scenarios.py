@@ -99,9 +99,15 @@ def _deflated(result: Result, expected: int, config: Result) -> Result:
     return result
 
 
-def _once(server: ServerProcess, settings: Settings, config: Result) -> Result:
+def _once(server: ServerProcess, settings: Settings, config: Result, connections: int) -> Result:
     base = {"url": _url(server), "warmup": settings.warmup, "duration": settings.duration}
-    return loadgen.run({**base, **config}, server.pid)
+    result = loadgen.run({**base, **config}, server.pid)
+    if "server_rss_end" in result:
+        # Busy connections: their buffers, codecs and greenlets, over a fresh
+        # server's RSS (so one-off allocations of the first connections count too).
+        grown = result["server_rss_end"] - result["server_rss_start"]
+        result["busy_kb_per_connection"] = grown / connections / 1000
+    return result
 
 
 def _echo(
@@ -122,7 +128,7 @@ def _echo(
             "payload": payload,
             "compression": compression,
         }
-        return _deflated(_once(server, settings, config), connections, config)
+        return _deflated(_once(server, settings, config, connections), connections, config)
 
     return measure
 
@@ -160,7 +166,7 @@ def _broadcast(
             "payload": payload,
             "compression": compression,
         }
-        return _deflated(_once(server, settings, config), receivers, config)
+        return _deflated(_once(server, settings, config, receivers + 1), receivers, config)
 
     return measure
 
@@ -238,6 +244,7 @@ JSON_BROADCAST_METRICS = (
     Metric("deliveries_per_s", "deliveries/s", True),
     Metric("p99_ms", "p99 ms", False, MS),
     Metric("wire_bytes_per_delivery", "wire bytes/delivery", False),
+    Metric("busy_kb_per_connection", "server kB/connection, busy", False, 1),
     SERVER_CPU,
     CLIENT_CPU,
 )
@@ -245,6 +252,7 @@ JSON_ECHO_METRICS = (
     Metric("messages_per_s", "messages/s", True),
     Metric("p99_ms", "p99 ms", False, MS),
     Metric("wire_bytes_per_message", "wire bytes/message", False),
+    Metric("busy_kb_per_connection", "server kB/connection, busy", False, 1),
     SERVER_CPU,
     CLIENT_CPU,
 )
