@@ -6,7 +6,7 @@ server pinned to CPU 0 and the client to CPU 1. It prints one table with the
 fws/other ratios and the client's CPU, writes it to bench/results/latest.rst,
 then runs bench/cluster.py (if present) as one more section.
 
-    python3 bench/run.py                  # everything, ~8 minutes on 2 cores
+    python3 bench/run.py                  # everything, ~15 minutes on 2 cores
     python3 bench/run.py --quick          # one short run each, ~2 minutes
     python3 bench/run.py --only echo broadcast-1000 --servers fws "node ws"
 """
