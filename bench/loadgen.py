@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from procs import CLIENT_CPU, SERVER_CPU, cpu_busy_seconds, cpu_seconds, pinned, raise_nofile
+from procs import (
+    CLIENT_CPU,
+    SERVER_CPU,
+    cpu_busy_seconds,
+    cpu_seconds,
+    pinned,
+    raise_nofile,
+    rss_bytes,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 SCRIPT = BENCH_DIR / "loadgen.js"
@@ -41,8 +49,12 @@ def run(
 ) -> dict[str, Any]:
     """Run one scenario; the result, plus ``server_cpu`` (% of a core) over the window.
 
-    Hard-bounded: the script stops itself, and this waits at most its bound plus 30 s.
+    Also the server's RSS before the load generator starts and at the end of
+    the window (``server_rss_start``, ``server_rss_end``, bytes): what its
+    connections hold while busy. Hard-bounded: the script stops itself, and
+    this waits at most its bound plus 30 s.
     """
+    rss_start = rss_bytes(server_pid)
     command = pinned(CLIENT_CPU, ["node", str(SCRIPT), json.dumps(config)])
     process = subprocess.Popen(
         command,
@@ -68,6 +80,7 @@ def run(
             elif kind == "end":
                 wall = time.monotonic() - window["wall"]
                 window["server_cpu"] = (cpu_seconds(server_pid) - window["cpu"]) / wall * 100
+                window["rss_end"] = rss_bytes(server_pid)
                 busy = cpu_busy_seconds()
                 window["busy"] = {
                     cpu: (busy[cpu] - busy_at_start.get(cpu, 0.0)) / wall * 100 for cpu in busy
@@ -90,8 +103,10 @@ def run(
     if error is not None or result is None:
         stderr = process.stderr.read() if process.stderr else ""
         raise LoadgenError(error or f"no result (exit {process.returncode}): {stderr[-1000:]}")
+    result["server_rss_start"] = rss_start
     if "server_cpu" in window:
         result["server_cpu"] = window["server_cpu"]
+        result["server_rss_end"] = window["rss_end"]
         # Whatever else ran on the two benchmark CPUs (other jobs on the machine)
         # disturbs the numbers: measure it rather than assume it away.
         busy: dict[int, float] = window["busy"]

@@ -115,11 +115,11 @@ def rows(
             values = [_number(row_results.get(name), metric.key) for name in servers]
             cells = []
             for name, value in zip(servers, values, strict=True):
-                cell = (
-                    format_value(value, metric)
-                    if not isinstance(row_results.get(name), str)
-                    else "failed"
-                )
+                outcome = row_results.get(name)
+                if not isinstance(outcome, str):
+                    cell = format_value(value, metric)
+                else:  # "not installed: ...", "not supported: ..." or why it failed
+                    cell = "n/a" if outcome.startswith("not ") else "failed"
                 if metric is CLIENT_CPU and value is not None and value > CLIENT_BUSY:
                     cell += "*"
                 cells.append(cell)
@@ -141,6 +141,7 @@ def _short(name: str) -> str:
         "websockets": "ws",
         "websockets+uvloop": "uvloop",
         "node ws": "node",
+        "fws+takeover": "takeover",
     }.get(name, name)
 
 

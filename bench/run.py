@@ -6,7 +6,7 @@ server pinned to CPU 0 and the client to CPU 1. It prints one table with the
 fws/other ratios and the client's CPU, writes it to bench/results/latest.rst,
 then runs bench/cluster.py (if present) as one more section.
 
-    python3 bench/run.py                  # everything, ~8 minutes on 2 cores
+    python3 bench/run.py                  # everything, ~15 minutes on 2 cores
     python3 bench/run.py --quick          # one short run each, ~2 minutes
     python3 bench/run.py --only echo broadcast-1000 --servers fws "node ws"
 """
@@ -25,7 +25,7 @@ import loadgen
 import machine
 import report
 from procs import free_port, run_server
-from scenarios import SCENARIOS, Scenario, Settings, median_run, select
+from scenarios import SCENARIOS, Scenario, Settings, Unsupported, median_run, select
 from targets import Target, all_targets
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -55,6 +55,9 @@ def measure(
                 if target.missing:
                     row[target.name] = f"not installed: {target.missing}"
                     continue
+                if target.scenarios is not None and scenario.name not in target.scenarios:
+                    row[target.name] = "not run: the same as fws here"
+                    continue
                 if isinstance(row.get(target.name), str):
                     continue  # failed once: the other repeats would fail the same way
                 began = time.monotonic()
@@ -64,7 +67,8 @@ def measure(
                 except (RuntimeError, OSError, KeyError) as exc:
                     result = str(exc).splitlines()[0] if str(exc) else repr(exc)
                     row[target.name] = result
-                    problems.append(f"{scenario.name} / {target.name}: {exc}")
+                    if not isinstance(exc, Unsupported):
+                        problems.append(f"{scenario.name} / {target.name}: {exc}")
                 _progress(scenario, target.name, result, time.monotonic() - began)
         for name, done in runs.items():
             if done and not isinstance(row.get(name), str):
@@ -203,8 +207,14 @@ def main(argv: list[str] | None = None) -> None:
             f"* marks more than {report.CLIENT_BUSY:.0f}%, where the client may be the limit",
             "throughput: median of "
             f"{settings.repeats} run(s) of {settings.duration:g} s after {settings.warmup:g} s "
-            "warm-up; binary messages; fws with -f echo / -f broadcast_messages and its "
-            "default limits",
+            "warm-up; binary messages (JSON text in the -json, -deflate and -chat "
+            "scenarios); fws with -f echo / -f broadcast_messages and its default limits",
+            "compression: in the -deflate scenarios the client offers permessage-deflate "
+            "(ws's default offer) and every server answers with its library's defaults "
+            "(fws: no context takeover, compressed from 1024 B; websockets: context "
+            "takeover, 12-bit windows; Node ws: context takeover, from 1024 B only without "
+            "it); n/a: gevent-websocket has no permessage-deflate; the JSON scenarios use "
+            "loadgen.js's lean client (sync zlib), the others the ws client",
             f"measured in {time.monotonic() - began:.0f} s",
         ]
         print()

@@ -85,20 +85,50 @@ def median_run(runs: list[Result], key: str) -> Result:
     return chosen
 
 
-def _once(server: ServerProcess, settings: Settings, config: Result) -> Result:
+class Unsupported(RuntimeError):
+    """The server cannot do what the scenario measures (permessage-deflate): n/a, not failed."""
+
+
+def _deflated(result: Result, expected: int, config: Result) -> Result:
+    """``result``, or Unsupported if the client offered deflate and not every connection got it."""
+    if config.get("compression") and result.get("deflate_negotiated", 0) < expected:
+        raise Unsupported(
+            f"not supported: permessage-deflate on {result.get('deflate_negotiated', 0)} "
+            f"of {expected} connections"
+        )
+    return result
+
+
+def _once(server: ServerProcess, settings: Settings, config: Result, connections: int) -> Result:
     base = {"url": _url(server), "warmup": settings.warmup, "duration": settings.duration}
-    return loadgen.run({**base, **config}, server.pid)
+    result = loadgen.run({**base, **config}, server.pid)
+    if "server_rss_end" in result:
+        # Busy connections: their buffers, codecs and greenlets, over a fresh
+        # server's RSS (so one-off allocations of the first connections count too).
+        grown = result["server_rss_end"] - result["server_rss_start"]
+        result["busy_kb_per_connection"] = grown / connections / 1000
+    return result
 
 
-def _echo(connections: int, inflight: int, size: int) -> Callable[..., Result]:
+def _echo(
+    connections: int,
+    inflight: int,
+    size: int,
+    payload: str = "binary",
+    compression: bool = False,
+    client: str = "ws",
+) -> Callable[..., Result]:
     def measure(server: ServerProcess, settings: Settings) -> Result:
         config = {
             "scenario": "echo",
+            "client": client,
             "connections": connections,
             "inflight": inflight,
             "size": size,
+            "payload": payload,
+            "compression": compression,
         }
-        return _once(server, settings, config)
+        return _deflated(_once(server, settings, config, connections), connections, config)
 
     return measure
 
@@ -117,16 +147,26 @@ def _echo_latency(server: ServerProcess, settings: Settings) -> Result:
     return loadgen.run(config, server.pid)
 
 
-def _broadcast(receivers: int, slow: int = 0) -> Callable[..., Result]:
+def _broadcast(
+    receivers: int,
+    slow: int = 0,
+    size: int = 64,
+    payload: str = "binary",
+    compression: bool = False,
+    client: str = "ws",
+) -> Callable[..., Result]:
     def measure(server: ServerProcess, settings: Settings) -> Result:
         config = {
             "scenario": "broadcast",
+            "client": client,
             "receivers": receivers,
-            "size": 64,
+            "size": size,
             "window": 16,
             "slow": slow,
+            "payload": payload,
+            "compression": compression,
         }
-        return _once(server, settings, config)
+        return _deflated(_once(server, settings, config, receivers + 1), receivers, config)
 
     return measure
 
@@ -149,7 +189,14 @@ def _slow_reader(server: ServerProcess, settings: Settings) -> Result:
     }
 
 
-def _idle(server: ServerProcess, settings: Settings) -> Result:
+def _idle(compression: bool = False) -> Callable[..., Result]:
+    def measure(server: ServerProcess, settings: Settings) -> Result:
+        return _idle_run(server, settings, compression)
+
+    return measure
+
+
+def _idle_run(server: ServerProcess, settings: Settings, compression: bool) -> Result:
     """Open N connections that say nothing; RSS before and after, time to open."""
     memory: dict[str, int] = {}
 
@@ -171,12 +218,14 @@ def _idle(server: ServerProcess, settings: Settings) -> Result:
         "connections": count,
         "concurrency": 100,
         "timeout": 120,
+        "compression": compression,
     }
     result = loadgen.run(config, server.pid, on_event)
     if result["failed"]:
         raise loadgen.LoadgenError(
             f"{result['failed']} of {count} idle connections failed: {result['first_error']}"
         )
+    _deflated(result, count, config)
     result["kb_per_connection"] = (memory["after"] - memory["before"]) / count / 1000
     result["rss_before_mb"] = memory["before"] / 1e6
     return result
@@ -190,6 +239,25 @@ BROADCAST_METRICS = (
     SERVER_CPU,
     CLIENT_CPU,
 )
+# The compression scenarios: rate, tail, and what crossed the wire to the client.
+JSON_BROADCAST_METRICS = (
+    Metric("deliveries_per_s", "deliveries/s", True),
+    Metric("p99_ms", "p99 ms", False, MS),
+    Metric("wire_bytes_per_delivery", "wire bytes/delivery", False),
+    Metric("busy_kb_per_connection", "server kB/connection, busy", False, 1),
+    SERVER_CPU,
+    CLIENT_CPU,
+)
+JSON_ECHO_METRICS = (
+    Metric("messages_per_s", "messages/s", True),
+    Metric("p99_ms", "p99 ms", False, MS),
+    Metric("wire_bytes_per_message", "wire bytes/message", False),
+    Metric("busy_kb_per_connection", "server kB/connection, busy", False, 1),
+    SERVER_CPU,
+    CLIENT_CPU,
+)
+JSON_SIZE = 2048
+CHAT_SIZE = 200
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -249,7 +317,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             Metric("open_seconds", "seconds to open", False, 2),
             Metric("kb_per_connection", "server kB/connection", False, 1),
         ),
-        _idle,
+        _idle(),
         repeated=False,
     ),
     Scenario(
@@ -264,6 +332,54 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
         _slow_reader,
         key="unchanged",
+    ),
+    # permessage-deflate: the client offers it (as ws clients do by default) or
+    # not; every server runs with its library's deflate defaults either way.
+    Scenario(
+        "broadcast-100-json",
+        "broadcast, 1 sender -> 100 receivers, 2 KiB JSON, no deflate offered",
+        "broadcast",
+        JSON_BROADCAST_METRICS,
+        _broadcast(100, size=JSON_SIZE, payload="json", client="lean"),
+    ),
+    Scenario(
+        "broadcast-100-deflate",
+        "the same with permessage-deflate negotiated",
+        "broadcast",
+        JSON_BROADCAST_METRICS,
+        _broadcast(100, size=JSON_SIZE, payload="json", compression=True, client="lean"),
+    ),
+    Scenario(
+        "broadcast-100-chat-deflate",
+        "broadcast to 100, 200 B JSON (under the 1024 B threshold), deflate negotiated",
+        "broadcast",
+        JSON_BROADCAST_METRICS,
+        _broadcast(100, size=CHAT_SIZE, payload="json", compression=True, client="lean"),
+    ),
+    Scenario(
+        "echo-100x10-json",
+        "echo, 100 connections x 10 in flight, 2 KiB JSON, no deflate offered",
+        "echo",
+        JSON_ECHO_METRICS,
+        _echo(100, 10, JSON_SIZE, payload="json", client="lean"),
+    ),
+    Scenario(
+        "echo-100x10-deflate",
+        "the same with permessage-deflate negotiated (both directions compressed)",
+        "echo",
+        JSON_ECHO_METRICS,
+        _echo(100, 10, JSON_SIZE, payload="json", compression=True, client="lean"),
+    ),
+    Scenario(
+        "idle-deflate",
+        "idle connections as idle, permessage-deflate negotiated",
+        "echo",
+        (
+            Metric("open_seconds", "seconds to open", False, 2),
+            Metric("kb_per_connection", "server kB/connection", False, 1),
+        ),
+        _idle(compression=True),
+        repeated=False,
     ),
 )
 

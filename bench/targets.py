@@ -1,8 +1,9 @@
 """The servers under test and how to start each in a mode (``echo`` or ``broadcast``).
 
 fws runs as users run it (``fws_server -f echo``); the others are the small
-scripts in ``bench/servers/``, each taking ``PORT MODE``. One place to read
-what exactly is compared.
+scripts in ``bench/servers/``, each taking ``PORT MODE``, and fws+takeover is
+``fws_server`` with compression context kept (``servers/fws_context_takeover.py``),
+run only where a client offers deflate. One place to read what exactly is compared.
 """
 
 from __future__ import annotations
@@ -27,12 +28,22 @@ class Target:
     name: str
     command: Callable[[int, str], list[str]]
     missing: str | None = None  # why it cannot run here; None: it can
+    scenarios: tuple[str, ...] | None = None  # the only scenarios it runs in; None: all
+
+
+def _fws_options(port: int, mode: str) -> list[str]:
+    return ["-q", "--host", "127.0.0.1", "-p", str(port), "-f", FWS_FILTERS[mode]]
 
 
 def _fws(port: int, mode: str) -> list[str]:
     script = shutil.which("fws_server")
     base = [script] if script else [sys.executable, "-m", "fws"]
-    return [*base, "-q", "--host", "127.0.0.1", "-p", str(port), "-f", FWS_FILTERS[mode]]
+    return [*base, *_fws_options(port, mode)]
+
+
+def _fws_takeover(port: int, mode: str) -> list[str]:
+    script = SERVERS_DIR / "fws_context_takeover.py"
+    return [sys.executable, str(script), *_fws_options(port, mode)]
 
 
 def _script(name: str, *extra: str) -> Callable[[int, str], list[str]]:
@@ -54,6 +65,17 @@ def all_targets() -> list[Target]:
     """Every server, fws first (ratios are fws / each other one)."""
     return [
         Target("fws", _fws),
+        # Only where a client offers deflate: elsewhere it is fws.
+        Target(
+            "fws+takeover",
+            _fws_takeover,
+            scenarios=(
+                "broadcast-100-deflate",
+                "broadcast-100-chat-deflate",
+                "echo-100x10-deflate",
+                "idle-deflate",
+            ),
+        ),
         Target(
             "gevent-websocket",
             _script("gevent_websocket_server.py"),
