@@ -29,6 +29,7 @@ import hashlib
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,9 @@ __all__ = ["ConnectionHandler", "ProxyNetworks", "printable"]
 log = logging.getLogger("fws.handshake")
 
 _HANDSHAKE_BUFFER = 1024
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 2**20
+"""After refusing a malformed request: how long, and how much, of the rest to discard."""
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BEARER_PREFIX = "bearer."
 """Subprotocol entries that carry a token (``jwt_auth``); never echoed back as chosen."""
@@ -241,7 +245,7 @@ class ConnectionHandler(WebSocketHandler):
         self.rfile.reset()  # keep-alive: each request head has the whole bound
         return super().handle_one_request()
 
-    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+    def _handle_client_error(self, ex: BaseException) -> None:
         """A request pywsgi could not parse: one log line and a 400 or 431, no traceback.
 
         Reached for a head over ``max_header_bytes``, more than 100 header
@@ -249,10 +253,43 @@ class ConnectionHandler(WebSocketHandler):
         """
         if isinstance(ex, _HeadTooLarge):
             log.info("request from %s refused: 431 %s", self._peer_text(), ex)
-            return "431", _plain_response(431, "Request Header Fields Too Large", str(ex))
+            self._answer_and_linger(
+                "431", _plain_response(431, "Request Header Fields Too Large", str(ex))
+            )
+            return None
         reason = printable(str(ex) or type(ex).__name__)
         log.info("request from %s refused: 400 %s", self._peer_text(), reason)
-        return "400", _plain_response(400, "Bad Request", "malformed HTTP request")
+        malformed = _plain_response(400, "Bad Request", "malformed HTTP request")
+        self._answer_and_linger("400", malformed)
+        return None
+
+    def _answer_and_linger(self, status: str, response: bytes) -> None:
+        """Send an error response, then read what the client is still sending, for a while.
+
+        Closing a socket with unread bytes sends a reset, and the client's
+        kernel then drops our answer unread: a client still sending a 2 MB
+        head would see "connection reset" instead of the 431. So, as nginx's
+        lingering close does, stop writing and discard input for up to
+        ``LINGER_SECONDS`` or ``LINGER_BYTES`` first.
+        """
+        self.status = status
+        self.close_connection = True
+        try:
+            self.socket.sendall(response)
+            self.socket.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            discarded = 0
+            while discarded < LINGER_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.socket.settimeout(remaining)
+                chunk = self.socket.recv(65536)
+                if not chunk:
+                    break
+                discarded += len(chunk)
+        except OSError:
+            pass  # the client is gone or too slow: nothing more is owed to it
 
     def _peer_text(self) -> str:
         address = self.client_address

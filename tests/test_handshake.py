@@ -24,9 +24,17 @@ from fws.handshake import ProxyNetworks, accept_key, printable
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
-def exchange(port: int, request: bytes, timeout: float = 5) -> bytes:
-    """Send ``request`` raw and return everything the server answers until it closes."""
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+def exchange(port: int, request: bytes, timeout: float = 5, send_buffer: int = 0) -> bytes:
+    """Send ``request`` raw and return everything the server answers until it closes.
+
+    ``send_buffer``: a small SO_SNDBUF, so that a large request is still being
+    sent when the server answers (the kernel cannot take it all at once).
+    """
+    with socket.socket() as sock:
+        if send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        sock.settimeout(timeout)
+        sock.connect((LOOPBACK, port))
         sock.sendall(request)
         data = b""
         while True:
@@ -217,7 +225,10 @@ def test_a_huge_request_head_is_refused_with_431_and_nothing_is_kept():
     # The issue's numbers: 94 header lines of 22 KiB each (2 MB) were upgraded with 101.
     extra = "".join(f"X-Filler-{n}: {'a' * 22 * 1024}\r\n" for n in range(94))
     with run_server(message=Echo) as server:
-        answer = exchange(server.address[1], upgrade_request(extra=extra))
+        # A small send buffer keeps the client sending long after the server has
+        # answered: the server must read the rest rather than reset the connection,
+        # or the client never sees the 431.
+        answer = exchange(server.address[1], upgrade_request(extra=extra), send_buffer=16384)
         assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
         assert server.users == {}
 
