@@ -239,23 +239,22 @@ BROADCAST_METRICS = (
     SERVER_CPU,
     CLIENT_CPU,
 )
-# The compression scenarios: rate, tail, and what crossed the wire to the client.
-JSON_BROADCAST_METRICS = (
-    Metric("deliveries_per_s", "deliveries/s", True),
-    Metric("p99_ms", "p99 ms", False, MS),
-    Metric("wire_bytes_per_delivery", "wire bytes/delivery", False),
-    Metric("busy_kb_per_connection", "server kB/connection, busy", False, 1),
-    SERVER_CPU,
-    CLIENT_CPU,
-)
-JSON_ECHO_METRICS = (
-    Metric("messages_per_s", "messages/s", True),
-    Metric("p99_ms", "p99 ms", False, MS),
-    Metric("wire_bytes_per_message", "wire bytes/message", False),
-    Metric("busy_kb_per_connection", "server kB/connection, busy", False, 1),
-    SERVER_CPU,
-    CLIENT_CPU,
-)
+
+
+def _json_metrics(rate: str, rate_label: str, unit: str) -> tuple[Metric, ...]:
+    """The compression scenarios' rows: rate, tail, what crossed the wire, memory."""
+    return (
+        Metric(rate, rate_label, True),
+        Metric("p99_ms", "p99 ms", False, MS),
+        Metric(f"wire_bytes_per_{unit}", f"wire bytes/{unit}", False),
+        Metric("busy_kb_per_connection", "server kB/connection, busy", False, 1),
+        SERVER_CPU,
+        CLIENT_CPU,
+    )
+
+
+JSON_BROADCAST_METRICS = _json_metrics("deliveries_per_s", "deliveries/s", "delivery")
+JSON_ECHO_METRICS = _json_metrics("messages_per_s", "messages/s", "message")
 JSON_SIZE = 2048
 CHAT_SIZE = 200
 
