@@ -255,6 +255,10 @@ def _json_metrics(rate: str, rate_label: str, unit: str) -> tuple[Metric, ...]:
 
 JSON_BROADCAST_METRICS = _json_metrics("deliveries_per_s", "deliveries/s", "delivery")
 JSON_ECHO_METRICS = _json_metrics("messages_per_s", "messages/s", "message")
+IDLE_METRICS = (
+    Metric("open_seconds", "seconds to open", False, 2),
+    Metric("kb_per_connection", "server kB/connection", False, 1),
+)
 JSON_SIZE = 2048
 CHAT_SIZE = 200
 
@@ -312,10 +316,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "idle",
         "idle connections (10,000; --quick: 2,000)",
         "echo",
-        (
-            Metric("open_seconds", "seconds to open", False, 2),
-            Metric("kb_per_connection", "server kB/connection", False, 1),
-        ),
+        IDLE_METRICS,
         _idle(),
         repeated=False,
     ),
@@ -373,10 +374,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "idle-deflate",
         "idle connections as idle, permessage-deflate negotiated",
         "echo",
-        (
-            Metric("open_seconds", "seconds to open", False, 2),
-            Metric("kb_per_connection", "server kB/connection", False, 1),
-        ),
+        IDLE_METRICS,
         _idle(compression=True),
         repeated=False,
     ),
