@@ -43,7 +43,16 @@ from websockets.exceptions import InvalidHeader, NegotiationError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.headers import build_extension, parse_extension
 
-__all__ = ["COMPRESSION_CHOICES", "DeflateSettings", "Inflater", "PerMessageDeflate", "negotiate"]
+from .datatypes import ExtensionOffer
+
+__all__ = [
+    "COMPRESSION_CHOICES",
+    "DeflateSettings",
+    "Inflater",
+    "PerMessageDeflate",
+    "negotiate",
+    "parse_offers",
+]
 
 COMPRESSION_CHOICES: Final = ("deflate", "off")
 """What ``--compression`` / ``Server(compression=...)`` take by name."""
@@ -200,17 +209,33 @@ def _shared_key(window_bits: int, memory_level: int, compress_min_size: int) -> 
     return (EXTENSION_NAME, window_bits, memory_level, compress_min_size)
 
 
+def parse_offers(header_values: Sequence[str]) -> tuple[ExtensionOffer, ...]:
+    """The offers of ``Sec-WebSocket-Extensions`` header lines, in the client's order.
+
+    Each line is a comma list of offers; a line that does not parse is
+    skipped whole, the others still count. Never raises on client input.
+    """
+    offers: list[ExtensionOffer] = []
+    for value in header_values:
+        try:
+            parsed = parse_extension(value)
+        except InvalidHeader:
+            continue
+        offers.extend((name, tuple(params)) for name, params in parsed)
+    return tuple(offers)
+
+
 def negotiate(
-    header_values: Sequence[str], settings: DeflateSettings
+    offers: Sequence[ExtensionOffer], settings: DeflateSettings
 ) -> tuple[str, PerMessageDeflate] | None:
     """Accept the client's first permessage-deflate offer that we can honour.
 
-    ``header_values`` are the ``Sec-WebSocket-Extensions`` header lines, each
-    a comma list of offers. An offer with bad, duplicate or unknown
-    parameters, window bits outside 8..15, or ``server_max_window_bits=8``
-    is declined and the next one tried; a header line that does not parse is
-    skipped whole. Returns the ``Sec-WebSocket-Extensions`` response value and
-    a new codec, or ``None``: no compression. Never raises on client input.
+    ``offers`` are parsed ``Sec-WebSocket-Extensions`` offers
+    (``parse_offers``; the handshake keeps them as ``request.extensions``).
+    An offer with bad, duplicate or unknown parameters, window bits outside
+    8..15, or ``server_max_window_bits=8`` is declined and the next one tried.
+    Returns the ``Sec-WebSocket-Extensions`` response value and a new codec,
+    or ``None``: no compression. Never raises on client input.
     """
     factory = ServerPerMessageDeflateFactory(
         server_no_context_takeover=settings.server_no_context_takeover,
@@ -221,28 +246,23 @@ def negotiate(
         ),
         client_max_window_bits=settings.client_max_window_bits,
     )
-    for value in header_values:
-        try:
-            offers = parse_extension(value)
-        except InvalidHeader:
+    for name, params in offers:
+        if name != EXTENSION_NAME:
             continue
-        for name, params in offers:
-            if name != EXTENSION_NAME:
-                continue
-            try:
-                response_params, extension = factory.process_request_params(params, [])
-            except NegotiationError:
-                continue
-            # Interned: thousands of connections share a handful of responses.
-            response = sys.intern(build_extension([(EXTENSION_NAME, response_params)]))  # type: ignore[list-item]
-            codec = PerMessageDeflate(
-                response=response,
-                server_no_context_takeover=extension.local_no_context_takeover,
-                client_no_context_takeover=extension.remote_no_context_takeover,
-                server_window_bits=extension.local_max_window_bits,
-                client_window_bits=extension.remote_max_window_bits,
-                compress_min_size=settings.compress_min_size,
-                memory_level=settings.memory_level,
-            )
-            return response, codec
+        try:
+            response_params, extension = factory.process_request_params(params, [])
+        except NegotiationError:
+            continue
+        # Interned: thousands of connections share a handful of responses.
+        response = sys.intern(build_extension([(EXTENSION_NAME, response_params)]))  # type: ignore[list-item]
+        codec = PerMessageDeflate(
+            response=response,
+            server_no_context_takeover=extension.local_no_context_takeover,
+            client_no_context_takeover=extension.remote_no_context_takeover,
+            server_window_bits=extension.local_max_window_bits,
+            client_window_bits=extension.remote_max_window_bits,
+            compress_min_size=settings.compress_min_size,
+            memory_level=settings.memory_level,
+        )
+        return response, codec
     return None

@@ -25,6 +25,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from .connection import PARK_AFTER, Connection
 from .context import ConnectionSettings, ConnectionTable
+from .datatypes import ExtensionOffer
 from .deflate import COMPRESSION_CHOICES, DeflateSettings, PerMessageDeflate, negotiate
 from .errors import ConfigurationError, FilterError
 from .events import EVENTS
@@ -180,8 +181,6 @@ class Server:
                 "or monkey-patch before creating it)"
             )
         self.ssl_context = ssl_context
-        self.max_message_size = max_message_size
-        self.max_outbound_bytes = max_outbound_bytes
         self.max_connections = max_connections
         self.origins = frozenset(origins) if origins is not None else None
         self.max_header_bytes = max_header_bytes
@@ -202,10 +201,6 @@ class Server:
         except ValueError as exc:
             raise ConfigurationError(f"trusted proxy: {exc}") from None
         self.handshake_timeout = handshake_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.idle_timeout = idle_timeout
-        self.close_timeout = close_timeout
         self.connection_settings = ConnectionSettings(
             max_message_size=max_message_size,
             max_outbound_bytes=max_outbound_bytes,
@@ -275,7 +270,8 @@ class Server:
             gevent.spawn(self.storage_object.listen),
             gevent.spawn(self._park_quiet_readers),
         ]
-        if self.ping_interval or self.idle_timeout:
+        settings = self.connection_settings
+        if settings.ping_interval or settings.idle_timeout:
             self._greenlets.append(gevent.spawn(self._watch_liveness))
         host = f"[{self.host}]" if ":" in self.host else self.host
         log.info(
@@ -319,7 +315,9 @@ class Server:
             self._stopped.wait()
             return
         self.table.stopping = True
-        deadline = time.monotonic() + (self.close_timeout + 1 if timeout is None else timeout)
+        deadline = time.monotonic() + (
+            self.connection_settings.close_timeout + 1 if timeout is None else timeout
+        )
         try:
             if self._wsgi is not None:
                 self._wsgi.close()
@@ -384,11 +382,11 @@ class Server:
                 sent += connection.send_frame(shared)
         return sent
 
-    def negotiate_compression(self, offers: str | None) -> PerMessageDeflate | None:
-        """The permessage-deflate codec for a client's ``Sec-WebSocket-Extensions``, or None."""
+    def negotiate_compression(self, offers: Sequence[ExtensionOffer]) -> PerMessageDeflate | None:
+        """The permessage-deflate codec for a client's extension offers, or None."""
         if self.deflate_settings is None or not offers:
             return None
-        negotiated = negotiate([offers], self.deflate_settings)
+        negotiated = negotiate(offers, self.deflate_settings)
         return None if negotiated is None else negotiated[1]
 
     def dispatch(self, event: str, instance: Any, data: Any) -> Any:
@@ -417,7 +415,10 @@ class Server:
         ``idle_timeout`` is closed with 1001. One greenlet instead of a timer per
         connection keeps idle connections cheap.
         """
-        periods = [p for p in (self.ping_interval, self.ping_timeout, self.idle_timeout) if p]
+        settings = self.connection_settings
+        periods = [
+            p for p in (settings.ping_interval, settings.ping_timeout, settings.idle_timeout) if p
+        ]
         tick = max(min(periods) / 4, 0.05)
         while True:
             gevent.sleep(tick)

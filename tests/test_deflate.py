@@ -18,7 +18,7 @@ from frame_builder import client_frame
 
 import fws.deflate as fws_deflate
 from fws import ProtocolError, TextMessage
-from fws.deflate import DeflateSettings, PerMessageDeflate, negotiate
+from fws.deflate import DeflateSettings, PerMessageDeflate, negotiate, parse_offers
 from fws.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -42,13 +42,13 @@ TAKEOVER = DeflateSettings(server_no_context_takeover=False, client_no_context_t
 
 
 def codec_for(*header_values: str, settings: DeflateSettings | None = None) -> PerMessageDeflate:
-    result = negotiate(header_values, settings or DeflateSettings())
+    result = negotiate(parse_offers(header_values), settings or DeflateSettings())
     assert result is not None
     return result[1]
 
 
 def response_for(*header_values: str, settings: DeflateSettings | None = None) -> str | None:
-    result = negotiate(header_values, settings or DeflateSettings())
+    result = negotiate(parse_offers(header_values), settings or DeflateSettings())
     return None if result is None else result[0]
 
 
@@ -225,7 +225,7 @@ def test_offers_on_several_header_lines_are_one_list_in_order():
     ],
 )
 def test_garbage_headers_mean_no_compression_without_an_exception(garbage):
-    assert negotiate([garbage], DeflateSettings()) is None
+    assert negotiate(parse_offers([garbage]), DeflateSettings()) is None
 
 
 def test_a_line_that_does_not_parse_does_not_hide_the_next_one():
