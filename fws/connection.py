@@ -245,6 +245,16 @@ class Connection:
         self._deadline = gevent.get_hub().loop.timer(max(seconds, 0.0))
         self._deadline.start(self._start_close, code, reason)
 
+    def abandon(self) -> None:
+        """The upgrade did not happen: release what connect filters armed.
+
+        A ``close_after`` timer would otherwise hold the connection until it
+        fired: a token's whole lifetime, for every refused handshake.
+        """
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
+
     # -- groups -----------------------------------------------------------------
     # Membership lives in the storage (so a group spans servers with Redis);
     # _groups is this connection's own record, to leave them all when it ends.
@@ -411,26 +421,23 @@ class Connection:
         log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
         if self.table.stopping:  # upgraded while the server was stopping
             self._start_close(1001, "server shutting down")
+        failed = False
         try:
             self.table.storage.connected(self.id)
-        except Exception:
+            if self.table.pipelines["open"]:
+                self.table.dispatch("open", self, self.request)  # logs filters' own errors
+        except Exception:  # the storage could not register the client
             log.exception("connection %s: internal error", self.id)
             self._start_close(1011, "internal server error")
-            self._end_opening()
-            self._finish()
-            return
+            failed = True
         except gevent.GreenletExit:  # the server, stopping, killed this handshake
             self._end_opening()
             self._finish()
             raise
-        try:
-            if self.table.pipelines["open"]:
-                self.table.dispatch("open", self, self.request)
-        except gevent.GreenletExit:
-            self._end_opening()
-            self._finish()
-            raise
         self._end_opening()
+        if failed:
+            self._finish()
+            return
         if received:
             self._reader = gevent.spawn(self._read_burst, received)
         else:

@@ -30,7 +30,8 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -39,8 +40,9 @@ import gevent.ssl
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
-from .connection import Connection
-from .datatypes import ExtensionOffer, Request
+from .connection import Connection, State
+from .datatypes import Request
+from .deflate import parse_offers
 from .errors import FilterError, Reject
 from .pipeline import DROP
 
@@ -78,19 +80,6 @@ def _tokens(value: str) -> list[str]:
     return [token.strip().lower() for token in value.split(",") if token.strip()]
 
 
-def _parse_extensions(value: str) -> tuple[ExtensionOffer, ...]:
-    """``Sec-WebSocket-Extensions`` offers; a header that does not parse offers nothing."""
-    if not value:
-        return ()
-    from websockets.exceptions import InvalidHeader
-    from websockets.headers import parse_extension
-
-    try:
-        return tuple((name, tuple(params)) for name, params in parse_extension(value))
-    except InvalidHeader:
-        return ()
-
-
 def accept_key(key: str) -> str:
     """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
@@ -116,7 +105,7 @@ class ProxyNetworks:
             return False
         return any(ip in network for network in self.networks)
 
-    def client_of(self, peer: tuple[str, int], headers: dict[str, str]) -> tuple[str, int]:
+    def client_of(self, peer: tuple[str, int], headers: Mapping[str, str]) -> tuple[str, int]:
         """The client address the trusted proxies name, or ``peer`` itself.
 
         The chain is read from the right (the hop nearest to us): the first
@@ -344,21 +333,17 @@ class ConnectionHandler(WebSocketHandler):
     def _upgrade(self) -> list[bytes] | None:
         """Answer an upgrade request: a refusal's body, or None once the 101 is sent."""
         server: Server = self.application
-        peer = (str(self.client_address[0]), int(self.client_address[1]))
-        headers = _request_headers(self.environ)
-        if server.trusted_proxies:
-            peer = server.trusted_proxies.client_of(peer, headers)
-        request = Request(
-            path=str(self.environ.get("PATH_INFO", "/")),
-            query_string=str(self.environ.get("QUERY_STRING", "")),
-            headers=headers,
-            peer=peer,
+        request = Request.from_environ(self.environ, self.client_address)
+        headers = request.headers
+        request = replace(
+            request,
+            peer=server.trusted_proxies.client_of(request.peer, headers),
             subprotocols=tuple(
                 entry.strip()
                 for entry in headers.get("sec-websocket-protocol", "").split(",")
                 if entry.strip()
             ),
-            extensions=_parse_extensions(headers.get("sec-websocket-extensions", "")),
+            extensions=parse_offers([headers.get("sec-websocket-extensions", "")]),
         )
         early = self._check(server, request)
         if early is not None:
@@ -368,6 +353,16 @@ class ConnectionHandler(WebSocketHandler):
         server.upgrades_in_progress += 1
         self._holds_place = True
         connection = Connection(request, server.connection_settings, server.table, server)
+        try:
+            return self._accept(server, connection, request)
+        finally:
+            if connection.state is State.CONNECTING:  # refused, or the client went away
+                connection.abandon()
+
+    def _accept(
+        self, server: Server, connection: Connection, request: Request
+    ) -> list[bytes] | None:
+        """Run the connect pipeline, then refuse, or answer 101 and hand the socket over."""
         connection.subprotocol = _first_offered(server.subprotocols, request.subprotocols)
         try:
             outcome = server.pipelines["connect"].run(connection, request)
@@ -456,12 +451,12 @@ class ConnectionHandler(WebSocketHandler):
                 )
                 return Reject(500, "internal server error")
             lines.append("Sec-WebSocket-Protocol: " + chosen)
-        deflate = server.negotiate_compression(request.headers.get("sec-websocket-extensions"))
+        deflate = server.negotiate_compression(request.extensions)
         if deflate is not None:
             connection.deflate = deflate
             lines.append("Sec-WebSocket-Extensions: " + deflate.response)
         for name, value in connection.take_response_headers():
-            if not _is_header_safe(name) or not _is_header_safe(value) or not name:
+            if not _is_header_safe(name, value):
                 log.error("connection %s: response header %r is not sendable", connection.id, name)
                 return Reject(500, "internal server error")
             lines.append(f"{name}: {value}")
@@ -527,18 +522,6 @@ class ConnectionHandler(WebSocketHandler):
         return gevent.socket.socket(family, kind, proto, fileno=sock.detach())
 
 
-def _request_headers(environ: dict[str, Any]) -> dict[str, str]:
-    """Header names lower case, from the environ (``X-Token`` arrives as ``HTTP_X_TOKEN``)."""
-    headers = {
-        key[5:].replace("_", "-").lower(): str(value)
-        for key, value in environ.items()
-        if key.startswith("HTTP_")
-    }
-    if "CONTENT_TYPE" in environ and environ["CONTENT_TYPE"]:
-        headers["content-type"] = str(environ["CONTENT_TYPE"])
-    return headers
-
-
 def _first_offered(ours: Sequence[str], offered: Sequence[str]) -> str | None:
     """The first of our subprotocols, in our order, that the client offered."""
     for name in ours:
@@ -547,8 +530,17 @@ def _first_offered(ours: Sequence[str], offered: Sequence[str]) -> str | None:
     return None
 
 
-def _is_header_safe(text: str) -> bool:
-    return "\r" not in text and "\n" not in text and "\0" not in text
+def _is_header_safe(name: object, value: object) -> bool:
+    """A header a filter added is sendable: ASCII strings, no line breaks or NULs, a name."""
+    return (
+        isinstance(name, str)
+        and isinstance(value, str)
+        and name.isascii()
+        and value.isascii()
+        and name.strip() != ""
+        and not any(c in text for text in (name, value) for c in "\r\n\0")
+        and ":" not in name
+    )
 
 
 def _plain_response(status: int, phrase: str, reason: str) -> bytes:

@@ -6,10 +6,12 @@ clients check what a well-behaved client sees.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import struct
 import time
+import weakref
 
 import gevent
 import pytest
@@ -205,17 +207,51 @@ def test_choosing_a_subprotocol_the_client_did_not_offer_or_a_token_is_500(pick,
     assert any("subprotocol" in r.getMessage() for r in caplog.records)
 
 
-class BadHeader(fws.WebSocketConnectFilter):
-    @classmethod
-    def filter(cls, web_socket_instance, request):
-        web_socket_instance.add_response_header("X-Evil", "a\r\nSet-Cookie: injected=1")
+BAD_HEADERS = {
+    "line break": ("X-Evil", "a\r\nSet-Cookie: injected=1"),
+    "not ASCII": ("X-Name", "injectéd"),
+    "not a string": ("X-Count", 42),
+    "colon in the name": ("X-A: injected", "1"),
+}
 
 
-def test_a_response_header_with_a_line_break_is_our_bug_500_never_sent():
+@pytest.mark.parametrize("header", BAD_HEADERS.values(), ids=list(BAD_HEADERS))
+def test_a_response_header_that_cannot_be_sent_is_our_bug_500_never_sent(header, caplog):
+    class BadHeader(fws.WebSocketConnectFilter):
+        @classmethod
+        def filter(cls, web_socket_instance, request):
+            if request.path == "/chat":
+                web_socket_instance.add_response_header(*header)
+
     with run_server(connect=BadHeader, message=Echo) as server:
-        answer = exchange(server.address[1], upgrade_request())
+        answer = exchange(server.address[1], upgrade_request())  # to /chat
+        client = connect(url(server, "/other"))  # nothing else is affected
+        client.close()
     assert answer.startswith(b"HTTP/1.1 500"), answer
     assert b"injected" not in answer
+    assert any("not sendable" in r.getMessage() for r in caplog.records)
+    assert not any(r.exc_info for r in caplog.records)
+
+
+held: list[weakref.ref[fws.Connection]] = []
+
+
+def arm_a_long_close_after(web_socket_instance, request):
+    web_socket_instance.close_after(3600, 1008, "token expired")  # as jwt_auth does
+    held.append(weakref.ref(web_socket_instance))
+
+
+def refuse(web_socket_instance, request):
+    raise fws.Reject(403, "a later connect filter says no")
+
+
+def test_a_refused_handshake_leaves_no_close_after_timer_holding_its_connection():
+    held.clear()
+    with run_server(connect=fws.Pipeline(arm_a_long_close_after, refuse)) as server:
+        answer = exchange(server.address[1], upgrade_request())
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        # Without abandon() the armed libev timer keeps the connection for an hour.
+        wait_for(lambda: gc.collect() is not None and held[0]() is None, 5)
 
 
 # -- bounds and hostile clients -----------------------------------------------------------
