@@ -111,11 +111,36 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
             raise click.BadParameter(f"{path}: unknown key {key!r}; known keys: {listed}")
         else:
             option = options[key]
-            if option.multiple and isinstance(value, str):
-                value = value.split()  # "filters": "echo stdout_messages", as FWS_FILTERS
-            defaults[option.name] = value
+            defaults[option.name] = _config_value(path, key, option, value)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
+
+
+def _config_value(path: str, key: str, option: click.Option, value: Any) -> Any:
+    """A config value as the command line would give it, or ``BadParameter`` saying why.
+
+    JSON can hold what no command line can (a list for a single value, an
+    object, null, true for a text option); those are refused here, once for
+    every option, rather than reaching the code that uses the value.
+    """
+
+    def is_scalar(item: Any) -> bool:
+        return isinstance(item, str | int | float) and not isinstance(item, bool)
+
+    if option.is_flag:
+        if not isinstance(value, bool):
+            raise click.BadParameter(f"{path}: {key!r} must be true or false")
+        return value
+    if option.multiple:
+        items = value.split() if isinstance(value, str) else value  # "echo stdout_messages"
+        if not isinstance(items, list) or not all(is_scalar(item) for item in items):
+            raise click.BadParameter(
+                f"{path}: {key!r} must be a list of values or a space-separated string"
+            )
+        return [str(item) for item in items]
+    if not is_scalar(value):
+        raise click.BadParameter(f"{path}: {key!r} must be a string or a number")
+    return str(value)
 
 
 def choose_storage(args: Sequence[str], environ: dict[str, str] | os._Environ[str]) -> str:

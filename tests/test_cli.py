@@ -247,6 +247,12 @@ def test_broken_filter_module_names_the_error_and_line(tmp_path):
         ('{"prot": 9000}', ["unknown key 'prot'", "port"]),
         ('{"flags": ["port"]}', ["not a boolean option"]),
         ('{"port": "nine"}', ["nine"]),
+        # JSON that no command line could give: refused by name, never a traceback.
+        ('{"static": ["a"]}', ["'static' must be a string or a number"]),
+        ('{"jwt_secret": true}', ["'jwt_secret' must be a string or a number"]),
+        ('{"origin": {"a": 1}}', ["'origin' must be a list of values"]),
+        ('{"quiet": "yes"}', ["'quiet' must be true or false"]),
+        ('{"static": 5}', ["Directory '5' does not exist"]),
     ],
 )
 def test_config_file_errors(tmp_path, content, phrases):
