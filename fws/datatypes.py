@@ -11,7 +11,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl
 
-__all__ = ["CloseInfo", "ExtensionOffer", "Request", "TextMessage"]
+__all__ = [
+    "BEARER_PREFIX",
+    "CloseInfo",
+    "ExtensionOffer",
+    "Request",
+    "TextMessage",
+    "bearer_token",
+]
+
+BEARER_PREFIX = "bearer."
+"""A ``Sec-WebSocket-Protocol`` entry ``bearer.<token>`` carries a token (browsers cannot
+set an Authorization header on a WebSocket); the server never echoes it as chosen."""
+
+
+def bearer_token(subprotocol: str) -> str | None:
+    """The token a ``bearer.<token>`` subprotocol entry carries (prefix in any case), or None."""
+    if subprotocol[: len(BEARER_PREFIX)].lower() == BEARER_PREFIX:
+        return subprotocol[len(BEARER_PREFIX) :]
+    return None
 
 
 class TextMessage(str):

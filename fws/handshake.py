@@ -41,7 +41,7 @@ from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
 from .connection import Connection, State
-from .datatypes import Request
+from .datatypes import Request, bearer_token
 from .deflate import parse_offers
 from .errors import FilterError, Reject
 from .pipeline import DROP
@@ -58,8 +58,6 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 2**20
 """After refusing a malformed request: how long, and how much, of the rest to discard."""
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-BEARER_PREFIX = "bearer."
-"""Subprotocol entries that carry a token (``jwt_auth``); never echoed back as chosen."""
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -441,13 +439,14 @@ class ConnectionHandler(WebSocketHandler):
         ]
         chosen = connection.subprotocol
         if chosen is not None:
-            if chosen not in request.subprotocols or chosen.startswith(BEARER_PREFIX):
+            is_token = bearer_token(chosen) is not None
+            if chosen not in request.subprotocols or is_token:
                 log.error(
                     "connection %s: subprotocol %r chosen, but the client offered %r%s",
                     connection.id,
-                    printable(chosen, 60),
-                    [printable(offer, 60) for offer in request.subprotocols],
-                    " (a bearer token is never echoed)" * chosen.startswith(BEARER_PREFIX),
+                    _loggable_subprotocol(chosen),
+                    [_loggable_subprotocol(offer) for offer in request.subprotocols],
+                    " (a bearer token is never echoed)" * is_token,
                 )
                 return Reject(500, "internal server error")
             lines.append("Sec-WebSocket-Protocol: " + chosen)
@@ -520,6 +519,11 @@ class ConnectionHandler(WebSocketHandler):
             return sock  # fws's _WSGIServer closes a TLS socket only if it is not detached
         family, kind, proto = sock.family, sock.type, sock.proto
         return gevent.socket.socket(family, kind, proto, fileno=sock.detach())
+
+
+def _loggable_subprotocol(offer: str) -> str:
+    """A subprotocol as a log line may show it: never the token of a ``bearer.`` entry."""
+    return "bearer.<token>" if bearer_token(offer) is not None else printable(offer, 60)
 
 
 def _first_offered(ours: Sequence[str], offered: Sequence[str]) -> str | None:

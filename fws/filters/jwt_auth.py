@@ -23,6 +23,7 @@ in. Neither the reasons nor anything this module logs contain the token.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,14 +36,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from fws.datatypes import Request
+from fws.datatypes import Request, bearer_token
 from fws.errors import ConfigurationError, Reject
 from fws.events import WebSocketConnectFilter
 
 if TYPE_CHECKING:
     from fws.connection import Connection
 
-__all__ = ["JwtAuth", "JwtSettings", "find_token", "load_public_key", "offered_subprotocols"]
+__all__ = ["JwtAuth", "JwtSettings", "find_token", "load_public_key"]
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _FAMILIES: dict[str, frozenset[str]] = {
@@ -52,15 +53,15 @@ _FAMILIES: dict[str, frozenset[str]] = {
 }
 # Without --jwt-algorithms a key verifies the one algorithm that fits it.
 _DEFAULTS = {"RSA": "RS256", "EdDSA": "EdDSA"}
+_NEVER = 100 * 365 * 86400.0
+"""Seconds beyond which a token's exp arms no close timer (libev's own limits)."""
+
 _EC_DEFAULTS = {
     "secp256r1": "ES256",
     "secp256k1": "ES256K",
     "secp384r1": "ES384",
     "secp521r1": "ES512",
 }
-
-SUBPROTOCOL_PREFIX = "bearer."
-
 
 def load_public_key(path: str | Path) -> PublicKeyTypes:
     """The public key in a PEM file (a public key or a certificate).
@@ -208,14 +209,6 @@ def _reason(exc: jwt.PyJWTError) -> str:
     return "invalid token"
 
 
-def offered_subprotocols(request: Request) -> tuple[str, ...]:
-    """The subprotocols the client offered: ``request.subprotocols``, or the raw header."""
-    if request.subprotocols:
-        return request.subprotocols
-    header = request.headers.get("sec-websocket-protocol", "")
-    return tuple(part.strip() for part in header.split(",") if part.strip())
-
-
 def _cookies(header: str) -> Iterable[tuple[str, str]]:
     # Not http.cookies: one malformed cookie makes SimpleCookie drop the rest.
     # Repeated Cookie headers arrive joined with ", ".
@@ -237,9 +230,10 @@ def find_token(request: Request, cookie: str | None = None) -> str | None:
         for name, value in _cookies(request.headers.get("cookie", "")):
             if name == cookie:
                 return value
-    for offer in offered_subprotocols(request):
-        if offer.lower().startswith(SUBPROTOCOL_PREFIX):
-            return offer[len(SUBPROTOCOL_PREFIX) :]
+    for offer in request.subprotocols:
+        token = bearer_token(offer)
+        if token is not None:
+            return token
     return None
 
 
@@ -284,6 +278,11 @@ class JwtAuth(WebSocketConnectFilter):
         connection.user = claims.get("sub")
         if "exp" in claims:
             # Good until exp + leeway, as at the door; then the client must
-            # reconnect with a fresh token.
-            remaining = float(claims["exp"]) + self.settings.leeway - time.time()
-            connection.close_after(remaining, 1008, "token expired")
+            # reconnect with a fresh token. PyJWT checked exp is an integer; one
+            # past a float (exp: 10**400) or a timer's reach never expires here.
+            try:
+                remaining = float(claims["exp"]) + self.settings.leeway - time.time()
+            except OverflowError:
+                remaining = math.inf
+            if remaining < _NEVER:
+                connection.close_after(remaining, 1008, "token expired")
