@@ -66,6 +66,10 @@ PARK_AFTER = 1.0
 """Seconds a reader waits for more before it may give way to a watcher (see park_if_quiet)."""
 
 
+_NO_GROUPS: frozenset[str] = frozenset()
+"""Shared by every connection in no group (each empty frozenset() would be its own object)."""
+
+
 class _Park(Exception):
     """Thrown into a reader that waits for data, to end it in favour of a watcher."""
 
@@ -170,7 +174,7 @@ class Connection:
         self.deflate: PerMessageDeflate | None = None
         """The permessage-deflate codec, when the handshake negotiated one."""
         self._response_headers: list[tuple[str, str]] | None = None
-        self._groups: set[str] | None = None  # None until the first join: most never join
+        self._groups = _NO_GROUPS  # one shared empty frozenset: most never join
 
     # -- the seed's surface ---------------------------------------------------
 
@@ -262,7 +266,7 @@ class Connection:
     @property
     def groups(self) -> frozenset[str]:
         """The groups this connection is in (joined on this connection, not yet left)."""
-        return frozenset(self._groups) if self._groups else frozenset()
+        return self._groups
 
     def join(self, name: str) -> None:
         """Join group ``name``: ``storage.send_to_group(name, ...)`` then reaches this client.
@@ -277,26 +281,22 @@ class Connection:
         check_group_name(name)
         if self.state is State.CONNECTING or self.state is State.CLOSED:
             raise RuntimeError(f"cannot join a group while the connection is {self.state.value}")
-        if self._groups is not None and name in self._groups:
+        if name in self._groups:
             return
         self.table.storage.add(name, self.id)
-        if self._groups is None:
-            self._groups = set()
-        self._groups.add(name)
+        self._groups = self._groups | {name}  # rebuilt on the rare change, read for free
 
     def leave(self, name: str) -> None:
         """Leave group ``name``; leaving a group this connection is not in is harmless."""
-        if self._groups is None or name not in self._groups:
+        if name not in self._groups:
             return
         self.table.storage.remove(name, self.id)
-        self._groups.discard(name)
-        if not self._groups:
-            self._groups = None
+        self._groups = self._groups - {name} or _NO_GROUPS
 
     def _leave_groups(self) -> None:
         """Leave every group as the connection ends, even if the storage fails on one."""
-        groups, self._groups = self._groups, None
-        for name in groups or ():
+        groups, self._groups = self._groups, _NO_GROUPS
+        for name in groups:
             try:
                 self.table.storage.remove(name, self.id)
             except Exception as exc:

@@ -62,18 +62,6 @@ def test_join_and_leave_track_groups_and_the_storage():
         assert json.loads(alice.recv()) == ["blue"]
         alice.send("leave blue")
         assert json.loads(alice.recv()) == []
-        assert server.users[alice_id]._groups is None  # back to no set at all
-
-
-def test_groups_is_read_only():
-    with run_server(message=Pipeline(commands)) as server:
-        client = connect(server)
-        client.send("join red")
-        client.recv()
-        (connection,) = server.users.values()
-        assert isinstance(connection.groups, frozenset)
-        with pytest.raises(AttributeError):
-            connection.groups = frozenset({"blue"})
 
 
 def test_a_name_over_256_bytes_is_refused_and_nothing_is_stored():
