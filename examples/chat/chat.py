@@ -21,7 +21,6 @@ from fws import (
     WebSocketMessageFilter,
     WebSocketOpenFilter,
 )
-from fws.groups import check_group_name
 
 PROTOCOL = "chat.v1"
 
@@ -47,14 +46,13 @@ class JoinRoom(WebSocketOpenFilter):
         connection = web_socket_instance
         room = request.query.get("room") or "lobby"
         try:
-            check_group_name(room)
+            connection.join(room)
         except ValueError as exc:  # a name over 256 bytes
             connection.close(1008, str(exc))
             return
-        # Welcome first: once joined, the room's messages may arrive at any time.
+        # Sent from the open event: it reaches the client before any room message.
         user = connection.user or "anonymous"
         connection.send(json.dumps({"type": "welcome", "user": user, "room": room}))
-        connection.join(room)
         to_room(connection, room, "joined", sender=connection.id)
 
 
