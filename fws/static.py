@@ -79,7 +79,9 @@ class StaticFiles:
             return _short(start_response, "405 Method Not Allowed", [("Allow", "GET, HEAD")])
         found = self.find(str(environ.get("PATH_INFO") or "/"))
         if isinstance(found, str):
-            return _short(start_response, "301 Moved Permanently", [("Location", found)])
+            query = str(environ.get("QUERY_STRING") or "")  # /chat?room=x keeps its room
+            location = f"{found}?{query}" if query else found
+            return _short(start_response, "301 Moved Permanently", [("Location", location)])
         if found is None:
             return _short(start_response, "404 Not Found")
         try:

@@ -32,6 +32,7 @@ def site(tmp_path: Path) -> Path:
     (root / "outdir").symlink_to(tmp_path)
     (root / "dotlink").symlink_to(root / ".env")
     (root / "inside.css").symlink_to(root / "style.css")
+    (root / "back\\slash.txt").write_text("a backslash in its name\n")
     return root
 
 
@@ -44,7 +45,12 @@ def call(app: StaticFiles, path: str, method: str = "GET") -> tuple[str, dict[st
     def start_response(status: str, headers: list[tuple[str, str]]) -> None:
         seen["status"], seen["headers"] = status, dict(headers)
 
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": unquote_to_bytes(path).decode("latin-1")}
+    path, _, query = path.partition("?")
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "QUERY_STRING": query,
+    }
     result = app(environ, start_response)
     try:
         body = b"".join(result)
@@ -65,6 +71,11 @@ def test_index_files_and_types_without_a_server(site: Path) -> None:
     assert call(app, "/inside.css")[0] == "200 OK"  # a symlink within the directory is fine
     status, headers, _ = call(app, "/docs")
     assert status.startswith("301") and headers["Location"] == "/docs/"
+    # "//docs" must not redirect to //docs/, which a browser reads as the host "docs".
+    status, headers, _ = call(app, "//docs")
+    assert status.startswith("301") and headers["Location"] == "/docs/"
+    status, headers, _ = call(app, "/docs?room=kitchen")
+    assert headers["Location"] == "/docs/?room=kitchen"
     assert call(app, "/data.bin")[2] == bytes(range(256)) * 1000
 
 
@@ -86,7 +97,7 @@ def test_index_files_and_types_without_a_server(site: Path) -> None:
         "/dotlink",
         "/missing.html",
         "/%ff%fe",
-        "//etc/passwd",
+        "/back\\slash.txt",  # exists, but a backslash is refused (a Windows separator)
     ],
 )
 def test_unsafe_and_missing_paths_are_404(site: Path, path: str) -> None:
