@@ -645,7 +645,6 @@ async function broadcast() {
   let lastProgress = now();
   let errors = 0;
   const ring = payloads(size);
-  let turn = 0;
 
   const received = (data) => {
     const { sent, seq: id } = readStamp(data);

@@ -90,12 +90,18 @@ class Unsupported(RuntimeError):
 
 
 def _deflated(result: Result, expected: int, config: Result) -> Result:
-    """``result``, or Unsupported if the client offered deflate and not every connection got it."""
-    if config.get("compression") and result.get("deflate_negotiated", 0) < expected:
-        raise Unsupported(
-            f"not supported: permessage-deflate on {result.get('deflate_negotiated', 0)} "
-            f"of {expected} connections"
-        )
+    """``result`` if every connection negotiated deflate when the client offered it.
+
+    None of them: the server has no deflate (Unsupported, "n/a" in the table).
+    Some but not all: something broke, and the run fails rather than show a
+    quiet "n/a" (fws included).
+    """
+    negotiated = result.get("deflate_negotiated", 0)
+    if config.get("compression") and negotiated < expected:
+        message = f"permessage-deflate on {negotiated} of {expected} connections"
+        if negotiated:
+            raise loadgen.LoadgenError(message)
+        raise Unsupported(f"not supported: {message}")
     return result
 
 
