@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .stats import ServerStats
+
 if TYPE_CHECKING:
     from .connection import Connection
     from .pipeline import Pipeline
@@ -68,3 +70,5 @@ class ConnectionTable:
         self.dispatch = dispatch
         self.stopping = False
         """True once the server stops: a connection upgraded now is closed with 1001."""
+        self.stats = ServerStats()
+        """Counters for metrics; bump them, never read them on a hot path."""
