@@ -408,6 +408,7 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             default="info",
             show_default=True,
+            help="Least severe messages logged (to stderr).",
         ),
         click.Option(["-q", "--quiet"], is_flag=True, help="Log only warnings and errors."),
         *_jwt_options(),
