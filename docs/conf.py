@@ -22,9 +22,10 @@ copyright = "the fws authors, MIT licence"  # noqa: A001
 release = fws.__version__
 version = ".".join(release.split(".")[:2])
 
+# The docstrings are plain reStructuredText prose (no Google/NumPy sections),
+# so autodoc alone reads them; napoleon would misread "Health flag: ..." as a type.
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
     "sphinx_click",
 ]
 
@@ -35,7 +36,9 @@ html_static_path: list[str] = []
 html_theme_options = {"description": "WebSocket servers built from filters", "fixed_sidebar": True}
 
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": True}
-napoleon_google_docstring = True
-napoleon_numpy_docstring = False
+autodoc_typehints = "signature"
+autodoc_default_options = {"show-inheritance": True}
+
+# Option names in click help texts ("with --cert clients use wss://") are
+# plain text to sphinx-click: smart quotes would turn "--" into a dash.
+smartquotes = False
