@@ -1,4 +1,4 @@
-"""The examples README.rst shows, run as a user would."""
+"""The examples the documentation shows (docs/guide/), run as a user would."""
 
 from __future__ import annotations
 

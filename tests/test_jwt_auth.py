@@ -336,9 +336,9 @@ def test_jwt_options_without_jwt_auth_warn():
         assert client.recv() == "open to all"
 
 
-def test_readme_script_example(tmp_path):
-    readme = (Path(__file__).parent.parent / "README.rst").read_text()
-    section = readme[readme.index("JWT at the door\n===") :]
+def test_documented_script_example(tmp_path):
+    guide = (Path(__file__).parent.parent / "docs" / "guide" / "auth.rst").read_text()
+    section = guide[guide.index("JWT at the door\n===") :]
     block = section[section.index("From a script") :].partition("::\n\n")[2]
     lines = []
     for line in block.splitlines():
