@@ -1,11 +1,11 @@
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: install test lint run bench autobahn
+.PHONY: install test lint docs run bench autobahn
 
-## install: the package, its test and lint tools, editable
+## install: the package, its test, lint and documentation tools, editable
 install:
-	$(PYTHON) -m pip install -e '.[test,dev]'
+	$(PYTHON) -m pip install -e '.[test,dev,docs]'
 
 ## test: the whole suite (real servers, real clients, real redis-server)
 test:
@@ -15,6 +15,10 @@ test:
 lint:
 	$(PYTHON) -m ruff check fws tests bench examples
 	$(PYTHON) -m mypy
+
+## docs: the documentation site (Sphinx), warnings as errors, into docs/_build/html
+docs:
+	$(PYTHON) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 ## run: fws_server with ARGS, e.g. make run ARGS="-f echo -p 9001"
 run:
