@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 import pytest
+from helpers import LOOPBACK, ServerProcess, connect, run_fws_server, wait_for
 
 import fws
 from fws.cli import build_command
@@ -23,6 +24,7 @@ from fws.modules import load_storage_class
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
+ANY_PORT = {"FWS_HOST": LOOPBACK, "FWS_PORT": "0", "FWS_CLOSE_TIMEOUT": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +150,20 @@ def test_readme_keeps_the_first_page_and_its_links_resolve():
     links = re.findall(r"<(docs/[^>]+\.rst)>`_", readme)
     assert len(links) > 10
     assert [link for link in links if not (ROOT / link).is_file()] == []
+
+
+def test_storage_guide_backend_example_runs_with_its_option(tmp_path):
+    guide = (DOCS / "guide" / "storage.rst").read_text()
+    block = guide[guide.index("    # mystore.py") :].partition("\n\n``fws_server")[0]
+    (tmp_path / "mystore.py").write_text("\n".join(line[4:] for line in block.splitlines()))
+    usage = run_fws_server(["--storage", "mystore", "-h"], cwd=tmp_path)
+    assert usage.returncode == 0 and "--audit_level" in usage.stdout
+    storage = ["--storage", "mystore", "--audit_level", "warning"]
+    args = [*storage, "-f", "broadcast_messages_by_token"]
+    with ServerProcess(args, cwd=tmp_path, env=ANY_PORT) as server:
+        client = connect(server.url)
+        client.send("token:kitchen")
+        assert client.recv() == "Successfully registered with broadcast group: kitchen"
+        # Logged as a warning, not at the default info: the option reached the backend.
+        wait_for(lambda: re.search(r"WARNING.*mystore.*joined kitchen", server.output))
+        client.close()
