@@ -1,7 +1,7 @@
 """One table (scenario x server, with fws/other ratios), the targets, as text and RST.
 
 The text and the reStructuredText come from the same rows, so the table in
-README.rst is the one the terminal showed.
+docs/performance.rst is the one the terminal showed.
 """
 
 from __future__ import annotations
