@@ -9,6 +9,7 @@ line of the security model is given to a private redis-server.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import websocket
 from helpers import LOOPBACK, ServerProcess, connect, free_port, require_binary, wait_for
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
+from fws.cli import build_command
+from fws.modules import load_storage_class
 from fws.storage.redis import Publisher
 
 DEPLOYMENT = Path(__file__).parent.parent / "docs" / "deployment.rst"
@@ -155,3 +158,21 @@ def test_the_documented_redis_acl_is_all_fws_needs(redis_server: RedisServer) ->
         assert one.stop() == 0 and two.stop() == 0
     assert admin.execute_command("ACL", "LOG") == []
     assert "NOPERM" not in one.output + two.output
+
+
+def test_the_documented_config_file_is_one_fws_server_accepts(tmp_path):
+    text = DEPLOYMENT.read_text()
+    lines = []
+    for line in text[text.index("    # /etc/fws/config.json\n") :].splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    config = tmp_path / "config.json"
+    config.write_text("\n".join(lines))
+    storage = json.loads("\n".join(config.read_text().splitlines()[1:]))["storage"]
+    command = build_command(storage, load_storage_class(storage))
+    params = command.make_context("fws_server", ["-c", str(config)]).params
+    assert params["port"] == 9000
+    assert params["origins"] == ("https://chat.example",)
+    assert params["trusted_proxies"] == ("127.0.0.1",)
+    assert params["filters"] == ("jwt_auth", "chat")
