@@ -92,9 +92,16 @@ def load_wsgi_app(spec: str) -> Any:
         except FilterModuleError as exc:
             raise ConfigurationError(f"--app {spec!r}: {exc}") from exc.__cause__
     else:
-        module = _import(
-            name, name, "app module", "is it importable from here?", ConfigurationError
-        )
+        try:
+            module = _import(
+                name,
+                name,
+                "module",
+                "is it on the path or in the current directory?",
+                ConfigurationError,
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"--app {spec!r}: {exc}") from exc.__cause__
     app = module
     for part in attribute.split("."):
         if not hasattr(app, part):
@@ -104,7 +111,8 @@ def load_wsgi_app(spec: str) -> Any:
         app = getattr(app, part)
     if not callable(app):
         raise ConfigurationError(
-            f"--app {spec!r}: {attribute!r} is a {type(app).__name__}, not a WSGI application"
+            f"--app {spec!r}: {attribute!r} is not callable ({type(app).__name__}), "
+            "so not a WSGI application"
         )
     return app
 

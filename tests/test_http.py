@@ -227,5 +227,3 @@ def test_server_refuses_an_app_that_is_not_callable() -> None:
 def test_server_refuses_a_negative_drain_delay() -> None:
     with pytest.raises(ValueError, match="drain_delay"):
         fws.Server(drain_delay=-1)
-
-
