@@ -126,11 +126,12 @@ def test_cli_app_from_the_current_directory(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
-def test_cli_app_from_a_file_path_with_the_default_name(tmp_path: Path) -> None:
+def test_cli_app_from_a_file_path_with_the_default_name_and_no_health(tmp_path: Path) -> None:
     (tmp_path / "chatsite.py").write_text(FLASK_APP)
-    args = ["--host", LOOPBACK, "-p", "0", "--app", str(tmp_path / "chatsite.py")]
+    args = ["--host", LOOPBACK, "-p", "0", "--app", str(tmp_path / "chatsite.py"), "--no-health"]
     with ServerProcess(args) as server:
         assert request(server.port, "GET", "/") == (200, b"<h1>the site</h1>")
+        assert request(server.port, "GET", "/health") == (200, b"the app's health")
         assert server.stop() == 0
 
 
