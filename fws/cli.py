@@ -27,7 +27,12 @@ from .config import read_config
 from .deflate import COMPRESSION_CHOICES, DeflateSettings
 from .errors import ConfigurationError
 from .events import WebSocketConnectFilter
-from .modules import builtin_filter_names, load_filter_module, load_storage_class
+from .modules import (
+    builtin_filter_names,
+    load_filter_module,
+    load_storage_class,
+    load_wsgi_app,
+)
 from .registry import Registry, filters_defined_in
 from .storage.base import Storage
 
@@ -404,6 +409,33 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             "without it they get 426.",
         ),
         click.Option(
+            ["--app"],
+            metavar="MODULE:NAME",
+            help="A WSGI application (Flask, Django, any) that gets the plain HTTP requests: "
+            "one port for the site and its sockets. MODULE is found as -f modules are "
+            "(dotted name, current directory included, or ./file.py); NAME defaults to "
+            "'app'. Not with --static.",
+        ),
+        click.Option(
+            ["--health/--no-health"],
+            default=_server_default("health"),
+            show_default=True,
+            help="Answer GET /health (200 while the process serves) and GET /ready (200 when "
+            "listening, storage live and not draining, else 503 with a JSON reason). "
+            "--no-health leaves those paths to --app or --static.",
+        ),
+        click.Option(
+            ["--drain-delay"],
+            type=click.FloatRange(min=0),
+            default=_server_default("drain_delay"),
+            show_default=True,
+            metavar="SECONDS",
+            help="On SIGTERM or SIGINT, keep the port open this long while /ready answers 503 "
+            "and new WebSocket clients get 503, so a load balancer stops sending clients "
+            "here; then close clients with 1001. Set it above the balancer's check interval "
+            "times its fall count. A second signal ends the drain at once.",
+        ),
+        click.Option(
             ["--log-level"],
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             default="info",
@@ -440,9 +472,15 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
     if options["require_subprotocol"] and not options["subprotocols"]:
         raise click.UsageError("--require-subprotocol needs at least one --subprotocol NAME")
+    if options["app"] and options["static"]:
+        raise click.UsageError(
+            "--app and --static cannot be combined: the app gets every plain HTTP request, "
+            "so serve the files from the app"
+        )
     storage_options = {opt.name: options.pop(opt.name) for opt in storage_class.options}
     try:
         loaded = [load_filter_module(name) for name in options["filters"]]
+        app = load_wsgi_app(options["app"]) if options["app"] else None
         ssl_context = tls_context(options["cert"], options["key"]) if options["cert"] else None
         storage = storage_class(**storage_options)
     except ConfigurationError as exc:
@@ -477,6 +515,9 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
             **limits,
             close_timeout=options["close_timeout"],
             static=options["static"],
+            app=app,
+            health=options["health"],
+            drain_delay=options["drain_delay"],
             **jwt_keywords,
         )
     except ConfigurationError as exc:  # unusable --jwt-* settings, a bad --trusted-proxy

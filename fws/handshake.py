@@ -411,7 +411,7 @@ class ConnectionHandler(WebSocketHandler):
             return Reject(400, "Sec-WebSocket-Key header is missing or not 16 base64 bytes")
         if headers.get("sec-websocket-version", "").strip() != "13":
             return Reject(426, "only WebSocket version 13 is supported")
-        if server.stopping:
+        if server.stopping or server.draining:
             return Reject(503, "server is shutting down")
         if server.origins is not None:
             origin = headers.get("origin")

@@ -18,6 +18,7 @@ import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from .errors import ConfigurationError, FilterModuleError
 from .storage.base import Storage
@@ -27,6 +28,7 @@ __all__ = [
     "builtin_storage_names",
     "load_filter_module",
     "load_storage_class",
+    "load_wsgi_app",
     "resolve_filter_name",
     "resolve_storage_name",
 ]
@@ -70,6 +72,49 @@ def load_filter_module(name: str) -> ModuleType:
         return _import_file(name, Path(target))
     builtins = f"built-in filters: {', '.join(builtin_filter_names())}"
     return _import(target, name, "filter module", builtins, FilterModuleError)
+
+
+def load_wsgi_app(spec: str) -> Any:
+    """The WSGI application ``module:attribute`` names (``--app``), or ``ConfigurationError``.
+
+    The module is found as filter modules are (a dotted name, the current
+    directory included, or a ``./file.py`` path) but never among fws's
+    built-in filters; the attribute defaults to ``app``.
+    """
+    name, _, attribute = spec.rpartition(":") if ":" in spec else (spec, "", "app")
+    if not name or not attribute:
+        raise ConfigurationError(f"--app {spec!r}: expected module:attribute, e.g. myapp:app")
+    if name.endswith(".py") or os.sep in name:
+        if not Path(name).is_file():
+            raise ConfigurationError(f"--app {spec!r}: file not found: {name}")
+        try:
+            module = _import_file(name, Path(name))
+        except FilterModuleError as exc:
+            raise ConfigurationError(f"--app {spec!r}: {exc}") from exc.__cause__
+    else:
+        try:
+            module = _import(
+                name,
+                name,
+                "module",
+                "is it on the path or in the current directory?",
+                ConfigurationError,
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"--app {spec!r}: {exc}") from exc.__cause__
+    app = module
+    for part in attribute.split("."):
+        if not hasattr(app, part):
+            raise ConfigurationError(
+                f"--app {spec!r}: module {name!r} has no attribute {attribute!r}"
+            )
+        app = getattr(app, part)
+    if not callable(app):
+        raise ConfigurationError(
+            f"--app {spec!r}: {attribute!r} is not callable ({type(app).__name__}), "
+            "so not a WSGI application"
+        )
+    return app
 
 
 def _import(

@@ -31,6 +31,7 @@ from .errors import ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
 from .handshake import ConnectionHandler, ProxyNetworks
+from .http import WSGIApp, route
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .static import StaticFiles
@@ -41,12 +42,6 @@ __all__ = ["Server", "serve", "serve_until_signalled", "tls_context"]
 
 
 log = logging.getLogger("fws.server")
-
-_UPGRADE_REQUIRED = (
-    b"426 Upgrade Required: this is a WebSocket server; connect with a WebSocket client "
-    b"(ws:// or wss://).\n"
-)
-
 
 def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     """A server TLS context, or ``ConfigurationError`` naming the unusable file.
@@ -154,12 +149,29 @@ class Server:
         ping_timeout: float | None = 20.0,
         idle_timeout: float | None = None,
         close_timeout: float = 5.0,
-        # Plain HTTP: GET/HEAD requests that are not upgrades get the files of
-        # this directory (see fws.static); None: they get 426 Upgrade Required.
+        # Plain HTTP (requests that are not upgrades; see fws.http): the probes
+        # /health and /ready (health=False leaves those paths to the app), then a
+        # WSGI application of yours, or else the files of the static directory
+        # (see fws.static); neither: 426 Upgrade Required.
         static: str | os.PathLike[str] | None = None,
+        app: WSGIApp | None = None,
+        health: bool = True,
+        # Shutdown: seconds between "stop" and closing the listener, during which
+        # /ready answers 503 "draining" and new upgrades get 503, so a load
+        # balancer takes this server out of rotation first. 0: no drain.
+        drain_delay: float = 0.0,
     ) -> None:
         if close_timeout <= 0:
             raise ValueError("close_timeout must be more than 0 seconds")
+        if drain_delay < 0:
+            raise ValueError("drain_delay must be 0 or more seconds")
+        if app is not None and not callable(app):
+            raise ConfigurationError(f"app must be a WSGI application (a callable), not {app!r}")
+        if app is not None and static is not None:
+            raise ConfigurationError(
+                "an app and a static directory cannot be combined: the app gets every plain "
+                "HTTP request, so serve the files from the app"
+            )
         self.host = host
         self.port = port
         self._explicit: dict[str, Any] = {
@@ -221,12 +233,20 @@ class Server:
         self.reading = self.table.reading
         self.finishing = self.table.finishing
         self.static = StaticFiles(static) if static is not None else None
+        self.app = app
+        self.health = health
+        self.metrics_app: Any = None
+        """The WSGI app behind ``/metrics`` (set by fws.metrics); None: no such path."""
+        self.drain_delay = drain_delay
+        self.draining = False
+        """True from the moment ``stop()`` is called: /ready says 503, upgrades get 503."""
         self.upgrades_in_progress = 0
         """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._stopped = gevent.event.Event()
+        self._drain_cut = gevent.event.Event()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -287,6 +307,16 @@ class Server:
         """True from the moment ``stop()`` is called."""
         return self.table.stopping
 
+    def not_ready_reason(self) -> str | None:
+        """Why new clients should go elsewhere now (``/ready``), or None when ready."""
+        if self.draining or self.stopping:
+            return "draining"
+        if self._wsgi is None or not self._wsgi.started:
+            return "not listening"
+        if not self.pubsub_live:
+            return "storage unavailable"
+        return None
+
     @property
     def pubsub_live(self) -> bool:
         """Health flag: whether messages from other servers can arrive now."""
@@ -306,14 +336,28 @@ class Server:
         self._stopped.wait()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, close every client with 1001, wait, then kill the rest.
+        """Drain, stop accepting, close every client with 1001, wait, then kill the rest.
 
-        Idempotent: a second call waits for the first to finish. ``timeout``
-        (default: ``close_timeout`` + 1 s) bounds the wait for clients.
+        The drain (``drain_delay`` seconds, if any) keeps the port open while
+        ``/ready`` answers 503 and new upgrades are refused with 503, so that
+        load balancers stop sending clients here before the port closes;
+        clients already connected are served meanwhile.
+
+        Idempotent: a second call cuts the drain short, then waits for the first
+        to finish. ``timeout`` (default: ``close_timeout`` + 1 s) bounds the
+        wait for clients.
         """
-        if self.table.stopping:
+        if self.draining:
+            self._drain_cut.set()
             self._stopped.wait()
             return
+        self.draining = True
+        if self.drain_delay and self._wsgi is not None:
+            log.info(
+                "draining for %g s: /ready answers 503, new clients are refused",
+                self.drain_delay,
+            )
+            self._drain_cut.wait(self.drain_delay)
         self.table.stopping = True
         deadline = time.monotonic() + (
             self.connection_settings.close_timeout + 1 if timeout is None else timeout
@@ -445,19 +489,8 @@ class Server:
             self.dispatch("consumer", self, item)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        """WSGI application for requests that are not WebSocket upgrades."""
-        if self.static is not None:
-            return self.static(environ, start_response)
-        start_response(
-            "426 Upgrade Required",
-            [
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(_UPGRADE_REQUIRED))),
-                ("Upgrade", "websocket"),
-                ("Connection", "close"),
-            ],
-        )
-        return [_UPGRADE_REQUIRED]
+        """WSGI application for requests that are not WebSocket upgrades (see fws.http)."""
+        return route(self, environ, start_response)
 
     def __repr__(self) -> str:
         return f"<fws.Server {self.host}:{self.port} {len(self.users)} connections>"

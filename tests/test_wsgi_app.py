@@ -1,0 +1,159 @@
+"""A WSGI application beside the sockets: ``Server(app=...)`` and ``fws_server --app``.
+
+A real Flask application on the same port as the WebSockets, in-process and
+as an ``fws_server`` subprocess; the ``--app`` errors as the user sees them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import websockets.sync.client as ws_sync
+from helpers import LOOPBACK, ServerProcess, connect, run_fws_server, run_server, url
+
+from fws.filters.echo import Echo
+
+flask = __import__("pytest").importorskip("flask")  # a test dependency (setup.cfg [test])
+
+FLASK_APP = textwrap.dedent(
+    """
+    from flask import Flask, request
+
+    app = Flask(__name__)
+
+    @app.get("/")
+    def index():
+        return "<h1>the site</h1>"
+
+    @app.post("/echo")
+    def echo():
+        return {"got": request.get_data(as_text=True)}
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("the app's own bug")
+
+    @app.get("/health")
+    def health():
+        return "the app's health"
+    """
+)
+
+
+def make_flask_app() -> Any:
+    namespace: dict[str, Any] = {"__name__": "flask_site"}
+    exec(compile(FLASK_APP, "flask_site.py", "exec"), namespace)
+    return namespace["app"]
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_flask_app_serves_the_site_and_sockets_share_the_port() -> None:
+    with run_server(app=make_flask_app(), message=Echo) as server:
+        port = server.address[1]
+        with ws_sync.connect(url(server)) as client:
+            assert request(port, "GET", "/") == (200, b"<h1>the site</h1>")
+            status, body = request(
+                port, "POST", "/echo", b"a body", {"Content-Type": "text/plain"}
+            )
+            assert (status, json.loads(body)) == (200, {"got": "a body"})
+            client.send("over the socket")
+            assert client.recv(timeout=5) == "over the socket"
+
+
+def test_fws_keeps_health_and_ready_unless_switched_off() -> None:
+    with run_server(app=make_flask_app()) as server:
+        status, body = request(server.address[1], "GET", "/health")
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+    with run_server(app=make_flask_app(), health=False) as server:
+        assert request(server.address[1], "GET", "/health") == (200, b"the app's health")
+        assert request(server.address[1], "GET", "/ready")[0] == 404  # Flask's own 404
+
+
+def test_app_exception_is_a_500_and_the_sockets_stay_up() -> None:
+    with run_server(app=make_flask_app(), message=Echo) as server:
+        port = server.address[1]
+        with ws_sync.connect(url(server)) as client:
+            assert request(port, "GET", "/boom")[0] == 500
+            client.send("after the 500")
+            assert client.recv(timeout=5) == "after the 500"
+        assert request(port, "GET", "/")[0] == 200
+
+
+def test_raw_wsgi_app_that_raises_gets_500_from_the_server() -> None:
+    def broken(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        raise ValueError("no page here")
+
+    with run_server(app=broken, message=Echo) as server:
+        assert request(server.address[1], "GET", "/")[0] == 500
+        client = connect(server)
+        client.send("still serving")
+        assert client.recv() == "still serving"
+        client.close()
+
+
+# -- fws_server --app -----------------------------------------------------------
+
+
+def test_cli_app_from_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "chatsite.py").write_text(FLASK_APP)
+    args = ["--host", LOOPBACK, "-p", "0", "-f", "echo", "--app", "chatsite:app"]
+    with ServerProcess(args, cwd=tmp_path) as server:
+        assert request(server.port, "GET", "/") == (200, b"<h1>the site</h1>")
+        client = connect(server.url)
+        client.send("hello")
+        assert client.recv() == "hello"
+        client.close()
+        assert server.stop() == 0
+
+
+def test_cli_app_from_a_file_path_with_the_default_name_and_no_health(tmp_path: Path) -> None:
+    (tmp_path / "chatsite.py").write_text(FLASK_APP)
+    args = ["--host", LOOPBACK, "-p", "0", "--app", str(tmp_path / "chatsite.py"), "--no-health"]
+    with ServerProcess(args) as server:
+        assert request(server.port, "GET", "/") == (200, b"<h1>the site</h1>")
+        assert request(server.port, "GET", "/health") == (200, b"the app's health")
+        assert server.stop() == 0
+
+
+def _refused(args: list[str], cwd: Path) -> str:
+    result = run_fws_server(["--host", LOOPBACK, "-p", "0", *args], cwd=cwd)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_cli_app_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "chatsite.py").write_text(FLASK_APP + "\nnumber = 3\n")
+    (tmp_path / "broken.py").write_text("import no_such_dependency_here\n")
+    assert "unknown module 'nosuchsite'" in _refused(["--app", "nosuchsite:app"], tmp_path)
+    assert "has no attribute 'application'" in _refused(
+        ["--app", "chatsite:application"], tmp_path
+    )
+    assert "not a WSGI application" in _refused(["--app", "chatsite:number"], tmp_path)
+    assert "file not found" in _refused(["--app", "./missing.py:app"], tmp_path)
+    assert "no_such_dependency_here" in _refused(["--app", "broken:app"], tmp_path)
+    (tmp_path / "static").mkdir()
+    assert "cannot be combined" in _refused(
+        ["--app", "chatsite:app", "--static", str(tmp_path / "static")], tmp_path
+    )
