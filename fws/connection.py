@@ -66,6 +66,20 @@ PARK_AFTER = 1.0
 """Seconds a reader waits for more before it may give way to a watcher (see park_if_quiet)."""
 
 
+FRAME_BUDGET = 1024
+"""Frames a reader parses before it lets the hub run other connections and timers."""
+
+_FIRST_READ = 65536
+"""Bytes a burst's first read may take, before the reader has seen how large the frames are."""
+
+_MIN_READ = 4096
+
+_YIELD = 1e-6
+"""A sleep this long ends the hub's run of callbacks: it polls I/O and fires timers.
+
+libev starts the timer from the time it cached before this reader ran, so it
+is already due when the hub next polls: the poll does not block."""
+
 _NO_GROUPS: frozenset[str] = frozenset()
 """Shared by every connection in no group (each empty frozenset() would be its own object)."""
 
@@ -519,12 +533,16 @@ class Connection:
         # is parsed before this greenlet can yield to another reader.
         buffer = self.table.read_buffer
         view = memoryview(buffer)
+        parser = self._parser
+        assert parser is not None
+        read_size = _FIRST_READ
         unyielded = 0
+        frames_at_yield = parser.frames
         while True:
             self._last_read_at = time.monotonic()
             self._in_recv = True
             try:
-                size = recv_into(buffer)
+                size = recv_into(buffer, read_size)
             except _Park:
                 return False
             # Reset, TLS failure, or shut down by _abort_transport (a TLS socket
@@ -533,15 +551,34 @@ class Connection:
                 return True
             finally:
                 self._in_recv = False
+            frames_before = parser.frames
             if not size or self._handle_chunk(view[:size]):
                 return True
+            # Parsing costs about a microsecond a frame whatever its size: 256 KiB
+            # of one-byte fragments is 37,000 frames, 40 ms. Size the next read
+            # to hold about FRAME_BUDGET frames of the kind this client sends.
+            frames = parser.frames - frames_before
+            if frames:
+                read_size = min(READ_SIZE, max(_MIN_READ, size * FRAME_BUDGET // frames))
+            else:  # part of a large frame
+                read_size = READ_SIZE
             # gevent's recv returns at once while data is waiting, so a client
             # that never pauses would keep the hub from writers (this
             # connection's own echoes too), other readers and timers.
             unyielded += size
-            if unyielded >= READ_SIZE or self._outbox_bytes >= READ_SIZE:
+            if (
+                unyielded >= READ_SIZE
+                or parser.frames - frames_at_yield >= FRAME_BUDGET
+                or self._outbox_bytes >= READ_SIZE
+            ):
                 unyielded = 0
-                gevent.sleep(0)
+                frames_at_yield = parser.frames
+                # Not sleep(0): that only queues this greenlet behind the hub's
+                # other callbacks, and gevent runs up to 50 of them before it
+                # looks at the clock, let alone polls sockets, so a storm of
+                # tiny frames held every other connection for the whole storm.
+                # A timer makes the hub finish its callbacks, poll and fire timers.
+                gevent.sleep(_YIELD)
 
     def _handle_chunk(self, chunk: bytes | memoryview) -> bool:
         """Run the pipelines for one chunk; True once the client's close has arrived."""
