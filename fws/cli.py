@@ -202,6 +202,10 @@ LIMITS: tuple[tuple[str, type, str], ...] = (
     ("max_header_bytes", int, "Largest HTTP request head (request line and headers), in "
      "bytes (HTTP 431)."),
     ("handshake_timeout", float, "Seconds a client has to complete the HTTP upgrade."),
+    ("max_messages_per_second", float, "Messages (pings count too) each client may send per "
+     "second, on average; a client over it is closed with 1008 'rate limit'."),
+    ("message_burst", int, "Messages a client may send at once within "
+     "--max-messages-per-second (the token bucket's size). 0: twice the rate."),
     ("ping_interval", float, "Seconds between keepalive pings."),
     ("ping_timeout", float, "Seconds to wait for a pong before closing with 1011."),
     ("idle_timeout", float, "Close clients that send no message for this many seconds."),
@@ -221,7 +225,7 @@ def _limit_options() -> list[click.Option]:
             type=click.IntRange(min=0) if kind is int else click.FloatRange(min=0),
             default=_server_default(name) or 0,
             show_default=True,
-            help=f"{text} 0: off.",
+            help=text if " 0: " in text else f"{text} 0: off.",
         )
         for name, kind, text in LIMITS
     ]

@@ -130,6 +130,7 @@ class Connection:
         "_last_message_at",
         "_last_ping_at",
         "_awaiting_pong",
+        "_rate_due",
         "_opening",
         "_deadline",
         "claims",
@@ -174,6 +175,7 @@ class Connection:
         self._close_timer: gevent.Greenlet | None = None
         self._last_message_at = self._last_ping_at = time.monotonic()
         self._awaiting_pong = False
+        self._rate_due = 0.0  # the rate limit's theoretical arrival time (see _over_rate)
         # While open() runs (storage registration, the open pipeline): the greenlet
         # running it, and the frames other greenlets queued meanwhile, held back.
         self._opening: tuple[Any, list[bytes]] | None = None
@@ -596,12 +598,17 @@ class Connection:
             failure = None
         except ProtocolError as exc:
             events, failure = exc.events, exc  # type: ignore[assignment]
+        limited = self.settings.max_messages_per_second is not None
         for event in events:
             if type(event) is Message:
                 if self.state is State.OPEN:
-                    self._last_message_at = time.monotonic()
+                    self._last_message_at = now = time.monotonic()
+                    if limited and self._over_rate(now):
+                        continue
                     dispatch("message", self, event.data)
             elif type(event) is Ping:
+                if limited and self._over_rate(time.monotonic()):
+                    continue
                 # Counted against max_outbound_bytes like any message: a client
                 # that floods pings and never reads is closed, not buffered for.
                 self.send_frame(encode_frame(OP_PONG, event.payload))
@@ -619,6 +626,33 @@ class Connection:
             log.info("connection %s: protocol error: %s", self.id, failure)
             self._failed = True
             self._start_close(failure.code, failure.reason)
+        return False
+
+    def _over_rate(self, now: float) -> bool:
+        """Count one message against the rate limit; close the connection if it is over.
+
+        A token bucket as GCRA: one timestamp instead of a count and a refill
+        time, and no clock read of its own (the caller has one). ``_rate_due``
+        is when the bucket will be full again; a message moves it on by one
+        interval, and a message that would move it more than ``message_burst``
+        intervals past now is over the rate.
+        """
+        settings = self.settings
+        assert settings.max_messages_per_second is not None
+        interval = 1.0 / settings.max_messages_per_second
+        due = max(self._rate_due, now) + interval
+        # The tolerance's 1e-9 keeps float rounding from refusing the burst's last message.
+        if due - now > settings.message_burst * interval + 1e-9:
+            if self.state is State.OPEN:
+                log.info(
+                    "connection %s: over %g messages a second, closing",
+                    self.id,
+                    settings.max_messages_per_second,
+                )
+                self.table.stats.disconnects["rate_limit"] += 1
+                self._start_close(1008, "rate limit")
+            return True
+        self._rate_due = due
         return False
 
     def _finish(self) -> None:

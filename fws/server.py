@@ -113,6 +113,13 @@ class Server:
     Pipelines (``None``: take the event's pipeline from ``registry``, which
     defaults to the active registry; pass ``Pipeline()`` for none):
     ``connect``, ``open``, ``data``, ``message``, ``disconnect``, ``consumer``.
+
+    ``max_messages_per_second`` limits each client's messages (and pings, which
+    cost an answer) with a token bucket of ``message_burst`` messages (``None``:
+    twice the rate, at least 1); a client over it is closed with 1008 "rate
+    limit". Off by default: the right rate is the application's (a game sends
+    60 a second, a chat one), and one fast client cannot starve the others
+    anyway, since readers yield to the hub after every 1024 frames.
     """
 
     def __init__(
@@ -140,6 +147,8 @@ class Server:
         max_connections: int | None = None,
         origins: Collection[str] | None = None,
         max_header_bytes: int | None = 16 * 1024,
+        max_messages_per_second: float | None = None,
+        message_burst: int | None = None,
         # The handshake: subprotocols offered (the first the client also offers is
         # chosen), whether a client must offer one, permessage-deflate ("off",
         # "deflate" for DeflateSettings(), or DeflateSettings of your own), and
@@ -201,6 +210,14 @@ class Server:
         except ValueError as exc:
             raise ConfigurationError(f"trusted proxy: {exc}") from None
         self.handshake_timeout = handshake_timeout
+        if max_messages_per_second is not None and max_messages_per_second <= 0:
+            raise ConfigurationError("max_messages_per_second must be more than 0 (None: off)")
+        if message_burst is None:
+            message_burst = max(1, round(2 * (max_messages_per_second or 0)))
+        elif max_messages_per_second is None:
+            raise ConfigurationError("message_burst needs max_messages_per_second")
+        elif message_burst < 1:
+            raise ConfigurationError("message_burst must be at least 1")
         self.connection_settings = ConnectionSettings(
             max_message_size=max_message_size,
             max_outbound_bytes=max_outbound_bytes,
@@ -208,6 +225,8 @@ class Server:
             ping_timeout=ping_timeout,
             idle_timeout=idle_timeout,
             close_timeout=close_timeout,
+            max_messages_per_second=max_messages_per_second,
+            message_burst=message_burst,
         )
         self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
         self.table = ConnectionTable(
