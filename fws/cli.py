@@ -198,7 +198,10 @@ def _storage_click_options(storage_class: type[Storage]) -> list[click.Option]:
 LIMITS: tuple[tuple[str, type, str], ...] = (
     ("max_message_size", int, "Largest message a client may send, in bytes (close 1009)."),
     ("max_outbound_bytes", int, "Bytes queued for a client before it is closed as too slow."),
-    ("max_connections", int, "Open connections above which new clients get HTTP 503."),
+    ("max_connections", int, "Open connections above which new clients get HTTP 503, "
+     "before their request is read."),
+    ("max_pending_handshakes", int, "Connections accepted but not yet upgraded; a new one "
+     "beyond it cuts the oldest, so silent connections cannot use up descriptors."),
     ("max_header_bytes", int, "Largest HTTP request head (request line and headers), in "
      "bytes (HTTP 431)."),
     ("handshake_timeout", float, "Seconds a client has to complete the HTTP upgrade."),

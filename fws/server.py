@@ -30,7 +30,8 @@ from .deflate import COMPRESSION_CHOICES, DeflateSettings, PerMessageDeflate, ne
 from .errors import ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
-from .handshake import ConnectionHandler, ProxyNetworks
+from .handshake import ConnectionHandler, ProxyNetworks, refuse_at_capacity
+from .pending import PendingHandshakes
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .static import StaticFiles
@@ -79,7 +80,21 @@ class _WSGIServer(WSGIServer):
     without a timeout: a client that opens TCP and says nothing would hold a
     greenlet and a descriptor forever, and a failed handshake (a scanner, or
     plain HTTP sent to a wss port) would print a traceback.
+
+    Every accepted connection is pending (``Server.pending_handshakes``) from
+    the accept until its upgrade or its end; above ``max_connections`` a
+    client gets 503 before a byte of its request is read.
     """
+
+    def do_handle(self, client_socket: Any, address: Any) -> None:
+        # In the hub, as the connection is accepted: the bound holds even for
+        # connections whose greenlet has not started yet.
+        self.application.pending_handshakes.add(client_socket, client_socket.fileno())
+        super().do_handle(client_socket, address)
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        self.application.pending_handshakes.discard(sock)
+        super().do_close(sock, *args)
 
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
         # One deadline for the whole handshake: a socket timeout would restart
@@ -94,15 +109,25 @@ class _WSGIServer(WSGIServer):
             return None
         detached = False
         try:
-            detached = self.handle(tls_socket, address)
+            detached = self.handle(tls_socket, address, token=client_socket)
         finally:
             if not detached:
                 tls_socket.close()
         return None
 
-    def handle(self, sock: Any, address: Any) -> bool:
-        """Handle one client; True when its socket now belongs to an open connection."""
+    def handle(self, sock: Any, address: Any, token: object = None) -> bool:
+        """Handle one client; True when its socket now belongs to an open connection.
+
+        ``token``: the connection's entry in ``pending_handshakes`` when it is
+        not ``sock`` (the accepted socket, under TLS).
+        """
+        server = self.application
+        if server.at_connection_limit():
+            server.table.stats.handshakes[503] += 1
+            refuse_at_capacity(sock, address)
+            return False
         handler = self.handler_class(sock, address, self)
+        handler.pending_token = sock if token is None else token
         handler.handle()
         return handler.detached
 
@@ -113,6 +138,12 @@ class Server:
     Pipelines (``None``: take the event's pipeline from ``registry``, which
     defaults to the active registry; pass ``Pipeline()`` for none):
     ``connect``, ``open``, ``data``, ``message``, ``disconnect``, ``consumer``.
+
+    ``max_connections`` counts open connections and upgrades in progress; a
+    client accepted above it gets 503 before its request is read (so do plain
+    HTTP requests). ``max_pending_handshakes`` bounds the TCP connections
+    accepted but not yet upgraded; the oldest is cut to admit a new one (see
+    ``fws.pending`` for why the oldest).
 
     ``max_messages_per_second`` limits each client's messages (and pings, which
     cost an answer) with a token bucket of ``message_burst`` messages (``None``:
@@ -145,6 +176,7 @@ class Server:
         max_message_size: int | None = 2**20,
         max_outbound_bytes: int | None = 4 * 2**20,
         max_connections: int | None = None,
+        max_pending_handshakes: int | None = 1024,
         origins: Collection[str] | None = None,
         max_header_bytes: int | None = 16 * 1024,
         max_messages_per_second: float | None = None,
@@ -242,6 +274,11 @@ class Server:
         self.static = StaticFiles(static) if static is not None else None
         self.upgrades_in_progress = 0
         """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
+        try:
+            self.pending_handshakes = PendingHandshakes(max_pending_handshakes, self.table.stats)
+            """TCP connections accepted and not yet upgraded; see ``fws.pending``."""
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -400,6 +437,11 @@ class Server:
                     shared = compressed[deflate.shared_key] = encode_message(data, deflate)
                 sent += connection.send_frame(shared)
         return sent
+
+    def at_connection_limit(self) -> bool:
+        """True when a new client is refused with 503 (``max_connections`` reached)."""
+        limit = self.max_connections
+        return limit is not None and len(self.users) + self.upgrades_in_progress >= limit
 
     def negotiate_compression(self, offers: Sequence[ExtensionOffer]) -> PerMessageDeflate | None:
         """The permessage-deflate codec for a client's extension offers, or None."""

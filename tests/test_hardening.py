@@ -7,18 +7,27 @@ read, and a fragment storm next to a normal client.
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
+import threading
 import time
+from collections import deque
 
 import pytest
 import websockets.sync.client as ws_sync
 from helpers import (
+    LOOPBACK,
     ServerProcess,
+    TLSFiles,
     raw_upgrade,
     read_server_frame,
+    read_until_eof,
     run_fws_server,
     run_server,
+    upgrade_request,
     url,
+    wait_for,
 )
 from websockets.exceptions import ConnectionClosed
 
@@ -138,3 +147,156 @@ def test_a_burst_without_a_rate_is_a_usage_error():
     result = run_fws_server(["-f", "echo", "--message-burst", "5"])
     assert result.returncode == 2
     assert "message_burst needs max_messages_per_second" in result.stderr
+
+
+# -- pending handshakes and the connection limit ------------------------------------
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def echo_round_trip(server_url: str, text: str, **kwargs) -> float:
+    """Connect, echo ``text`` once, close; return the seconds it all took."""
+    started = time.monotonic()
+    with ws_sync.connect(server_url, open_timeout=5, **kwargs) as client:
+        client.send(text)
+        assert client.recv(timeout=5) == text
+    return time.monotonic() - started
+
+
+def test_a_flood_of_silent_connections_neither_exhausts_descriptors_nor_keeps_clients_out():
+    # 1000 connections at up to 500 a second: 100 pending ones are replaced
+    # every 0.2 s, and a normal client must upgrade within that to stay in.
+    limit, total, pause = 100, 1000, 0.002
+    args = ["-f", "echo", "--host", "127.0.0.1", "--port", "0"]
+    with ServerProcess([*args, "--max-pending-handshakes", str(limit)]) as srv:
+        pid = srv.process.pid
+        echo_round_trip(srv.url, "warm up")
+        baseline = open_descriptors(pid)
+        flooding = threading.Event()
+        opened: list[int] = []
+        errors: list[BaseException] = []
+
+        def flood() -> None:
+            held: deque[socket.socket] = deque()  # the flood's own descriptors stay bounded
+            try:
+                for _ in range(total):
+                    held.append(socket.create_connection((LOOPBACK, srv.port), timeout=5))
+                    opened.append(1)
+                    if len(held) > 3 * limit:
+                        held.popleft().close()
+                    if len(opened) == 2 * limit:
+                        flooding.set()
+                    time.sleep(pause)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                flooding.set()
+                for sock in held:
+                    sock.close()
+
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        assert flooding.wait(30)
+        most = 0
+        round_trips = []
+        while flooder.is_alive():
+            most = max(most, open_descriptors(pid))
+            round_trips.append(echo_round_trip(srv.url, f"during the flood {len(opened)}"))
+        flooder.join()
+        assert not errors, (errors, srv.output[-2000:])
+        assert len(opened) == total
+        assert len(round_trips) >= 3, "the flood ended before clients tried"
+        assert max(round_trips) < 1.0, round_trips
+        # Cut connections are closed by their greenlets a moment later: allow
+        # for those, but not for the flood (1000 without the bound).
+        assert most - baseline < 3 * limit, (baseline, most)
+        assert srv.process.poll() is None
+        srv.stop()
+    assert "handshakes pending: cutting the oldest" in srv.output
+    assert srv.output.count("cutting the oldest") == 1  # one warning, not one per cut
+
+
+def test_an_upgraded_connection_is_never_cut_as_pending():
+    with run_server(message=Echo, max_pending_handshakes=3) as server:
+        with ws_sync.connect(url(server)) as client:
+            silent = [socket.create_connection((LOOPBACK, server.address[1])) for _ in range(10)]
+            # The first seven were cut: they see EOF (or a reset), the last three wait.
+            for sock in silent[:7]:
+                try:
+                    assert read_until_eof(sock, timeout=5) == b""
+                except ConnectionResetError:
+                    pass
+            wait_for(lambda: len(server.pending_handshakes) == 3, 5)
+            client.send("still open")
+            assert client.recv(timeout=5) == "still open"
+            for sock in silent:
+                sock.close()
+        assert server.table.stats.disconnects["pending_evicted"] == 7
+
+
+def test_silent_connections_in_the_tls_handshake_are_bounded_too(tmp_path):
+    tls = TLSFiles(tmp_path)
+    with run_server(message=Echo, max_pending_handshakes=4, **tls.server_settings) as server:
+        port = server.address[1]
+        silent = [socket.create_connection((LOOPBACK, port), timeout=5) for _ in range(12)]
+        for sock in silent[:8]:  # no TLS hello: cut as the others arrive
+            try:
+                assert read_until_eof(sock) == b""
+            except ConnectionResetError:
+                pass
+        wss = f"wss://127.0.0.1:{port}/"
+        assert echo_round_trip(wss, "over TLS", ssl=tls.client_context) < 1.0
+        for sock in silent:
+            sock.close()
+        wait_for(lambda: len(server.pending_handshakes) == 0, 5)
+        assert server.table.stats.disconnects["pending_evicted"] >= 8
+
+
+def test_above_max_connections_a_client_gets_503_before_sending_a_byte():
+    with run_server(message=Echo, max_connections=1) as server:
+        port = server.address[1]
+        with ws_sync.connect(url(server)) as client:
+            silent = socket.create_connection((LOOPBACK, port), timeout=5)
+            response = read_until_eof(silent)  # nothing sent: not even a request line
+            assert response.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), response
+            assert b"\r\nConnection: close\r\n" in response
+            assert response.endswith(b"\r\n\r\nserver is at its connection limit\n")
+            silent.close()
+            # A client that sends its request at once reads the same answer.
+            eager = socket.create_connection((LOOPBACK, port), timeout=5)
+            eager.sendall(upgrade_request(port))
+            assert read_until_eof(eager).startswith(b"HTTP/1.1 503 ")
+            eager.close()
+            client.send("the open one is untouched")
+            assert client.recv(timeout=5) == "the open one is untouched"
+        assert server.table.stats.handshakes[503] == 2
+        wait_for(lambda: not server.users, 5)
+        assert echo_round_trip(url(server), "room again") < 5
+
+
+def test_above_max_connections_a_tls_client_gets_503_after_tls_before_its_request(tmp_path):
+    import ssl
+
+    tls = TLSFiles(tmp_path)
+    with run_server(message=Echo, max_connections=1, **tls.server_settings) as server:
+        port = server.address[1]
+        with ws_sync.connect(f"wss://127.0.0.1:{port}/", ssl=tls.client_context) as client:
+            raw = socket.create_connection((LOOPBACK, port), timeout=5)
+            sock = tls.client_context.wrap_socket(raw, server_hostname=LOOPBACK)
+            response = b""
+            try:
+                while chunk := sock.recv(4096):
+                    response += chunk
+            except (ssl.SSLError, ConnectionResetError):
+                pass  # the server shut the link after its answer
+            assert response.startswith(b"HTTP/1.1 503 "), response
+            sock.close()
+            client.send("fine")
+            assert client.recv(timeout=5) == "fine"
+
+
+def test_max_pending_handshakes_below_one_is_refused():
+    with pytest.raises(ConfigurationError, match="at least 1"):
+        fws.Server(max_pending_handshakes=0)
