@@ -69,7 +69,7 @@ PARK_AFTER = 1.0
 FRAME_BUDGET = 1024
 """Frames a reader parses before it lets the hub run other connections and timers."""
 
-_FIRST_READ = 65536
+_FIRST_READ = 16384
 """Bytes a burst's first read may take, before the reader has seen how large the frames are."""
 
 _MIN_READ = 4096
