@@ -446,6 +446,8 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
     if options["require_subprotocol"] and not options["subprotocols"]:
         raise click.UsageError("--require-subprotocol needs at least one --subprotocol NAME")
+    if options["message_burst"] and not options["max_messages_per_second"]:
+        raise click.UsageError("--message-burst needs --max-messages-per-second RATE")
     storage_options = {opt.name: options.pop(opt.name) for opt in storage_class.options}
     try:
         loaded = [load_filter_module(name) for name in options["filters"]]

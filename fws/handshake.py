@@ -299,7 +299,7 @@ class ConnectionHandler(WebSocketHandler):
         return None
 
     def _answer_and_linger(self, status: str, response: bytes) -> None:
-        """Send an error response, then discard what the client still sends (see ``linger``)."""
+        """Send an error response, then discard what the client still sends, for a while."""
         self.status = status
         self.close_connection = True
         answer_and_linger(self.socket, response)

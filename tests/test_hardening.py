@@ -146,7 +146,7 @@ def test_the_command_line_rate_limit_closes_a_fast_client(tmp_path):
 def test_a_burst_without_a_rate_is_a_usage_error():
     result = run_fws_server(["-f", "echo", "--message-burst", "5"])
     assert result.returncode == 2
-    assert "message_burst needs max_messages_per_second" in result.stderr
+    assert "--message-burst needs --max-messages-per-second" in result.stderr
 
 
 # -- pending handshakes and the connection limit ------------------------------------
