@@ -214,8 +214,9 @@ def test_a_flood_of_silent_connections_neither_exhausts_descriptors_nor_keeps_cl
         assert most - baseline < 3 * limit, (baseline, most)
         assert srv.process.poll() is None
         srv.stop()
-    assert "handshakes pending: cutting the oldest" in srv.output
-    assert srv.output.count("cutting the oldest") == 1  # one warning, not one per cut
+    assert "100 handshakes pending: cutting the oldest" in srv.output
+    # About 900 were cut: one warning every 10 s, not one line per cut.
+    assert srv.output.count("cutting the oldest") <= 3
 
 
 def test_an_upgraded_connection_is_never_cut_as_pending():
