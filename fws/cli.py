@@ -203,10 +203,17 @@ def _storage_click_options(storage_class: type[Storage]) -> list[click.Option]:
 LIMITS: tuple[tuple[str, type, str], ...] = (
     ("max_message_size", int, "Largest message a client may send, in bytes (close 1009)."),
     ("max_outbound_bytes", int, "Bytes queued for a client before it is closed as too slow."),
-    ("max_connections", int, "Open connections above which new clients get HTTP 503."),
+    ("max_connections", int, "Open connections above which new clients get HTTP 503, "
+     "before their request is read."),
+    ("max_pending_handshakes", int, "Connections accepted but not yet upgraded; a new one "
+     "beyond it cuts the oldest, so silent connections cannot use up descriptors."),
     ("max_header_bytes", int, "Largest HTTP request head (request line and headers), in "
      "bytes (HTTP 431)."),
     ("handshake_timeout", float, "Seconds a client has to complete the HTTP upgrade."),
+    ("max_messages_per_second", float, "Messages (pings count too) each client may send per "
+     "second, on average; a client over it is closed with 1008 'rate limit'."),
+    ("message_burst", int, "Messages a client may send at once within "
+     "--max-messages-per-second (the token bucket's size). 0: twice the rate."),
     ("ping_interval", float, "Seconds between keepalive pings."),
     ("ping_timeout", float, "Seconds to wait for a pong before closing with 1011."),
     ("idle_timeout", float, "Close clients that send no message for this many seconds."),
@@ -226,7 +233,7 @@ def _limit_options() -> list[click.Option]:
             type=click.IntRange(min=0) if kind is int else click.FloatRange(min=0),
             default=_server_default(name) or 0,
             show_default=True,
-            help=f"{text} 0: off.",
+            help=text if " 0: " in text else f"{text} 0: off.",
         )
         for name, kind, text in LIMITS
     ]
@@ -477,6 +484,8 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
             "--app and --static cannot be combined: the app gets every plain HTTP request, "
             "so serve the files from the app"
         )
+    if options["message_burst"] and not options["max_messages_per_second"]:
+        raise click.UsageError("--message-burst needs --max-messages-per-second RATE")
     storage_options = {opt.name: options.pop(opt.name) for opt in storage_class.options}
     try:
         loaded = [load_filter_module(name) for name in options["filters"]]

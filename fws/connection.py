@@ -66,6 +66,20 @@ PARK_AFTER = 1.0
 """Seconds a reader waits for more before it may give way to a watcher (see park_if_quiet)."""
 
 
+FRAME_BUDGET = 1024
+"""Frames a reader parses before it lets the hub run other connections and timers."""
+
+_FIRST_READ = 16384
+"""Bytes a burst's first read may take, before the reader has seen how large the frames are."""
+
+_MIN_READ = 4096
+
+_YIELD = 1e-6
+"""A sleep this long ends the hub's run of callbacks: it polls I/O and fires timers.
+
+libev starts the timer from the time it cached before this reader ran, so it
+is already due when the hub next polls: the poll does not block."""
+
 _NO_GROUPS: frozenset[str] = frozenset()
 """Shared by every connection in no group (each empty frozenset() would be its own object)."""
 
@@ -116,6 +130,7 @@ class Connection:
         "_last_message_at",
         "_last_ping_at",
         "_awaiting_pong",
+        "_rate_due",
         "_opening",
         "_deadline",
         "claims",
@@ -160,6 +175,7 @@ class Connection:
         self._close_timer: gevent.Greenlet | None = None
         self._last_message_at = self._last_ping_at = time.monotonic()
         self._awaiting_pong = False
+        self._rate_due = 0.0  # the rate limit's theoretical arrival time (see _over_rate)
         # While open() runs (storage registration, the open pipeline): the greenlet
         # running it, and the frames other greenlets queued meanwhile, held back.
         self._opening: tuple[Any, list[bytes]] | None = None
@@ -519,12 +535,16 @@ class Connection:
         # is parsed before this greenlet can yield to another reader.
         buffer = self.table.read_buffer
         view = memoryview(buffer)
+        parser = self._parser
+        assert parser is not None
+        read_size = _FIRST_READ
         unyielded = 0
+        frames_at_yield = parser.frames
         while True:
             self._last_read_at = time.monotonic()
             self._in_recv = True
             try:
-                size = recv_into(buffer)
+                size = recv_into(buffer, read_size)
             except _Park:
                 return False
             # Reset, TLS failure, or shut down by _abort_transport (a TLS socket
@@ -533,15 +553,34 @@ class Connection:
                 return True
             finally:
                 self._in_recv = False
+            frames_before = parser.frames
             if not size or self._handle_chunk(view[:size]):
                 return True
+            # Parsing costs about a microsecond a frame whatever its size: 256 KiB
+            # of one-byte fragments is 37,000 frames, 40 ms. Size the next read
+            # to hold about FRAME_BUDGET frames of the kind this client sends.
+            frames = parser.frames - frames_before
+            if frames:
+                read_size = min(READ_SIZE, max(_MIN_READ, size * FRAME_BUDGET // frames))
+            else:  # part of a large frame
+                read_size = READ_SIZE
             # gevent's recv returns at once while data is waiting, so a client
             # that never pauses would keep the hub from writers (this
             # connection's own echoes too), other readers and timers.
             unyielded += size
-            if unyielded >= READ_SIZE or self._outbox_bytes >= READ_SIZE:
+            if (
+                unyielded >= READ_SIZE
+                or parser.frames - frames_at_yield >= FRAME_BUDGET
+                or self._outbox_bytes >= READ_SIZE
+            ):
                 unyielded = 0
-                gevent.sleep(0)
+                frames_at_yield = parser.frames
+                # Not sleep(0): that only queues this greenlet behind the hub's
+                # other callbacks, and gevent runs up to 50 of them before it
+                # looks at the clock, let alone polls sockets, so a storm of
+                # tiny frames held every other connection for the whole storm.
+                # A timer makes the hub finish its callbacks, poll and fire timers.
+                gevent.sleep(_YIELD)
 
     def _handle_chunk(self, chunk: bytes | memoryview) -> bool:
         """Run the pipelines for one chunk; True once the client's close has arrived."""
@@ -559,12 +598,17 @@ class Connection:
             failure = None
         except ProtocolError as exc:
             events, failure = exc.events, exc  # type: ignore[assignment]
+        limited = self.settings.max_messages_per_second is not None
         for event in events:
             if type(event) is Message:
                 if self.state is State.OPEN:
-                    self._last_message_at = time.monotonic()
+                    self._last_message_at = now = time.monotonic()
+                    if limited and self._over_rate(now):
+                        continue
                     dispatch("message", self, event.data)
             elif type(event) is Ping:
+                if limited and self._over_rate(time.monotonic()):
+                    continue
                 # Counted against max_outbound_bytes like any message: a client
                 # that floods pings and never reads is closed, not buffered for.
                 self.send_frame(encode_frame(OP_PONG, event.payload))
@@ -582,6 +626,33 @@ class Connection:
             log.info("connection %s: protocol error: %s", self.id, failure)
             self._failed = True
             self._start_close(failure.code, failure.reason)
+        return False
+
+    def _over_rate(self, now: float) -> bool:
+        """Count one message against the rate limit; close the connection if it is over.
+
+        A token bucket as GCRA: one timestamp instead of a count and a refill
+        time, and no clock read of its own (the caller has one). ``_rate_due``
+        is when the bucket will be full again; a message moves it on by one
+        interval, and a message that would move it more than ``message_burst``
+        intervals past now is over the rate.
+        """
+        settings = self.settings
+        assert settings.max_messages_per_second is not None
+        interval = 1.0 / settings.max_messages_per_second
+        due = max(self._rate_due, now) + interval
+        # The tolerance's 1e-9 keeps float rounding from refusing the burst's last message.
+        if due - now > settings.message_burst * interval + 1e-9:
+            if self.state is State.OPEN:
+                log.info(
+                    "connection %s: over %g messages a second, closing",
+                    self.id,
+                    settings.max_messages_per_second,
+                )
+                self.table.stats.disconnects["rate_limit"] += 1
+                self._start_close(1008, "rate limit")
+            return True
+        self._rate_due = due
         return False
 
     def _finish(self) -> None:

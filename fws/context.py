@@ -37,6 +37,9 @@ class ConnectionSettings:
     ping_timeout: float | None = 20.0
     idle_timeout: float | None = None
     close_timeout: float = 5.0
+    max_messages_per_second: float | None = None
+    message_burst: int = 1
+    """Messages a client may send at once within the rate (the bucket's size)."""
 
 
 class ConnectionTable:

@@ -49,7 +49,13 @@ from .pipeline import DROP
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["ConnectionHandler", "ProxyNetworks", "printable"]
+__all__ = [
+    "ConnectionHandler",
+    "ProxyNetworks",
+    "answer_and_linger",
+    "printable",
+    "refuse_at_capacity",
+]
 
 log = logging.getLogger("fws.handshake")
 
@@ -176,6 +182,46 @@ class _BoundedReader:
         return getattr(self._raw, name)
 
 
+def answer_and_linger(sock: Any, response: bytes) -> None:
+    """Send an error response, then read what the client is still sending, for a while.
+
+    Closing a socket with unread bytes sends a reset, and the client's
+    kernel then drops our answer unread: a client still sending a 2 MB
+    head would see "connection reset" instead of the 431. So, as nginx's
+    lingering close does, stop writing and discard input for up to
+    ``LINGER_SECONDS`` or ``LINGER_BYTES`` first.
+    """
+    try:
+        sock.sendall(response)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        discarded = 0
+        while discarded < LINGER_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            discarded += len(chunk)
+    except OSError:
+        pass  # the client is gone or too slow: nothing more is owed to it
+
+
+def refuse_at_capacity(sock: Any, address: Any) -> None:
+    """Answer 503 to a client accepted above ``max_connections``, without reading its request.
+
+    Parsing a request head that will be refused anyway costs a greenlet, up
+    to ``max_header_bytes`` of buffer and ``handshake_timeout`` seconds of a
+    descriptor; at capacity, the answer is the same for every request.
+    Health probes on this port get it too.
+    """
+    peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address or "-")
+    log.info("client %s refused: 503 server is at its connection limit", peer)
+    answer_and_linger(sock, _AT_CAPACITY_RESPONSE)
+
+
 class ConnectionHandler(WebSocketHandler):
     """pywsgi's per-client handler, with fws's upgrade in place of gevent-websocket's.
 
@@ -188,6 +234,8 @@ class ConnectionHandler(WebSocketHandler):
     requestline: str | None
     detached = False
     """True once the upgraded socket belongs to a ``Connection``, not to pywsgi."""
+    pending_token: Any = None
+    """This connection's entry in ``server.pending_handshakes``, ended at the upgrade."""
 
     def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
         # pywsgi's default 8 KiB read buffer would stay allocated for the whole
@@ -251,32 +299,10 @@ class ConnectionHandler(WebSocketHandler):
         return None
 
     def _answer_and_linger(self, status: str, response: bytes) -> None:
-        """Send an error response, then read what the client is still sending, for a while.
-
-        Closing a socket with unread bytes sends a reset, and the client's
-        kernel then drops our answer unread: a client still sending a 2 MB
-        head would see "connection reset" instead of the 431. So, as nginx's
-        lingering close does, stop writing and discard input for up to
-        ``LINGER_SECONDS`` or ``LINGER_BYTES`` first.
-        """
+        """Send an error response, then discard what the client still sends, for a while."""
         self.status = status
         self.close_connection = True
-        try:
-            self.socket.sendall(response)
-            self.socket.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER_SECONDS
-            discarded = 0
-            while discarded < LINGER_BYTES:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self.socket.settimeout(remaining)
-                chunk = self.socket.recv(65536)
-                if not chunk:
-                    break
-                discarded += len(chunk)
-        except OSError:
-            pass  # the client is gone or too slow: nothing more is owed to it
+        answer_and_linger(self.socket, response)
 
     def _peer_text(self) -> str:
         address = self.client_address
@@ -417,8 +443,7 @@ class ConnectionHandler(WebSocketHandler):
             origin = headers.get("origin")
             if origin is not None and origin not in server.origins:
                 return Reject(403, f"origin {printable(origin, 100)} is not allowed")
-        limit = server.max_connections
-        if limit is not None and len(server.users) + server.upgrades_in_progress >= limit:
+        if server.at_connection_limit():
             return Reject(503, "server is at its connection limit")
         if server.require_subprotocol and not _first_offered(
             server.subprotocols, request.subprotocols
@@ -466,6 +491,8 @@ class ConnectionHandler(WebSocketHandler):
         self._stop_handshake_timer()
         received = self._take_buffered()
         self._release_place()  # open() puts the connection in users before it yields
+        # No longer pending: a flood must not cut an open WebSocket.
+        self.application.pending_handshakes.discard(self.pending_token)
         # The connection owns the socket from here on; this greenlet, the
         # handler and its buffers end with the handshake.
         sock = self._detach_socket()
@@ -553,3 +580,8 @@ def _plain_response(status: int, phrase: str, reason: str) -> bytes:
         f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode("latin-1") + body
+
+
+_AT_CAPACITY_RESPONSE = _plain_response(
+    503, "Service Unavailable", "server is at its connection limit"
+)

@@ -30,8 +30,9 @@ from .deflate import COMPRESSION_CHOICES, DeflateSettings, PerMessageDeflate, ne
 from .errors import ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
-from .handshake import ConnectionHandler, ProxyNetworks
+from .handshake import ConnectionHandler, ProxyNetworks, refuse_at_capacity
 from .http import WSGIApp, route
+from .pending import PendingHandshakes
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .static import StaticFiles
@@ -74,7 +75,21 @@ class _WSGIServer(WSGIServer):
     without a timeout: a client that opens TCP and says nothing would hold a
     greenlet and a descriptor forever, and a failed handshake (a scanner, or
     plain HTTP sent to a wss port) would print a traceback.
+
+    Every accepted connection is pending (``Server.pending_handshakes``) from
+    the accept until its upgrade or its end; above ``max_connections`` a
+    client gets 503 before a byte of its request is read.
     """
+
+    def do_handle(self, client_socket: Any, address: Any) -> None:
+        # In the hub, as the connection is accepted: the bound holds even for
+        # connections whose greenlet has not started yet.
+        self.application.pending_handshakes.add(client_socket, client_socket.fileno())
+        super().do_handle(client_socket, address)
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        self.application.pending_handshakes.discard(sock)
+        super().do_close(sock, *args)
 
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
         # One deadline for the whole handshake: a socket timeout would restart
@@ -89,15 +104,25 @@ class _WSGIServer(WSGIServer):
             return None
         detached = False
         try:
-            detached = self.handle(tls_socket, address)
+            detached = self.handle(tls_socket, address, token=client_socket)
         finally:
             if not detached:
                 tls_socket.close()
         return None
 
-    def handle(self, sock: Any, address: Any) -> bool:
-        """Handle one client; True when its socket now belongs to an open connection."""
+    def handle(self, sock: Any, address: Any, token: object = None) -> bool:
+        """Handle one client; True when its socket now belongs to an open connection.
+
+        ``token``: the connection's entry in ``pending_handshakes`` when it is
+        not ``sock`` (the accepted socket, under TLS).
+        """
+        server = self.application
+        if server.at_connection_limit():
+            server.table.stats.handshakes[503] += 1
+            refuse_at_capacity(sock, address)
+            return False
         handler = self.handler_class(sock, address, self)
+        handler.pending_token = sock if token is None else token
         handler.handle()
         return handler.detached
 
@@ -108,6 +133,19 @@ class Server:
     Pipelines (``None``: take the event's pipeline from ``registry``, which
     defaults to the active registry; pass ``Pipeline()`` for none):
     ``connect``, ``open``, ``data``, ``message``, ``disconnect``, ``consumer``.
+
+    ``max_connections`` counts open connections and upgrades in progress; a
+    client accepted above it gets 503 before its request is read (so do plain
+    HTTP requests). ``max_pending_handshakes`` bounds the TCP connections
+    accepted but not yet upgraded; the oldest is cut to admit a new one (see
+    ``fws.pending`` for why the oldest).
+
+    ``max_messages_per_second`` limits each client's messages (and pings, which
+    cost an answer) with a token bucket of ``message_burst`` messages (``None``:
+    twice the rate, at least 1); a client over it is closed with 1008 "rate
+    limit". Off by default: the right rate is the application's (a game sends
+    60 a second, a chat one), and one fast client cannot starve the others
+    anyway, since readers yield to the hub after every 1024 frames.
     """
 
     def __init__(
@@ -133,8 +171,11 @@ class Server:
         max_message_size: int | None = 2**20,
         max_outbound_bytes: int | None = 4 * 2**20,
         max_connections: int | None = None,
+        max_pending_handshakes: int | None = 1024,
         origins: Collection[str] | None = None,
         max_header_bytes: int | None = 16 * 1024,
+        max_messages_per_second: float | None = None,
+        message_burst: int | None = None,
         # The handshake: subprotocols offered (the first the client also offers is
         # chosen), whether a client must offer one, permessage-deflate ("off",
         # "deflate" for DeflateSettings(), or DeflateSettings of your own), and
@@ -213,6 +254,14 @@ class Server:
         except ValueError as exc:
             raise ConfigurationError(f"trusted proxy: {exc}") from None
         self.handshake_timeout = handshake_timeout
+        if max_messages_per_second is not None and max_messages_per_second <= 0:
+            raise ConfigurationError("max_messages_per_second must be more than 0 (None: off)")
+        if message_burst is None:
+            message_burst = max(1, round(2 * (max_messages_per_second or 0)))
+        elif max_messages_per_second is None:
+            raise ConfigurationError("message_burst needs max_messages_per_second")
+        elif message_burst < 1:
+            raise ConfigurationError("message_burst must be at least 1")
         self.connection_settings = ConnectionSettings(
             max_message_size=max_message_size,
             max_outbound_bytes=max_outbound_bytes,
@@ -220,6 +269,8 @@ class Server:
             ping_timeout=ping_timeout,
             idle_timeout=idle_timeout,
             close_timeout=close_timeout,
+            max_messages_per_second=max_messages_per_second,
+            message_burst=message_burst,
         )
         self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
         self.table = ConnectionTable(
@@ -242,6 +293,11 @@ class Server:
         """True from the moment ``stop()`` is called: /ready says 503, upgrades get 503."""
         self.upgrades_in_progress = 0
         """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
+        try:
+            self.pending_handshakes = PendingHandshakes(max_pending_handshakes, self.table.stats)
+            """TCP connections accepted and not yet upgraded; see ``fws.pending``."""
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -425,6 +481,11 @@ class Server:
                     shared = compressed[deflate.shared_key] = encode_message(data, deflate)
                 sent += connection.send_frame(shared)
         return sent
+
+    def at_connection_limit(self) -> bool:
+        """True when a new client is refused with 503 (``max_connections`` reached)."""
+        limit = self.max_connections
+        return limit is not None and len(self.users) + self.upgrades_in_progress >= limit
 
     def negotiate_compression(self, offers: Sequence[ExtensionOffer]) -> PerMessageDeflate | None:
         """The permessage-deflate codec for a client's extension offers, or None."""

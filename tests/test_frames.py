@@ -257,3 +257,34 @@ def test_text_if_utf8_keeps_binary_that_is_not_utf8():
     assert text_if_utf8("é") == "é"
     assert text_if_utf8("é".encode()) == "é"
     assert text_if_utf8(bytearray(b"\xff\x00")) == b"\xff\x00"
+
+
+def test_a_message_of_many_fragments_is_kept_in_one_buffer():
+    parser = FrameParser(max_message_size=2**20)
+    parser.feed(client_frame(OP_BINARY, b"a", fin=False))
+    assert parser.feed(client_frame(OP_CONTINUATION, b"b", fin=False) * 10_000) == []
+    assert isinstance(parser._fragments, bytearray)
+    assert len(parser._fragments) == 10_001
+    (message,) = parser.feed(client_frame(OP_CONTINUATION, b"c"))
+    assert message == Message(b"a" + b"b" * 10_000 + b"c")
+    assert parser._fragments == bytearray()  # the next message starts afresh
+
+
+def test_a_character_split_across_fragments_is_decoded_once_whole():
+    euro = "€".encode()  # three bytes, one per fragment
+    parser = FrameParser()
+    events = parser.feed(
+        client_frame(OP_TEXT, euro[:1], fin=False)
+        + client_frame(OP_CONTINUATION, euro[1:2], fin=False)
+        + client_frame(OP_CONTINUATION, euro[2:])
+    )
+    assert events == [Message(TextMessage("€"))]
+    assert type(events[0].data) is TextMessage
+
+
+def test_the_parser_counts_every_frame_it_parses():
+    parser = FrameParser()
+    parser.feed(client_frame(OP_TEXT, b"one") + client_frame(OP_PING, b"") + b"\x81")
+    assert parser.frames == 2  # the third frame is not complete yet
+    parser.feed(client_frame(OP_TEXT, b"two")[1:])
+    assert parser.frames == 3
