@@ -27,6 +27,7 @@ from .config import read_config
 from .deflate import COMPRESSION_CHOICES, DeflateSettings
 from .errors import ConfigurationError
 from .events import WebSocketConnectFilter
+from .logformat import LOG_FORMATS, configure_logging
 from .modules import builtin_filter_names, load_filter_module, load_storage_class
 from .registry import Registry, filters_defined_in
 from .storage.base import Storage
@@ -409,6 +410,16 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             default="info",
             show_default=True,
         ),
+        click.Option(
+            ["--log-format"],
+            type=click.Choice(LOG_FORMATS, case_sensitive=False),
+            default="text",
+            show_default=True,
+            help="Log lines on stderr: text (one readable line each, for a terminal or "
+            "journalctl) or json (one JSON object per line with the fields as keys, for a "
+            "log collector). Text is the default because a person running the server "
+            "reads it first; client-sent values are escaped in both.",
+        ),
         click.Option(["-q", "--quiet"], is_flag=True, help="Log only warnings and errors."),
         *_jwt_options(),
     ]
@@ -430,10 +441,10 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
 def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
     from .server import Server, serve_until_signalled, tls_context
 
-    logging.basicConfig(
-        level="WARNING" if options["quiet"] else options["log_level"].upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    configure_logging(
+        "WARNING" if options["quiet"] else options["log_level"].upper(),
+        options["log_format"].lower(),
+        sys.stderr,
     )
     if options["key"] and not options["cert"]:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
