@@ -25,7 +25,7 @@ from . import __version__
 from .allocator import tune_for_server
 from .config import read_config
 from .deflate import COMPRESSION_CHOICES, DeflateSettings
-from .errors import ConfigurationError
+from .errors import BackgroundTaskFailed, ConfigurationError
 from .events import WebSocketConnectFilter
 from .logformat import LOG_FORMATS, configure_logging
 from .modules import builtin_filter_names, load_filter_module, load_storage_class
@@ -206,6 +206,9 @@ LIMITS: tuple[tuple[str, type, str], ...] = (
     ("ping_interval", float, "Seconds between keepalive pings."),
     ("ping_timeout", float, "Seconds to wait for a pong before closing with 1011."),
     ("idle_timeout", float, "Close clients that send no message for this many seconds."),
+    ("max_consumer_queue", int, "Items (pub/sub messages) waiting for the consumer pipeline; "
+     "when it is full new items are dropped, counted and logged, never left to grow "
+     "memory or to stall the pub/sub listener."),
 )
 
 
@@ -502,7 +505,10 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         raise click.ClickException(
             f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
         ) from None
-    serve_until_signalled(server)
+    try:
+        serve_until_signalled(server)
+    except BackgroundTaskFailed as exc:  # logged with its traceback already
+        raise click.ClickException(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
