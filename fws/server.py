@@ -19,7 +19,6 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.pool
-import gevent.queue
 import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
@@ -214,9 +213,8 @@ class Server:
             idle_timeout=idle_timeout,
             close_timeout=close_timeout,
         )
-        self.queue = ConsumerQueue(
-            max_consumer_queue or None, on_drop=self._count_consumer_drop
-        )
+        self.queue = ConsumerQueue(max_consumer_queue or None, on_drop=self._count_consumer_drop)
+        """Items for the consumer pipeline; ``put`` never blocks (see ``fws.consumer``)."""
         self.table = ConnectionTable(
             storage=self.storage_object,
             queue=self.queue,
