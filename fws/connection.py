@@ -677,12 +677,12 @@ class Connection:
         path = self._log_path()
         reason = printable(info.reason, 123)  # the most a close frame can carry
         log.info(
-            "connection %s closed by %s: code %d%s; peer %s, path %s, %.3f s, "
+            "connection %s closed: code %d%s by %s; peer %s, path %s, %.3f s, "
             "in %d msgs %d B, out %d msgs %d B",
             self.id,
-            closed_by,
             info.code,
             f" ({reason})" if reason else "",
+            closed_by,
             peer,
             path,
             duration,

@@ -124,7 +124,7 @@ def test_connection_end_line_has_its_totals_and_an_escaped_path(caplog):
     assert 0 <= fields["duration"] < 30
     message = record.getMessage()
     assert "secret" not in message
-    assert "closed by client: code 4000 (bye\\nFORGED\\x1b[2J)" in message
+    assert "closed: code 4000 (bye\\nFORGED\\x1b[2J) by client;" in message
     assert "in 2 msgs" in message and "out 2 msgs" in message
     for logged in caplog.records:
         _assert_clean(logged.getMessage())
