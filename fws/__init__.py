@@ -10,6 +10,7 @@ from .connection import Connection as Connection
 from .datatypes import CloseInfo as CloseInfo
 from .datatypes import Request as Request
 from .datatypes import TextMessage as TextMessage
+from .errors import BackgroundTaskFailed as BackgroundTaskFailed
 from .errors import ConfigurationError as ConfigurationError
 from .errors import FilterError as FilterError
 from .errors import FilterModuleError as FilterModuleError
@@ -36,6 +37,7 @@ __version__ = "0.5.0"
 
 __all__ = [
     "DROP",
+    "BackgroundTaskFailed",
     "CloseInfo",
     "ConfigurationError",
     "Connection",

@@ -25,8 +25,9 @@ from . import __version__
 from .allocator import tune_for_server
 from .config import read_config
 from .deflate import COMPRESSION_CHOICES, DeflateSettings
-from .errors import ConfigurationError
+from .errors import BackgroundTaskFailed, ConfigurationError
 from .events import WebSocketConnectFilter
+from .logformat import LOG_FORMATS, configure_logging
 from .modules import (
     builtin_filter_names,
     load_filter_module,
@@ -217,6 +218,9 @@ LIMITS: tuple[tuple[str, type, str], ...] = (
     ("ping_interval", float, "Seconds between keepalive pings."),
     ("ping_timeout", float, "Seconds to wait for a pong before closing with 1011."),
     ("idle_timeout", float, "Close clients that send no message for this many seconds."),
+    ("max_consumer_queue", int, "Items (pub/sub messages) waiting for the consumer pipeline; "
+     "when it is full new items are dropped, counted and logged, never left to grow "
+     "memory or to stall the pub/sub listener."),
 )
 
 
@@ -449,6 +453,16 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             show_default=True,
             help="Least severe messages logged (to stderr).",
         ),
+        click.Option(
+            ["--log-format"],
+            type=click.Choice(LOG_FORMATS, case_sensitive=False),
+            default="text",
+            show_default=True,
+            help="Log lines on stderr: text (one readable line each, for a terminal or "
+            "journalctl) or json (one JSON object per line with the fields as keys, for a "
+            "log collector). Text is the default because a person running the server "
+            "reads it first; client-sent values are escaped in both.",
+        ),
         click.Option(["-q", "--quiet"], is_flag=True, help="Log only warnings and errors."),
         *_jwt_options(),
     ]
@@ -470,10 +484,10 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
 def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
     from .server import Server, serve_until_signalled, tls_context
 
-    logging.basicConfig(
-        level="WARNING" if options["quiet"] else options["log_level"].upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    configure_logging(
+        "WARNING" if options["quiet"] else options["log_level"].upper(),
+        options["log_format"].lower(),
+        sys.stderr,
     )
     if options["key"] and not options["cert"]:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
@@ -542,7 +556,10 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         raise click.ClickException(
             f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
         ) from None
-    serve_until_signalled(server)
+    try:
+        serve_until_signalled(server)
+    except BackgroundTaskFailed as exc:  # logged with its traceback already
+        raise click.ClickException(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -39,6 +39,7 @@ from .context import READ_SIZE, ConnectionSettings, ConnectionTable
 from .datatypes import CloseInfo, Request
 from .deflate import PerMessageDeflate
 from .errors import ProtocolError
+from .escape import printable
 from .frames import (
     OP_PING,
     OP_PONG,
@@ -139,6 +140,12 @@ class Connection:
         "deflate",
         "_response_headers",
         "_groups",
+        "opened_at",
+        "messages_in",
+        "messages_out",
+        "bytes_in",
+        "bytes_out",
+        "_client_closed_first",
         "__dict__",
         "__weakref__",
     )
@@ -191,6 +198,17 @@ class Connection:
         """The permessage-deflate codec, when the handshake negotiated one."""
         self._response_headers: list[tuple[str, str]] | None = None
         self._groups = _NO_GROUPS  # one shared empty frozenset: most never join
+        # For the line logged when the connection ends; plain ints, bumped in place.
+        self.opened_at = time.monotonic()
+        self.messages_in = 0
+        """Messages received (after reassembly of fragments)."""
+        self.messages_out = 0
+        """Messages queued for the client (pings, pongs and the close are not counted)."""
+        self.bytes_in = 0
+        """Bytes read from the socket: frames as sent, headers and compression included."""
+        self.bytes_out = 0
+        """Bytes written to the socket, counted as ``bytes_in`` is."""
+        self._client_closed_first = False
 
     # -- the seed's surface ---------------------------------------------------
 
@@ -334,6 +352,7 @@ class Connection:
             self._start_close(1008, "client too slow: outbound queue full")
             return False
         self._queue(frame)
+        self.messages_out += 1
         return True
 
     def _queue(self, frame: bytes) -> None:
@@ -362,6 +381,7 @@ class Connection:
                 outbox.clear()
                 self._socket.sendall(chunk)
                 self._outbox_bytes -= len(chunk)
+                self.bytes_out += len(chunk)
             if self._close_queued and self._failed:
                 # After a protocol error the client's close reply cannot be parsed
                 # out of the broken stream; end our side instead, so the client
@@ -434,7 +454,8 @@ class Connection:
         self.state = State.OPEN
         self._opening = (gevent.getcurrent(), [])
         self.table.users[self.id] = self
-        log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self.request.path)
+        self.opened_at = time.monotonic()
+        log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self._log_path())
         if self.table.stopping:  # upgraded while the server was stopping
             self._start_close(1001, "server shutting down")
         failed = False
@@ -526,8 +547,10 @@ class Connection:
 
     def _read_until_quiet(self, received: bytes) -> bool:
         """Handle chunks until the stream ends (True) or the reader is parked (False)."""
-        if received and self._handle_chunk(received):
-            return True
+        if received:
+            self.bytes_in += len(received)
+            if self._handle_chunk(received):
+                return True
         assert self._socket is not None
         recv_into = self._socket.recv_into
         # One read buffer for the whole server: the parser copies only what an
@@ -554,6 +577,7 @@ class Connection:
             finally:
                 self._in_recv = False
             frames_before = parser.frames
+            self.bytes_in += size
             if not size or self._handle_chunk(view[:size]):
                 return True
             # Parsing costs about a microsecond a frame whatever its size: 256 KiB
@@ -601,6 +625,7 @@ class Connection:
         limited = self.settings.max_messages_per_second is not None
         for event in events:
             if type(event) is Message:
+                self.messages_in += 1
                 if self.state is State.OPEN:
                     self._last_message_at = now = time.monotonic()
                     if limited and self._over_rate(now):
@@ -611,13 +636,15 @@ class Connection:
                     continue
                 # Counted against max_outbound_bytes like any message: a client
                 # that floods pings and never reads is closed, not buffered for.
-                self.send_frame(encode_frame(OP_PONG, event.payload))
+                if self.send_frame(encode_frame(OP_PONG, event.payload)):
+                    self.messages_out -= 1  # a pong is not a message
             elif type(event) is Pong:
                 self._awaiting_pong = False
             elif type(event) is Close:
                 self._close_received = True
                 if self.state is State.OPEN:
                     # The client started the closing handshake: answer with its code.
+                    self._client_closed_first = True
                     self.state = State.CLOSING
                     self.close_info = CloseInfo(event.code, event.reason)
                     self._queue_close(event.code, "")
@@ -683,10 +710,72 @@ class Connection:
             # We sent a close the client never answered (dead link, too slow...).
             info = CloseInfo(info.code, info.reason, clean=False)
         self.close_info = info
-        log.info("connection %s closed: %s %s", self.id, info.code, info.reason)
+        self._log_end(info)
         self.table.dispatch("disconnect", self, info)
         self._leave_groups()
         self.table.storage.disconnected(self.id)
+
+    def _log_path(self) -> str:
+        """The request path for a log line: escaped, and (as ``request.path``) without the query.
+
+        Query strings carry secrets (``?token=`` for ``jwt_auth``); ``%0a`` or
+        ``%1b``, decoded in the path, must not forge a line or reach a terminal.
+        """
+        return printable(self.request.path)
+
+    def _closed_by(self, info: CloseInfo) -> str:
+        """Who ended the connection: ``client``, ``server``, ``timeout`` or ``abort``.
+
+        ``client``: the client sent the first close frame. ``server``: the
+        server did, and the client answered. ``timeout``: the server did and
+        the client never answered (cut after ``close_timeout``, or at server
+        stop); a protocol error counts as ``server``. ``abort``: the TCP
+        connection ended without a closing handshake (the client vanished, a
+        reset, a failed write).
+        """
+        if self._client_closed_first:
+            return "client"
+        if self._close_queued:
+            # After a protocol error the client's answer cannot be parsed: not a timeout.
+            return "server" if self._close_received or self._failed else "timeout"
+        return "abort"
+
+    def _log_end(self, info: CloseInfo) -> None:
+        """One INFO line per connection, with its totals (fields as ``extra`` for json logs)."""
+        closed_by = self._closed_by(info)
+        duration = time.monotonic() - self.opened_at
+        peer = f"{self.peer[0]}:{self.peer[1]}"
+        path = self._log_path()
+        reason = printable(info.reason, 123)  # the most a close frame can carry
+        log.info(
+            "connection %s closed: code %d%s by %s; peer %s, path %s, %.3f s, "
+            "in %d msgs %d B, out %d msgs %d B",
+            self.id,
+            info.code,
+            f" ({reason})" if reason else "",
+            closed_by,
+            peer,
+            path,
+            duration,
+            self.messages_in,
+            self.bytes_in,
+            self.messages_out,
+            self.bytes_out,
+            extra={
+                "event": "connection_closed",
+                "connection_id": self.id,
+                "peer": peer,
+                "path": path,
+                "duration": round(duration, 3),
+                "messages_in": self.messages_in,
+                "messages_out": self.messages_out,
+                "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+                "close_code": info.code,
+                "close_reason": reason,
+                "closed_by": closed_by,
+            },
+        )
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} {self.peer[0]}:{self.peer[1]}>"

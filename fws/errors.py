@@ -8,7 +8,8 @@ Two families are kept apart, because they call for different reactions::
     │   └── InvalidFilter       not a filter: no filter(), or a wrong signature
     ├── ProtocolError           the *client* misbehaved: one log line, close 1002/1007/1009
     ├── FilterError             a *filter* raised: traceback, that event's pipeline stops
-    └── Reject                  a connect filter refused the handshake with an HTTP status
+    ├── Reject                  a connect filter refused the handshake with an HTTP status
+    └── BackgroundTaskFailed    a server greenlet kept dying: the server stopped, exit 1
 
 Anything else escaping fws is *our* bug: it is logged with a traceback and the
 connection is closed with 1011, but the server keeps serving.
@@ -66,3 +67,14 @@ class Reject(FwsError):
         self.status = HTTPStatus(status)
         self.reason = reason if reason is not None else self.status.phrase
         super().__init__(f"{self.status.value} {self.reason}")
+
+
+class BackgroundTaskFailed(FwsError):
+    """A background greenlet of the server (consumer, pub/sub listener...) kept dying.
+
+    Each death is logged with its traceback and the task restarted; when it
+    dies again and again (see ``fws.supervise``), the server stops and
+    ``Server.serve_forever`` raises this, so that a process manager sees a
+    failed process and restarts it, instead of a server silently without
+    pub/sub or keepalives.
+    """

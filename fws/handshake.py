@@ -44,6 +44,7 @@ from .connection import Connection, State
 from .datatypes import Request, bearer_token
 from .deflate import parse_offers
 from .errors import FilterError, Reject
+from .escape import printable
 from .pipeline import DROP
 
 if TYPE_CHECKING:
@@ -64,19 +65,6 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 2**20
 """After refusing a malformed request: how long, and how much, of the rest to discard."""
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """``text`` safe for one log line: control characters escaped, length bounded.
-
-    Paths, origins and reasons come from clients; ``%0a`` in a path must not
-    forge a second log line, nor an ANSI sequence recolour the terminal.
-    """
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _tokens(value: str) -> list[str]:

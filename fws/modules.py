@@ -3,16 +3,20 @@
 A filter module name may be a built-in short name (``broadcast_messages``),
 the original project's dotted path (``filtered_websocket.filters.echo``), a
 name another package registers in the ``fws.filters`` entry-point group, any
-importable dotted name (the current directory is on the import path, so
-``broadcast`` imports ``./broadcast.py``) or a path to a ``.py`` file.
+importable dotted name (the current directory is appended to the import
+path, so ``broadcast`` imports ``./broadcast.py`` unless an installed module
+has that name) or a path to a ``.py`` file, imported under a private module
+name so that it never replaces another module in ``sys.modules``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
 import pkgutil
+import re
 import sys
 import traceback
 from importlib.metadata import entry_points
@@ -36,6 +40,7 @@ __all__ = [
 _LEGACY_FILTERS = "filtered_websocket.filters."
 _LEGACY_STORAGE = "filtered_websocket.storage_objects."
 _STORAGE_ALIASES = {"default": "memory"}
+_FILE_MODULE_PREFIX = "_fws_file_"
 
 
 def builtin_filter_names() -> list[str]:
@@ -143,13 +148,25 @@ def _import(
 
 
 def _import_file(name: str, path: Path) -> ModuleType:
+    """Import a ``.py`` file under a private module name (see ``_private_name``).
+
+    Under its stem, ``./json.py`` would replace the standard library's
+    ``json`` in ``sys.modules`` for every later importer, and a second
+    ``echo.py`` from another directory would replace the first (its filters
+    would vanish from the pipeline). The same file named twice is imported once.
+    """
     if not path.is_file():
         raise FilterModuleError(f"filter module file not found: {path}")
-    module_name = path.stem
+    module_name = _private_name(path)
+    loaded = sys.modules.get(module_name)
+    if loaded is not None:
+        return loaded
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise FilterModuleError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
+    # In sys.modules while it runs, as any import: dataclasses and pickling
+    # look a class's module up there by name.
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
@@ -159,12 +176,21 @@ def _import_file(name: str, path: Path) -> ModuleType:
     return module
 
 
+def _private_name(path: Path) -> str:
+    """``_fws_file_<stem>_<hash of the absolute path>``: one name per file, no clash."""
+    resolved = str(path.resolve())
+    digest = hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    return f"{_FILE_MODULE_PREFIX}{stem}_{digest}"
+
+
 def _put_cwd_on_path() -> None:
     # Console scripts do not have the current directory on sys.path; the
-    # original's `-f broadcast` imported ./broadcast.py, so fws adds it.
+    # original's `-f broadcast` imported ./broadcast.py, so fws adds it, last:
+    # a ./json.py or ./redis.py must not shadow the modules fws itself imports.
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+        sys.path.append(cwd)
 
 
 def _failed(kind: str, name: str, exc: BaseException) -> str:

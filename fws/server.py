@@ -19,15 +19,15 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.pool
-import gevent.queue
 import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from .connection import PARK_AFTER, Connection
+from .consumer import ConsumerQueue
 from .context import ConnectionSettings, ConnectionTable
 from .datatypes import ExtensionOffer
 from .deflate import COMPRESSION_CHOICES, DeflateSettings, PerMessageDeflate, negotiate
-from .errors import ConfigurationError, FilterError
+from .errors import BackgroundTaskFailed, ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
 from .handshake import ConnectionHandler, ProxyNetworks, refuse_at_capacity
@@ -38,6 +38,7 @@ from .registry import Registry, active_registry
 from .static import StaticFiles
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
+from .supervise import supervised
 
 __all__ = ["Server", "serve", "serve_until_signalled", "tls_context"]
 
@@ -176,6 +177,9 @@ class Server:
         max_header_bytes: int | None = 16 * 1024,
         max_messages_per_second: float | None = None,
         message_burst: int | None = None,
+        # Items waiting for the consumer pipeline; a full queue drops new ones
+        # (counted, and logged once per burst) rather than grow or block pub/sub.
+        max_consumer_queue: int | None = 10_000,
         # The handshake: subprotocols offered (the first the client also offers is
         # chosen), whether a client must offer one, permessage-deflate ("off",
         # "deflate" for DeflateSettings(), or DeflateSettings of your own), and
@@ -272,7 +276,8 @@ class Server:
             max_messages_per_second=max_messages_per_second,
             message_burst=message_burst,
         )
-        self.queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self.queue = ConsumerQueue(max_consumer_queue or None, on_drop=self._count_consumer_drop)
+        """Items for the consumer pipeline; ``put`` never blocks (see ``fws.consumer``)."""
         self.table = ConnectionTable(
             storage=self.storage_object,
             queue=self.queue,
@@ -301,6 +306,10 @@ class Server:
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
+        """Supervised tasks that can publish, the consumer first: stopped before the storage."""
+        self._listener: gevent.Greenlet | None = None
+        self._consuming = False  # the consumer pipeline is running on an item
+        self._failure: BackgroundTaskFailed | None = None
         self._stopped = gevent.event.Event()
         self._drain_cut = gevent.event.Event()
 
@@ -342,13 +351,13 @@ class Server:
             self.storage_object.close()
             raise
         self._greenlets = [
-            gevent.spawn(self._consume),
-            gevent.spawn(self.storage_object.listen),
-            gevent.spawn(self._park_quiet_readers),
+            supervised("consumer", self._consume, self._give_up),
+            supervised("parking", self._park_quiet_readers, self._give_up),
         ]
         settings = self.connection_settings
         if settings.ping_interval or settings.idle_timeout:
-            self._greenlets.append(gevent.spawn(self._watch_liveness))
+            self._greenlets.append(supervised("liveness", self._watch_liveness, self._give_up))
+        self._listener = supervised("storage listener", self.storage_object.listen, self._give_up)
         host = f"[{self.host}]" if ":" in self.host else self.host
         log.info(
             "fws listening on %s://%s:%d; message pipeline: %r",
@@ -386,10 +395,26 @@ class Server:
         return self._wsgi.address[0], self._wsgi.server_port
 
     def serve_forever(self) -> None:
-        """Start if needed, then block until ``stop()`` has finished."""
+        """Start if needed, then block until ``stop()`` has finished.
+
+        Raises ``BackgroundTaskFailed`` if the server stopped itself because a
+        background task kept dying (see ``fws.supervise``).
+        """
         if self._wsgi is None:
             self.start()
         self._stopped.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def _give_up(self, task: str, exc: BaseException) -> None:
+        """A background task kept dying: stop, and make ``serve_forever`` say why."""
+        self._failure = BackgroundTaskFailed(
+            f"background task {task} kept failing ({type(exc).__name__}: {exc}); server stopped"
+        )
+        gevent.spawn(self.stop)
+
+    def _count_consumer_drop(self) -> None:
+        self.table.stats.consumer_dropped += 1
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain, stop accepting, close every client with 1001, wait, then kill the rest.
@@ -431,11 +456,30 @@ class Server:
                     for connection in list(self.users.values()):
                         connection.abort()
                     self._wait_for_connections(time.monotonic() + 1)
-            self.storage_object.close()
+            # Whatever can publish stops before the storage closes: the
+            # consumer pipeline gets what is left of the timeout (at least
+            # 0.5 s) for the items the disconnect pipelines queued.
+            self._drain_consumer(max(deadline, time.monotonic() + 0.5))
             gevent.killall(self._greenlets, block=True, timeout=2)
+            self.queue.report_drops()
+            self.storage_object.close()
+            if self._listener is not None:
+                self._listener.kill(block=True, timeout=2)
             log.info("fws stopped")
         finally:
             self._stopped.set()
+
+    def _drain_consumer(self, deadline: float) -> None:
+        consumer = self._greenlets[0] if self._greenlets else None
+        while consumer is not None and not consumer.dead and time.monotonic() < deadline:
+            if not (self.queue.qsize() or self._consuming):
+                break
+            gevent.sleep(0.02)
+        if self.queue.qsize():
+            log.warning(
+                "%d consumer queue items not processed before the storage closed",
+                self.queue.qsize(),
+            )
 
     def _wait_for_connections(self, deadline: float) -> None:
         # Until every connection is closed and its disconnect pipeline has run.
@@ -547,7 +591,11 @@ class Server:
     def _consume(self) -> None:
         while True:
             item = self.queue.get()
-            self.dispatch("consumer", self, item)
+            self._consuming = True
+            try:
+                self.dispatch("consumer", self, item)
+            finally:
+                self._consuming = False
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """WSGI application for requests that are not WebSocket upgrades (see fws.http)."""

@@ -1,4 +1,8 @@
-"""Prints ``--RAWDATA--`` and the raw bytes of every chunk read from a client."""
+"""Prints ``--RAWDATA--`` and the raw bytes of every chunk read from a client.
+
+The bytes are printed as their ``repr`` (``b'\\x81\\x85...'``): ASCII only,
+every control byte escaped, so nothing a client sends reaches the terminal raw.
+"""
 
 from __future__ import annotations
 
