@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Collection, Iterable, Sequence
@@ -120,6 +121,9 @@ class Server:
         *,
         host: str = "0.0.0.0",
         port: int = 9000,
+        # An already bound and listening socket to accept on instead of binding
+        # host:port: the one the fws supervisor shares between its workers.
+        listener: socket.socket | None = None,
         # Pipelines, one per event.
         connect: Any = None,
         open: Any = None,  # noqa: A002 - the event's name, like the other pipelines
@@ -162,6 +166,7 @@ class Server:
             raise ValueError("close_timeout must be more than 0 seconds")
         self.host = host
         self.port = port
+        self._listener = listener
         self._explicit: dict[str, Any] = {
             "connect": connect,
             "open": open,
@@ -245,14 +250,16 @@ class Server:
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
             kwargs["ssl_context"] = self.ssl_context
+        if self._listener is None:
+            # Reconnect storms open thousands of connections at once; the
+            # kernel caps this at net.core.somaxconn. (A given listener
+            # already has its backlog.)
+            kwargs["backlog"] = 2048
         self._wsgi = _WSGIServer(
-            (self.host, self.port),
+            self._listener if self._listener is not None else (self.host, self.port),
             self,
             handler_class=ConnectionHandler,
             spawn=gevent.pool.Pool(),
-            # Reconnect storms open thousands of connections at once; the
-            # kernel caps this at net.core.somaxconn.
-            backlog=2048,
             log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
             **kwargs,
@@ -483,7 +490,25 @@ def serve(**settings: Any) -> None:
 
 
 def serve_until_signalled(server: Server) -> None:
-    """Block in ``server.serve_forever()``; SIGINT or SIGTERM stops it cleanly."""
+    """Block in ``server.serve_forever()``; SIGINT or SIGTERM stops it cleanly.
+
+    A second SIGINT or SIGTERM while the clients drain exits at once, with
+    status 128 + the signal's number (130 for Ctrl-C): an operator pressing
+    Ctrl-C twice means "now", not "after close_timeout".
+    """
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:
+            log.warning(
+                "second %s: exiting now without waiting for clients", signal.Signals(signum).name
+            )
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(128 + signum)
+        received.append(signum)
+        gevent.spawn(server.stop)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, gevent.spawn, server.stop)
+        gevent.signal_handler(signum, on_signal, signum)
     server.serve_forever()
