@@ -182,8 +182,10 @@ class Supervisor:
             self._spawn(slot)
         deadline = time.monotonic() + self.ready_timeout
         while not all(w.ready for w in self.workers.values()):
-            if any(s in (signal.SIGINT, signal.SIGTERM) for s in self._signals):
-                log.info("stopped while starting")
+            stop = [s for s in self._signals if s in (signal.SIGINT, signal.SIGTERM)]
+            if stop:
+                log.info("%s while starting: draining the workers", signal.Signals(stop[0]).name)
+                self._signals.remove(stop[0])
                 return self._shutdown()
             for worker in list(self.workers.values()):
                 code = worker.process.poll()
@@ -217,9 +219,11 @@ class Supervisor:
     def _loop(self, wake_read: int) -> int:
         while True:
             signals, self._signals = self._signals, []
-            for signum in signals:
+            for position, signum in enumerate(signals):
                 if signum in (signal.SIGINT, signal.SIGTERM):
                     log.info("%s: draining the workers", signal.Signals(signum).name)
+                    # A second one already received means "now": _shutdown sees it.
+                    self._signals = signals[position + 1 :] + self._signals
                     return self._shutdown()
                 if signum == signal.SIGHUP:
                     self._begin_reload()
@@ -309,7 +313,7 @@ class Supervisor:
                 continue
             if os.read(worker.ready_fd, 1):
                 worker.ready = True
-                log.debug("worker %d (pid %d) is ready", worker.slot, worker.pid)
+                log.info("worker %d (pid %d) is ready", worker.slot, worker.pid)
             # Ready or dead (end of file): either way the pipe has said all.
             os.close(worker.ready_fd)
             worker.ready_fd = None
@@ -442,7 +446,6 @@ class Supervisor:
         for worker in self.workers.values():
             worker.retiring = True
             _signal(worker.process, signal.SIGTERM)
-        self._signals = [s for s in self._signals if s not in (signal.SIGINT, signal.SIGTERM)]
         deadline = time.monotonic() + self.shutdown_timeout
         while self.workers:
             for signum in self._signals:
