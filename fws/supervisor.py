@@ -35,12 +35,21 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["LISTEN_FD_ENV", "READY_FD_ENV", "Supervisor", "bind_listener", "resolve_workers"]
+__all__ = [
+    "BACKLOG",
+    "LISTEN_FD_ENV",
+    "READY_FD_ENV",
+    "Supervisor",
+    "bind_listener",
+    "resolve_workers",
+]
 
 log = logging.getLogger("fws.supervisor")
 
 LISTEN_FD_ENV = "FWS_WORKER_LISTEN_FD"
-"""The inherited listening socket's descriptor, in a worker's environment."""
+"""The inherited socket's descriptor (bound; the worker makes it listen), in its environment."""
+BACKLOG = 2048
+"""As ``Server`` binds its own: reconnect storms, capped by net.core.somaxconn."""
 READY_FD_ENV = "FWS_WORKER_READY_FD"
 """A pipe the worker writes one byte to once it accepts clients."""
 REUSE_PORT_ENV = "FWS_WORKER_REUSE_PORT"
@@ -59,10 +68,15 @@ def resolve_workers(value: int | str) -> int:
 
 
 def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A socket bound to host:port and listening (port 0: a free port).
+    """A socket bound to host:port (port 0: a free one), not yet listening.
 
-    With ``reuse_port`` the socket is only bound, with SO_REUSEPORT, to hold the
-    port for workers that bind it themselves. Raises ``OSError``.
+    The supervisor binds, so that a busy port is reported at once and every
+    worker gets the same real port; the workers call ``listen()`` on it, so
+    the port accepts clients only once a worker can serve them (a load
+    balancer's TCP check then means something). Once listening, it stays so
+    until the supervisor exits, whatever happens to the workers. With
+    ``reuse_port`` (measurements only) the socket just holds the port for
+    workers that bind their own with SO_REUSEPORT. Raises ``OSError``.
     """
     family, kind, proto, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -73,9 +87,6 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.s
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        if not reuse_port:
-            # As Server does when it binds: reconnect storms, capped by somaxconn.
-            sock.listen(2048)
     except BaseException:
         sock.close()
         raise

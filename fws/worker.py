@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import socket
 
     from .cli import main as cli_main
-    from .supervisor import LISTEN_FD_ENV, READY_FD_ENV, REUSE_PORT_ENV
+    from .supervisor import BACKLOG, LISTEN_FD_ENV, READY_FD_ENV, REUSE_PORT_ENV
 
     _exit_with_parent()
     listen_fd = os.environ.pop(LISTEN_FD_ENV, None)
@@ -32,12 +32,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ready_fd = os.environ.pop(READY_FD_ENV, None)
     if listen_fd is not None:
         listener = socket.socket(fileno=int(listen_fd))
+        # The first worker opens the port; for later ones this changes nothing.
+        listener.listen(BACKLOG)
     elif reuse_port is not None:
         host, _, port = reuse_port.rpartition(":")
         listener = socket.create_server(
             (host.strip("[]"), int(port)),
             family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-            backlog=2048,
+            backlog=BACKLOG,
             reuse_port=True,
         )
     else:
