@@ -43,6 +43,9 @@ class WhoAmI(WebSocketMessageFilter):
         if data == "pid?":
             connection.send(f"{{VERSION}}:{{os.getpid()}}")
             return DROP
+        if data == "metrics dir?":
+            connection.send(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "unset"))
+            return DROP
         return None
 '''
 
@@ -148,6 +151,28 @@ def test_memory_storage_is_refused_with_several_workers(how):
         "fws_server: error: --workers 2 needs a shared storage (--storage redis): "
         "with the in-memory storage each worker would see only its own clients"
     ]
+
+
+def test_memory_storage_refusal_also_comes_from_a_config_file(tmp_path):
+    config = tmp_path / "fws.json"
+    config.write_text('{"workers": 2, "port": 0, "host": "127.0.0.1"}')
+    result = run_fws_server(["-c", str(config)])
+    assert result.returncode == 2
+    assert "--workers 2 needs a shared storage (--storage redis)" in result.stderr
+
+
+def test_a_busy_port_is_reported_before_any_worker_starts(redis):
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_fws_server(
+            ["--workers", "2", "--storage", "redis", "--redis-url", redis.url,
+             "-p", str(port), "--host", LOOPBACK]
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"cannot listen on {LOOPBACK}:{port}: Address already in use" in result.stderr
+    assert "worker 0 started" not in result.stderr
 
 
 def test_workers_auto_is_one_per_cpu_and_nonsense_is_a_usage_error():
@@ -338,3 +363,32 @@ def test_a_second_sigint_exits_at_once(redis, tmp_path, count):
         assert "second SIGINT" in server.output
         for sock in silent:
             sock.close()
+
+
+# -- metrics: prometheus_client's multi-process directory -----------------------------------
+
+
+def test_workers_get_a_fresh_metrics_directory_removed_at_exit(redis, tmp_path):
+    with workers(redis, tmp_path) as server:
+        by_pid = clients_per_worker(server, wanted=1)
+        directories = set()
+        for (client,) in by_pid.values():
+            client.send("metrics dir?")
+            directories.add(client.recv(timeout=5))
+            client.close()
+        (directory,) = directories  # the same for every worker
+        assert Path(directory).is_dir() and Path(directory).name.startswith("fws-metrics-")
+        assert server.stop(timeout=20) == 0
+    assert not Path(directory).exists()
+
+
+def test_an_operators_metrics_directory_is_used_and_kept(redis, tmp_path, monkeypatch):
+    mine = tmp_path / "metrics"
+    mine.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(mine))
+    with workers(redis, tmp_path) as server:
+        with ws_sync.connect(server.url, open_timeout=5) as client:
+            client.send("metrics dir?")
+            assert client.recv(timeout=5) == str(mine)
+        assert server.stop(timeout=20) == 0
+    assert mine.is_dir()
