@@ -356,14 +356,14 @@ def build_command(
     *,
     argv: Sequence[str] = (),
     listener: socket.socket | None = None,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[Any], None] | None = None,
 ) -> click.Command:
     """The ``fws_server`` command, with the chosen storage's options added.
 
     ``argv`` is the command line, which ``--workers N`` passes on to each
     worker. ``listener`` and ``on_ready`` are set in a worker (``fws.worker``):
-    the socket inherited from the supervisor, and what to call once clients
-    are accepted.
+    the socket inherited from the supervisor, and what to call with the
+    started ``Server`` once clients are accepted.
     """
     params: list[click.Parameter] = [
         click.Option(
@@ -560,6 +560,7 @@ def _supervise(
         # A worker's own drain: close_timeout + 1 s, then up to 1 s to cut
         # clients and 2 s for its background work; then a margin.
         shutdown_timeout=options["close_timeout"] + 10,
+        tls=bool(options["cert"]),
     )
     try:
         status = supervisor.run()
@@ -573,7 +574,7 @@ def _serve(
     options: dict[str, Any],
     *,
     listener: socket.socket | None = None,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[Any], None] | None = None,
 ) -> None:
     from .server import Server, serve_until_signalled, tls_context
 
@@ -636,7 +637,7 @@ def _serve(
             f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
         ) from None
     if on_ready is not None:
-        on_ready()
+        on_ready(server)
     serve_until_signalled(server)
 
 
@@ -644,7 +645,7 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     listener: socket.socket | None = None,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[Any], None] | None = None,
 ) -> None:
     """Console-script entry point: patch gevent first, then run the command.
 

@@ -312,6 +312,16 @@ class Server:
             self.start()
         self._stopped.wait()
 
+    def stop_accepting(self) -> None:
+        """Accept no new clients; those connected and handshakes under way go on.
+
+        A worker being replaced calls this first, so that the handshakes it
+        has already accepted complete rather than get 503 from ``stop()``,
+        while new clients go to the other workers sharing the socket.
+        """
+        if self._wsgi is not None:
+            self._wsgi.stop_accepting()
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, close every client with 1001, wait, then kill the rest.
 

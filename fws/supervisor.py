@@ -103,6 +103,7 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     retiring: bool = False  # told to drain: a reload replaced it, or shutdown
+    drain_at: float | None = None  # when to SIGTERM it, after it stopped accepting
 
     @property
     def pid(self) -> int:
@@ -113,13 +114,15 @@ class Supervisor:
     """Keeps ``workers`` worker processes running on one listening socket.
 
     ``command`` starts one worker (it gets the socket's descriptor and a
-    readiness pipe in its environment). ``shutdown_timeout`` bounds the wait
+    readiness pipe in its environment); ``tls`` only says which scheme to
+    log (the workers load the certificates). ``shutdown_timeout`` bounds the wait
     for draining workers before they are killed. A worker that dies is
     restarted after ``backoff_start`` seconds, doubling per death up to
     ``backoff_max``; the delay is reset once a worker has lived
     ``stable_after`` seconds. When every worker has failed ``give_up_after``
     times in a row without becoming ready, the supervisor stops (exit 1)
-    rather than retry forever with nothing serving.
+    rather than retry forever with nothing serving. A worker replaced by a
+    reload stops accepting, then drains ``drain_grace`` seconds later.
     """
 
     def __init__(
@@ -135,6 +138,8 @@ class Supervisor:
         backoff_max: float = 30.0,
         stable_after: float = 10.0,
         give_up_after: int = 10,
+        drain_grace: float = 1.0,
+        tls: bool = False,
         reuse_port: bool = False,
     ) -> None:
         if workers < 1:
@@ -149,6 +154,8 @@ class Supervisor:
         self.backoff_max = backoff_max
         self.stable_after = stable_after
         self.give_up_after = give_up_after
+        self.drain_grace = drain_grace
+        self.tls = tls
         self.reuse_port = reuse_port
         self.workers: dict[int, _Worker] = {}  # by pid
         self._failures = [0] * workers  # consecutive deaths per slot
@@ -216,16 +223,13 @@ class Supervisor:
         self._signals = [s for s in self._signals if s != signal.SIGCHLD]
         host, port = self.listener.getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
-        scheme = "wss" if self._is_tls() else "ws"
+        scheme = "wss" if self.tls else "ws"
         pids = ", ".join(str(w.pid) for w in self.workers.values())
         log.info(
             "fws listening on %s://%s:%d with %d workers (pids %s)",
             scheme, host, port, self.count, pids,
         )  # fmt: skip
         return None
-
-    def _is_tls(self) -> bool:
-        return any(arg in ("--cert", "-cert") or arg.startswith("--cert=") for arg in self.command)
 
     def _loop(self, wake_read: int) -> int:
         while True:
@@ -246,6 +250,7 @@ class Supervisor:
                 )
                 return 1
             self._restart_due()
+            self._drain_due()
             self._advance_reload()
             self._sleep(wake_read, self._next_timeout())
 
@@ -266,6 +271,7 @@ class Supervisor:
     def _next_timeout(self) -> float:
         now = time.monotonic()
         waits = [at - now for at in self._restart_at.values()]
+        waits += [w.drain_at - now for w in self.workers.values() if w.drain_at is not None]
         return max(min([1.0, *waits]), 0.01)
 
     # -- workers --------------------------------------------------------------------
@@ -385,6 +391,13 @@ class Supervisor:
                 del self._restart_at[slot]
                 self._spawn(slot)
 
+    def _drain_due(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.drain_at is not None and worker.drain_at <= now:
+                worker.drain_at = None
+                _signal(worker.process, signal.SIGTERM)
+
     def _gave_up(self) -> bool:
         if self.workers and any(w.ready for w in self.workers.values()):
             return False
@@ -406,8 +419,12 @@ class Supervisor:
             if new.ready:
                 old = self.workers.get(old_pid)
                 if old is not None:
+                    # Stop accepting first: the handshakes it has taken complete
+                    # (instead of getting 503), new clients go to the others;
+                    # then drain it like at a shutdown.
                     old.retiring = True
-                    old.process.send_signal(signal.SIGTERM)
+                    _signal(old.process, signal.SIGUSR1)
+                    old.drain_at = time.monotonic() + self.drain_grace
                     log.info("reload: worker %d (pid %d) replaced by pid %d; draining it",
                              new.slot, old_pid, new.pid)  # fmt: skip
                 self._replacing = None
@@ -456,6 +473,7 @@ class Supervisor:
         self._restart_at.clear()
         for worker in self.workers.values():
             worker.retiring = True
+            worker.drain_at = None
             _signal(worker.process, signal.SIGTERM)
         deadline = time.monotonic() + self.shutdown_timeout
         while self.workers:

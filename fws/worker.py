@@ -23,7 +23,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     import signal
     import socket
 
+    import gevent
+
     from .cli import main as cli_main
+    from .server import Server
     from .supervisor import BACKLOG, LISTEN_FD_ENV, READY_FD_ENV, REUSE_PORT_ENV
 
     _exit_with_parent()
@@ -45,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         sys.exit("fws.worker: error: run by fws_server --workers N, not by hand")
 
-    def ready() -> None:
+    def ready(server: Server) -> None:
+        # SIGUSR1 from the supervisor: this worker is being replaced; SIGTERM follows.
+        gevent.signal_handler(signal.SIGUSR1, server.stop_accepting)
         if ready_fd is not None:
             os.write(int(ready_fd), b"1")
             os.close(int(ready_fd))
@@ -53,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The supervisor's Ctrl-C is forwarded as SIGTERM; a worker ignores SIGHUP
     # (the supervisor replaces it instead of it reloading itself).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until ready() handles it
     cli_main(list(sys.argv[1:] if argv is None else argv), listener=listener, on_ready=ready)
 
 
