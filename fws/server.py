@@ -264,6 +264,11 @@ class Server:
             error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
             **kwargs,
         )
+        if self._listener is not None:
+            # Processes sharing one listening socket: take one connection per
+            # wake-up (gevent takes up to 100), so that a burst of clients is
+            # spread over the workers instead of going to whichever woke first.
+            self._wsgi.max_accept = 1
         # The storage is ready (subscribed, state written) before the first
         # client can arrive; if it fails, nothing is bound yet.
         self.storage_object.open(self)
