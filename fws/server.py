@@ -507,22 +507,23 @@ def serve(**settings: Any) -> None:
 def serve_until_signalled(server: Server) -> None:
     """Block in ``server.serve_forever()``; SIGINT or SIGTERM stops it cleanly.
 
-    A second SIGINT or SIGTERM while the clients drain exits at once, with
-    status 128 + the signal's number (130 for Ctrl-C): an operator pressing
-    Ctrl-C twice means "now", not "after close_timeout".
+    A SIGINT while the clients drain exits at once, with status 130: an
+    operator pressing Ctrl-C twice means "now", not "after close_timeout".
+    A repeated SIGTERM changes nothing (as in uvicorn): process managers
+    escalate with SIGKILL, and one that resends SIGTERM should not cut the
+    drain short.
     """
     received: list[int] = []
 
     def on_signal(signum: int) -> None:
-        if received:
-            log.warning(
-                "second %s: exiting now without waiting for clients", signal.Signals(signum).name
-            )
+        if received and signum == signal.SIGINT:
+            log.warning("SIGINT while draining: exiting now without waiting for clients")
             for handler in logging.getLogger().handlers:
                 handler.flush()
             os._exit(128 + signum)
+        if not received:
+            gevent.spawn(server.stop)
         received.append(signum)
-        gevent.spawn(server.stop)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, on_signal, signum)

@@ -15,7 +15,7 @@ forwards signals and restarts, as gunicorn's arbiter and uvicorn's
 multiprocess supervisor do.
 
 Signals: SIGTERM/SIGINT drain every worker (each closes its clients with
-1001 within ``--close-timeout``), a second one kills them at once; SIGHUP
+1001 within ``--close-timeout``), a SIGINT after that kills them at once; SIGHUP
 replaces the workers one at a time; a worker that dies is restarted with
 exponential backoff.
 """
@@ -237,7 +237,7 @@ class Supervisor:
             for position, signum in enumerate(signals):
                 if signum in (signal.SIGINT, signal.SIGTERM):
                     log.info("%s: draining the workers", signal.Signals(signum).name)
-                    # A second one already received means "now": _shutdown sees it.
+                    # A SIGINT already received after it means "now": _shutdown sees it.
                     self._signals = signals[position + 1 :] + self._signals
                     return self._shutdown()
                 if signum == signal.SIGHUP:
@@ -467,8 +467,9 @@ class Supervisor:
     def _shutdown(self) -> int:
         """SIGTERM every worker, wait up to ``shutdown_timeout``, kill the rest.
 
-        A second SIGINT/SIGTERM while waiting kills the workers at once
-        (exit status 128 + signal).
+        A SIGINT while waiting (Ctrl-C twice) kills the workers at once, exit
+        status 130; a repeated SIGTERM changes nothing (see
+        ``fws.server.serve_until_signalled``).
         """
         self._restart_at.clear()
         for worker in self.workers.values():
@@ -477,12 +478,11 @@ class Supervisor:
             _signal(worker.process, signal.SIGTERM)
         deadline = time.monotonic() + self.shutdown_timeout
         while self.workers:
-            for signum in self._signals:
-                if signum in (signal.SIGINT, signal.SIGTERM):
-                    log.warning("second %s: killing the workers now", signal.Signals(signum).name)
-                    self._kill_all()
-                    return 128 + signum
-            self._signals = []
+            signals, self._signals = self._signals, []
+            if signal.SIGINT in signals:
+                log.warning("SIGINT while draining: killing the workers now")
+                self._kill_all()
+                return 128 + signal.SIGINT
             self._reap()
             if time.monotonic() > deadline:
                 log.warning("%d workers did not stop within %.0f s; killing them",
