@@ -19,7 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import LOOPBACK, ServerProcess, TLSFiles, raw_upgrade, run_fws_server, wait_for
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    TLSFiles,
+    raw_upgrade,
+    run_fws_server,
+    run_server,
+    wait_for,
+)
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync import client as ws_sync
@@ -196,6 +204,23 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_status(redis, 
     assert "fws listening" not in result.stderr
 
 
+# -- the library: Server(listener=...) --------------------------------------------------
+
+
+def test_server_accepts_on_a_listening_socket_it_is_given():
+    from fws.filters.echo import Echo
+
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with run_server(listener=listener, port=1, message=[Echo]) as server:
+            assert server.address[1] == port  # the socket's port, not the port keyword
+            with ws_sync.connect(f"ws://{LOOPBACK}:{port}/", open_timeout=5) as client:
+                client.send("through the given socket")
+                assert client.recv(timeout=5) == "through the given socket"
+
+
 # -- sharing one port, through the storage -----------------------------------------------
 
 
@@ -354,6 +379,27 @@ def test_sigterm_drains_every_worker_with_1001_and_exits_0(redis, tmp_path):
         for pid in by_pid:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+
+def test_workers_stop_when_the_supervisor_is_killed(redis, tmp_path):
+    with workers(redis, tmp_path) as server:
+        pids = worker_pids(server)
+        assert len(pids) == 2
+        server.process.kill()
+        server.process.wait(10)
+
+        def all_gone() -> bool:
+            for pid in pids:
+                try:
+                    with open(f"/proc/{pid}/stat") as stat:
+                        state = stat.read().rpartition(")")[2].split()[0]
+                except FileNotFoundError:
+                    continue
+                if state != "Z":  # a zombie until init reaps it counts as gone
+                    return False
+            return True
+
+        wait_for(all_gone, 15, f"workers {pids} outlived their supervisor")
 
 
 def _silent_client(port: int) -> socket.socket:
