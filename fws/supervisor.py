@@ -358,6 +358,9 @@ class Supervisor:
                     "keeping the old workers",
                     worker.slot, worker.pid, describe_status(code),
                 )  # fmt: skip
+                if self._replacing[0] not in self.workers:
+                    # The old one died meanwhile too: the slot is empty.
+                    self._schedule_restart(worker.slot)
                 self._replacing = None
                 self._reload = []
                 self._reloading = False

@@ -129,8 +129,12 @@ def clients_per_worker(
 
 
 def chat(sender: ws_sync.ClientConnection, receiver: ws_sync.ClientConnection, text: str) -> None:
+    """``receiver`` gets ``text`` from ``sender`` (after earlier broadcasts it had not read)."""
     sender.send(text)
-    assert receiver.recv(timeout=5) == text
+    received = []
+    deadline = time.monotonic() + 5
+    while text not in received:
+        received.append(receiver.recv(timeout=max(deadline - time.monotonic(), 0.01)))
 
 
 def worker_pids(server: ServerProcess) -> set[int]:
@@ -337,6 +341,28 @@ def test_sighup_replaces_every_worker_without_closing_the_port(redis, tmp_path):
         with ws_sync.connect(server.url, open_timeout=5) as client:
             version, pid = whoami(client)
         assert version == "v2" and pid in new_pids
+
+
+def test_a_reload_whose_new_worker_fails_keeps_the_old_workers(redis, tmp_path):
+    with workers(redis, tmp_path) as server:
+        by_pid = clients_per_worker(server, wanted=2)
+        old_pids = set(by_pid)
+        (tmp_path / "crash").touch()  # the new code is broken
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "keeping the old workers" in server.output, 30, server.output)
+        assert "crash at start, as the test asked" in server.output
+        assert worker_pids(server) == old_pids
+        # Nobody was drained: every old client still chats, across workers too.
+        (a1, a2), (b1, b2) = by_pid.values()
+        chat(a1, b1, "still on the old code")
+        chat(b2, a2, "and so am I")
+        # A later reload, once the code is fixed, goes through.
+        (tmp_path / "crash").unlink()
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload done" in server.output, 60, server.output)
+        assert not worker_pids(server) & old_pids
+        for client in (a1, a2, b1, b2):
+            client.close()
 
 
 def test_sighup_loads_new_tls_certificates(redis, tmp_path):
