@@ -45,9 +45,16 @@ def ensure_installed() -> None:
 
 
 def run(
-    config: dict[str, Any], server_pid: int, on_event: EventHandler | None = None
+    config: dict[str, Any],
+    server_pid: int,
+    on_event: EventHandler | None = None,
+    *,
+    server_pinned: bool = True,
 ) -> dict[str, Any]:
     """Run one scenario; the result, plus ``server_cpu`` (% of a core) over the window.
+
+    ``server_pinned=False``: the server runs on every CPU (``--workers 2``),
+    so what others used is the CPUs' total less the server's and the client's.
 
     Also the server's RSS before the load generator starts and at the end of
     the window (``server_rss_start``, ``server_rss_end``, bytes): what its
@@ -110,9 +117,13 @@ def run(
         # Whatever else ran on the two benchmark CPUs (other jobs on the machine)
         # disturbs the numbers: measure it rather than assume it away.
         busy: dict[int, float] = window["busy"]
-        others = [
-            busy.get(SERVER_CPU, 0.0) - result["server_cpu"],
-            busy.get(CLIENT_CPU, 0.0) - result.get("client_cpu", 0.0),
-        ]
+        if server_pinned:
+            others = [
+                busy.get(SERVER_CPU, 0.0) - result["server_cpu"],
+                busy.get(CLIENT_CPU, 0.0) - result.get("client_cpu", 0.0),
+            ]
+        else:
+            both = busy.get(SERVER_CPU, 0.0) + busy.get(CLIENT_CPU, 0.0)
+            others = [both - result["server_cpu"] - result.get("client_cpu", 0.0)]
         result["others_cpu"] = max(0.0, *others)
     return result

@@ -9,6 +9,7 @@ connections need more descriptors than a default shell allows.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import resource
 import shutil
@@ -53,11 +54,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants: a server may be a supervisor and its workers."""
+    pids, position = [pid], 0
+    while position < len(pids):
+        current, position = pids[position], position + 1
+        for task in glob.glob(f"/proc/{current}/task/*/children"):
+            with contextlib.suppress(OSError), open(task) as children:
+                pids.extend(int(child) for child in children.read().split())
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (``/proc/PID/stat`` fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    """User + system CPU time of ``pid`` and its descendants so far (``/proc/PID/stat``)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            if member == pid:
+                raise
+            continue  # a child that just ended
+        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return total
 
 
 def cpu_busy_seconds() -> dict[int, float]:
@@ -78,7 +98,22 @@ def cpu_busy_seconds() -> dict[int, float]:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` (``VmRSS`` in ``/proc/PID/status``)."""
+    """Resident memory of ``pid`` and its descendants (``VmRSS``, summed).
+
+    For a supervisor and its workers the sum counts pages they share once per
+    process, so it overstates what they use together.
+    """
+    total = 0
+    for member in process_tree(pid):
+        try:
+            total += _own_rss(member)
+        except (OSError, RuntimeError):
+            if member == pid:
+                raise
+    return total
+
+
+def _own_rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
@@ -94,6 +129,7 @@ class ServerProcess:
     port: int
     process: subprocess.Popen[bytes]
     stderr: IO[bytes]
+    pinned: bool = True  # on SERVER_CPU; False: on every CPU, the load generator's too
 
     def log_tail(self, size: int = 4000) -> str:
         """The end of what the server wrote to stderr so far (warnings, tracebacks)."""
@@ -132,15 +168,19 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def run_server(name: str, command: Sequence[str], port: int) -> Iterator[ServerProcess]:
+def run_server(
+    name: str, command: Sequence[str], port: int, *, pin: bool = True
+) -> Iterator[ServerProcess]:
     """Start ``command`` on the server CPU, wait until ``port`` accepts, stop it at the end.
+
+    ``pin=False`` lets it use every CPU (a server with several worker processes).
 
     The server's stderr goes to a temporary file, shown if the server fails to start
     (a pipe nobody reads could fill up and block a chatty server).
     """
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(
-            pinned(SERVER_CPU, command),
+            pinned(SERVER_CPU, command) if pin else list(command),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=errors,
@@ -154,6 +194,6 @@ def run_server(name: str, command: Sequence[str], port: int) -> Iterator[ServerP
                 errors.seek(0)
                 detail = errors.read().decode(errors="replace")[-2000:]
                 raise RuntimeError(f"{name}: {exc}\n{detail}") from None
-            yield ServerProcess(name, port, process, errors)
+            yield ServerProcess(name, port, process, errors, pinned=pin)
         finally:
             stop(process)

@@ -87,7 +87,9 @@ def _least_disturbed(
     """
     tried = []
     for _ in range(1 + RETRIES):
-        with run_server(target.name, target.command(port, scenario.mode), port) as server:
+        with run_server(
+            target.name, target.command(port, scenario.mode), port, pin=target.pinned
+        ) as server:
             result = scenario.measure(server, settings)
         tried.append(result)
         if result.get("others_cpu", 0) <= DISTURBED:

@@ -107,7 +107,7 @@ def _deflated(result: Result, expected: int, config: Result) -> Result:
 
 def _once(server: ServerProcess, settings: Settings, config: Result, connections: int) -> Result:
     base = {"url": _url(server), "warmup": settings.warmup, "duration": settings.duration}
-    result = loadgen.run({**base, **config}, server.pid)
+    result = loadgen.run({**base, **config}, server.pid, server_pinned=server.pinned)
     if "server_rss_end" in result:
         # Busy connections: their buffers, codecs and greenlets, over a fresh
         # server's RSS (so one-off allocations of the first connections count too).
@@ -150,7 +150,7 @@ def _echo_latency(server: ServerProcess, settings: Settings) -> Result:
         "warmup": settings.warmup,
         "duration": settings.latency_duration,
     }
-    return loadgen.run(config, server.pid)
+    return loadgen.run(config, server.pid, server_pinned=server.pinned)
 
 
 def _broadcast(
@@ -226,7 +226,7 @@ def _idle_run(server: ServerProcess, settings: Settings, compression: bool) -> R
         "timeout": 120,
         "compression": compression,
     }
-    result = loadgen.run(config, server.pid, on_event)
+    result = loadgen.run(config, server.pid, on_event, server_pinned=server.pinned)
     if result["failed"]:
         raise loadgen.LoadgenError(
             f"{result['failed']} of {count} idle connections failed: {result['first_error']}"

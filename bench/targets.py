@@ -3,7 +3,9 @@
 fws runs as users run it (``fws_server -f echo``); the others are the small
 scripts in ``bench/servers/``, each taking ``PORT MODE``, and fws+takeover is
 ``fws_server`` with compression context kept (``servers/fws_context_takeover.py``),
-run only where a client offers deflate. One place to read what exactly is compared.
+run only where a client offers deflate; "fws --workers 2" is fws_server with two
+worker processes and the redis-server they share (``servers/fws_workers.py``),
+not pinned to one CPU. One place to read what exactly is compared.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Target:
     command: Callable[[int, str], list[str]]
     missing: str | None = None  # why it cannot run here; None: it can
     scenarios: tuple[str, ...] | None = None  # the only scenarios it runs in; None: all
+    pinned: bool = True  # on the server CPU; False: on every CPU, competing with the client
 
 
 def _fws_options(port: int, mode: str) -> list[str]:
@@ -44,6 +47,11 @@ def _fws(port: int, mode: str) -> list[str]:
 def _fws_takeover(port: int, mode: str) -> list[str]:
     script = SERVERS_DIR / "fws_context_takeover.py"
     return [sys.executable, str(script), *_fws_options(port, mode)]
+
+
+def _fws_workers(port: int, mode: str) -> list[str]:
+    script = SERVERS_DIR / "fws_workers.py"
+    return [sys.executable, str(script), "2", *_fws_options(port, mode)]
 
 
 def _script(name: str, *extra: str) -> Callable[[int, str], list[str]]:
@@ -75,6 +83,14 @@ def all_targets() -> list[Target]:
                 "echo-100x10-deflate",
                 "idle-deflate",
             ),
+        ),
+        # Two worker processes and the Redis they need, on both CPUs: the load
+        # generator's CPU too, so on a two-core machine they compete with it.
+        Target(
+            "fws --workers 2",
+            _fws_workers,
+            None if shutil.which("redis-server") else "apt-get install redis-server",
+            pinned=False,
         ),
         Target(
             "gevent-websocket",

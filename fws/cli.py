@@ -15,8 +15,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -36,6 +37,7 @@ from .modules import (
 )
 from .registry import Registry, filters_defined_in
 from .storage.base import Storage
+from .storage.memory import MemoryStorage
 
 __all__ = ["build_command", "main"]
 
@@ -310,8 +312,75 @@ def _jwt_keywords(registry: Registry, options: dict[str, Any]) -> dict[str, Any]
     return {"connect": [f(settings) if issubclass(f, auth.JwtAuth) else f for f in connect]}
 
 
-def build_command(storage_name: str, storage_class: type[Storage]) -> click.Command:
-    """The ``fws_server`` command, with the chosen storage's options added."""
+class WorkersType(click.ParamType):
+    """``--workers``: a positive number, or ``auto`` for one per CPU."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is not a positive number of workers or 'auto'", param, ctx)
+
+
+def choose_workers(args: Sequence[str], environ: dict[str, str] | os._Environ[str]) -> int:
+    """How many workers, before parsing: one decides whether this process patches gevent.
+
+    The supervisor of ``--workers N`` must not be monkey-patched (it forks and
+    waits as a plain process), while a single server patches first thing.
+    Same precedence as the options; an unusable value counts as 1 and is
+    reported by click.
+    """
+    from .supervisor import resolve_workers
+
+    value: str | None = None
+    for position, arg in enumerate(args):
+        if arg == "--workers" and position + 1 < len(args):
+            value = args[position + 1]
+        elif arg.startswith("--workers="):
+            value = arg.partition("=")[2]
+    if value is None:
+        value = environ.get("FWS_WORKERS")
+    if value is None:
+        for position, arg in enumerate(args):
+            path = None
+            if arg in ("-c", "--config") and position + 1 < len(args):
+                path = args[position + 1]
+            elif arg.startswith("--config="):
+                path = arg.partition("=")[2]
+            if path is not None:
+                try:
+                    configured = read_config(path).get("workers")
+                except ConfigurationError:
+                    return 1
+                if configured is not None:
+                    value = str(configured)
+    try:
+        return resolve_workers(WorkersType().convert(value or 1, None, None))
+    except click.BadParameter:
+        return 1
+
+
+def build_command(
+    storage_name: str,
+    storage_class: type[Storage],
+    *,
+    argv: Sequence[str] = (),
+    listener: socket.socket | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+) -> click.Command:
+    """The ``fws_server`` command, with the chosen storage's options added.
+
+    ``argv`` is the command line, which ``--workers N`` passes on to each
+    worker. ``listener`` and ``on_ready`` are set in a worker (``fws.worker``):
+    the socket inherited from the supervisor, and what to call with the
+    started ``Server`` once clients are accepted.
+    """
     params: list[click.Parameter] = [
         click.Option(
             ["-c", "--config"],
@@ -464,11 +533,27 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             "reads it first; client-sent values are escaped in both.",
         ),
         click.Option(["-q", "--quiet"], is_flag=True, help="Log only warnings and errors."),
+        click.Option(
+            ["--workers"],
+            type=WorkersType(),
+            default=1,
+            show_default=True,
+            help="Worker processes sharing the port (auto: one per CPU). Above 1 a "
+            "supervisor restarts workers that die and replaces them one at a time on "
+            "SIGHUP; needs --storage redis, since workers share clients only through it.",
+        ),
         *_jwt_options(),
     ]
 
     def run(**options: Any) -> None:
-        _serve(storage_class, options)
+        if listener is None:
+            workers = _resolve_workers(options.pop("workers"))
+            if workers > 1:
+                _supervise(storage_class, options, workers, argv)
+                return
+        else:
+            options.pop("workers")
+        _serve(storage_class, options, listener=listener, on_ready=on_ready)
 
     command = FwsCommand(
         "fws_server",
@@ -481,14 +566,73 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
     return command
 
 
-def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
-    from .server import Server, serve_until_signalled, tls_context
-
+def _configure_logging(options: dict[str, Any]) -> None:
     configure_logging(
         "WARNING" if options["quiet"] else options["log_level"].upper(),
         options["log_format"].lower(),
         sys.stderr,
     )
+
+
+def _resolve_workers(value: int | str) -> int:
+    from .supervisor import resolve_workers
+
+    return resolve_workers(value)
+
+
+def _supervise(
+    storage_class: type[Storage], options: dict[str, Any], workers: int, argv: Sequence[str]
+) -> None:
+    """``--workers N`` with N > 1: bind the port, then run the supervisor.
+
+    Checks what can be checked without loading application code (the
+    supervisor imports none); the rest, such as a filter module that does not
+    load, stops the first worker, and the supervisor with its status.
+    """
+    from .supervisor import Supervisor, bind_listener, worker_command
+
+    _configure_logging(options)
+    if issubclass(storage_class, MemoryStorage):
+        click.echo(
+            f"fws_server: error: --workers {workers} needs a shared storage (--storage redis): "
+            "with the in-memory storage each worker would see only its own clients",
+            err=True,
+        )
+        sys.exit(2)
+    if options["key"] and not options["cert"]:
+        raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
+    try:
+        listener = bind_listener(options["host"], options["port"])
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
+        ) from None
+    supervisor = Supervisor(
+        [*worker_command(), *argv],
+        workers,
+        listener,
+        # A worker's own drain: close_timeout + 1 s, then up to 1 s to cut
+        # clients and 2 s for its background work; then a margin.
+        shutdown_timeout=options["close_timeout"] + 10,
+        tls=bool(options["cert"]),
+    )
+    try:
+        status = supervisor.run()
+    finally:
+        listener.close()
+    sys.exit(status)
+
+
+def _serve(
+    storage_class: type[Storage],
+    options: dict[str, Any],
+    *,
+    listener: socket.socket | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+) -> None:
+    from .server import Server, serve_until_signalled, tls_context
+
+    _configure_logging(options)
     if options["key"] and not options["cert"]:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
     if options["require_subprotocol"] and not options["subprotocols"]:
@@ -523,6 +667,7 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         server = Server(
             host=options["host"],
             port=options["port"],
+            listener=listener,
             registry=registry,
             storage=storage,
             ssl_context=ssl_context,
@@ -556,23 +701,38 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
         raise click.ClickException(
             f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
         ) from None
+    if on_ready is not None:
+        on_ready(server)
     try:
         serve_until_signalled(server)
     except BackgroundTaskFailed as exc:  # logged with its traceback already
         raise click.ClickException(str(exc)) from None
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point: patch gevent first, then run the command."""
-    from gevent import monkey
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    listener: socket.socket | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+) -> None:
+    """Console-script entry point: patch gevent first, then run the command.
 
-    monkey.patch_all()
-    tune_for_server()
+    With ``--workers N`` (N > 1) this process is the supervisor and is not
+    patched; each worker (``fws.worker``) patches itself and calls this with
+    the inherited ``listener`` and its ``on_ready`` callback.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    if listener is not None or choose_workers(args, os.environ) == 1:
+        from gevent import monkey
+
+        monkey.patch_all()
+        tune_for_server()
     storage_name = choose_storage(args, os.environ)
     try:
         storage_class = load_storage_class(storage_name)
     except ConfigurationError as exc:
         click.echo(f"fws_server: error: {exc}", err=True)
         sys.exit(2)
-    build_command(storage_name, storage_class).main(args=args, prog_name="fws_server")
+    build_command(
+        storage_name, storage_class, argv=args, listener=listener, on_ready=on_ready
+    ).main(args=args, prog_name="fws_server")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Collection, Iterable, Sequence
@@ -154,6 +155,9 @@ class Server:
         *,
         host: str = "0.0.0.0",
         port: int = 9000,
+        # An already bound and listening socket to accept on instead of binding
+        # host:port: the one the fws supervisor shares between its workers.
+        listener: socket.socket | None = None,
         # Pipelines, one per event.
         connect: Any = None,
         open: Any = None,  # noqa: A002 - the event's name, like the other pipelines
@@ -219,6 +223,7 @@ class Server:
             )
         self.host = host
         self.port = port
+        self._listener = listener
         self._explicit: dict[str, Any] = {
             "connect": connect,
             "open": open,
@@ -307,7 +312,7 @@ class Server:
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
         """Supervised tasks that can publish, the consumer first: stopped before the storage."""
-        self._listener: gevent.Greenlet | None = None
+        self._storage_listener: gevent.Greenlet | None = None
         self._consuming = False  # the consumer pipeline is running on an item
         self._failure: BackgroundTaskFailed | None = None
         self._stopped = gevent.event.Event()
@@ -330,18 +335,25 @@ class Server:
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
             kwargs["ssl_context"] = self.ssl_context
+        if self._listener is None:
+            # Reconnect storms open thousands of connections at once; the
+            # kernel caps this at net.core.somaxconn. (A given listener
+            # already has its backlog.)
+            kwargs["backlog"] = 2048
         self._wsgi = _WSGIServer(
-            (self.host, self.port),
+            self._listener if self._listener is not None else (self.host, self.port),
             self,
             handler_class=ConnectionHandler,
             spawn=gevent.pool.Pool(),
-            # Reconnect storms open thousands of connections at once; the
-            # kernel caps this at net.core.somaxconn.
-            backlog=2048,
             log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
             **kwargs,
         )
+        if self._listener is not None:
+            # Processes sharing one listening socket: take one connection per
+            # wake-up (gevent takes up to 100), so that a burst of clients is
+            # spread over the workers instead of going to whichever woke first.
+            self._wsgi.max_accept = 1
         # The storage is ready (subscribed, state written) before the first
         # client can arrive; if it fails, nothing is bound yet.
         self.storage_object.open(self)
@@ -357,7 +369,7 @@ class Server:
         settings = self.connection_settings
         if settings.ping_interval or settings.idle_timeout:
             self._greenlets.append(supervised("liveness", self._watch_liveness, self._give_up))
-        self._listener = supervised("storage listener", self.storage_object.listen, self._give_up)
+        self._storage_listener = supervised("storage listener", self.storage_object.listen, self._give_up)
         host = f"[{self.host}]" if ":" in self.host else self.host
         log.info(
             "fws listening on %s://%s:%d; message pipeline: %r",
@@ -416,6 +428,16 @@ class Server:
     def _count_consumer_drop(self) -> None:
         self.table.stats.consumer_dropped += 1
 
+    def stop_accepting(self) -> None:
+        """Accept no new clients; those connected and handshakes under way go on.
+
+        A worker being replaced calls this first, so that the handshakes it
+        has already accepted complete rather than get 503 from ``stop()``,
+        while new clients go to the other workers sharing the socket.
+        """
+        if self._wsgi is not None:
+            self._wsgi.stop_accepting()
+
     def stop(self, timeout: float | None = None) -> None:
         """Drain, stop accepting, close every client with 1001, wait, then kill the rest.
 
@@ -463,8 +485,8 @@ class Server:
             gevent.killall(self._greenlets, block=True, timeout=2)
             self.queue.report_drops()
             self.storage_object.close()
-            if self._listener is not None:
-                self._listener.kill(block=True, timeout=2)
+            if self._storage_listener is not None:
+                self._storage_listener.kill(block=True, timeout=2)
             log.info("fws stopped")
         finally:
             self._stopped.set()
@@ -625,7 +647,26 @@ def serve(**settings: Any) -> None:
 
 
 def serve_until_signalled(server: Server) -> None:
-    """Block in ``server.serve_forever()``; SIGINT or SIGTERM stops it cleanly."""
+    """Block in ``server.serve_forever()``; SIGINT or SIGTERM stops it cleanly.
+
+    A SIGINT while the clients drain exits at once, with status 130: an
+    operator pressing Ctrl-C twice means "now", not "after close_timeout".
+    A repeated SIGTERM changes nothing (as in uvicorn): process managers
+    escalate with SIGKILL, and one that resends SIGTERM should not cut the
+    drain short.
+    """
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received and signum == signal.SIGINT:
+            log.warning("SIGINT while draining: exiting now without waiting for clients")
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(128 + signum)
+        if not received:
+            gevent.spawn(server.stop)
+        received.append(signum)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, gevent.spawn, server.stop)
+        gevent.signal_handler(signum, on_signal, signum)
     server.serve_forever()
