@@ -404,6 +404,20 @@ def build_command(storage_name: str, storage_class: type[Storage]) -> click.Comm
             "without it they get 426.",
         ),
         click.Option(
+            ["--metrics/--no-metrics"],
+            default=True,
+            show_default=True,
+            help="Serve Prometheus metrics at GET /metrics (on the main port, or on "
+            "--metrics-port). With PROMETHEUS_MULTIPROC_DIR set, workers' metrics are summed.",
+        ),
+        click.Option(
+            ["--metrics-port"],
+            type=click.IntRange(0, 65535),
+            metavar="PORT",
+            help="Serve /metrics on this port of the same host instead of the main port, "
+            "to keep it off the public listener.",
+        ),
+        click.Option(
             ["--log-level"],
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             default="info",
@@ -476,6 +490,8 @@ def _serve(storage_class: type[Storage], options: dict[str, Any]) -> None:
             **limits,
             close_timeout=options["close_timeout"],
             static=options["static"],
+            metrics=options["metrics"],
+            metrics_port=options["metrics_port"],
             **jwt_keywords,
         )
     except ConfigurationError as exc:  # unusable --jwt-* settings, a bad --trusted-proxy

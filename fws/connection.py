@@ -36,12 +36,15 @@ import gevent.socket
 import gevent.ssl
 
 from .context import READ_SIZE, ConnectionSettings, ConnectionTable
-from .datatypes import CloseInfo, Request
+from .datatypes import CloseInfo, Request, TextMessage
 from .deflate import PerMessageDeflate
 from .errors import ProtocolError
 from .frames import (
+    OP_BINARY,
+    OP_CLOSE,
     OP_PING,
     OP_PONG,
+    OP_TEXT,
     Close,
     FrameParser,
     Message,
@@ -196,6 +199,11 @@ class Connection:
     def peer(self) -> tuple[str, int]:
         return self.request.peer
 
+    @property
+    def outbound_bytes(self) -> int:
+        """Bytes queued to this client and not yet written to its socket."""
+        return self._outbox_bytes
+
     def send(self, data: str | bytes | bytearray | memoryview) -> bool:
         """Queue a message: ``str`` goes as a text frame, bytes-like as binary.
 
@@ -315,13 +323,19 @@ class Connection:
                 self.id,
                 self._outbox_bytes,
             )
+            self.table.stats.disconnects["slow_client"] += 1
             self._start_close(1008, "client too slow: outbound queue full")
             return False
         self._queue(frame)
         return True
 
     def _queue(self, frame: bytes) -> None:
-        self._outbox_bytes += len(frame)
+        size = len(frame)
+        self._outbox_bytes += size
+        stats = self.table.stats
+        opcode = frame[0] & 0x0F
+        stats.messages_sent[opcode] += 1
+        stats.bytes_sent[opcode] += size
         if self._opening is not None:
             opener, held = self._opening
             # The open pipeline's frames go first; the writer waits for its end.
@@ -391,6 +405,7 @@ class Connection:
 
     def _queue_close(self, code: int, reason: str) -> None:
         self._close_queued = True
+        self.table.stats.close_codes_sent[code] += 1
         self._queue(encode_close(code, reason))
 
     def _abort_transport(self) -> None:
@@ -412,7 +427,9 @@ class Connection:
         """
         self._socket = sock
         self._parser = FrameParser(
-            max_message_size=self.settings.max_message_size, deflate=self.deflate
+            max_message_size=self.settings.max_message_size,
+            deflate=self.deflate,
+            wire_bytes=self.table.stats.bytes_received,
         )
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.state = State.OPEN
@@ -559,18 +576,24 @@ class Connection:
             failure = None
         except ProtocolError as exc:
             events, failure = exc.events, exc  # type: ignore[assignment]
+        received = self.table.stats.messages_received
         for event in events:
             if type(event) is Message:
+                received[OP_TEXT if type(event.data) is TextMessage else OP_BINARY] += 1
                 if self.state is State.OPEN:
                     self._last_message_at = time.monotonic()
                     dispatch("message", self, event.data)
             elif type(event) is Ping:
+                received[OP_PING] += 1
                 # Counted against max_outbound_bytes like any message: a client
                 # that floods pings and never reads is closed, not buffered for.
                 self.send_frame(encode_frame(OP_PONG, event.payload))
             elif type(event) is Pong:
+                received[OP_PONG] += 1
                 self._awaiting_pong = False
             elif type(event) is Close:
+                received[OP_CLOSE] += 1
+                self.table.stats.close_codes_received[event.code] += 1
                 self._close_received = True
                 if self.state is State.OPEN:
                     # The client started the closing handshake: answer with its code.

@@ -109,6 +109,9 @@ class FrameParser:
 
     ``deflate`` is the connection's negotiated permessage-deflate codec;
     ``None``: not negotiated, and RSV1 is a protocol error.
+
+    ``wire_bytes``, a list of 16 ints, gets each complete frame's size (header
+    included) added at its opcode's index, for metrics; ``None``: not counted.
     """
 
     def __init__(
@@ -116,8 +119,10 @@ class FrameParser:
         *,
         max_message_size: int | None = 2**20,
         deflate: PerMessageDeflate | None = None,
+        wire_bytes: list[int] | None = None,
     ) -> None:
         self.max_message_size = max_message_size
+        self.wire_bytes = wire_bytes
         self.deflate = deflate
         self._buffer = bytearray()
         self._opcode: int | None = None  # of the fragmented message in progress
@@ -200,6 +205,8 @@ class FrameParser:
             payload = unmask(memoryview(data)[payload_start:frame_end], mask)
             first = data[position]
             position = frame_end
+            if self.wire_bytes is not None:
+                self.wire_bytes[first & 0x0F] += frame_size
             if first & 0x40:  # _check_header let RSV1 through: a compressed message
                 event = self._compressed_frame(first & 0x0F, bool(first & 0x80), payload)
             else:

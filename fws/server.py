@@ -20,6 +20,7 @@ import gevent
 import gevent.event
 import gevent.pool
 import gevent.queue
+import gevent.socket
 import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
@@ -31,6 +32,7 @@ from .errors import ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
 from .handshake import ConnectionHandler, ProxyNetworks
+from .metrics import FLUSH_INTERVAL, Metrics
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .static import StaticFiles
@@ -157,6 +159,10 @@ class Server:
         # Plain HTTP: GET/HEAD requests that are not upgrades get the files of
         # this directory (see fws.static); None: they get 426 Upgrade Required.
         static: str | os.PathLike[str] | None = None,
+        # Prometheus metrics at GET /metrics (see fws.metrics): on the main port,
+        # or on metrics_port (same host) when that is set; False: none at all.
+        metrics: bool = True,
+        metrics_port: int | None = None,
     ) -> None:
         if close_timeout <= 0:
             raise ValueError("close_timeout must be more than 0 seconds")
@@ -223,6 +229,24 @@ class Server:
         self.static = StaticFiles(static) if static is not None else None
         self.upgrades_in_progress = 0
         """Handshakes accepted but not yet in ``users`` (they count for max_connections)."""
+        if metrics_port is not None and not metrics:
+            raise ConfigurationError("--metrics-port needs metrics on (drop --no-metrics)")
+        self.metrics: Metrics | None = None
+        if metrics:
+            self.metrics = Metrics(
+                self.table.stats,
+                connections=self.users.__len__,
+                outbound_bytes=self._outbound_bytes,
+                pubsub_live=lambda: self.storage_object.pubsub_live,
+            )
+        self.metrics_port = metrics_port
+        self.metrics_app: Any = (
+            self.metrics.wsgi_app if self.metrics is not None and metrics_port is None else None
+        )
+        """WSGI app for plain ``GET /metrics`` on the main port; None: not served there."""
+        self._metrics_wsgi: WSGIServer | None = None
+        # Timing each pipeline run costs two clock reads; only worth it if exported.
+        self._time_filters = self.metrics is not None
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -257,12 +281,38 @@ class Server:
             error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
             **kwargs,
         )
+        if self.metrics is not None and self.metrics_port is not None:
+            try:
+                listener = _metrics_listener(
+                    self.host, self.metrics_port, self.metrics.multiprocess
+                )
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot listen on {self.host}:{self.metrics_port} for metrics: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            self._metrics_wsgi = WSGIServer(
+                listener,
+                self.metrics.wsgi_app,
+                log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
+                error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
+            )
         # The storage is ready (subscribed, state written) before the first
         # client can arrive; if it fails, nothing is bound yet.
-        self.storage_object.open(self)
+        try:
+            self.storage_object.open(self)
+        except BaseException:
+            if self._metrics_wsgi is not None:
+                self._metrics_wsgi.close()
+            raise
         try:
             self._wsgi.start()
+            if self._metrics_wsgi is not None:
+                self._metrics_wsgi.start()
         except BaseException:
+            self._wsgi.close()
+            if self._metrics_wsgi is not None:
+                self._metrics_wsgi.close()
             self.storage_object.close()
             raise
         self._greenlets = [
@@ -273,6 +323,8 @@ class Server:
         settings = self.connection_settings
         if settings.ping_interval or settings.idle_timeout:
             self._greenlets.append(gevent.spawn(self._watch_liveness))
+        if self.metrics is not None and self.metrics.multiprocess:
+            self._greenlets.append(gevent.spawn(self._flush_metrics))
         host = f"[{self.host}]" if ":" in self.host else self.host
         log.info(
             "fws listening on %s://%s:%d; message pipeline: %r",
@@ -281,6 +333,8 @@ class Server:
             self.address[1],
             self.pipelines["message"],
         )
+        if self.metrics_address is not None:
+            log.info("metrics at http://%s:%d/metrics", host, self.metrics_address[1])
 
     @property
     def stopping(self) -> bool:
@@ -298,6 +352,13 @@ class Server:
         if self._wsgi is None:
             raise RuntimeError("the server is not started")
         return self._wsgi.address[0], self._wsgi.server_port
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The bound (host, port) of ``metrics_port``; None when metrics share the main port."""
+        if self._metrics_wsgi is None:
+            return None
+        return self._metrics_wsgi.address[0], self._metrics_wsgi.server_port
 
     def serve_forever(self) -> None:
         """Start if needed, then block until ``stop()`` has finished."""
@@ -333,6 +394,10 @@ class Server:
                     self._wait_for_connections(time.monotonic() + 1)
             self.storage_object.close()
             gevent.killall(self._greenlets, block=True, timeout=2)
+            if self._metrics_wsgi is not None:
+                self._metrics_wsgi.stop(timeout=1)
+            if self.metrics is not None:
+                self.metrics.close()
             log.info("fws stopped")
         finally:
             self._stopped.set()
@@ -394,9 +459,19 @@ class Server:
         pipeline = self.pipelines[event]
         if not pipeline:
             return data
+        if not self._time_filters:
+            return self._run(pipeline, event, instance, data)
+        started = time.perf_counter()
+        try:
+            return self._run(pipeline, event, instance, data)
+        finally:
+            self.table.stats.filter_time(event).observe(time.perf_counter() - started)
+
+    def _run(self, pipeline: Pipeline, event: str, instance: Any, data: Any) -> Any:
         try:
             return pipeline.run(instance, data)
         except FilterError as exc:
+            self.table.stats.filter_errors[event, exc.filter_name] += 1
             log.error(
                 "%s filter %s raised on %r; the rest of its pipeline is skipped",
                 event,
@@ -439,6 +514,20 @@ class Server:
             for connection in tuple(self.reading):
                 connection.park_if_quiet(now)
 
+    def _outbound_bytes(self) -> int:
+        """Bytes queued to every client and not yet written (read at each metrics flush)."""
+        return sum(connection.outbound_bytes for connection in tuple(self.users.values()))
+
+    def _flush_metrics(self) -> None:
+        """Multi-process mode: write this worker's counts where any worker's scrape sees them."""
+        assert self.metrics is not None
+        while True:
+            gevent.sleep(FLUSH_INTERVAL)
+            try:
+                self.metrics.flush()
+            except Exception:  # a full disk, say: metrics must not take the server down
+                log.exception("flushing metrics failed")
+
     def _consume(self) -> None:
         while True:
             item = self.queue.get()
@@ -446,6 +535,8 @@ class Server:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """WSGI application for requests that are not WebSocket upgrades."""
+        if self.metrics_app is not None and environ.get("PATH_INFO") == "/metrics":
+            return self.metrics_app(environ, start_response)
         if self.static is not None:
             return self.static(environ, start_response)
         start_response(
@@ -457,6 +548,7 @@ class Server:
                 ("Connection", "close"),
             ],
         )
+        self.table.stats.handshakes[426] += 1
         return [_UPGRADE_REQUIRED]
 
     def __repr__(self) -> str:
@@ -469,6 +561,27 @@ def _as_filters(pipeline: Any) -> tuple[Any, ...]:
     if isinstance(pipeline, list | tuple):
         return tuple(pipeline)
     return (pipeline,)
+
+
+def _metrics_listener(host: str, port: int, shared: bool) -> Any:
+    """The metrics port's listening socket; ``shared``: workers bind it together.
+
+    With workers (multi-process mode) every worker binds the port with
+    SO_REUSEPORT and any of them answers a scrape with the sum of all;
+    otherwise a second server on the port is an error, as for the main port.
+    """
+    family = gevent.socket.AF_INET6 if ":" in host else gevent.socket.AF_INET
+    sock = gevent.socket.socket(family, gevent.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def serve(**settings: Any) -> None:
