@@ -3,7 +3,9 @@
 fws runs as users run it (``fws_server -f echo``); the others are the small
 scripts in ``bench/servers/``, each taking ``PORT MODE``, and fws+takeover is
 ``fws_server`` with compression context kept (``servers/fws_context_takeover.py``),
-run only where a client offers deflate. One place to read what exactly is compared.
+run only where a client offers deflate; fws-no-metrics is ``fws_server --no-metrics``, so
+that the fws/no-metrics ratio is the cost of metrics. One place to read what exactly is
+compared.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def _fws(port: int, mode: str) -> list[str]:
     return [*base, *_fws_options(port, mode)]
 
 
+def _fws_no_metrics(port: int, mode: str) -> list[str]:
+    return [*_fws(port, mode), "--no-metrics"]
+
+
 def _fws_takeover(port: int, mode: str) -> list[str]:
     script = SERVERS_DIR / "fws_context_takeover.py"
     return [sys.executable, str(script), *_fws_options(port, mode)]
@@ -75,6 +81,13 @@ def all_targets() -> list[Target]:
                 "echo-100x10-deflate",
                 "idle-deflate",
             ),
+        ),
+        # The cost of metrics (issue 9: under 3 %): fws as above has them on,
+        # this one off, in the scenarios whose hot path they touch.
+        Target(
+            "fws-no-metrics",
+            _fws_no_metrics,
+            scenarios=("echo-latency", "echo-100x10", "broadcast-100", "broadcast-1000"),
         ),
         Target(
             "gevent-websocket",

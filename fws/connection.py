@@ -36,15 +36,12 @@ import gevent.socket
 import gevent.ssl
 
 from .context import READ_SIZE, ConnectionSettings, ConnectionTable
-from .datatypes import CloseInfo, Request, TextMessage
+from .datatypes import CloseInfo, Request
 from .deflate import PerMessageDeflate
 from .errors import ProtocolError
 from .frames import (
-    OP_BINARY,
-    OP_CLOSE,
     OP_PING,
     OP_PONG,
-    OP_TEXT,
     Close,
     FrameParser,
     Message,
@@ -429,6 +426,7 @@ class Connection:
         self._parser = FrameParser(
             max_message_size=self.settings.max_message_size,
             deflate=self.deflate,
+            frame_counts=self.table.stats.messages_received,
             wire_bytes=self.table.stats.bytes_received,
         )
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
@@ -576,23 +574,18 @@ class Connection:
             failure = None
         except ProtocolError as exc:
             events, failure = exc.events, exc  # type: ignore[assignment]
-        received = self.table.stats.messages_received
         for event in events:
             if type(event) is Message:
-                received[OP_TEXT if type(event.data) is TextMessage else OP_BINARY] += 1
                 if self.state is State.OPEN:
                     self._last_message_at = time.monotonic()
                     dispatch("message", self, event.data)
             elif type(event) is Ping:
-                received[OP_PING] += 1
                 # Counted against max_outbound_bytes like any message: a client
                 # that floods pings and never reads is closed, not buffered for.
                 self.send_frame(encode_frame(OP_PONG, event.payload))
             elif type(event) is Pong:
-                received[OP_PONG] += 1
                 self._awaiting_pong = False
             elif type(event) is Close:
-                received[OP_CLOSE] += 1
                 self.table.stats.close_codes_received[event.code] += 1
                 self._close_received = True
                 if self.state is State.OPEN:

@@ -110,8 +110,9 @@ class FrameParser:
     ``deflate`` is the connection's negotiated permessage-deflate codec;
     ``None``: not negotiated, and RSV1 is a protocol error.
 
-    ``wire_bytes``, a list of 16 ints, gets each complete frame's size (header
-    included) added at its opcode's index, for metrics; ``None``: not counted.
+    ``frame_counts`` and ``wire_bytes``, lists of 16 ints, get 1 and each
+    complete frame's size (header included) added at its opcode's index, for
+    metrics; ``None``: not counted.
     """
 
     def __init__(
@@ -119,9 +120,13 @@ class FrameParser:
         *,
         max_message_size: int | None = 2**20,
         deflate: PerMessageDeflate | None = None,
+        frame_counts: list[int] | None = None,
         wire_bytes: list[int] | None = None,
     ) -> None:
+        if (frame_counts is None) != (wire_bytes is None):
+            raise ValueError("frame_counts and wire_bytes go together")
         self.max_message_size = max_message_size
+        self.frame_counts = frame_counts
         self.wire_bytes = wire_bytes
         self.deflate = deflate
         self._buffer = bytearray()
@@ -195,6 +200,7 @@ class FrameParser:
         """Append the events of the complete frames in ``data``; return the bytes they took."""
         position = 0
         end = len(data)
+        frame_counts, wire_bytes = self.frame_counts, self.wire_bytes
         while True:
             header_size, frame_size = self._extent(data, position)
             if not frame_size or end - position < frame_size:
@@ -205,8 +211,10 @@ class FrameParser:
             payload = unmask(memoryview(data)[payload_start:frame_end], mask)
             first = data[position]
             position = frame_end
-            if self.wire_bytes is not None:
-                self.wire_bytes[first & 0x0F] += frame_size
+            if wire_bytes is not None:
+                opcode = first & 0x0F
+                frame_counts[opcode] += 1  # type: ignore[index]  # set with wire_bytes
+                wire_bytes[opcode] += frame_size
             if first & 0x40:  # _check_header let RSV1 through: a compressed message
                 event = self._compressed_frame(first & 0x0F, bool(first & 0x80), payload)
             else:

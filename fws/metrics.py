@@ -245,7 +245,8 @@ class Metrics:
             counts, seen = getattr(stats, name), self._seen_lists[name]
             family = getattr(self, name)
             for opcode, value in enumerate(counts):
-                if value != seen[opcode]:
+                # Continuation frames are fragments of messages counted already.
+                if value != seen[opcode] and (opcode or name != "messages_received"):
                     family.labels(opcode_name(opcode)).inc(value - seen[opcode])
                     seen[opcode] = value
         for name, counted in (

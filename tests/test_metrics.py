@@ -25,7 +25,16 @@ from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 from fws import Pipeline
 from fws.filters.echo import Echo
-from fws.frames import OP_PING
+from fws.frames import (
+    OP_BINARY,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    FrameParser,
+    Message,
+    Ping,
+)
+from fws.metrics import opcode_name
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -66,8 +75,44 @@ def server_frame_size(payload: bytes) -> int:
     return len(payload) + (2 if len(payload) < 126 else 4)
 
 
+def test_the_parser_counts_frames_and_their_wire_bytes_by_opcode():
+    from frame_builder import client_frame
+
+    counts, wire = [0] * 16, [0] * 16
+    parser = FrameParser(frame_counts=counts, wire_bytes=wire)
+    first = client_frame(OP_TEXT, b"frag", fin=False)
+    rest = client_frame(OP_CONTINUATION, b"mented")
+    big = client_frame(OP_BINARY, b"b" * 300)  # a 16-bit length: 8-byte header
+    ping = client_frame(OP_PING, b"")
+    stream = first + rest + big + ping
+    events = parser.feed(stream[:5]) + parser.feed(stream[5:])  # split inside a frame
+    assert events == [Message("fragmented"), Message(b"b" * 300), Ping(b"")]
+    assert (counts[OP_TEXT], counts[OP_CONTINUATION], counts[OP_BINARY], counts[OP_PING]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    assert (
+        (wire[OP_TEXT], wire[OP_CONTINUATION], wire[OP_BINARY], wire[OP_PING])
+        == (
+            len(first),
+            len(rest),
+            len(big),
+            len(ping),
+        )
+        == (10, 12, 308, 6)
+    )
+    assert sum(wire) == len(stream)
+    assert [opcode_name(op) for op in (0, 1, 2, 8, 9, 10, 3)] == [
+        "continuation", "text", "binary", "close", "ping", "pong", "0x3",
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        FrameParser(frame_counts=counts)
+
+
 def test_messages_bytes_handshakes_close_codes_and_filter_time_are_counted():
-    texts = ["hello", "héllo wörld", "x" * 300]
+    texts = ["hello", "héllo wörld", "x" * 300, "a", "b", "c", "d"]
     binaries = [b"\x00\x01\x02", bytes(range(256)) * 2]
     with run_server(message=Echo, origins=["http://good.example"]) as server:
         port = server.address[1]
@@ -111,7 +156,7 @@ def test_messages_bytes_handshakes_close_codes_and_filter_time_are_counted():
     )
     assert value(samples, "fws_close_codes_received_total", code="1000") == 1
     assert value(samples, "fws_close_codes_sent_total", code="1000") == 1  # the answer
-    runs = len(texts) + len(binaries)
+    runs = len(texts) + len(binaries)  # 9: the 1st and 9th are timed (1 in 8, see fws.stats)
     assert value(samples, "fws_filter_duration_seconds_count", event="message") == runs
     assert value(samples, "fws_filter_duration_seconds_bucket", event="message", le="+Inf") == runs
     assert value(samples, "fws_filter_duration_seconds_sum", event="message") > 0
@@ -122,25 +167,33 @@ def test_messages_bytes_handshakes_close_codes_and_filter_time_are_counted():
     assert value(samples, "process_resident_memory_bytes") > 0
 
 
-def test_histogram_buckets_are_cumulative_and_place_a_slow_filter():
+def test_histogram_is_cumulative_and_a_timed_run_stands_for_the_untimed_before_it():
     def slow_on_nap(ws, data):
         if data == "nap":
-            time.sleep(0.03)  # not patched: this blocks the server thread, as intended
+            time.sleep(0.3)  # not patched: this blocks the server thread, as intended
 
-    with run_server(message=Pipeline(slow_on_nap) | Echo) as server:
+    def connect_slowly(ws, request):
+        time.sleep(0.3)
+
+    messages = ["quick"] * 8 + ["nap"]  # runs 1 and 9 are timed; 9 stands for 2-9
+    with run_server(message=Pipeline(slow_on_nap) | Echo, connect=connect_slowly) as server:
         client = connect(server)
-        for message in ("a", "nap", "b"):
+        for message in messages:
             client.send(message)
             assert client.recv() == message
         samples = scrape(server.address[1])
         client.close()
 
-    def bucket(le: str) -> float:
-        return value(samples, "fws_filter_duration_seconds_bucket", event="message", le=le)
+    def bucket(le: str, event: str = "message") -> float:
+        return value(samples, "fws_filter_duration_seconds_bucket", event=event, le=le)
 
-    assert bucket("0.025") == 2  # the two quick runs, not the nap
-    assert bucket("0.05") == bucket("+Inf") == 3
-    assert 0.03 <= value(samples, "fws_filter_duration_seconds_sum", event="message") < 1
+    assert bucket("0.25") == 1  # the first run, quick
+    assert bucket("+Inf") == len(messages)
+    assert value(samples, "fws_filter_duration_seconds_count", event="message") == len(messages)
+    assert value(samples, "fws_filter_duration_seconds_sum", event="message") >= 8 * 0.3
+    # Per-connection events are timed every time.
+    assert bucket("0.25", "connect") == 0
+    assert bucket("+Inf", "connect") == 1
 
 
 def test_filter_errors_are_counted_by_event_and_filter():
