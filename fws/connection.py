@@ -330,9 +330,10 @@ class Connection:
         size = len(frame)
         self._outbox_bytes += size
         stats = self.table.stats
-        opcode = frame[0] & 0x0F
-        stats.messages_sent[opcode] += 1
-        stats.bytes_sent[opcode] += size
+        if stats.count_messages:
+            opcode = frame[0] & 0x0F
+            stats.messages_sent[opcode] += 1
+            stats.bytes_sent[opcode] += size
         if self._opening is not None:
             opener, held = self._opening
             # The open pipeline's frames go first; the writer waits for its end.
@@ -423,11 +424,13 @@ class Connection:
         sent right after the handshake and the HTTP parser had already buffered.
         """
         self._socket = sock
+        stats = self.table.stats
+        counting = stats.count_messages
         self._parser = FrameParser(
             max_message_size=self.settings.max_message_size,
             deflate=self.deflate,
-            frame_counts=self.table.stats.messages_received,
-            wire_bytes=self.table.stats.bytes_received,
+            frame_counts=stats.messages_received if counting else None,
+            wire_bytes=stats.bytes_received if counting else None,
         )
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.state = State.OPEN

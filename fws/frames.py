@@ -210,15 +210,15 @@ class FrameParser:
             mask = bytes(data[payload_start - 4 : payload_start])
             payload = unmask(memoryview(data)[payload_start:frame_end], mask)
             first = data[position]
+            opcode = first & 0x0F
             position = frame_end
             if wire_bytes is not None:
-                opcode = first & 0x0F
                 frame_counts[opcode] += 1  # type: ignore[index]  # set with wire_bytes
                 wire_bytes[opcode] += frame_size
             if first & 0x40:  # _check_header let RSV1 through: a compressed message
-                event = self._compressed_frame(first & 0x0F, bool(first & 0x80), payload)
+                event = self._compressed_frame(opcode, bool(first & 0x80), payload)
             else:
-                event = self._frame(first & 0x0F, bool(first & 0x80), payload)
+                event = self._frame(opcode, bool(first & 0x80), payload)
             if event is not None:
                 events.append(event)
 

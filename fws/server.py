@@ -227,6 +227,7 @@ class Server:
             dispatch=self.dispatch,
         )
         """What the connections share; ``users`` and the rest below are its own objects."""
+        self.table.stats.count_messages = metrics  # per-message counts: for metrics only
         self.users = self.table.users
         self.reading = self.table.reading
         self.finishing = self.table.finishing
@@ -249,8 +250,8 @@ class Server:
         )
         """WSGI app for plain ``GET /metrics`` on the main port; None: not served there."""
         self._metrics_wsgi: WSGIServer | None = None
-        self._filter_times: dict[str, FilterTimes] = {}
-        """Per event with filters, where its run times go; empty when metrics are off."""
+        self._filter_times: dict[str, FilterTimes | None] = dict.fromkeys(EVENTS)
+        """Per event with filters, where its run times go; None when metrics are off."""
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -470,7 +471,7 @@ class Server:
         pipeline = self.pipelines[event]
         if not pipeline:
             return data
-        times = self._filter_times.get(event)
+        times = self._filter_times[event]
         if times is None or times.countdown:  # metrics off, or a run left untimed
             if times is not None:
                 times.countdown -= 1

@@ -86,6 +86,7 @@ class ServerStats:
         "close_codes_received",
         "close_codes_sent",
         "consumer_dropped",
+        "count_messages",
         "disconnects",
         "filter_errors",
         "filter_times",
@@ -103,6 +104,9 @@ class ServerStats:
         """Connections the server cut, by why: ``slow_client``, ``rate_limit``..."""
         self.consumer_dropped = 0
         """Consumer-queue items dropped because the queue was full."""
+        self.count_messages = True
+        """Whether the per-message counts below (messages and bytes by opcode) are kept:
+        the server turns them off with its metrics, so that no metrics cost nothing."""
         self.messages_received = [0] * 16
         """Frames by opcode, counted by the parser: text and binary ones start a message
         (its other fragments count as continuation, 0), ping, pong and close are one each."""
