@@ -309,8 +309,12 @@ class Connection:
 
     # -- sending --------------------------------------------------------------
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Queue an already encoded frame (a broadcast encodes once for everyone)."""
+    def send_frame(self, frame: bytes, counted: bool = True) -> bool:
+        """Queue an already encoded frame (a broadcast encodes once for everyone).
+
+        ``counted=False``: the caller counts it for metrics (``Server.broadcast``
+        counts once for all its recipients).
+        """
         if self.state is not State.OPEN:
             return False
         limit = self.settings.max_outbound_bytes
@@ -324,16 +328,21 @@ class Connection:
             self._start_close(1008, "client too slow: outbound queue full")
             return False
         self._queue(frame)
+        if counted:
+            stats = self.table.stats
+            if stats.count_messages:
+                opcode = frame[0] & 0x0F
+                stats.messages_sent[opcode] += 1
+                stats.bytes_sent[opcode] += len(frame)
         return True
 
+    def _queue_counted(self, frame: bytes) -> None:
+        """Queue a frame of our own (ping, close) and count it."""
+        self._queue(frame)
+        self.table.stats.count_sent(frame)
+
     def _queue(self, frame: bytes) -> None:
-        size = len(frame)
-        self._outbox_bytes += size
-        stats = self.table.stats
-        if stats.count_messages:
-            opcode = frame[0] & 0x0F
-            stats.messages_sent[opcode] += 1
-            stats.bytes_sent[opcode] += size
+        self._outbox_bytes += len(frame)
         if self._opening is not None:
             opener, held = self._opening
             # The open pipeline's frames go first; the writer waits for its end.
@@ -389,7 +398,7 @@ class Connection:
         elif settings.ping_interval and now - self._last_ping_at >= settings.ping_interval:
             self._awaiting_pong = True
             self._last_ping_at = now
-            self._queue(_KEEPALIVE_PING)
+            self._queue_counted(_KEEPALIVE_PING)
 
     # -- closing --------------------------------------------------------------
 
@@ -404,7 +413,7 @@ class Connection:
     def _queue_close(self, code: int, reason: str) -> None:
         self._close_queued = True
         self.table.stats.close_codes_sent[code] += 1
-        self._queue(encode_close(code, reason))
+        self._queue_counted(encode_close(code, reason))
 
     def _abort_transport(self) -> None:
         """Wake the reader with EOF and fail the writer: the peer is gone or too slow."""

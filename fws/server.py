@@ -443,13 +443,13 @@ class Server:
             recipients: Iterable[Connection | None] = tuple(self.users.values())
         else:
             recipients = [self.users.get(connection_id) for connection_id in to]
-        sent = 0
+        sent = plain = 0
         for connection in recipients:
             if connection is None or connection.id == exclude:
                 continue
             deflate = connection.deflate
             if deflate is None:
-                sent += connection.send_frame(frame)
+                plain += connection.send_frame(frame, False)  # counted below, once for all
             elif deflate.shared_key is None:  # context takeover: its own stream
                 sent += connection.send_frame(encode_message(data, deflate))
             else:
@@ -457,7 +457,8 @@ class Server:
                 if shared is None:
                     shared = compressed[deflate.shared_key] = encode_message(data, deflate)
                 sent += connection.send_frame(shared)
-        return sent
+        self.table.stats.count_sent(frame, plain)
+        return sent + plain
 
     def negotiate_compression(self, offers: Sequence[ExtensionOffer]) -> PerMessageDeflate | None:
         """The permessage-deflate codec for a client's extension offers, or None."""

@@ -196,6 +196,24 @@ def test_histogram_is_cumulative_and_a_timed_run_stands_for_the_untimed_before_i
     assert bucket("+Inf", "connect") == 1
 
 
+def test_a_broadcast_counts_one_message_per_recipient():
+    from fws.filters.broadcast_messages import BroadcastMessages
+
+    with run_server(message=BroadcastMessages) as server:
+        sender, *receivers = [connect(server) for _ in range(4)]
+        wait_for(lambda: len(server.users) == 4)
+        sender.send_binary(b"to all" * 30)
+        for receiver in receivers:
+            assert receiver.recv() == b"to all" * 30
+        samples = scrape(server.address[1])
+        for client in (sender, *receivers):
+            client.close()
+    assert value(samples, "fws_messages_sent_total", opcode="binary") == 3  # not the sender
+    assert value(samples, "fws_bytes_sent_total", opcode="binary") == 3 * server_frame_size(
+        b"to all" * 30
+    )
+
+
 def test_filter_errors_are_counted_by_event_and_filter():
     def explode_on_boom(ws, data):
         if data == "boom":
