@@ -473,15 +473,20 @@ class Server:
         if not pipeline:
             return data
         times = self._filter_times[event]
-        if times is None or times.countdown:  # metrics off, or a run left untimed
-            if times is not None:
-                times.countdown -= 1
-            try:
-                return pipeline.run(instance, data)
-            except FilterError as exc:
-                return self._filter_failed(event, instance, exc)
-        # This run stands for itself and the untimed ones before it (see
-        # fws.stats.SAMPLED_EVENTS); inline, as a call costs what a clock read does.
+        if times is not None:  # metrics on: time one run in times.every
+            countdown = times.countdown
+            if not countdown:
+                return self._timed_run(times, pipeline, event, instance, data)
+            times.countdown = countdown - 1
+        try:
+            return pipeline.run(instance, data)
+        except FilterError as exc:
+            return self._filter_failed(event, instance, exc)
+
+    def _timed_run(
+        self, times: FilterTimes, pipeline: Pipeline, event: str, instance: Any, data: Any
+    ) -> Any:
+        """Run and time a pipeline; the run stands for itself and the untimed ones before it."""
         weight, times.weight = times.weight, times.every
         times.countdown = times.every - 1
         started = _perf_counter()

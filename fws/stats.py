@@ -39,11 +39,11 @@ FILTER_TIME_BUCKETS: tuple[float, ...] = (
 """Upper bounds, in seconds, of the filter-time histogram (a filter run is µs to s)."""
 
 
-SAMPLED_EVENTS: dict[str, int] = {"data": 8, "message": 8, "consumer": 8}
+SAMPLED_EVENTS: dict[str, int] = {"data": 16, "message": 16, "consumer": 16}
 """Events that run per message, and the 1-in-N of their runs that is timed.
 
 Two clock reads and a bucket search cost about 0.2 µs, several per cent of
-an echo; one run in 8 costs an eighth of that. The other events (connect,
+an echo; one run in 16 costs a sixteenth of that. The other events (connect,
 open, disconnect) run once per connection: every run is timed.
 """
 
