@@ -258,6 +258,25 @@ def test_a_slow_client_cut_is_counted():
     assert value(samples, "fws_messages_sent_total", opcode="pong") >= 1
 
 
+def test_outbound_queue_bytes_show_a_client_that_does_not_read():
+    from frame_builder import client_frame
+
+    big = b"q" * 65536
+    with run_server(message=Echo, max_outbound_bytes=None) as server:
+        sock = raw_upgrade(server.address[1], receive_buffer=4096)
+        wait_for(lambda: server.users)
+        queued = 0.0
+        for _ in range(200):  # bounded: at most 13 MB of echoes waiting
+            sock.sendall(client_frame(OP_BINARY, big))
+            queued = value(scrape(server.address[1]), "fws_outbound_queue_bytes")
+            if queued:
+                break
+        assert queued >= len(big)  # whole frames wait, not yet written
+        sock.close()
+        wait_for(lambda: not server.users and not server.finishing, 10)
+        assert value(scrape(server.address[1]), "fws_outbound_queue_bytes") == 0
+
+
 def test_metrics_port_serves_metrics_apart_from_the_websocket_port():
     with run_server(message=Echo, metrics_port=0) as server:
         assert server.metrics_app is None
