@@ -25,6 +25,7 @@ when it is first imported.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -215,10 +216,8 @@ class Metrics:
 
         self._render_registry: Any = registry
         if multiprocess_dir is not None:
-            from prometheus_client import multiprocess
-
             self._render_registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(self._render_registry, path=multiprocess_dir)
+            self._render_registry.register(_SettledFiles(multiprocess_dir))
         else:
             from prometheus_client import ProcessCollector
 
@@ -335,6 +334,30 @@ class Metrics:
             "200 OK", [("Content-Type", _TEXT_FORMAT), ("Content-Length", str(len(body)))]
         )
         return [b""] if method == "HEAD" else [body]
+
+
+class _SettledFiles:
+    """``MultiProcessCollector``, minus the files another process is creating right now.
+
+    prometheus_client creates a value file empty and then sizes it; a scrape
+    that reads it in between fails (``struct.error``), and so would the whole
+    scrape. Such a file holds no value yet: leaving it out loses nothing.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Any:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            try:
+                if os.path.getsize(name):
+                    files.append(name)
+            except FileNotFoundError:  # a live gauge of a process that just stopped
+                continue
+        return MultiProcessCollector.merge(files, accumulate=True)
 
 
 def _plain(

@@ -346,6 +346,10 @@ def test_multiprocess_mode_aggregates_through_the_directory_and_cleans_up(tmp_pa
         assert value(samples, "fws_connections") == 1
         pid = first.process.pid
         assert (directory / f"gauge_livesum_{pid}.db").exists()
+        # A process creating its files: empty for a moment, which must not fail a scrape.
+        (directory / "counter_999999.db").touch()
+        assert value(scrape(first.port), "fws_messages_received_total", opcode="text") == 3
+        (directory / "counter_999999.db").unlink()
         # Another process (a second worker, in effect) writes within a second;
         # either one's scrape shows both.
         with ServerProcess(args, env=env) as second:
