@@ -75,6 +75,23 @@ TARGETS: tuple[Target, ...] = (
         1.0,
         True,
     ),
+    # Issue 9: metrics (on by default) cost under 3 % of the hot path's rate.
+    Target(
+        "metrics: echo 100x10 messages/s >= 0.97 x --no-metrics",
+        "echo-100x10",
+        "messages_per_s",
+        "fws-no-metrics",
+        0.97,
+        True,
+    ),
+    Target(
+        "metrics: broadcast 1000 deliveries/s >= 0.97 x --no-metrics",
+        "broadcast-1000",
+        "deliveries_per_s",
+        "fws-no-metrics",
+        0.97,
+        True,
+    ),
     Target("idle connection <= 8 kB (value in kB)", "idle", "kb_per_connection", "", 8.0, False),
     Target(
         "slow reader: fast readers keep >= 0.9 of their rate",
@@ -142,6 +159,7 @@ def _short(name: str) -> str:
         "websockets+uvloop": "uvloop",
         "node ws": "node",
         "fws+takeover": "takeover",
+        "fws-no-metrics": "no-metrics",
     }.get(name, name)
 
 

@@ -5,7 +5,9 @@ scripts in ``bench/servers/``, each taking ``PORT MODE``, and fws+takeover is
 ``fws_server`` with compression context kept (``servers/fws_context_takeover.py``),
 run only where a client offers deflate; "fws --workers 2" is fws_server with two
 worker processes and the redis-server they share (``servers/fws_workers.py``),
-not pinned to one CPU. One place to read what exactly is compared.
+not pinned to one CPU; fws-no-metrics is ``fws_server --no-metrics``, so that the
+fws/no-metrics ratio is the cost of metrics. One place to read what exactly is
+compared.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def _fws(port: int, mode: str) -> list[str]:
     script = shutil.which("fws_server")
     base = [script] if script else [sys.executable, "-m", "fws"]
     return [*base, *_fws_options(port, mode)]
+
+
+def _fws_no_metrics(port: int, mode: str) -> list[str]:
+    return [*_fws(port, mode), "--no-metrics"]
 
 
 def _fws_takeover(port: int, mode: str) -> list[str]:
@@ -91,6 +97,13 @@ def all_targets() -> list[Target]:
             _fws_workers,
             None if shutil.which("redis-server") else "apt-get install redis-server",
             pinned=False,
+        ),
+        # The cost of metrics (issue 9: under 3 %): fws as above has them on,
+        # this one off, in the scenarios whose hot path they touch.
+        Target(
+            "fws-no-metrics",
+            _fws_no_metrics,
+            scenarios=("echo-latency", "echo-100x10", "broadcast-100", "broadcast-1000"),
         ),
         Target(
             "gevent-websocket",

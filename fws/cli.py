@@ -516,6 +516,20 @@ def build_command(
             "times its fall count. A second signal ends the drain at once.",
         ),
         click.Option(
+            ["--metrics/--no-metrics"],
+            default=True,
+            show_default=True,
+            help="Serve Prometheus metrics at GET /metrics (on the main port, or on "
+            "--metrics-port). With PROMETHEUS_MULTIPROC_DIR set, workers' metrics are summed.",
+        ),
+        click.Option(
+            ["--metrics-port"],
+            type=click.IntRange(0, 65535),
+            metavar="PORT",
+            help="Serve /metrics on this port of the same host instead of the main port, "
+            "to keep it off the public listener.",
+        ),
+        click.Option(
             ["--log-level"],
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             default="info",
@@ -686,6 +700,8 @@ def _serve(
             app=app,
             health=options["health"],
             drain_delay=options["drain_delay"],
+            metrics=options["metrics"],
+            metrics_port=options["metrics_port"],
             **jwt_keywords,
         )
     except ConfigurationError as exc:  # unusable --jwt-* settings, a bad --trusted-proxy

@@ -230,6 +230,11 @@ class Connection:
     def peer(self) -> tuple[str, int]:
         return self.request.peer
 
+    @property
+    def outbound_bytes(self) -> int:
+        """Bytes queued to this client and not yet written to its socket."""
+        return self._outbox_bytes
+
     def send(self, data: str | bytes | bytearray | memoryview) -> bool:
         """Queue a message: ``str`` goes as a text frame, bytes-like as binary.
 
@@ -338,8 +343,12 @@ class Connection:
 
     # -- sending --------------------------------------------------------------
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Queue an already encoded frame (a broadcast encodes once for everyone)."""
+    def send_frame(self, frame: bytes, counted: bool = True) -> bool:
+        """Queue an already encoded frame (a broadcast encodes once for everyone).
+
+        ``counted=False``: the caller counts it for metrics (``Server.broadcast``
+        counts once for all its recipients).
+        """
         if self.state is not State.OPEN:
             return False
         limit = self.settings.max_outbound_bytes
@@ -349,11 +358,23 @@ class Connection:
                 self.id,
                 self._outbox_bytes,
             )
+            self.table.stats.disconnects["slow_client"] += 1
             self._start_close(1008, "client too slow: outbound queue full")
             return False
         self._queue(frame)
         self.messages_out += 1
+        if counted:
+            stats = self.table.stats
+            if stats.count_messages:
+                opcode = frame[0] & 0x0F
+                stats.messages_sent[opcode] += 1
+                stats.bytes_sent[opcode] += len(frame)
         return True
+
+    def _queue_counted(self, frame: bytes) -> None:
+        """Queue a frame of our own (ping, close) and count it."""
+        self._queue(frame)
+        self.table.stats.count_sent(frame)
 
     def _queue(self, frame: bytes) -> None:
         self._outbox_bytes += len(frame)
@@ -413,7 +434,7 @@ class Connection:
         elif settings.ping_interval and now - self._last_ping_at >= settings.ping_interval:
             self._awaiting_pong = True
             self._last_ping_at = now
-            self._queue(_KEEPALIVE_PING)
+            self._queue_counted(_KEEPALIVE_PING)
 
     # -- closing --------------------------------------------------------------
 
@@ -427,7 +448,8 @@ class Connection:
 
     def _queue_close(self, code: int, reason: str) -> None:
         self._close_queued = True
-        self._queue(encode_close(code, reason))
+        self.table.stats.close_codes_sent[code] += 1
+        self._queue_counted(encode_close(code, reason))
 
     def _abort_transport(self) -> None:
         """Wake the reader with EOF and fail the writer: the peer is gone or too slow."""
@@ -447,8 +469,13 @@ class Connection:
         sent right after the handshake and the HTTP parser had already buffered.
         """
         self._socket = sock
+        stats = self.table.stats
+        counting = stats.count_messages
         self._parser = FrameParser(
-            max_message_size=self.settings.max_message_size, deflate=self.deflate
+            max_message_size=self.settings.max_message_size,
+            deflate=self.deflate,
+            frame_counts=stats.messages_received if counting else None,
+            wire_bytes=stats.bytes_received if counting else None,
         )
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.state = State.OPEN
@@ -641,6 +668,7 @@ class Connection:
             elif type(event) is Pong:
                 self._awaiting_pong = False
             elif type(event) is Close:
+                self.table.stats.close_codes_received[event.code] += 1
                 self._close_received = True
                 if self.state is State.OPEN:
                     # The client started the closing handshake: answer with its code.

@@ -109,6 +109,10 @@ class FrameParser:
 
     ``deflate`` is the connection's negotiated permessage-deflate codec;
     ``None``: not negotiated, and RSV1 is a protocol error.
+
+    ``frame_counts`` and ``wire_bytes``, lists of 16 ints, get 1 and each
+    complete frame's size (header included) added at its opcode's index, for
+    metrics; ``None``: not counted.
     """
 
     def __init__(
@@ -116,8 +120,14 @@ class FrameParser:
         *,
         max_message_size: int | None = 2**20,
         deflate: PerMessageDeflate | None = None,
+        frame_counts: list[int] | None = None,
+        wire_bytes: list[int] | None = None,
     ) -> None:
+        if (frame_counts is None) != (wire_bytes is None):
+            raise ValueError("frame_counts and wire_bytes go together")
         self.max_message_size = max_message_size
+        self.frame_counts = frame_counts
+        self.wire_bytes = wire_bytes
         self.deflate = deflate
         self._buffer = bytearray()
         self._opcode: int | None = None  # of the fragmented message in progress
@@ -194,6 +204,7 @@ class FrameParser:
         """Append the events of the complete frames in ``data``; return the bytes they took."""
         position = 0
         end = len(data)
+        frame_counts, wire_bytes = self.frame_counts, self.wire_bytes
         while True:
             header_size, frame_size = self._extent(data, position)
             if not frame_size or end - position < frame_size:
@@ -204,11 +215,15 @@ class FrameParser:
             mask = bytes(data[payload_start - 4 : payload_start])
             payload = unmask(memoryview(data)[payload_start:frame_end], mask)
             first = data[position]
+            opcode = first & 0x0F
             position = frame_end
+            if wire_bytes is not None:
+                frame_counts[opcode] += 1  # type: ignore[index]  # set with wire_bytes
+                wire_bytes[opcode] += frame_size
             if first & 0x40:  # _check_header let RSV1 through: a compressed message
-                event = self._compressed_frame(first & 0x0F, bool(first & 0x80), payload)
+                event = self._compressed_frame(opcode, bool(first & 0x80), payload)
             else:
-                event = self._frame(first & 0x0F, bool(first & 0x80), payload)
+                event = self._frame(opcode, bool(first & 0x80), payload)
             if event is not None:
                 events.append(event)
 

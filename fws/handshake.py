@@ -376,6 +376,8 @@ class ConnectionHandler(WebSocketHandler):
     ) -> list[bytes] | None:
         """Run the connect pipeline, then refuse, or answer 101 and hand the socket over."""
         connection.subprotocol = _first_offered(server.subprotocols, request.subprotocols)
+        stats = server.table.stats
+        started = time.perf_counter()  # once per handshake: cheap next to the handshake
         try:
             outcome = server.pipelines["connect"].run(connection, request)
             if outcome is DROP:
@@ -385,10 +387,14 @@ class ConnectionHandler(WebSocketHandler):
                 refusal = exc.__cause__
             else:  # fail closed: a broken auth filter must not let everyone in
                 log.error("connect filter %s raised", exc.filter_name, exc_info=exc.__cause__)
+                stats.filter_errors["connect", exc.filter_name] += 1
                 refusal = Reject(500, "internal server error")
             return self._refuse(request, refusal)
         except Reject as rejected:
             return self._refuse(request, rejected)
+        finally:
+            if server.pipelines["connect"]:
+                stats.filter_time("connect").observe(time.perf_counter() - started)
         response = self._response_headers(server, connection, request)
         if isinstance(response, Reject):
             return self._refuse(request, response)
@@ -401,6 +407,7 @@ class ConnectionHandler(WebSocketHandler):
             return None
         self.status = "101 Switching Protocols"
         self.headers_sent = True
+        server.table.stats.handshakes[101] += 1
         self._hand_over(connection)
         return None
 
@@ -506,6 +513,7 @@ class ConnectionHandler(WebSocketHandler):
 
     def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
         self._release_place()
+        self.application.table.stats.handshakes[refusal.status.value] += 1
         peer = f"{request.peer[0]}:{request.peer[1]}"
         path, reason = printable(request.path), printable(str(refusal))
         log.info("handshake from %s %s refused: %s", peer, path, reason)

@@ -62,6 +62,9 @@ class HttpServer(Protocol):
     def not_ready_reason(self) -> str | None:
         """None when ready for new clients; else a short reason (``draining``...)."""
 
+    def count_upgrade_required(self) -> None:
+        """A plain request got 426: metrics count it among the handshakes' outcomes."""
+
 
 def route(
     server: HttpServer, environ: dict[str, Any], start_response: StartResponse
@@ -85,6 +88,7 @@ def route(
             ("Connection", "close"),
         ],
     )
+    server.count_upgrade_required()
     return [_UPGRADE_REQUIRED]
 
 

@@ -14,12 +14,14 @@ import signal
 import socket
 import ssl
 import time
+from bisect import bisect_left as _bisect_left
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import gevent
 import gevent.event
 import gevent.pool
+import gevent.socket
 import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
@@ -33,10 +35,12 @@ from .events import EVENTS
 from .frames import encode_message
 from .handshake import ConnectionHandler, ProxyNetworks, refuse_at_capacity
 from .http import WSGIApp, route
+from .metrics import FLUSH_INTERVAL, Metrics
 from .pending import PendingHandshakes
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .static import StaticFiles
+from .stats import FILTER_TIME_BUCKETS, FilterTimes
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .supervise import supervised
@@ -45,6 +49,9 @@ __all__ = ["Server", "serve", "serve_until_signalled", "tls_context"]
 
 
 log = logging.getLogger("fws.server")
+
+_perf_counter = time.perf_counter  # a global, not an attribute lookup, on the per-message path
+
 
 def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     """A server TLS context, or ``ConfigurationError`` naming the unusable file.
@@ -209,6 +216,10 @@ class Server:
         # /ready answers 503 "draining" and new upgrades get 503, so a load
         # balancer takes this server out of rotation first. 0: no drain.
         drain_delay: float = 0.0,
+        # Prometheus metrics at GET /metrics (see fws.metrics): on the main port,
+        # or on metrics_port (same host) when that is set; False: none at all.
+        metrics: bool = True,
+        metrics_port: int | None = None,
     ) -> None:
         if close_timeout <= 0:
             raise ValueError("close_timeout must be more than 0 seconds")
@@ -290,14 +301,13 @@ class Server:
             dispatch=self.dispatch,
         )
         """What the connections share; ``users`` and the rest below are its own objects."""
+        self.table.stats.count_messages = metrics  # per-message counts: for metrics only
         self.users = self.table.users
         self.reading = self.table.reading
         self.finishing = self.table.finishing
         self.static = StaticFiles(static) if static is not None else None
         self.app = app
         self.health = health
-        self.metrics_app: Any = None
-        """The WSGI app behind ``/metrics`` (set by fws.metrics); None: no such path."""
         self.drain_delay = drain_delay
         self.draining = False
         """True from the moment ``stop()`` is called: /ready says 503, upgrades get 503."""
@@ -308,6 +318,24 @@ class Server:
             """TCP connections accepted and not yet upgraded; see ``fws.pending``."""
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
+        if metrics_port is not None and not metrics:
+            raise ConfigurationError("--metrics-port needs metrics on (drop --no-metrics)")
+        self.metrics: Metrics | None = None
+        if metrics:
+            self.metrics = Metrics(
+                self.table.stats,
+                connections=self.users.__len__,
+                outbound_bytes=self._outbound_bytes,
+                pubsub_live=lambda: self.storage_object.pubsub_live,
+            )
+        self.metrics_port = metrics_port
+        self.metrics_app: Any = (
+            self.metrics.wsgi_app if self.metrics is not None and metrics_port is None else None
+        )
+        """WSGI app for plain ``GET /metrics`` on the main port; None: not served there."""
+        self._metrics_wsgi: WSGIServer | None = None
+        self._filter_times: dict[str, FilterTimes | None] = dict.fromkeys(EVENTS)
+        """Per event with filters, where its run times go; None when metrics are off."""
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -332,6 +360,13 @@ class Server:
                 self.pipelines[event] = registry.pipeline(root)
             else:
                 self.pipelines[event] = Pipeline(*_as_filters(explicit))
+        if self.metrics is not None:
+            # Timing costs two clock reads a run: only where filters run, only if exported.
+            self._filter_times = {
+                event: self.table.stats.filter_time(event)
+                for event, pipeline in self.pipelines.items()
+                if pipeline
+            }
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
             kwargs["ssl_context"] = self.ssl_context
@@ -354,12 +389,38 @@ class Server:
             # wake-up (gevent takes up to 100), so that a burst of clients is
             # spread over the workers instead of going to whichever woke first.
             self._wsgi.max_accept = 1
+        if self.metrics is not None and self.metrics_port is not None:
+            try:
+                listener = _metrics_listener(
+                    self.host, self.metrics_port, self.metrics.multiprocess
+                )
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot listen on {self.host}:{self.metrics_port} for metrics: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            self._metrics_wsgi = WSGIServer(
+                listener,
+                self.metrics.wsgi_app,
+                log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
+                error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
+            )
         # The storage is ready (subscribed, state written) before the first
         # client can arrive; if it fails, nothing is bound yet.
-        self.storage_object.open(self)
+        try:
+            self.storage_object.open(self)
+        except BaseException:
+            if self._metrics_wsgi is not None:
+                self._metrics_wsgi.close()
+            raise
         try:
             self._wsgi.start()
+            if self._metrics_wsgi is not None:
+                self._metrics_wsgi.start()
         except BaseException:
+            self._wsgi.close()
+            if self._metrics_wsgi is not None:
+                self._metrics_wsgi.close()
             self.storage_object.close()
             raise
         self._greenlets = [
@@ -369,7 +430,11 @@ class Server:
         settings = self.connection_settings
         if settings.ping_interval or settings.idle_timeout:
             self._greenlets.append(supervised("liveness", self._watch_liveness, self._give_up))
-        self._storage_listener = supervised("storage listener", self.storage_object.listen, self._give_up)
+        self._storage_listener = supervised(
+            "storage listener", self.storage_object.listen, self._give_up
+        )
+        if self.metrics is not None and self.metrics.multiprocess:
+            self._greenlets.append(supervised("metrics flush", self._flush_metrics, self._give_up))
         host = f"[{self.host}]" if ":" in self.host else self.host
         log.info(
             "fws listening on %s://%s:%d; message pipeline: %r",
@@ -378,6 +443,8 @@ class Server:
             self.address[1],
             self.pipelines["message"],
         )
+        if self.metrics_address is not None:
+            log.info("metrics at http://%s:%d/metrics", host, self.metrics_address[1])
 
     @property
     def stopping(self) -> bool:
@@ -405,6 +472,13 @@ class Server:
         if self._wsgi is None:
             raise RuntimeError("the server is not started")
         return self._wsgi.address[0], self._wsgi.server_port
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The bound (host, port) of ``metrics_port``; None when metrics share the main port."""
+        if self._metrics_wsgi is None:
+            return None
+        return self._metrics_wsgi.address[0], self._metrics_wsgi.server_port
 
     def serve_forever(self) -> None:
         """Start if needed, then block until ``stop()`` has finished.
@@ -487,6 +561,10 @@ class Server:
             self.storage_object.close()
             if self._storage_listener is not None:
                 self._storage_listener.kill(block=True, timeout=2)
+            if self._metrics_wsgi is not None:
+                self._metrics_wsgi.stop(timeout=1)
+            if self.metrics is not None:
+                self.metrics.close()
             log.info("fws stopped")
         finally:
             self._stopped.set()
@@ -532,13 +610,13 @@ class Server:
             recipients: Iterable[Connection | None] = tuple(self.users.values())
         else:
             recipients = [self.users.get(connection_id) for connection_id in to]
-        sent = 0
+        sent = plain = 0
         for connection in recipients:
             if connection is None or connection.id == exclude:
                 continue
             deflate = connection.deflate
             if deflate is None:
-                sent += connection.send_frame(frame)
+                plain += connection.send_frame(frame, False)  # counted below, once for all
             elif deflate.shared_key is None:  # context takeover: its own stream
                 sent += connection.send_frame(encode_message(data, deflate))
             else:
@@ -546,7 +624,8 @@ class Server:
                 if shared is None:
                     shared = compressed[deflate.shared_key] = encode_message(data, deflate)
                 sent += connection.send_frame(shared)
-        return sent
+        self.table.stats.count_sent(frame, plain)
+        return sent + plain
 
     def at_connection_limit(self) -> bool:
         """True when a new client is refused with 503 (``max_connections`` reached)."""
@@ -565,17 +644,43 @@ class Server:
         pipeline = self.pipelines[event]
         if not pipeline:
             return data
+        times = self._filter_times[event]
+        if times is not None:  # metrics on: time one run in times.every
+            countdown = times.countdown
+            if not countdown:
+                return self._timed_run(times, pipeline, event, instance, data)
+            times.countdown = countdown - 1
         try:
             return pipeline.run(instance, data)
         except FilterError as exc:
-            log.error(
-                "%s filter %s raised on %r; the rest of its pipeline is skipped",
-                event,
-                exc.filter_name,
-                instance,
-                exc_info=exc.__cause__,
-            )
-            return DROP
+            return self._filter_failed(event, instance, exc)
+
+    def _timed_run(
+        self, times: FilterTimes, pipeline: Pipeline, event: str, instance: Any, data: Any
+    ) -> Any:
+        """Run and time a pipeline; the run stands for itself and the untimed ones before it."""
+        weight, times.weight = times.weight, times.every
+        times.countdown = times.every - 1
+        started = _perf_counter()
+        try:
+            return pipeline.run(instance, data)
+        except FilterError as exc:
+            return self._filter_failed(event, instance, exc)
+        finally:
+            elapsed = _perf_counter() - started
+            times.counts[_bisect_left(FILTER_TIME_BUCKETS, elapsed)] += weight
+            times.total += elapsed * weight
+
+    def _filter_failed(self, event: str, instance: Any, exc: FilterError) -> Any:
+        self.table.stats.filter_errors[event, exc.filter_name] += 1
+        log.error(
+            "%s filter %s raised on %r; the rest of its pipeline is skipped",
+            event,
+            exc.filter_name,
+            instance,
+            exc_info=exc.__cause__,
+        )
+        return DROP
 
     def _watch_liveness(self) -> None:
         """One greenlet for all connections: keepalive pings and the idle timeout.
@@ -610,6 +715,20 @@ class Server:
             for connection in tuple(self.reading):
                 connection.park_if_quiet(now)
 
+    def _outbound_bytes(self) -> int:
+        """Bytes queued to every client and not yet written (read at each metrics flush)."""
+        return sum(connection.outbound_bytes for connection in tuple(self.users.values()))
+
+    def _flush_metrics(self) -> None:
+        """Multi-process mode: write this worker's counts where any worker's scrape sees them."""
+        assert self.metrics is not None
+        while True:
+            gevent.sleep(FLUSH_INTERVAL)
+            try:
+                self.metrics.flush()
+            except Exception:  # a full disk, say: metrics must not take the server down
+                log.exception("flushing metrics failed")
+
     def _consume(self) -> None:
         while True:
             item = self.queue.get()
@@ -623,6 +742,10 @@ class Server:
         """WSGI application for requests that are not WebSocket upgrades (see fws.http)."""
         return route(self, environ, start_response)
 
+    def count_upgrade_required(self) -> None:
+        """Count a plain request answered 426 (see ``fws.http.route``)."""
+        self.table.stats.handshakes[426] += 1
+
     def __repr__(self) -> str:
         return f"<fws.Server {self.host}:{self.port} {len(self.users)} connections>"
 
@@ -633,6 +756,27 @@ def _as_filters(pipeline: Any) -> tuple[Any, ...]:
     if isinstance(pipeline, list | tuple):
         return tuple(pipeline)
     return (pipeline,)
+
+
+def _metrics_listener(host: str, port: int, shared: bool) -> Any:
+    """The metrics port's listening socket; ``shared``: workers bind it together.
+
+    With workers (multi-process mode) every worker binds the port with
+    SO_REUSEPORT and any of them answers a scrape with the sum of all;
+    otherwise a second server on the port is an error, as for the main port.
+    """
+    family = gevent.socket.AF_INET6 if ":" in host else gevent.socket.AF_INET
+    sock = gevent.socket.socket(family, gevent.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def serve(**settings: Any) -> None:

@@ -824,14 +824,19 @@ class RedisStorage(Storage):
 
     def _publish(self, send: Callable[[], _T]) -> _T | None:
         if self._down_since is not None:
-            self._undelivered += 1
+            self._lost_one()
             return None
         try:
             return send()
         except RedisError as exc:
-            self._undelivered += 1
+            self._lost_one()
             self._outage(exc)
             return None
+
+    def _lost_one(self) -> None:
+        self._undelivered += 1
+        if self._server is not None:
+            self._server.table.stats.redis_messages_lost += 1
 
     def _resync(self) -> None:
         """Rewrite this server's whole share of Redis from the local mirror, atomically.
@@ -972,6 +977,8 @@ class RedisStorage(Storage):
         self._dirty = True
         if self._down_since is None:
             self._down_since = time.monotonic()
+            if self._server is not None:
+                self._server.table.stats.redis_outages += 1
             log.warning(
                 "Redis at %s unreachable (%s); serving local clients only, reconnecting "
                 "with backoff up to %.0f s",

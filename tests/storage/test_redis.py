@@ -12,6 +12,7 @@ import json
 import queue
 import threading
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from helpers import LOOPBACK, free_port, wait_for
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 from fws.errors import ConfigurationError
+from fws.stats import ServerStats
 from fws.storage.base import PubSubMessage
 from fws.storage.redis import (
     Publisher,
@@ -31,9 +33,10 @@ from fws.storage.redis import (
 
 
 class Recorder:
-    """What a storage needs of a server: ``users``, ``queue`` and ``broadcast``."""
+    """What a storage needs of a server: ``users``, ``queue``, ``broadcast``, ``table.stats``."""
 
     def __init__(self, *user_ids: str) -> None:
+        self.table = types.SimpleNamespace(stats=ServerStats())
         self.users: dict[str, object] = {user_id: object() for user_id in user_ids}
         self.queue: queue.Queue[Any] = queue.Queue()
         self.sent: list[tuple[Any, str | None, tuple[str, ...] | None]] = []
@@ -286,6 +289,8 @@ def test_outage_flags_health_defers_writes_and_resyncs(
     assert len(warnings) == 1, [r.message for r in caplog.records]
     assert any("22 message(s)" in r.message for r in caplog.records)
     assert node.server.queue.empty()
+    stats = node.server.table.stats  # what fws_redis_*_total export
+    assert (stats.redis_outages, stats.redis_messages_lost) == (1, 22)
 
 
 def test_one_pool_and_one_pubsub_connection(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
