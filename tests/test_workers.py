@@ -32,6 +32,7 @@ from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync import client as ws_sync
 
+from fws.metrics import FLUSH_INTERVAL
 from fws.storage.redis import POLL
 from fws.supervisor import resolve_workers
 
@@ -407,7 +408,10 @@ def test_sigterm_drains_every_worker_with_1001_and_exits_0(redis, tmp_path):
                 os.kill(pid, 0)
 
 
-def test_workers_stop_when_the_supervisor_is_killed(redis, tmp_path):
+def test_workers_stop_when_the_supervisor_is_killed(redis, tmp_path, monkeypatch):
+    # A killed supervisor cannot remove a metrics directory of its own: give it
+    # one in tmp_path.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(_mkdir(tmp_path / "metrics")))
     with workers(redis, tmp_path) as server:
         pids = worker_pids(server)
         assert len(pids) == 2
@@ -490,3 +494,38 @@ def test_an_operators_metrics_directory_is_used_and_kept(redis, tmp_path, monkey
             assert client.recv(timeout=5) == str(mine)
         assert server.stop(timeout=20) == 0
     assert mine.is_dir()
+
+
+def test_metrics_are_summed_over_workers_and_survive_a_killed_worker(redis, tmp_path):
+    """Any worker answering /metrics reports every worker's counts (multi-process mode)."""
+    from test_metrics import scrape, value
+
+    def received() -> float:
+        return value(scrape(server.port), "fws_messages_received_total", opcode="text")
+
+    with workers(redis, tmp_path) as server:
+        by_pid = clients_per_worker(server, wanted=1)
+        (first,), (second,) = by_pid.values()
+        # Counts reach the shared files at the next flush of each worker: read
+        # the baseline once two scrapes a few flushes apart agree.
+        before = -1.0
+        while before != (before := received()):
+            time.sleep(3 * FLUSH_INTERVAL)
+        for client in (first, second):
+            for _ in range(5):
+                whoami(client)
+        # Each worker flushes its counts every second; every scrape, whichever
+        # worker answers it, must then see all ten messages.
+        wait_for(lambda: received() == before + 10, 10, "workers' counts were not summed")
+        assert all(received() == before + 10 for _ in range(6))
+        assert value(scrape(server.port), "fws_connections") == 2
+        victim = next(iter(by_pid))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(worker_pids(server)) == 2 and victim not in worker_pids(server),
+                 10, server.output)
+        # The dead worker's connection no longer counts; its counted messages do.
+        wait_for(lambda: value(scrape(server.port), "fws_connections") == 1, 10,
+                 "the killed worker's live gauge was not removed")
+        assert received() >= before + 10
+        first.close()
+        second.close()
