@@ -151,18 +151,25 @@ def _config_value(path: str, key: str, option: click.Option, value: Any) -> Any:
     return str(value)
 
 
-def choose_storage(args: Sequence[str], environ: dict[str, str] | os._Environ[str]) -> str:
-    """The storage name before parsing, since it decides which options exist.
+def prescan_option(
+    args: Sequence[str],
+    environ: dict[str, str] | os._Environ[str],
+    option: str,
+    envvars: Sequence[str],
+) -> str | None:
+    """An option's value before click parses the command line, or None if unset.
 
-    Same precedence as every other option: ``--storage``, the environment,
-    the config file's ``storage`` key, the default.
+    For the few options that decide how parsing itself goes (``--storage``
+    chooses which options exist, ``--workers`` whether this process patches
+    gevent). Same precedence as every option: the command line, the
+    environment, the config file's key (the option's name), no value.
     """
     for position, arg in enumerate(args):
-        if arg == "--storage" and position + 1 < len(args):
+        if arg == f"--{option}" and position + 1 < len(args):
             return args[position + 1]
-        if arg.startswith("--storage="):
+        if arg.startswith(f"--{option}="):
             return arg.partition("=")[2]
-    for name in STORAGE_ENVVARS:
+    for name in envvars:
         if environ.get(name):
             return environ[name]
     for position, arg in enumerate(args):
@@ -173,12 +180,17 @@ def choose_storage(args: Sequence[str], environ: dict[str, str] | os._Environ[st
             path = arg.partition("=")[2]
         if path is not None:
             try:
-                storage = read_config(path).get("storage")
+                configured = read_config(path).get(option)
             except ConfigurationError:
-                return "default"  # reported properly when -c is parsed
-            if storage:
-                return str(storage)
-    return "default"
+                return None  # reported properly when -c is parsed
+            if configured is not None and configured != "":
+                return str(configured)
+    return None
+
+
+def choose_storage(args: Sequence[str], environ: dict[str, str] | os._Environ[str]) -> str:
+    """The storage name before parsing, since it decides which options exist."""
+    return prescan_option(args, environ, "storage", STORAGE_ENVVARS) or "default"
 
 
 def _storage_click_options(storage_class: type[Storage]) -> list[click.Option]:
@@ -338,28 +350,7 @@ def choose_workers(args: Sequence[str], environ: dict[str, str] | os._Environ[st
     """
     from .supervisor import resolve_workers
 
-    value: str | None = None
-    for position, arg in enumerate(args):
-        if arg == "--workers" and position + 1 < len(args):
-            value = args[position + 1]
-        elif arg.startswith("--workers="):
-            value = arg.partition("=")[2]
-    if value is None:
-        value = environ.get("FWS_WORKERS")
-    if value is None:
-        for position, arg in enumerate(args):
-            path = None
-            if arg in ("-c", "--config") and position + 1 < len(args):
-                path = args[position + 1]
-            elif arg.startswith("--config="):
-                path = arg.partition("=")[2]
-            if path is not None:
-                try:
-                    configured = read_config(path).get("workers")
-                except ConfigurationError:
-                    return 1
-                if configured is not None:
-                    value = str(configured)
+    value = prescan_option(args, environ, "workers", ("FWS_WORKERS",))
     try:
         return resolve_workers(WorkersType().convert(value or 1, None, None))
     except click.BadParameter:
