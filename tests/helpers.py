@@ -117,9 +117,10 @@ def fws_server_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "fws"]
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port`` now."""
     try:
-        socket.create_connection((LOOPBACK, port), timeout=0.2).close()
+        socket.create_connection((LOOPBACK, port), timeout=timeout).close()
     except OSError:
         return False
     return True
@@ -181,7 +182,7 @@ class ServerProcess:
         self._reader.start()
         if port is not None:
             wait_for(
-                lambda: _accepts(port) or self.process.poll() is not None,
+                lambda: accepts(port) or self.process.poll() is not None,
                 timeout,
                 f"fws_server did not start: {self.output}",
             )

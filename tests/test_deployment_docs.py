@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import websocket
-from helpers import LOOPBACK, ServerProcess, connect, free_port, require_binary, wait_for
+from helpers import LOOPBACK, ServerProcess, accepts, connect, free_port, require_binary, wait_for
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 from fws.cli import build_command
@@ -81,7 +81,7 @@ def behind_documented_haproxy(tmp_path: Path, fws_args: list[str]) -> Iterator[i
     with ServerProcess(args, cwd=tmp_path).start(port=back):
         proxy = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
         try:
-            wait_for(lambda: _accepts(front) or proxy.poll() is not None, 10)
+            wait_for(lambda: accepts(front) or proxy.poll() is not None, 10)
             assert proxy.poll() is None, "haproxy exited"
             yield front
         finally:
@@ -112,14 +112,6 @@ def test_without_trusted_proxy_the_forwarded_address_is_ignored(tmp_path):
         client = connect_from("127.0.0.3", port)
         assert client.recv() == LOOPBACK  # the proxy's own address, not the header's
         client.close()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection((LOOPBACK, port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
 
 
 def test_the_documented_redis_acl_is_all_fws_needs(redis_server: RedisServer) -> None:  # noqa: F811

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import websocket
-from helpers import LOOPBACK, ServerProcess, connect, free_port, require_binary, wait_for
+from helpers import LOOPBACK, ServerProcess, accepts, connect, free_port, require_binary, wait_for
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 from fws.storage.redis import KeyLayout
@@ -117,7 +117,7 @@ def haproxy(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         [binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        wait_for(lambda: _accepts(port) or process.poll() is not None, 10, "haproxy did not start")
+        wait_for(lambda: accepts(port) or process.poll() is not None, 10, "haproxy did not start")
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         yield process
     finally:
@@ -127,14 +127,6 @@ def haproxy(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection((LOOPBACK, port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 def broadcast_followers(redis_server: RedisServer) -> int:  # noqa: F811
@@ -214,7 +206,7 @@ def test_haproxy_spreads_clients_that_chat_and_drops_a_draining_server(
                 "haproxy did not take the draining server out of rotation",
             )
             assert draining.process.poll() is None  # still draining, not gone
-            assert _accepts(draining.port), "the draining server closed its port early"
+            assert accepts(draining.port), "the draining server closed its port early"
             landed = set()
             for _ in range(6):
                 client = connect(balancer)

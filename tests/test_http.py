@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import websocket
 import websockets.sync.client as ws_sync
-from helpers import LOOPBACK, ServerProcess, connect, run_server, stop_server, wait_for
+from helpers import LOOPBACK, ServerProcess, accepts, connect, run_server, stop_server, wait_for
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 from websockets.exceptions import ConnectionClosed
 
@@ -140,7 +139,7 @@ def test_drain_turns_ready_503_first_then_closes_clients_with_1001() -> None:
                 client.recv(timeout=10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
             assert time.monotonic() - started >= 2.5, "clients were closed before the drain ended"
-            wait_for(lambda: not _accepts(port), message="the port stayed open after the drain")
+            wait_for(lambda: not accepts(port), message="the port stayed open after the drain")
 
 
 def test_a_second_stop_ends_the_drain_at_once() -> None:
@@ -150,16 +149,8 @@ def test_a_second_stop_ends_the_drain_at_once() -> None:
         wait_for(lambda: get(port, "/ready")[0] == 503)
         started = time.monotonic()
         stop_server(server)
-        wait_for(lambda: not _accepts(port), 10, "a second stop did not cut the drain short")
+        wait_for(lambda: not accepts(port), 10, "a second stop did not cut the drain short")
         assert time.monotonic() - started < 10
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection((LOOPBACK, port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 # -- the routing order, as plain WSGI -----------------------------------------------
