@@ -645,6 +645,7 @@ async function broadcast() {
   let lastProgress = now();
   let errors = 0;
   const ring = payloads(size);
+  const heard = new Set(); // fast receivers that got any message yet
 
   const received = (data) => {
     const { sent, seq: id } = readStamp(data);
@@ -667,6 +668,7 @@ async function broadcast() {
     100,
     (ws) => {
       ws.on("message", received);
+      ws.once("message", () => heard.add(ws));
       ws.on("error", () => {
         errors += 1;
       });
@@ -709,6 +711,20 @@ async function broadcast() {
       pump();
     }
   }, 500);
+  // A server that fans out through Redis (fws --workers 2) subscribes a worker
+  // to broadcasts shortly after its first client arrives, and pub/sub loses
+  // what was published before: the window would stall on a lost message. So
+  // probe (messages outside the window, ignored by receivers) until every
+  // receiver has heard the sender, for at most 10 s, then start.
+  const probeUntil = now() + 10000;
+  while (heard.size < receivers && now() < probeUntil) {
+    seq = (seq + 1) >>> 0;
+    const probe = ring[seq % ring.length];
+    stamp(probe, seq);
+    sendMessage(sender, probe);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  if (heard.size < receivers) fail(`${receivers - heard.size} receivers never heard the sender`);
   sending = true;
   pump();
   let wire = 0;
