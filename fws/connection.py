@@ -146,6 +146,8 @@ class Connection:
         "bytes_in",
         "bytes_out",
         "_client_closed_first",
+        "_sent_counts",
+        "_sent_bytes",
         "__dict__",
         "__weakref__",
     )
@@ -209,6 +211,10 @@ class Connection:
         self.bytes_out = 0
         """Bytes written to the socket, counted as ``bytes_in`` is."""
         self._client_closed_first = False
+        # The server's per-opcode sent counters (fws.stats), or None when metrics
+        # are off: one attribute to test per frame instead of three lookups.
+        self._sent_counts: list[int] | None = None
+        self._sent_bytes: list[int] = []
 
     # -- the seed's surface ---------------------------------------------------
 
@@ -363,12 +369,11 @@ class Connection:
             return False
         self._queue(frame)
         self.messages_out += 1
-        if counted:
-            stats = self.table.stats
-            if stats.count_messages:
-                opcode = frame[0] & 0x0F
-                stats.messages_sent[opcode] += 1
-                stats.bytes_sent[opcode] += len(frame)
+        sent = self._sent_counts
+        if sent is not None and counted:
+            opcode = frame[0] & 0x0F
+            sent[opcode] += 1
+            self._sent_bytes[opcode] += len(frame)
         return True
 
     def _queue_counted(self, frame: bytes) -> None:
@@ -477,6 +482,8 @@ class Connection:
             frame_counts=stats.messages_received if counting else None,
             wire_bytes=stats.bytes_received if counting else None,
         )
+        if counting:
+            self._sent_counts, self._sent_bytes = stats.messages_sent, stats.bytes_sent
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.state = State.OPEN
         self._opening = (gevent.getcurrent(), [])
