@@ -616,9 +616,10 @@ def _supervise(
         [*worker_command(), *argv],
         workers,
         listener,
-        # A worker's own drain: close_timeout + 1 s, then up to 1 s to cut
-        # clients and 2 s for its background work; then a margin.
-        shutdown_timeout=options["close_timeout"] + 10,
+        # A worker's own stop: drain_delay with the port open, close_timeout
+        # + 1 s for clients, up to 1 s to cut them and 2 s for its background
+        # work; then a margin.
+        shutdown_timeout=options["drain_delay"] + options["close_timeout"] + 10,
         tls=bool(options["cert"]),
     )
     try:

@@ -408,6 +408,24 @@ def test_sigterm_drains_every_worker_with_1001_and_exits_0(redis, tmp_path):
                 os.kill(pid, 0)
 
 
+def test_a_drain_longer_than_the_close_timeout_is_waited_for(redis, tmp_path):
+    """The supervisor waits for the workers' --drain-delay, /ready says 503 meanwhile."""
+    from test_metrics import http_status
+
+    with workers(redis, tmp_path, "--drain-delay", "12") as server:
+        assert http_status(server.port, "/ready") == 200
+        with ws_sync.connect(server.url, open_timeout=5) as client:
+            server.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: http_status(server.port, "/ready") == 503, 5, server.output)
+            assert whoami(client)  # clients already there are still served
+            with pytest.raises(ConnectionClosed) as info:
+                client.recv(timeout=20)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        # 12 s of drain is more than --close-timeout 1 + 10: not killed, exit 0.
+        assert server.process.wait(20) == 0
+        assert "killing them" not in server.output
+
+
 def test_workers_stop_when_the_supervisor_is_killed(redis, tmp_path, monkeypatch):
     # A killed supervisor cannot remove a metrics directory of its own: give it
     # one in tmp_path.
