@@ -149,21 +149,29 @@ class _BoundedReader:
     of 22 KiB were upgraded and held. ``reset`` starts a new request's count.
     """
 
-    __slots__ = ("_raw", "_limit", "_used")
+    __slots__ = ("_raw", "_limit", "_used", "_counting")
 
     def __init__(self, raw: Any, limit: int | None) -> None:
         self._raw = raw
         self._limit = limit
         self._used = 0
+        self._counting = True
 
     def reset(self) -> None:
+        """A new request head starts: it gets the whole bound."""
         self._used = 0
+        self._counting = True
+
+    def head_done(self) -> None:
+        """The head is parsed: what follows is a body, read line by line by some apps."""
+        self._counting = False
 
     def readline(self, size: int = -1) -> bytes:
         line: bytes = self._raw.readline(size)
-        self._used += len(line)
-        if self._limit is not None and self._used > self._limit:
-            raise _HeadTooLarge(f"request head over {self._limit} bytes")
+        if self._counting:
+            self._used += len(line)
+            if self._limit is not None and self._used > self._limit:
+                raise _HeadTooLarge(f"request head over {self._limit} bytes")
         return line
 
     def __getattr__(self, name: str) -> Any:  # read, read1, close, closed...
@@ -248,12 +256,15 @@ class ConnectionHandler(WebSocketHandler):
     _holds_place = False
 
     def handle(self) -> None:
-        # Slowloris: a client gets handshake_timeout seconds to complete the
-        # upgrade; then its socket is shut down and the handler returns.
+        # Slowloris: a client gets handshake_timeout seconds for each request
+        # head (the first from the accept, on keep-alive from the previous
+        # answer), and for the whole upgrade; then its socket is shut down and
+        # the handler returns. A plain HTTP request's own time (a slow app, a
+        # long download) is not bounded by it: the timer pauses once its head
+        # is read.
         timeout = self.server.application.handshake_timeout
         if timeout:
             self._handshake_timer = gevent.get_hub().loop.timer(timeout)
-            self._handshake_timer.start(self._handshake_expired)
         try:
             super().handle()
         except OSError as exc:
@@ -266,6 +277,10 @@ class ConnectionHandler(WebSocketHandler):
 
     def handle_one_request(self) -> Any:
         self.rfile.reset()  # keep-alive: each request head has the whole bound
+        timer = self._handshake_timer
+        if timer is not None:
+            timer.stop()
+            timer.start(self._handshake_expired)
         return super().handle_one_request()
 
     def _handle_client_error(self, ex: BaseException) -> None:
@@ -335,7 +350,11 @@ class ConnectionHandler(WebSocketHandler):
     def run_application(self) -> None:
         upgrade = self.environ.get("HTTP_UPGRADE", "")
         if "websocket" not in _tokens(upgrade):
-            # Plain HTTP (a browser fetching the page, a health probe): the app.
+            # Plain HTTP (a browser fetching the page, a health probe): the app,
+            # with as long as it needs, and its body unbounded by the head's limit.
+            if self._handshake_timer is not None:
+                self._handshake_timer.stop()
+            self.rfile.head_done()
             WSGIHandler.run_application(self)
             return
         self.result = self._upgrade()

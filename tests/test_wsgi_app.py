@@ -9,10 +9,12 @@ from __future__ import annotations
 import http.client
 import json
 import textwrap
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import gevent
 import websockets.sync.client as ws_sync
 from helpers import LOOPBACK, ServerProcess, connect, run_fws_server, run_server, url
 
@@ -109,6 +111,51 @@ def test_raw_wsgi_app_that_raises_gets_500_from_the_server() -> None:
         client.send("still serving")
         assert client.recv() == "still serving"
         client.close()
+
+
+def test_a_slow_answer_is_not_cut_by_the_handshake_timeout() -> None:
+    """handshake_timeout bounds a request's head, not the app's time to answer it."""
+
+    def slow(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        gevent.sleep(2.5)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"worth the wait"]
+
+    with run_server(app=slow, handshake_timeout=1) as server:
+        assert request(server.address[1], "GET", "/") == (200, b"worth the wait")
+
+
+def test_a_body_read_line_by_line_is_not_bound_by_the_head_limit() -> None:
+    def lines(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        body = environ["wsgi.input"]
+        count = 0
+        while body.readline():
+            count += 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(count).encode()]
+
+    body = b"".join(b"line %05d " % n + b"x" * 90 + b"\n" for n in range(400))  # 40 KB
+    with run_server(app=lines, max_header_bytes=16 * 1024) as server:
+        assert request(server.address[1], "POST", "/", body) == (200, b"400")
+        # The head itself is still bounded, on the same keep-alive-capable port.
+        big = {f"X-Filler-{n}": "y" * 1000 for n in range(20)}
+        assert request(server.address[1], "GET", "/", headers=big)[0] == 431
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_handshake_timeout() -> None:
+    with run_server(app=make_flask_app(), handshake_timeout=1) as server:
+        conn = http.client.HTTPConnection(LOOPBACK, server.address[1], timeout=5)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"<h1>the site</h1>")
+        sock = conn.sock
+        assert sock is not None
+        sock.settimeout(5)
+        started = time.monotonic()
+        assert sock.recv(1) == b"", "an idle keep-alive connection stayed open"
+        # Kept alive for the timeout (so this is keep-alive), then closed.
+        assert 0.5 < time.monotonic() - started < 4
+        conn.close()
 
 
 # -- fws_server --app -----------------------------------------------------------
