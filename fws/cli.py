@@ -28,6 +28,7 @@ from .config import read_config
 from .deflate import COMPRESSION_CHOICES, DeflateSettings
 from .errors import BackgroundTaskFailed, ConfigurationError
 from .events import WebSocketConnectFilter
+from .hub_errors import log_hub_errors
 from .logformat import LOG_FORMATS, configure_logging
 from .modules import (
     builtin_filter_names,
@@ -639,6 +640,7 @@ def _serve(
     from .server import Server, serve_until_signalled, tls_context
 
     _configure_logging(options)
+    log_hub_errors()
     if options["key"] and not options["cert"]:
         raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
     if options["require_subprotocol"] and not options["subprotocols"]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.socket
 import gevent.ssl
+from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
@@ -300,6 +301,24 @@ class ConnectionHandler(WebSocketHandler):
         malformed = _plain_response(400, "Bad Request", "malformed HTTP request")
         self._answer_and_linger("400", malformed)
         return None
+
+    def _log_error(self, type_: Any, value: Any, tb: Any) -> None:
+        """The WSGI application raised: a log record (escaped, formatted), not raw stderr.
+
+        pywsgi hands the error to the hub, which prints a traceback straight to
+        stderr: outside ``--log-format json`` and with client text in it (an
+        exception message quoting a header) unescaped.
+        """
+        if issubclass(type_, GreenletExit):
+            return
+        environ = getattr(self, "environ", None) or {}
+        log.error(
+            "application raised on %s %s from %s; answered 500",
+            printable(str(environ.get("REQUEST_METHOD", "-")), 20),
+            printable(str(environ.get("PATH_INFO", "-"))),
+            self._peer_text(),
+            exc_info=(type_, value, tb),
+        )
 
     def _answer_and_linger(self, status: str, response: bytes) -> None:
         """Send an error response, then discard what the client still sends, for a while."""

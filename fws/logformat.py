@@ -44,6 +44,11 @@ class TextFormatter(logging.Formatter):
         record.message = printable(record.message, None)
         return super().formatMessage(record)
 
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        # A traceback keeps its lines, but an exception's message can quote
+        # what a client sent: each line is escaped like a message.
+        return "\n".join(printable(line, None) for line in super().formatException(ei).split("\n"))
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time``, ``level``, ``logger``, ``message``, then extras.

@@ -785,6 +785,9 @@ def serve(**settings: Any) -> None:
     Call ``gevent.monkey.patch_all()`` first thing in the script, before other
     imports, so that blocking libraries the filters use cooperate with gevent.
     """
+    from .hub_errors import log_hub_errors
+
+    log_hub_errors()
     server = Server(**settings)
     server.start()
     serve_until_signalled(server)

@@ -215,3 +215,48 @@ def test_json_log_format_from_the_command_line():
     assert closed["closed_by"] == "client" and closed["close_code"] == 1000
     assert {"time", "level", "logger", "message"} <= closed.keys()
     assert "secret" not in server.output
+
+
+def test_an_app_error_quoting_a_header_is_one_escaped_json_record(tmp_path):
+    """pywsgi would print the app's traceback raw to stderr, past the JSON format."""
+    (tmp_path / "shop.py").write_text(
+        "def app(environ, start_response):\n"
+        "    raise ValueError('bad header ' + environ.get('HTTP_X_EVIL', ''))\n"
+    )
+    with ServerProcess(
+        ["-p", "0", "--host", LOOPBACK, "--app", "shop:app", "--log-format", "json"],
+        cwd=tmp_path,
+    ) as server:
+        with socket.create_connection((LOOPBACK, server.port), timeout=5) as sock:
+            sock.sendall(
+                b"GET /x%1b HTTP/1.1\r\nHost: x\r\nX-Evil: \x1b[31mRED\x07\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            assert read_until_eof(sock).startswith(b"HTTP/1.1 500")
+        wait_for(lambda: "application raised" in server.output, 5, server.output)
+        assert server.stop() == 0
+    lines = [line for line in server.output.split("\n") if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is a JSON object
+    (error,) = [e for e in entries if "application raised" in e["message"]]
+    assert error["level"] == "ERROR" and "ValueError: bad header" in error["exc_info"]
+    for line in lines:
+        _assert_clean(line)
+
+
+def test_a_filter_error_quoting_a_message_keeps_the_text_log_escaped(tmp_path):
+    (tmp_path / "picky.py").write_text(
+        "from fws import WebSocketMessageFilter\n"
+        "class Picky(WebSocketMessageFilter):\n"
+        "    @classmethod\n"
+        "    def filter(cls, connection, data):\n"
+        "        raise ValueError('cannot take ' + data)\n"
+    )
+    args = ["-p", "0", "--host", LOOPBACK, "-f", "./picky.py"]
+    with ServerProcess(args, cwd=tmp_path) as server:
+        client = websocket.create_connection(server.url, timeout=5)
+        client.send(HOSTILE)
+        wait_for(lambda: "ValueError: cannot take" in server.output, 5, server.output)
+        client.close()
+        assert server.stop() == 0
+    for line in server.output.split("\n"):  # a traceback keeps its lines; none holds raw text
+        _assert_clean(line)
