@@ -36,6 +36,7 @@ from .modules import (
     load_storage_class,
     load_wsgi_app,
 )
+from .pending import raise_descriptor_limit
 from .registry import Registry, filters_defined_in
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
@@ -737,6 +738,7 @@ def main(
 
         monkey.patch_all()
         tune_for_server()
+        raise_descriptor_limit()
     storage_name = choose_storage(args, os.environ)
     try:
         storage_class = load_storage_class(storage_name)

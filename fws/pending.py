@@ -22,17 +22,52 @@ from __future__ import annotations
 
 import _socket
 import logging
+import resource
 import socket
 import time
 
 from .stats import ServerStats
 
-__all__ = ["PendingHandshakes"]
+__all__ = ["PendingHandshakes", "fit_to_descriptors", "raise_descriptor_limit"]
 
 log = logging.getLogger("fws.pending")
 
 WARN_EVERY = 10.0
 """Seconds between two warnings that the bound was reached (not one line per cut)."""
+
+MIN_PENDING = 16
+"""The least a descriptor limit lowers the bound to: below it, raise ``ulimit -n``."""
+
+
+def fit_to_descriptors(limit: int | None, soft_limit: int) -> int | None:
+    """The pending bound that fits ``soft_limit`` descriptors: at most half of them.
+
+    The bound protects only if it is reached before the process runs out of
+    descriptors: with ``ulimit -n 1024`` (many distributions' default) a
+    bound of 1024 never is, and a flood then starves every client. Half is
+    left for open connections, Redis and the rest. None (no bound) stays None:
+    the operator chose it.
+    """
+    if limit is None or soft_limit == resource.RLIM_INFINITY:
+        return limit
+    return min(limit, max(soft_limit // 2, MIN_PENDING))
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise this process's soft descriptor limit to its hard one; return (old, new).
+
+    The soft limit (often 1024) is a default for programs that never expect
+    many descriptors; a server holding one per client wants all it may have,
+    as Go's runtime and nginx's worker_rlimit_nofile arrange.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
 
 
 class PendingHandshakes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -36,7 +37,7 @@ from .frames import encode_message
 from .handshake import ConnectionHandler, ProxyNetworks, refuse_at_capacity
 from .http import WSGIApp, route
 from .metrics import FLUSH_INTERVAL, Metrics
-from .pending import PendingHandshakes
+from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .static import StaticFiles
@@ -353,6 +354,7 @@ class Server:
 
         Raises ``OSError`` if the address cannot be bound.
         """
+        self._fit_pending_to_descriptors()
         registry = self._registry if self._registry is not None else active_registry()
         for event, root in EVENTS.items():
             explicit = self._explicit[event]
@@ -445,6 +447,20 @@ class Server:
         )
         if self.metrics_address is not None:
             log.info("metrics at http://%s:%d/metrics", host, self.metrics_address[1])
+
+    def _fit_pending_to_descriptors(self) -> None:
+        pending = self.pending_handshakes
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        fitted = fit_to_descriptors(pending.limit, soft)
+        if fitted != pending.limit:
+            log.warning(
+                "max_pending_handshakes %s lowered to %s: only %d file descriptors "
+                "(ulimit -n); raise it for the full bound",
+                pending.limit,
+                fitted,
+                soft,
+            )
+            pending.limit = fitted
 
     @property
     def stopping(self) -> bool:

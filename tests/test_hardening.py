@@ -8,6 +8,7 @@ read, and a fragment storm next to a normal client.
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import struct
 import threading
@@ -20,6 +21,7 @@ from helpers import (
     LOOPBACK,
     ServerProcess,
     TLSFiles,
+    fws_server_command,
     raw_upgrade,
     read_server_frame,
     read_until_eof,
@@ -217,6 +219,27 @@ def test_a_flood_of_silent_connections_neither_exhausts_descriptors_nor_keeps_cl
     assert "100 handshakes pending: cutting the oldest" in srv.output
     # About 900 were cut: one warning every 10 s, not one line per cut.
     assert srv.output.count("cutting the oldest") <= 3
+
+
+def test_the_default_bound_fits_a_small_descriptor_limit():
+    """With ulimit -n 256 the default bound (1024) would never be reached: it is lowered."""
+    args = [*fws_server_command(), "-f", "echo", "--host", "127.0.0.1", "--port", "0"]
+    command = ["sh", "-c", f"ulimit -n 256 && exec {shlex.join(args)}"]
+    with ServerProcess([], command=command) as srv:
+        assert "max_pending_handshakes 1024 lowered to 128" in srv.output
+        silent = []
+        try:
+            for _ in range(400):  # more than the process has descriptors
+                silent.append(socket.create_connection((LOOPBACK, srv.port), timeout=5))
+            assert echo_round_trip(srv.url, "past the flood") < 1.0
+        finally:
+            for sock in silent:
+                sock.close()
+        assert srv.stop() == 0
+    # Cut connections close a moment after the cut, so a burst can still touch
+    # the limit: then one warning line (per 10 s), never a traceback per retry.
+    assert srv.output.count("out of file descriptors") <= 1
+    assert "Traceback" not in srv.output
 
 
 def test_an_upgraded_connection_is_never_cut_as_pending():
