@@ -506,7 +506,8 @@ def build_command(
             help="On SIGTERM or SIGINT, keep the port open this long while /ready answers 503 "
             "and new WebSocket clients get 503, so a load balancer stops sending clients "
             "here; then close clients with 1001. Set it above the balancer's check interval "
-            "times its fall count. A second signal ends the drain at once.",
+            "times its fall count. A second SIGINT (Ctrl-C) exits at once; a repeated SIGTERM "
+            "changes nothing.",
         ),
         click.Option(
             ["--metrics/--no-metrics"],

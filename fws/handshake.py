@@ -255,6 +255,7 @@ class ConnectionHandler(WebSocketHandler):
 
     _handshake_timer: Any = None
     _holds_place = False
+    _timed_out = False
 
     def handle(self) -> None:
         # Slowloris: a client gets handshake_timeout seconds for each request
@@ -290,12 +291,17 @@ class ConnectionHandler(WebSocketHandler):
         Reached for a head over ``max_header_bytes``, more than 100 header
         lines (http.client's limit), a bad request line and the like.
         """
+        if self._timed_out:
+            return None  # the cut head of a client already counted and logged as 408
+        stats = self.server.application.table.stats
         if isinstance(ex, _HeadTooLarge):
+            stats.handshakes[431] += 1
             log.info("request from %s refused: 431 %s", self._peer_text(), ex)
             self._answer_and_linger(
                 "431", _plain_response(431, "Request Header Fields Too Large", str(ex))
             )
             return None
+        stats.handshakes[400] += 1
         reason = printable(str(ex) or type(ex).__name__)
         log.info("request from %s refused: 400 %s", self._peer_text(), reason)
         malformed = _plain_response(400, "Bad Request", "malformed HTTP request")
@@ -358,6 +364,10 @@ class ConnectionHandler(WebSocketHandler):
             self._handshake_timer = None
 
     def _handshake_expired(self) -> None:
+        # Counted as 408 (Request Timeout), although no answer is sent: the
+        # socket is cut, and a slowloris would not read one.
+        self._timed_out = True
+        self.server.application.table.stats.handshakes[408] += 1
         log.info("handshake from %s timed out", self._peer_text())
         try:
             self.socket.shutdown(socket.SHUT_RDWR)

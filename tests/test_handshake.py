@@ -488,3 +488,23 @@ def test_the_access_log_leaves_query_strings_out(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "fws.http"]
     assert any("GET /page?... HTTP/1.1" in line for line in lines), lines
     assert not any("s3cr3t" in line for line in lines)
+
+
+def test_refusals_before_the_upgrade_are_counted_by_status():
+    """400 (unparsable), 431 (head too large) and 408 (head too slow) reach the metrics."""
+    from test_metrics import scrape, value
+
+    with run_server(message=Echo, handshake_timeout=0.5, max_header_bytes=4096) as server:
+        port = server.address[1]
+        with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+            sock.sendall(b"NONSENSE\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 5000 + b"\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 431")
+        with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
+            assert sock.recv(100) == b""  # cut at the handshake timeout
+        samples = scrape(port)
+        for status in ("400", "431", "408"):
+            assert value(samples, "fws_handshakes_total", status=status) == 1, status
