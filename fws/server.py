@@ -362,10 +362,11 @@ class Server:
                 self.pipelines[event] = Pipeline(*_as_filters(explicit))
         if self.metrics is not None:
             # Timing costs two clock reads a run: only where filters run, only if exported.
+            # Every event keeps a key (None: untimed), so that dispatch can index
+            # the dict without a KeyError for a pipeline set after start.
             self._filter_times = {
-                event: self.table.stats.filter_time(event)
+                event: self.table.stats.filter_time(event) if pipeline else None
                 for event, pipeline in self.pipelines.items()
-                if pipeline
             }
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:

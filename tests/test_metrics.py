@@ -238,6 +238,15 @@ def test_filter_errors_are_counted_by_event_and_filter():
     assert errors == 2
 
 
+def test_a_pipeline_set_after_start_runs_untimed():
+    with run_server(message=Pipeline()) as server:  # no message filters at start
+        server.pipelines["message"] = Pipeline(Echo)
+        client = connect(server)
+        client.send("hello")
+        assert client.recv() == "hello"  # dispatch raised KeyError here
+        client.close()
+
+
 def test_a_slow_client_cut_is_counted():
     with run_server(message=Echo, max_outbound_bytes=64 * 1024, close_timeout=0.5) as server:
         sock = raw_upgrade(server.address[1], receive_buffer=4096)
