@@ -23,6 +23,7 @@ from helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
+import fws
 from fws import Pipeline
 from fws.filters.echo import Echo
 from fws.frames import (
@@ -40,9 +41,9 @@ from fws.stats import SAMPLED_EVENTS
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(port: int, path: str = "/metrics") -> Samples:
+def scrape(port: int, path: str = "/metrics", host: str = LOOPBACK) -> Samples:
     """GET ``path`` and parse it as Prometheus text; every sample by (name, labels)."""
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=5) as response:
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
@@ -304,6 +305,67 @@ def test_metrics_port_serves_metrics_apart_from_the_websocket_port():
         client.close()
 
 
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` (EOF or reset) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_metrics_port_closes_silent_and_trickling_clients_after_handshake_timeout():
+    with run_server(metrics_port=0, handshake_timeout=0.5) as server:
+        assert server.metrics_address is not None
+        metrics_port = server.metrics_address[1]
+        silent = socket.create_connection((LOOPBACK, metrics_port))
+        partial = socket.create_connection((LOOPBACK, metrics_port))
+        partial.sendall(b"GET /metr")  # half a request line, then nothing
+        trickling = socket.create_connection((LOOPBACK, metrics_port))
+        trickling.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        for _ in range(8):  # a header every 0.1 s: each byte is in time, the whole is not
+            time.sleep(0.1)
+            try:
+                trickling.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+        for sock in (silent, partial, trickling):
+            with sock:
+                assert closed_within(sock, 3.0)
+        assert time.monotonic() - started < 3.0
+        assert http_status(metrics_port, "/metrics") == 200  # the listener still serves
+
+
+def test_metrics_host_binds_the_metrics_port_where_asked():
+    with run_server(metrics_port=0, metrics_host="127.0.0.2") as server:
+        assert server.metrics_address is not None
+        host, metrics_port = server.metrics_address
+        assert host == "127.0.0.2" and server.address[0] == LOOPBACK
+        with urllib.request.urlopen(f"http://127.0.0.2:{metrics_port}/metrics", timeout=5) as r:
+            assert r.status == 200
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((LOOPBACK, metrics_port), timeout=2).close()
+    with pytest.raises(fws.ConfigurationError, match="--metrics-host needs --metrics-port"):
+        fws.Server(metrics_host=LOOPBACK)
+
+
+def test_metrics_port_answers_probes_when_the_main_port_is_full():
+    with run_server(message=Echo, max_connections=1, metrics_port=0) as server:
+        assert server.metrics_address is not None
+        metrics_port = server.metrics_address[1]
+        client = connect(server)
+        wait_for(lambda: len(server.users) == 1, 5)
+        assert http_status(server.address[1], "/health") == 503  # refused before its path
+        assert http_status(metrics_port, "/health") == 200
+        assert http_status(metrics_port, "/ready") == 200
+        assert http_status(metrics_port, "/ready", "POST") == 405
+        assert http_status(metrics_port, "/elsewhere") == 404
+        client.close()
+
+
 def test_no_metrics_serves_none_and_times_nothing():
     with run_server(message=Echo, metrics=False) as server:
         assert server.metrics is None and server.metrics_app is None
@@ -320,18 +382,19 @@ def test_no_metrics_serves_none_and_times_nothing():
 def test_cli_metrics_port_no_metrics_and_a_busy_metrics_port():
     metrics_port = free_port()
     args = ["-p", "0", "--host", LOOPBACK, "-f", "echo", "--metrics-port", str(metrics_port)]
+    args += ["--metrics-host", "127.0.0.2"]  # another loopback address than the main port's
     with ServerProcess(args) as server:
         client = connect(server.url)
         client.send("one")
         assert client.recv() == "one"
-        samples = scrape(metrics_port)
+        samples = scrape(metrics_port, host="127.0.0.2")
         assert value(samples, "fws_messages_received_total", opcode="text") == 1
-        assert f"metrics at http://{LOOPBACK}:{metrics_port}/metrics" in server.output
+        assert f"metrics at http://127.0.0.2:{metrics_port}/metrics" in server.output
         client.close()
         # The port is taken now: a second server says so, in one line, exit 2.
         busy = run_fws_server(args)
         assert busy.returncode == 2, busy.stderr
-        assert f"cannot listen on {LOOPBACK}:{metrics_port} for metrics" in busy.stderr
+        assert f"cannot listen on 127.0.0.2:{metrics_port} for metrics" in busy.stderr
         assert "Traceback" not in busy.stderr
     with ServerProcess(["-p", "0", "--host", LOOPBACK, "--no-metrics"]) as server:
         assert http_status(server.port, "/metrics") == 426
