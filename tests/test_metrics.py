@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.error
@@ -443,6 +444,30 @@ def test_multiprocess_mode_aggregates_through_the_directory_and_cleans_up(tmp_pa
     # The live gauges of exited processes are gone; counters stay, so totals never drop.
     assert not list(directory.glob("gauge_live*"))
     assert list(directory.glob("counter_*.db"))
+
+
+def test_a_value_file_deleted_before_the_merge_is_left_out_of_the_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from fws.metrics import _SettledFiles
+
+    for pid, total in ((1, 3.0), (2, 4.0)):
+        values = MmapedDict(str(tmp_path / f"counter_{pid}.db"))
+        values.write_value(mmap_key("fws_demo", "fws_demo_total", [], [], "demo"), total, 0.0)
+        values.close()
+    real_getsize = os.path.getsize
+
+    def sized_then_deleted(name: str) -> int:
+        size = real_getsize(name)
+        if name.endswith("counter_2.db"):  # deleted after the listing, before the merge
+            os.unlink(name)
+        return size
+
+    monkeypatch.setattr(os.path, "getsize", sized_then_deleted)
+    metrics = list(_SettledFiles(str(tmp_path)).collect())  # was FileNotFoundError: 500
+    assert [(s.name, s.value) for m in metrics for s in m.samples] == [("fws_demo_total", 3.0)]
 
 
 def test_multiprocess_directory_that_does_not_exist_is_a_usage_error(tmp_path: Path):
