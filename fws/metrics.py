@@ -292,7 +292,10 @@ class Metrics:
         """Flush a last time; in multi-process mode, drop this process's live gauges.
 
         Counters stay in their files, so totals do not go down when a worker
-        exits; the supervisor clears the directory before workers start.
+        exits. A directory the supervisor made for its workers is its own and
+        goes with it; one the operator set (PROMETHEUS_MULTIPROC_DIR) is never
+        cleared by fws, so it must be emptied before each start, or counters
+        carry over from the last run (prometheus_client's documented rule).
         """
         if self._closed:
             return
