@@ -520,8 +520,16 @@ def build_command(
             ["--metrics-port"],
             type=click.IntRange(0, 65535),
             metavar="PORT",
-            help="Serve /metrics on this port of the same host instead of the main port, "
-            "to keep it off the public listener.",
+            help="Serve /metrics, /health and /ready on this port instead of /metrics on the "
+            "main port. It binds --host too unless --metrics-host says otherwise; use a "
+            "firewall or --metrics-host to keep it private. Probes here still answer at "
+            "--max-connections, where the main port refuses every new connection with 503.",
+        ),
+        click.Option(
+            ["--metrics-host"],
+            metavar="HOST",
+            help="Address for --metrics-port to bind (default: --host), e.g. 127.0.0.1 to "
+            "keep metrics and probes off the public interface.",
         ),
         click.Option(
             ["--log-level"],
@@ -698,6 +706,7 @@ def _serve(
             drain_delay=options["drain_delay"],
             metrics=options["metrics"],
             metrics_port=options["metrics_port"],
+            metrics_host=options["metrics_host"],
             **jwt_keywords,
         )
     except ConfigurationError as exc:  # unusable --jwt-* settings, a bad --trusted-proxy

@@ -8,7 +8,11 @@ that blocked its producer would stall the Redis listener, and with it every
 broadcast from other servers. So a full queue drops the new item, counts it
 (``ServerStats.consumer_dropped``, through ``on_drop``) and says so in the log:
 one warning when a burst of drops starts, a summary at most every
-``report_every`` seconds while it lasts, and one when it ends.
+``report_every`` seconds while it lasts, and one when it ends. A burst ends
+when a put finds the queue at most half full, or when no item was dropped for
+``report_every`` seconds: under steady overload the queue stays near full and
+every put that fits between two drops would otherwise end one burst and start
+the next, two warnings per dropped item.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class ConsumerQueue(gevent.queue.Queue):
         self._report_every = report_every
         self._burst_dropped = 0  # dropped since the burst began
         self._burst_started = 0.0
+        self._dropped_at = 0.0  # the last drop
         self._unreported = 0  # dropped since the last log line
         self._reported_at = 0.0
 
@@ -58,7 +63,11 @@ class ConsumerQueue(gevent.queue.Queue):
         except gevent.queue.Full:
             self._drop()
             return
-        if self._burst_dropped:
+        if self._burst_dropped and (
+            # ``qsize() - 1``: the queue as this put found it.
+            (self.qsize() - 1) * 2 <= self.maxsize
+            or time.monotonic() - self._dropped_at >= self._report_every
+        ):
             self.report_drops()
 
     def put_nowait(self, item: Any) -> None:
@@ -79,7 +88,7 @@ class ConsumerQueue(gevent.queue.Queue):
     def _drop(self) -> None:
         if self._on_drop is not None:
             self._on_drop()
-        now = time.monotonic()
+        now = self._dropped_at = time.monotonic()
         self._burst_dropped += 1
         if self._burst_dropped == 1:
             self._burst_started = self._reported_at = now

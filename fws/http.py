@@ -19,6 +19,11 @@ answers, in this order:
 4. else the static files (``--static``), if any;
 5. else 426 Upgrade Required: this is a WebSocket server.
 
+``route_metrics_port`` answers the requests of the ``--metrics-port``
+listener: the same probes, ``/metrics``, and 404 for anything else. At
+``max_connections`` the main port answers every new connection 503 before
+reading its path, probes included; the metrics port keeps answering them.
+
 No gevent here: ``route`` is plain WSGI, testable with a dict and a
 ``start_response``.
 """
@@ -29,7 +34,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-__all__ = ["PROBE_PATHS", "HttpServer", "route"]
+__all__ = ["PROBE_PATHS", "HttpServer", "route", "route_metrics_port"]
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -90,6 +95,20 @@ def route(
     )
     server.count_upgrade_required()
     return [_UPGRADE_REQUIRED]
+
+
+def route_metrics_port(
+    server: HttpServer,
+    metrics_app: WSGIApp,
+    environ: dict[str, Any],
+    start_response: StartResponse,
+) -> Iterable[bytes]:
+    """Answer one request on the metrics port: the probes (unless ``health`` is
+    off), else ``metrics_app``, which serves ``/metrics`` and 404s the rest."""
+    path = environ.get("PATH_INFO") or "/"
+    if server.health and path in PROBE_PATHS:
+        return _probe(server, path, environ, start_response)
+    return metrics_app(environ, start_response)
 
 
 def _probe(

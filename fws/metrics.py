@@ -292,7 +292,10 @@ class Metrics:
         """Flush a last time; in multi-process mode, drop this process's live gauges.
 
         Counters stay in their files, so totals do not go down when a worker
-        exits; the supervisor clears the directory before workers start.
+        exits. A directory the supervisor made for its workers is its own and
+        goes with it; one the operator set (PROMETHEUS_MULTIPROC_DIR) is never
+        cleared by fws, so it must be emptied before each start, or counters
+        carry over from the last run (prometheus_client's documented rule).
         """
         if self._closed:
             return
@@ -342,6 +345,9 @@ class _SettledFiles:
     prometheus_client creates a value file empty and then sizes it; a scrape
     that reads it in between fails (``struct.error``), and so would the whole
     scrape. Such a file holds no value yet: leaving it out loses nothing.
+    Likewise a file deleted between the listing and the merge (a stopped
+    process's live gauge, or a directory being cleared) is left out, rather
+    than fail the scrape with 500.
     """
 
     def __init__(self, path: str) -> None:
@@ -350,6 +356,17 @@ class _SettledFiles:
     def collect(self) -> Any:
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        files = self._files()
+        while True:
+            try:
+                return MultiProcessCollector.merge(files, accumulate=True)
+            except FileNotFoundError as exc:
+                if exc.filename not in files:
+                    raise
+                # Each pass drops the missing file, so this ends.
+                files = [name for name in files if name != exc.filename]
+
+    def _files(self) -> list[str]:
         files = []
         for name in glob.glob(os.path.join(self.path, "*.db")):
             try:
@@ -357,7 +374,7 @@ class _SettledFiles:
                     files.append(name)
             except FileNotFoundError:  # a live gauge of a process that just stopped
                 continue
-        return MultiProcessCollector.merge(files, accumulate=True)
+        return files
 
 
 def _plain(

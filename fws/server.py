@@ -24,7 +24,7 @@ import gevent.event
 import gevent.pool
 import gevent.socket
 import gevent.ssl
-from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
 from .connection import PARK_AFTER, Connection
 from .consumer import ConsumerQueue
@@ -35,7 +35,7 @@ from .errors import BackgroundTaskFailed, ConfigurationError, FilterError
 from .events import EVENTS
 from .frames import encode_message
 from .handshake import ConnectionHandler, ProxyNetworks, refuse_at_capacity
-from .http import WSGIApp, route
+from .http import WSGIApp, route, route_metrics_port
 from .metrics import FLUSH_INTERVAL, Metrics
 from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
@@ -137,6 +137,63 @@ class _WSGIServer(WSGIServer):
         return handler.detached
 
 
+class _MetricsHandler(WSGIHandler):
+    """pywsgi's handler, with a deadline for reading each request (the metrics port).
+
+    Without it a client that sends half a request line, or nothing, or
+    trickles its headers, holds a descriptor forever; enough of them starve
+    the WebSocket port of descriptors too. One deadline per request, armed as
+    the request line is awaited (which bounds an idle keep-alive as well) and
+    cancelled once the headers are read, so a slow scrape is never cut.
+    pywsgi's bounds on the request line and headers apply as they are.
+    """
+
+    _deadline: gevent.Timeout | None = None
+
+    def read_requestline(self) -> str:
+        timeout = self.server.read_timeout
+        if timeout:
+            self._deadline = gevent.Timeout.start_new(
+                timeout, TimeoutError("request not read in time")
+            )
+        return str(super().read_requestline())
+
+    def read_request(self, raw_requestline: str) -> Any:
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._cancel_deadline()
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        finally:
+            self._cancel_deadline()
+
+    def _handle_client_error(self, ex: Exception) -> Any:
+        if isinstance(ex, OSError):  # our deadline, or a reset: close, no traceback
+            log.debug("metrics port: closing %s:%s: %s", *self.client_address[:2], ex)
+            return None
+        return super()._handle_client_error(ex)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
+
+
+class _MetricsServer(WSGIServer):
+    """The ``metrics_port`` listener; ``read_timeout`` bounds reading a request."""
+
+    handler_class = _MetricsHandler
+
+    def __init__(
+        self, listener: Any, application: Any, *, read_timeout: float | None, **kwargs: Any
+    ) -> None:
+        super().__init__(listener, application, **kwargs)
+        self.read_timeout = read_timeout
+
+
 class Server:
     """A WebSocket server whose behaviour is its pipelines.
 
@@ -218,9 +275,12 @@ class Server:
         # balancer takes this server out of rotation first. 0: no drain.
         drain_delay: float = 0.0,
         # Prometheus metrics at GET /metrics (see fws.metrics): on the main port,
-        # or on metrics_port (same host) when that is set; False: none at all.
+        # or on metrics_port when that is set, which also answers /health and
+        # /ready (they still work there at max_connections); False: none at all.
+        # metrics_host: the address metrics_port binds; None: the server's host.
         metrics: bool = True,
         metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> None:
         if close_timeout <= 0:
             raise ValueError("close_timeout must be more than 0 seconds")
@@ -321,6 +381,8 @@ class Server:
             raise ConfigurationError(str(exc)) from None
         if metrics_port is not None and not metrics:
             raise ConfigurationError("--metrics-port needs metrics on (drop --no-metrics)")
+        if metrics_host is not None and metrics_port is None:
+            raise ConfigurationError("--metrics-host needs --metrics-port")
         self.metrics: Metrics | None = None
         if metrics:
             self.metrics = Metrics(
@@ -330,6 +392,7 @@ class Server:
                 pubsub_live=lambda: self.storage_object.pubsub_live,
             )
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host if metrics_host is not None else host
         self.metrics_app: Any = (
             self.metrics.wsgi_app if self.metrics is not None and metrics_port is None else None
         )
@@ -364,10 +427,11 @@ class Server:
                 self.pipelines[event] = Pipeline(*_as_filters(explicit))
         if self.metrics is not None:
             # Timing costs two clock reads a run: only where filters run, only if exported.
+            # Every event keeps a key (None: untimed), so that dispatch can index
+            # the dict without a KeyError for a pipeline set after start.
             self._filter_times = {
-                event: self.table.stats.filter_time(event)
+                event: self.table.stats.filter_time(event) if pipeline else None
                 for event, pipeline in self.pipelines.items()
-                if pipeline
             }
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
@@ -394,16 +458,17 @@ class Server:
         if self.metrics is not None and self.metrics_port is not None:
             try:
                 listener = _metrics_listener(
-                    self.host, self.metrics_port, self.metrics.multiprocess
+                    self.metrics_host, self.metrics_port, self.metrics.multiprocess
                 )
             except OSError as exc:
                 raise ConfigurationError(
-                    f"cannot listen on {self.host}:{self.metrics_port} for metrics: "
+                    f"cannot listen on {self.metrics_host}:{self.metrics_port} for metrics: "
                     f"{exc.strerror or exc}"
                 ) from None
-            self._metrics_wsgi = WSGIServer(
+            self._metrics_wsgi = _MetricsServer(
                 listener,
-                self.metrics.wsgi_app,
+                self._serve_metrics_port,
+                read_timeout=self.handshake_timeout,
                 log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
                 error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
             )
@@ -446,7 +511,9 @@ class Server:
             self.pipelines["message"],
         )
         if self.metrics_address is not None:
-            log.info("metrics at http://%s:%d/metrics", host, self.metrics_address[1])
+            metrics_host = self.metrics_host
+            metrics_host = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+            log.info("metrics at http://%s:%d/metrics", metrics_host, self.metrics_address[1])
 
     def _fit_pending_to_descriptors(self) -> None:
         pending = self.pending_handshakes
@@ -757,6 +824,11 @@ class Server:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """WSGI application for requests that are not WebSocket upgrades (see fws.http)."""
         return route(self, environ, start_response)
+
+    def _serve_metrics_port(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """WSGI application of the metrics port: probes and /metrics (``fws.http``)."""
+        assert self.metrics is not None
+        return route_metrics_port(self, self.metrics.wsgi_app, environ, start_response)
 
     def count_upgrade_required(self) -> None:
         """Count a plain request answered 426 (see ``fws.http.route``)."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import gevent
 from helpers import connect, raw_upgrade, run_server, stop_server, wait_for
 
+import fws
 from fws.consumer import ConsumerQueue
 from fws.storage import PubSubMessage
 from fws.storage.memory import MemoryStorage
@@ -46,6 +48,51 @@ def test_a_long_burst_is_summarised_periodically(caplog):
         "consumer queue still full",
         "consumer queue still full",
         "consumer queue still full",
+    ]
+
+
+def test_steady_overload_is_one_burst_with_every_drop_counted(caplog):
+    """A producer at three times the consumer's rate: the queue stays near full.
+
+    Each put that fits between two drops used to end the burst and the next
+    drop started another: two warnings per consumed item.
+    """
+    caplog.set_level(logging.WARNING, logger="fws.consumer")
+    server = fws.Server(host="127.0.0.1", port=0, max_consumer_queue=100)
+    queue = server.queue
+    produced = consumed = 0
+    for _ in range(1_000):
+        for _ in range(3):
+            queue.put(produced)
+            produced += 1
+        queue.get()
+        consumed += 1
+    assert produced - consumed - queue.qsize() == server.table.stats.consumer_dropped > 1_000
+    # One warning as the burst starts; summaries come at most every 5 s (this takes less).
+    assert len(caplog.records) <= 2
+    assert caplog.records[0].getMessage().startswith("consumer queue full (100 items)")
+    while queue.qsize() > 50:
+        queue.get()
+    queue.put("room again")  # drained to half: the burst ends, with its total
+    assert caplog.records[-1].getMessage().startswith(
+        f"consumer queue: {server.table.stats.consumer_dropped} items dropped in all"
+    )
+
+
+def test_a_burst_ends_after_a_quiet_report_interval_even_near_full(caplog):
+    caplog.set_level(logging.WARNING, logger="fws.consumer")
+    queue = ConsumerQueue(4, report_every=0.05)
+    for item in range(5):
+        queue.put(item)  # the fifth is dropped
+    queue.get()
+    queue.put("fits, but too soon and too full to end the burst")
+    assert len(caplog.records) == 1
+    queue.get()
+    time.sleep(0.06)
+    queue.put("no drop for a report interval")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "consumer queue full (4 items)",
+        "consumer queue",
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.error
@@ -23,6 +24,7 @@ from helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
+import fws
 from fws import Pipeline
 from fws.filters.echo import Echo
 from fws.frames import (
@@ -40,9 +42,9 @@ from fws.stats import SAMPLED_EVENTS
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(port: int, path: str = "/metrics") -> Samples:
+def scrape(port: int, path: str = "/metrics", host: str = LOOPBACK) -> Samples:
     """GET ``path`` and parse it as Prometheus text; every sample by (name, labels)."""
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=5) as response:
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
@@ -238,6 +240,15 @@ def test_filter_errors_are_counted_by_event_and_filter():
     assert errors == 2
 
 
+def test_a_pipeline_set_after_start_runs_untimed():
+    with run_server(message=Pipeline()) as server:  # no message filters at start
+        server.pipelines["message"] = Pipeline(Echo)
+        client = connect(server)
+        client.send("hello")
+        assert client.recv() == "hello"  # dispatch raised KeyError here
+        client.close()
+
+
 def test_a_slow_client_cut_is_counted():
     with run_server(message=Echo, max_outbound_bytes=64 * 1024, close_timeout=0.5) as server:
         sock = raw_upgrade(server.address[1], receive_buffer=4096)
@@ -295,6 +306,67 @@ def test_metrics_port_serves_metrics_apart_from_the_websocket_port():
         client.close()
 
 
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` (EOF or reset) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_metrics_port_closes_silent_and_trickling_clients_after_handshake_timeout():
+    with run_server(metrics_port=0, handshake_timeout=0.5) as server:
+        assert server.metrics_address is not None
+        metrics_port = server.metrics_address[1]
+        silent = socket.create_connection((LOOPBACK, metrics_port))
+        partial = socket.create_connection((LOOPBACK, metrics_port))
+        partial.sendall(b"GET /metr")  # half a request line, then nothing
+        trickling = socket.create_connection((LOOPBACK, metrics_port))
+        trickling.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        for _ in range(8):  # a header every 0.1 s: each byte is in time, the whole is not
+            time.sleep(0.1)
+            try:
+                trickling.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+        for sock in (silent, partial, trickling):
+            with sock:
+                assert closed_within(sock, 3.0)
+        assert time.monotonic() - started < 3.0
+        assert http_status(metrics_port, "/metrics") == 200  # the listener still serves
+
+
+def test_metrics_host_binds_the_metrics_port_where_asked():
+    with run_server(metrics_port=0, metrics_host="127.0.0.2") as server:
+        assert server.metrics_address is not None
+        host, metrics_port = server.metrics_address
+        assert host == "127.0.0.2" and server.address[0] == LOOPBACK
+        with urllib.request.urlopen(f"http://127.0.0.2:{metrics_port}/metrics", timeout=5) as r:
+            assert r.status == 200
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((LOOPBACK, metrics_port), timeout=2).close()
+    with pytest.raises(fws.ConfigurationError, match="--metrics-host needs --metrics-port"):
+        fws.Server(metrics_host=LOOPBACK)
+
+
+def test_metrics_port_answers_probes_when_the_main_port_is_full():
+    with run_server(message=Echo, max_connections=1, metrics_port=0) as server:
+        assert server.metrics_address is not None
+        metrics_port = server.metrics_address[1]
+        client = connect(server)
+        wait_for(lambda: len(server.users) == 1, 5)
+        assert http_status(server.address[1], "/health") == 503  # refused before its path
+        assert http_status(metrics_port, "/health") == 200
+        assert http_status(metrics_port, "/ready") == 200
+        assert http_status(metrics_port, "/ready", "POST") == 405
+        assert http_status(metrics_port, "/elsewhere") == 404
+        client.close()
+
+
 def test_no_metrics_serves_none_and_times_nothing():
     with run_server(message=Echo, metrics=False) as server:
         assert server.metrics is None and server.metrics_app is None
@@ -311,18 +383,19 @@ def test_no_metrics_serves_none_and_times_nothing():
 def test_cli_metrics_port_no_metrics_and_a_busy_metrics_port():
     metrics_port = free_port()
     args = ["-p", "0", "--host", LOOPBACK, "-f", "echo", "--metrics-port", str(metrics_port)]
+    args += ["--metrics-host", "127.0.0.2"]  # another loopback address than the main port's
     with ServerProcess(args) as server:
         client = connect(server.url)
         client.send("one")
         assert client.recv() == "one"
-        samples = scrape(metrics_port)
+        samples = scrape(metrics_port, host="127.0.0.2")
         assert value(samples, "fws_messages_received_total", opcode="text") == 1
-        assert f"metrics at http://{LOOPBACK}:{metrics_port}/metrics" in server.output
+        assert f"metrics at http://127.0.0.2:{metrics_port}/metrics" in server.output
         client.close()
         # The port is taken now: a second server says so, in one line, exit 2.
         busy = run_fws_server(args)
         assert busy.returncode == 2, busy.stderr
-        assert f"cannot listen on {LOOPBACK}:{metrics_port} for metrics" in busy.stderr
+        assert f"cannot listen on 127.0.0.2:{metrics_port} for metrics" in busy.stderr
         assert "Traceback" not in busy.stderr
     with ServerProcess(["-p", "0", "--host", LOOPBACK, "--no-metrics"]) as server:
         assert http_status(server.port, "/metrics") == 426
@@ -371,6 +444,30 @@ def test_multiprocess_mode_aggregates_through_the_directory_and_cleans_up(tmp_pa
     # The live gauges of exited processes are gone; counters stay, so totals never drop.
     assert not list(directory.glob("gauge_live*"))
     assert list(directory.glob("counter_*.db"))
+
+
+def test_a_value_file_deleted_before_the_merge_is_left_out_of_the_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from fws.metrics import _SettledFiles
+
+    for pid, total in ((1, 3.0), (2, 4.0)):
+        values = MmapedDict(str(tmp_path / f"counter_{pid}.db"))
+        values.write_value(mmap_key("fws_demo", "fws_demo_total", [], [], "demo"), total, 0.0)
+        values.close()
+    real_getsize = os.path.getsize
+
+    def sized_then_deleted(name: str) -> int:
+        size = real_getsize(name)
+        if name.endswith("counter_2.db"):  # deleted after the listing, before the merge
+            os.unlink(name)
+        return size
+
+    monkeypatch.setattr(os.path, "getsize", sized_then_deleted)
+    metrics = list(_SettledFiles(str(tmp_path)).collect())  # was FileNotFoundError: 500
+    assert [(s.name, s.value) for m in metrics for s in m.samples] == [("fws_demo_total", 3.0)]
 
 
 def test_multiprocess_directory_that_does_not_exist_is_a_usage_error(tmp_path: Path):
