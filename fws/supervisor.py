@@ -7,7 +7,7 @@ real port. (Measured against one SO_REUSEPORT socket per worker, see
 docs/operations/workers.rst: the shared socket balanced as well or better and,
 unlike SO_REUSEPORT, loses no queued connection when one worker closes.)
 
-Workers are fresh interpreters (``python -m fws.worker`` with the same
+Workers are fresh interpreters (``python -P -m fws.worker`` with the same
 arguments), so a reload really loads new code, filter modules and TLS
 certificates, and each worker monkey-patches gevent itself, first. This
 module imports no gevent and no application code: it only forks, waits,
@@ -550,4 +550,7 @@ def describe_status(code: int) -> str:
 
 def worker_command() -> list[str]:
     """How to start one worker: this Python running ``fws.worker``."""
-    return [sys.executable, "-m", "fws.worker"]
+    # -P: ``-m`` would put the current directory first on sys.path, where a
+    # ./json.py would shadow the standard library; fws appends it instead
+    # (``-f ./x.py``, see fws.modules).
+    return [sys.executable, "-P", "-m", "fws.worker"]

@@ -240,6 +240,20 @@ def test_clients_on_different_workers_chat(redis, tmp_path):
             client.close()
 
 
+def test_a_module_in_the_current_directory_does_not_shadow_the_standard_library(
+    redis, tmp_path
+):
+    """Workers append the current directory to sys.path (as ``-f ./x.py`` does), not first."""
+    (tmp_path / "json.py").write_text('raise RuntimeError("./json.py shadowed the stdlib")\n')
+    with workers(redis, tmp_path) as server:
+        by_pid = clients_per_worker(server, wanted=1)
+        (first,), (second,) = by_pid.values()
+        chat(first, second, "the stdlib json it is")
+        for client in (first, second):
+            client.close()
+    assert "shadowed the stdlib" not in server.output
+
+
 def test_a_killed_worker_comes_back_and_the_others_clients_keep_chatting(redis, tmp_path):
     with workers(redis, tmp_path) as server:
         by_pid = clients_per_worker(server, wanted=2)
