@@ -39,6 +39,7 @@ __all__ = [
     "BACKLOG",
     "LISTEN_FD_ENV",
     "READY_FD_ENV",
+    "SUPERVISOR_PID_ENV",
     "Supervisor",
     "bind_listener",
     "resolve_workers",
@@ -52,6 +53,8 @@ BACKLOG = 2048
 """As ``Server`` binds its own: reconnect storms, capped by net.core.somaxconn."""
 READY_FD_ENV = "FWS_WORKER_READY_FD"
 """A pipe the worker writes one byte to once it accepts clients."""
+SUPERVISOR_PID_ENV = "FWS_SUPERVISOR_PID"
+"""The supervisor's pid: a worker whose parent is another process is an orphan."""
 REUSE_PORT_ENV = "FWS_WORKER_REUSE_PORT"
 """Measurement only: ``host:port`` a worker binds itself with SO_REUSEPORT."""
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -281,6 +284,7 @@ class Supervisor:
         ready_read, ready_write = os.pipe()
         env = dict(self.env)
         env[READY_FD_ENV] = str(ready_write)
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())
         pass_fds = [ready_write]
         if self.reuse_port:
             host, port = self.listener.getsockname()[:2]

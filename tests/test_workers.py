@@ -464,6 +464,31 @@ def test_workers_stop_when_the_supervisor_is_killed(redis, tmp_path, monkeypatch
         wait_for(all_gone, 15, f"workers {pids} outlived their supervisor")
 
 
+@pytest.mark.parametrize("parent_alive", [True, False])
+def test_a_worker_whose_supervisor_died_before_it_started_stops(parent_alive):
+    """The orphan check compares the parent with the supervisor's pid, from the environment."""
+    import subprocess
+
+    from fws.supervisor import SUPERVISOR_PID_ENV, worker_command
+
+    # This test process is the worker's parent; another pid stands for a
+    # supervisor that died and left the worker to a reaper.
+    supervisor = os.getpid() if parent_alive else os.getppid()
+    result = subprocess.run(
+        worker_command(),
+        env={**os.environ, SUPERVISOR_PID_ENV: str(supervisor)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if parent_alive:  # goes on, and stops only for want of a socket
+        assert result.returncode == 1, result.stderr
+        assert "run by fws_server --workers N, not by hand" in result.stderr
+    else:
+        assert result.returncode == -signal.SIGTERM, (result.returncode, result.stderr)
+
+
 def _silent_client(port: int) -> socket.socket:
     """A client that never answers the server's close: the drain waits close_timeout."""
     return raw_upgrade(port)
