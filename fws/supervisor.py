@@ -107,6 +107,7 @@ class _Worker:
     ready: bool = False
     retiring: bool = False  # told to drain: a reload replaced it, or shutdown
     drain_at: float | None = None  # when to SIGTERM it, after it stopped accepting
+    kill_at: float | None = None  # when to SIGKILL it, if a reload's drain hangs
 
     @property
     def pid(self) -> int:
@@ -118,10 +119,11 @@ class Supervisor:
 
     ``command`` starts one worker (it gets the socket's descriptor and a
     readiness pipe in its environment); ``tls`` only says which scheme to
-    log (the workers load the certificates). ``shutdown_timeout`` bounds the wait
-    for draining workers before they are killed. A worker that dies is
-    restarted after ``backoff_start`` seconds, doubling per death up to
-    ``backoff_max``; the delay is reset once a worker has lived
+    log (the workers load the certificates). ``shutdown_timeout`` bounds the
+    wait for draining workers before they are killed, at a shutdown and for
+    each worker a reload replaces (a wedged one would stall the reload). A
+    worker that dies is restarted after ``backoff_start`` seconds, doubling
+    per death up to ``backoff_max``; the delay is reset once a worker has lived
     ``stable_after`` seconds. When every worker has failed ``give_up_after``
     times in a row without becoming ready, the supervisor stops (exit 1)
     rather than retry forever with nothing serving. A worker replaced by a
@@ -275,6 +277,7 @@ class Supervisor:
         now = time.monotonic()
         waits = [at - now for at in self._restart_at.values()]
         waits += [w.drain_at - now for w in self.workers.values() if w.drain_at is not None]
+        waits += [w.kill_at - now for w in self.workers.values() if w.kill_at is not None]
         return max(min([1.0, *waits]), 0.01)
 
     # -- workers --------------------------------------------------------------------
@@ -404,6 +407,16 @@ class Supervisor:
             if worker.drain_at is not None and worker.drain_at <= now:
                 worker.drain_at = None
                 _signal(worker.process, signal.SIGTERM)
+                # As gunicorn's graceful_timeout: a worker that does not stop
+                # would hold up the rest of the reload forever.
+                worker.kill_at = now + self.shutdown_timeout
+            elif worker.kill_at is not None and worker.kill_at <= now:
+                worker.kill_at = None
+                log.warning(
+                    "reload: worker %d (pid %d) did not stop within %.0f s; killing it",
+                    worker.slot, worker.pid, self.shutdown_timeout,
+                )  # fmt: skip
+                _signal(worker.process, signal.SIGKILL)
 
     def _gave_up(self) -> bool:
         if self.workers and any(w.ready for w in self.workers.values()):
@@ -481,7 +494,7 @@ class Supervisor:
         self._restart_at.clear()
         for worker in self.workers.values():
             worker.retiring = True
-            worker.drain_at = None
+            worker.drain_at = worker.kill_at = None
             _signal(worker.process, signal.SIGTERM)
         deadline = time.monotonic() + self.shutdown_timeout
         while self.workers:

@@ -358,6 +358,26 @@ def test_sighup_replaces_every_worker_without_closing_the_port(redis, tmp_path):
         assert version == "v2" and pid in new_pids
 
 
+def test_a_wedged_worker_is_killed_and_the_reload_completes(redis, tmp_path):
+    """A replaced worker that does not stop gets SIGKILL after the shutdown timeout."""
+    with workers(redis, tmp_path) as server:
+        wedged, other = sorted(worker_pids(server))
+        os.kill(wedged, signal.SIGSTOP)
+        server.process.send_signal(signal.SIGHUP)
+        # --close-timeout 1: killed 1 + 10 s after its SIGTERM.
+        wait_for(lambda: "reload done" in server.output, 60, server.output)
+        assert re.search(
+            rf"reload: worker \d \(pid {wedged}\) did not stop within 11 s; killing it",
+            server.output,
+        ), server.output
+        assert f"(pid {wedged}) drained and was killed by SIGKILL" in server.output
+        assert not worker_pids(server) & {wedged, other}
+        # A second reload is not refused as "already in progress".
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: server.output.count("reload done") == 2, 60, server.output)
+        assert "already in progress" not in server.output
+
+
 def test_a_reload_whose_new_worker_fails_keeps_the_old_workers(redis, tmp_path):
     with workers(redis, tmp_path) as server:
         by_pid = clients_per_worker(server, wanted=2)
