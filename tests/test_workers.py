@@ -378,6 +378,19 @@ def test_a_wedged_worker_is_killed_and_the_reload_completes(redis, tmp_path):
         assert "already in progress" not in server.output
 
 
+def test_a_replaced_worker_does_not_sit_out_the_drain_delay(redis, tmp_path):
+    """It stopped accepting at SIGUSR1: no client can arrive for a drain to turn away."""
+    with workers(redis, tmp_path, "--drain-delay", "6") as server:
+        old_pids = worker_pids(server)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload done" in server.output, 60, server.output)
+        assert "draining for" not in server.output
+        # Two workers drained one after the other would take 2 x 6 s and more.
+        assert time.monotonic() - started < 12, server.output
+        assert not worker_pids(server) & old_pids
+
+
 def test_a_reload_whose_new_worker_fails_keeps_the_old_workers(redis, tmp_path):
     with workers(redis, tmp_path) as server:
         by_pid = clients_per_worker(server, wanted=2)
