@@ -801,7 +801,10 @@ def serve_until_signalled(server: Server) -> None:
     operator pressing Ctrl-C twice means "now", not "after close_timeout".
     A repeated SIGTERM changes nothing (as in uvicorn): process managers
     escalate with SIGKILL, and one that resends SIGTERM should not cut the
-    drain short.
+    drain short. SIGHUP (a service manager's reload) is logged and ignored
+    rather than killing the server: only a supervisor (``--workers N``)
+    reloads. A SIGHUP already ignored (``nohup``, or a worker of such a
+    supervisor) stays ignored, silently.
     """
     received: list[int] = []
 
@@ -815,6 +818,11 @@ def serve_until_signalled(server: Server) -> None:
             gevent.spawn(server.stop)
         received.append(signum)
 
+    def on_hangup() -> None:
+        log.warning("SIGHUP: reloading needs --workers N (N > 1); ignored")
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, on_signal, signum)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        gevent.signal_handler(signal.SIGHUP, on_hangup)
     server.serve_forever()

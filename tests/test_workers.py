@@ -391,6 +391,29 @@ def test_a_replaced_worker_does_not_sit_out_the_drain_delay(redis, tmp_path):
         assert not worker_pids(server) & old_pids
 
 
+def test_sighup_without_a_supervisor_is_logged_and_ignored(tmp_path):
+    """``--workers 1`` (or auto on one CPU): a service manager's reload must not kill it."""
+    write_filter(tmp_path)
+    args = ["--workers", "1", "-p", "0", "--host", LOOPBACK, "--close-timeout", "1",
+            "-f", "./whoami.py", "broadcast_messages"]  # fmt: skip
+    with ServerProcess(args, cwd=tmp_path) as server:
+        with ws_sync.connect(server.url, open_timeout=5) as client:
+            _, pid = whoami(client)
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda: "SIGHUP: reloading needs --workers N (N > 1); ignored" in server.output,
+                10,
+                server.output,
+            )
+            assert server.process.poll() is None
+            assert whoami(client) == ("v1", pid)  # the same connection, still served
+            server.process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as info:
+                client.recv(timeout=10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert server.stop() == 0
+
+
 def test_a_reload_whose_new_worker_fails_keeps_the_old_workers(redis, tmp_path):
     with workers(redis, tmp_path) as server:
         by_pid = clients_per_worker(server, wanted=2)
