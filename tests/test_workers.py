@@ -240,9 +240,7 @@ def test_clients_on_different_workers_chat(redis, tmp_path):
             client.close()
 
 
-def test_a_module_in_the_current_directory_does_not_shadow_the_standard_library(
-    redis, tmp_path
-):
+def test_a_module_in_the_current_directory_does_not_shadow_the_standard_library(redis, tmp_path):
     """Workers append the current directory to sys.path (as ``-f ./x.py`` does), not first."""
     (tmp_path / "json.py").write_text('raise RuntimeError("./json.py shadowed the stdlib")\n')
     with workers(redis, tmp_path) as server:
