@@ -48,7 +48,7 @@ __all__ = [
 log = logging.getLogger("fws.supervisor")
 
 LISTEN_FD_ENV = "FWS_WORKER_LISTEN_FD"
-"""The inherited socket's descriptor (bound; the worker makes it listen), in its environment."""
+"""The inherited socket's descriptor, in its environment (bound; the first worker listens)."""
 BACKLOG = 2048
 """As ``Server`` binds its own: reconnect storms, capped by net.core.somaxconn."""
 READY_FD_ENV = "FWS_WORKER_READY_FD"
@@ -74,9 +74,11 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.s
     """A socket bound to host:port (port 0: a free one), not yet listening.
 
     The supervisor binds, so that a busy port is reported at once and every
-    worker gets the same real port; the workers call ``listen()`` on it, so
-    the port accepts clients only once a worker can serve them (a load
-    balancer's TCP check then means something). Once listening, it stays so
+    worker gets the same real port; the first worker to have imported fws
+    calls ``listen()`` on it, before it loads filters or opens the storage
+    (gevent's server cannot start on a socket that does not listen yet), so
+    connections may queue a moment before a worker can serve them: a load
+    balancer should check ``/ready``. Once listening, the socket stays so
     until the supervisor exits, whatever happens to the workers. With
     ``reuse_port`` (measurements only) the socket just holds the port for
     workers that bind their own with SO_REUSEPORT. Raises ``OSError``.

@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if listen_fd is not None:
         listener = socket.socket(fileno=int(listen_fd))
         # The first worker opens the port; for later ones this changes nothing.
+        # Not later, once ready: gevent's server fails (EINVAL) and stops
+        # accepting for good if its hub polls the socket before listen().
         listener.listen(BACKLOG)
     elif reuse_port is not None:
         host, _, port = reuse_port.rpartition(":")
