@@ -409,6 +409,7 @@ class Server:
         self._failure: BackgroundTaskFailed | None = None
         self._stopped = gevent.event.Event()
         self._drain_cut = gevent.event.Event()
+        self._accepting_stopped = False  # stop_accepting(): no drain needed
 
     # -- life cycle -------------------------------------------------------------
 
@@ -590,10 +591,12 @@ class Server:
 
         A worker being replaced calls this first, so that the handshakes it
         has already accepted complete rather than get 503 from ``stop()``,
-        while new clients go to the other workers sharing the socket.
+        while new clients go to the other workers sharing the socket. A later
+        ``stop()`` then skips ``drain_delay``: no new client can arrive anyway.
         """
         if self._wsgi is not None:
             self._wsgi.stop_accepting()
+            self._accepting_stopped = True
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain, stop accepting, close every client with 1001, wait, then kill the rest.
@@ -601,7 +604,8 @@ class Server:
         The drain (``drain_delay`` seconds, if any) keeps the port open while
         ``/ready`` answers 503 and new upgrades are refused with 503, so that
         load balancers stop sending clients here before the port closes;
-        clients already connected are served meanwhile.
+        clients already connected are served meanwhile. After
+        ``stop_accepting()`` there is no drain.
 
         Idempotent: a second call cuts the drain short, then waits for the first
         to finish. ``timeout`` (default: ``close_timeout`` + 1 s) bounds the
@@ -612,7 +616,7 @@ class Server:
             self._stopped.wait()
             return
         self.draining = True
-        if self.drain_delay and self._wsgi is not None:
+        if self.drain_delay and self._wsgi is not None and not self._accepting_stopped:
             log.info(
                 "draining for %g s: /ready answers 503, new clients are refused",
                 self.drain_delay,
@@ -888,7 +892,10 @@ def serve_until_signalled(server: Server) -> None:
     operator pressing Ctrl-C twice means "now", not "after close_timeout".
     A repeated SIGTERM changes nothing (as in uvicorn): process managers
     escalate with SIGKILL, and one that resends SIGTERM should not cut the
-    drain short.
+    drain short. SIGHUP (a service manager's reload) is logged and ignored
+    rather than killing the server: only a supervisor (``--workers N``)
+    reloads. A SIGHUP already ignored (``nohup``, or a worker of such a
+    supervisor) stays ignored, silently.
     """
     received: list[int] = []
 
@@ -902,6 +909,11 @@ def serve_until_signalled(server: Server) -> None:
             gevent.spawn(server.stop)
         received.append(signum)
 
+    def on_hangup() -> None:
+        log.warning("SIGHUP: reloading needs --workers N (N > 1); ignored")
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, on_signal, signum)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        gevent.signal_handler(signal.SIGHUP, on_hangup)
     server.serve_forever()

@@ -7,7 +7,7 @@ real port. (Measured against one SO_REUSEPORT socket per worker, see
 docs/operations/workers.rst: the shared socket balanced as well or better and,
 unlike SO_REUSEPORT, loses no queued connection when one worker closes.)
 
-Workers are fresh interpreters (``python -m fws.worker`` with the same
+Workers are fresh interpreters (``python -P -m fws.worker`` with the same
 arguments), so a reload really loads new code, filter modules and TLS
 certificates, and each worker monkey-patches gevent itself, first. This
 module imports no gevent and no application code: it only forks, waits,
@@ -39,6 +39,7 @@ __all__ = [
     "BACKLOG",
     "LISTEN_FD_ENV",
     "READY_FD_ENV",
+    "SUPERVISOR_PID_ENV",
     "Supervisor",
     "bind_listener",
     "resolve_workers",
@@ -47,11 +48,13 @@ __all__ = [
 log = logging.getLogger("fws.supervisor")
 
 LISTEN_FD_ENV = "FWS_WORKER_LISTEN_FD"
-"""The inherited socket's descriptor (bound; the worker makes it listen), in its environment."""
+"""The inherited socket's descriptor, in its environment (bound; the first worker listens)."""
 BACKLOG = 2048
 """As ``Server`` binds its own: reconnect storms, capped by net.core.somaxconn."""
 READY_FD_ENV = "FWS_WORKER_READY_FD"
 """A pipe the worker writes one byte to once it accepts clients."""
+SUPERVISOR_PID_ENV = "FWS_SUPERVISOR_PID"
+"""The supervisor's pid: a worker whose parent is another process is an orphan."""
 REUSE_PORT_ENV = "FWS_WORKER_REUSE_PORT"
 """Measurement only: ``host:port`` a worker binds itself with SO_REUSEPORT."""
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -71,9 +74,11 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.s
     """A socket bound to host:port (port 0: a free one), not yet listening.
 
     The supervisor binds, so that a busy port is reported at once and every
-    worker gets the same real port; the workers call ``listen()`` on it, so
-    the port accepts clients only once a worker can serve them (a load
-    balancer's TCP check then means something). Once listening, it stays so
+    worker gets the same real port; the first worker to have imported fws
+    calls ``listen()`` on it, before it loads filters or opens the storage
+    (gevent's server cannot start on a socket that does not listen yet), so
+    connections may queue a moment before a worker can serve them: a load
+    balancer should check ``/ready``. Once listening, the socket stays so
     until the supervisor exits, whatever happens to the workers. With
     ``reuse_port`` (measurements only) the socket just holds the port for
     workers that bind their own with SO_REUSEPORT. Raises ``OSError``.
@@ -104,6 +109,7 @@ class _Worker:
     ready: bool = False
     retiring: bool = False  # told to drain: a reload replaced it, or shutdown
     drain_at: float | None = None  # when to SIGTERM it, after it stopped accepting
+    kill_at: float | None = None  # when to SIGKILL it, if a reload's drain hangs
 
     @property
     def pid(self) -> int:
@@ -115,10 +121,11 @@ class Supervisor:
 
     ``command`` starts one worker (it gets the socket's descriptor and a
     readiness pipe in its environment); ``tls`` only says which scheme to
-    log (the workers load the certificates). ``shutdown_timeout`` bounds the wait
-    for draining workers before they are killed. A worker that dies is
-    restarted after ``backoff_start`` seconds, doubling per death up to
-    ``backoff_max``; the delay is reset once a worker has lived
+    log (the workers load the certificates). ``shutdown_timeout`` bounds the
+    wait for draining workers before they are killed, at a shutdown and for
+    each worker a reload replaces (a wedged one would stall the reload). A
+    worker that dies is restarted after ``backoff_start`` seconds, doubling
+    per death up to ``backoff_max``; the delay is reset once a worker has lived
     ``stable_after`` seconds. When every worker has failed ``give_up_after``
     times in a row without becoming ready, the supervisor stops (exit 1)
     rather than retry forever with nothing serving. A worker replaced by a
@@ -272,6 +279,7 @@ class Supervisor:
         now = time.monotonic()
         waits = [at - now for at in self._restart_at.values()]
         waits += [w.drain_at - now for w in self.workers.values() if w.drain_at is not None]
+        waits += [w.kill_at - now for w in self.workers.values() if w.kill_at is not None]
         return max(min([1.0, *waits]), 0.01)
 
     # -- workers --------------------------------------------------------------------
@@ -281,6 +289,7 @@ class Supervisor:
         ready_read, ready_write = os.pipe()
         env = dict(self.env)
         env[READY_FD_ENV] = str(ready_write)
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())
         pass_fds = [ready_write]
         if self.reuse_port:
             host, port = self.listener.getsockname()[:2]
@@ -400,6 +409,16 @@ class Supervisor:
             if worker.drain_at is not None and worker.drain_at <= now:
                 worker.drain_at = None
                 _signal(worker.process, signal.SIGTERM)
+                # As gunicorn's graceful_timeout: a worker that does not stop
+                # would hold up the rest of the reload forever.
+                worker.kill_at = now + self.shutdown_timeout
+            elif worker.kill_at is not None and worker.kill_at <= now:
+                worker.kill_at = None
+                log.warning(
+                    "reload: worker %d (pid %d) did not stop within %.0f s; killing it",
+                    worker.slot, worker.pid, self.shutdown_timeout,
+                )  # fmt: skip
+                _signal(worker.process, signal.SIGKILL)
 
     def _gave_up(self) -> bool:
         if self.workers and any(w.ready for w in self.workers.values()):
@@ -477,7 +496,7 @@ class Supervisor:
         self._restart_at.clear()
         for worker in self.workers.values():
             worker.retiring = True
-            worker.drain_at = None
+            worker.drain_at = worker.kill_at = None
             _signal(worker.process, signal.SIGTERM)
         deadline = time.monotonic() + self.shutdown_timeout
         while self.workers:
@@ -550,4 +569,7 @@ def describe_status(code: int) -> str:
 
 def worker_command() -> list[str]:
     """How to start one worker: this Python running ``fws.worker``."""
-    return [sys.executable, "-m", "fws.worker"]
+    # -P: ``-m`` would put the current directory first on sys.path, where a
+    # ./json.py would shadow the standard library; fws appends it instead
+    # (``-f ./x.py``, see fws.modules).
+    return [sys.executable, "-P", "-m", "fws.worker"]

@@ -27,15 +27,24 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from .cli import main as cli_main
     from .server import Server
-    from .supervisor import BACKLOG, LISTEN_FD_ENV, READY_FD_ENV, REUSE_PORT_ENV
+    from .supervisor import (
+        BACKLOG,
+        LISTEN_FD_ENV,
+        READY_FD_ENV,
+        REUSE_PORT_ENV,
+        SUPERVISOR_PID_ENV,
+    )
 
-    _exit_with_parent()
+    supervisor = os.environ.pop(SUPERVISOR_PID_ENV, None)
+    _exit_with_parent(int(supervisor) if supervisor else None)
     listen_fd = os.environ.pop(LISTEN_FD_ENV, None)
     reuse_port = os.environ.pop(REUSE_PORT_ENV, None)
     ready_fd = os.environ.pop(READY_FD_ENV, None)
     if listen_fd is not None:
         listener = socket.socket(fileno=int(listen_fd))
         # The first worker opens the port; for later ones this changes nothing.
+        # Not later, once ready: gevent's server fails (EINVAL) and stops
+        # accepting for good if its hub polls the socket before listen().
         listener.listen(BACKLOG)
     elif reuse_port is not None:
         host, _, port = reuse_port.rpartition(":")
@@ -62,25 +71,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli_main(list(sys.argv[1:] if argv is None else argv), listener=listener, on_ready=ready)
 
 
-def _exit_with_parent() -> None:
+def _exit_with_parent(supervisor: int | None) -> None:
     """Ask Linux to SIGTERM this worker when the supervisor dies (kill -9 included).
 
     Otherwise orphaned workers would keep serving on the port forever.
-    Elsewhere a no-op.
+    ``supervisor`` is the supervisor's pid (None: unknown), to tell whether it
+    died before the request took effect: the parent is then another process.
+    Elsewhere than Linux a no-op.
     """
     if not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal
 
-    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # the supervisor died before prctl
+    if supervisor is not None and os.getppid() != supervisor:  # it died before prctl
         os.kill(os.getpid(), signal.SIGTERM)
 
 

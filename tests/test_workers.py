@@ -240,6 +240,18 @@ def test_clients_on_different_workers_chat(redis, tmp_path):
             client.close()
 
 
+def test_a_module_in_the_current_directory_does_not_shadow_the_standard_library(redis, tmp_path):
+    """Workers append the current directory to sys.path (as ``-f ./x.py`` does), not first."""
+    (tmp_path / "json.py").write_text('raise RuntimeError("./json.py shadowed the stdlib")\n')
+    with workers(redis, tmp_path) as server:
+        by_pid = clients_per_worker(server, wanted=1)
+        (first,), (second,) = by_pid.values()
+        chat(first, second, "the stdlib json it is")
+        for client in (first, second):
+            client.close()
+    assert "shadowed the stdlib" not in server.output
+
+
 def test_a_killed_worker_comes_back_and_the_others_clients_keep_chatting(redis, tmp_path):
     with workers(redis, tmp_path) as server:
         by_pid = clients_per_worker(server, wanted=2)
@@ -342,6 +354,62 @@ def test_sighup_replaces_every_worker_without_closing_the_port(redis, tmp_path):
         with ws_sync.connect(server.url, open_timeout=5) as client:
             version, pid = whoami(client)
         assert version == "v2" and pid in new_pids
+
+
+def test_a_wedged_worker_is_killed_and_the_reload_completes(redis, tmp_path):
+    """A replaced worker that does not stop gets SIGKILL after the shutdown timeout."""
+    with workers(redis, tmp_path) as server:
+        wedged, other = sorted(worker_pids(server))
+        os.kill(wedged, signal.SIGSTOP)
+        server.process.send_signal(signal.SIGHUP)
+        # --close-timeout 1: killed 1 + 10 s after its SIGTERM.
+        wait_for(lambda: "reload done" in server.output, 60, server.output)
+        assert re.search(
+            rf"reload: worker \d \(pid {wedged}\) did not stop within 11 s; killing it",
+            server.output,
+        ), server.output
+        assert f"(pid {wedged}) drained and was killed by SIGKILL" in server.output
+        assert not worker_pids(server) & {wedged, other}
+        # A second reload is not refused as "already in progress".
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: server.output.count("reload done") == 2, 60, server.output)
+        assert "already in progress" not in server.output
+
+
+def test_a_replaced_worker_does_not_sit_out_the_drain_delay(redis, tmp_path):
+    """It stopped accepting at SIGUSR1: no client can arrive for a drain to turn away."""
+    with workers(redis, tmp_path, "--drain-delay", "6") as server:
+        old_pids = worker_pids(server)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload done" in server.output, 60, server.output)
+        assert "draining for" not in server.output
+        # Two workers drained one after the other would take 2 x 6 s and more.
+        assert time.monotonic() - started < 12, server.output
+        assert not worker_pids(server) & old_pids
+
+
+def test_sighup_without_a_supervisor_is_logged_and_ignored(tmp_path):
+    """``--workers 1`` (or auto on one CPU): a service manager's reload must not kill it."""
+    write_filter(tmp_path)
+    args = ["--workers", "1", "-p", "0", "--host", LOOPBACK, "--close-timeout", "1",
+            "-f", "./whoami.py", "broadcast_messages"]  # fmt: skip
+    with ServerProcess(args, cwd=tmp_path) as server:
+        with ws_sync.connect(server.url, open_timeout=5) as client:
+            _, pid = whoami(client)
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda: "SIGHUP: reloading needs --workers N (N > 1); ignored" in server.output,
+                10,
+                server.output,
+            )
+            assert server.process.poll() is None
+            assert whoami(client) == ("v1", pid)  # the same connection, still served
+            server.process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as info:
+                client.recv(timeout=10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert server.stop() == 0
 
 
 def test_a_reload_whose_new_worker_fails_keeps_the_old_workers(redis, tmp_path):
@@ -448,6 +516,31 @@ def test_workers_stop_when_the_supervisor_is_killed(redis, tmp_path, monkeypatch
             return True
 
         wait_for(all_gone, 15, f"workers {pids} outlived their supervisor")
+
+
+@pytest.mark.parametrize("parent_alive", [True, False])
+def test_a_worker_whose_supervisor_died_before_it_started_stops(parent_alive):
+    """The orphan check compares the parent with the supervisor's pid, from the environment."""
+    import subprocess
+
+    from fws.supervisor import SUPERVISOR_PID_ENV, worker_command
+
+    # This test process is the worker's parent; another pid stands for a
+    # supervisor that died and left the worker to a reaper.
+    supervisor = os.getpid() if parent_alive else os.getppid()
+    result = subprocess.run(
+        worker_command(),
+        env={**os.environ, SUPERVISOR_PID_ENV: str(supervisor)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if parent_alive:  # goes on, and stops only for want of a socket
+        assert result.returncode == 1, result.stderr
+        assert "run by fws_server --workers N, not by hand" in result.stderr
+    else:
+        assert result.returncode == -signal.SIGTERM, (result.returncode, result.stderr)
 
 
 def _silent_client(port: int) -> socket.socket:

@@ -43,7 +43,8 @@ def main() -> int:
     if binary is None:
         sys.exit("fws_workers.py needs redis-server (apt-get install redis-server)")
     script = shutil.which("fws_server")
-    fws = [script] if script else [sys.executable, "-m", "fws"]
+    # -P: not the current directory first on sys.path (as fws's own workers).
+    fws = [script] if script else [sys.executable, "-P", "-m", "fws"]
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="fws-bench-redis-") as directory:
         redis = subprocess.Popen(
