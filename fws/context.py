@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .storage.base import Storage
 
-__all__ = ["READ_SIZE", "ConnectionSettings", "ConnectionTable"]
+__all__ = ["BACKLOG", "READ_SIZE", "ConnectionSettings", "ConnectionTable"]
+
+BACKLOG = 2048
+"""Listen backlog: reconnect storms open thousands of connections at once (the
+kernel caps it at net.core.somaxconn)."""
 
 READ_SIZE = 262144
 """Bytes one recv may return; the size of the read buffer every reader shares."""

@@ -28,7 +28,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
 from .connection import PARK_AFTER, Connection
 from .consumer import ConsumerQueue
-from .context import ConnectionSettings, ConnectionTable
+from .context import BACKLOG, ConnectionSettings, ConnectionTable
 from .datatypes import ExtensionOffer
 from .deflate import COMPRESSION_CHOICES, DeflateSettings, PerMessageDeflate, negotiate
 from .errors import BackgroundTaskFailed, ConfigurationError, FilterError
@@ -438,10 +438,7 @@ class Server:
         if self.ssl_context is not None:
             kwargs["ssl_context"] = self.ssl_context
         if self._listener is None:
-            # Reconnect storms open thousands of connections at once; the
-            # kernel caps this at net.core.somaxconn. (A given listener
-            # already has its backlog.)
-            kwargs["backlog"] = 2048
+            kwargs["backlog"] = BACKLOG  # a given listener already has its own
         self._wsgi = _WSGIServer(
             self._listener if self._listener is not None else (self.host, self.port),
             self,

@@ -35,8 +35,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .metrics import MULTIPROC_ENV
+
 __all__ = [
-    "BACKLOG",
     "LISTEN_FD_ENV",
     "READY_FD_ENV",
     "SUPERVISOR_PID_ENV",
@@ -49,15 +50,12 @@ log = logging.getLogger("fws.supervisor")
 
 LISTEN_FD_ENV = "FWS_WORKER_LISTEN_FD"
 """The inherited socket's descriptor, in its environment (bound; the first worker listens)."""
-BACKLOG = 2048
-"""As ``Server`` binds its own: reconnect storms, capped by net.core.somaxconn."""
 READY_FD_ENV = "FWS_WORKER_READY_FD"
 """A pipe the worker writes one byte to once it accepts clients."""
 SUPERVISOR_PID_ENV = "FWS_SUPERVISOR_PID"
 """The supervisor's pid: a worker whose parent is another process is an orphan."""
 REUSE_PORT_ENV = "FWS_WORKER_REUSE_PORT"
 """Measurement only: ``host:port`` a worker binds itself with SO_REUSEPORT."""
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def resolve_workers(value: int | str) -> int:

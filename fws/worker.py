@@ -26,9 +26,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     import gevent
 
     from .cli import main as cli_main
+    from .context import BACKLOG
     from .server import Server
     from .supervisor import (
-        BACKLOG,
         LISTEN_FD_ENV,
         READY_FD_ENV,
         REUSE_PORT_ENV,
