@@ -22,8 +22,6 @@ import multiprocessing
 import os
 import re
 import resource
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,52 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from procs import LOOPBACK, free_port
+from procs import LOOPBACK, cpu_seconds, fws_command, redis_server
 
 _LISTENING = re.compile(r"fws listening on ws://[^:]+:(\d+)")
-
-
-def fws_command() -> list[str]:
-    script = shutil.which("fws_server")
-    return [script] if script else [sys.executable, "-m", "fws"]
-
-
-@contextlib.contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("bench/cluster.py needs redis-server (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            LOOPBACK,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex((LOOPBACK, port)) == 0:
-                    break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://{LOOPBACK}:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @contextlib.contextmanager
@@ -133,12 +88,6 @@ def fws_servers(count: int, args: list[str], directory: Path) -> Iterator[list[t
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the client workers ---------------------------------------------------------------

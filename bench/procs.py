@@ -16,10 +16,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 LOOPBACK = "127.0.0.1"
@@ -197,3 +199,45 @@ def run_server(
             yield ServerProcess(name, port, process, errors, pinned=pin)
         finally:
             stop(process)
+
+
+def fws_command() -> list[str]:
+    """``fws_server`` as installed; ``python -P -m fws`` where the script is not on PATH."""
+    script = shutil.which("fws_server")
+    # -P: the current directory not first on sys.path, as fws's own workers.
+    return [script] if script else [sys.executable, "-P", "-m", "fws"]
+
+
+@contextlib.contextmanager
+def redis_server(
+    directory: str | Path, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[str]:
+    """A private redis-server on a free 127.0.0.1 port, no disk; yields its URL.
+
+    Stopped when the block ends; ``preexec_fn`` runs in the child (e.g. to
+    die with its parent).
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("the benchmark needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
+         "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=preexec_fn,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex((LOOPBACK, port)) == 0:
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://{LOOPBACK}:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -14,15 +14,15 @@ and memory of the whole process tree).
 from __future__ import annotations
 
 import ctypes
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/, for procs
+
+from procs import fws_command, redis_server  # noqa: E402
 
 
 def _die_with_parent() -> None:
@@ -31,49 +31,18 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> int:
     workers, *fws_args = sys.argv[1:]
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("fws_workers.py needs redis-server (apt-get install redis-server)")
-    script = shutil.which("fws_server")
-    # -P: not the current directory first on sys.path (as fws's own workers).
-    fws = [script] if script else [sys.executable, "-P", "-m", "fws"]
-    port = _free_port()
     with tempfile.TemporaryDirectory(prefix="fws-bench-redis-") as directory:
-        redis = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
-             "--appendonly", "no", "--dir", directory],
-            stdout=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                with socket.socket() as probe:
-                    if probe.connect_ex((LOOPBACK, port)) == 0:
-                        break
-                if time.monotonic() > deadline or redis.poll() is not None:
-                    sys.exit("fws_workers.py: redis-server did not start")
-                time.sleep(0.05)
+        with redis_server(directory, preexec_fn=_die_with_parent) as url:
             server = subprocess.Popen(
-                [*fws, "--workers", workers, "--storage", "redis",
-                 "--redis-url", f"redis://{LOOPBACK}:{port}/0", "--close-timeout", "1",
-                 *fws_args],
+                [*fws_command(), "--workers", workers, "--storage", "redis",
+                 "--redis-url", url, "--close-timeout", "1", *fws_args],
                 preexec_fn=_die_with_parent,
             )  # fmt: skip
             signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))
             signal.signal(signal.SIGINT, lambda *_: server.send_signal(signal.SIGTERM))
             return server.wait()
-        finally:
-            redis.terminate()
-            redis.wait(10)
 
 
 if __name__ == "__main__":
