@@ -14,13 +14,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import flask  # noqa: F401  a test dependency (setup.cfg [test]): missing fails, never skips
 import gevent
 import websockets.sync.client as ws_sync
 from helpers import LOOPBACK, ServerProcess, connect, run_fws_server, run_server, url
 
 from fws.filters.echo import Echo
-
-flask = __import__("pytest").importorskip("flask")  # a test dependency (setup.cfg [test])
 
 FLASK_APP = textwrap.dedent(
     """
