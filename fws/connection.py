@@ -39,7 +39,7 @@ from .context import READ_SIZE, ConnectionSettings, ConnectionTable
 from .datatypes import CloseInfo, Request
 from .deflate import PerMessageDeflate
 from .errors import ProtocolError
-from .escape import printable
+from .escape import format_peer, printable
 from .frames import (
     OP_PING,
     OP_PONG,
@@ -201,7 +201,8 @@ class Connection:
         self._response_headers: list[tuple[str, str]] | None = None
         self._groups = _NO_GROUPS  # one shared empty frozenset: most never join
         # For the line logged when the connection ends; plain ints, bumped in place.
-        self.opened_at = time.monotonic()
+        self.opened_at = 0.0
+        """When ``open()`` ran (monotonic seconds), for the end line's duration."""
         self.messages_in = 0
         """Messages received (after reassembly of fragments)."""
         self.messages_out = 0
@@ -349,11 +350,12 @@ class Connection:
 
     # -- sending --------------------------------------------------------------
 
-    def send_frame(self, frame: bytes, counted: bool = True) -> bool:
+    def send_frame(self, frame: bytes, counted: bool = True, message: bool = True) -> bool:
         """Queue an already encoded frame (a broadcast encodes once for everyone).
 
         ``counted=False``: the caller counts it for metrics (``Server.broadcast``
-        counts once for all its recipients).
+        counts once for all its recipients). ``message=False``: not a message
+        for the end-of-connection line (a pong).
         """
         if self.state is not State.OPEN:
             return False
@@ -368,7 +370,8 @@ class Connection:
             self._start_close(1008, "client too slow: outbound queue full")
             return False
         self._queue(frame)
-        self.messages_out += 1
+        if message:
+            self.messages_out += 1
         sent = self._sent_counts
         if sent is not None and counted:
             opcode = frame[0] & 0x0F
@@ -489,7 +492,9 @@ class Connection:
         self._opening = (gevent.getcurrent(), [])
         self.table.users[self.id] = self
         self.opened_at = time.monotonic()
-        log.info("connection %s opened from %s:%s %s", self.id, *self.peer, self._log_path())
+        log.info(
+            "connection %s opened from %s %s", self.id, format_peer(self.peer), self._log_path()
+        )
         if self.table.stopping:  # upgraded while the server was stopping
             self._start_close(1001, "server shutting down")
         failed = False
@@ -670,8 +675,7 @@ class Connection:
                     continue
                 # Counted against max_outbound_bytes like any message: a client
                 # that floods pings and never reads is closed, not buffered for.
-                if self.send_frame(encode_frame(OP_PONG, event.payload)):
-                    self.messages_out -= 1  # a pong is not a message
+                self.send_frame(encode_frame(OP_PONG, event.payload), message=False)
             elif type(event) is Pong:
                 self._awaiting_pong = False
             elif type(event) is Close:
@@ -758,7 +762,7 @@ class Connection:
         """
         return printable(self.request.path)
 
-    def _closed_by(self, info: CloseInfo) -> str:
+    def _closed_by(self) -> str:
         """Who ended the connection: ``client``, ``server``, ``timeout`` or ``abort``.
 
         ``client``: the client sent the first close frame. ``server``: the
@@ -777,9 +781,9 @@ class Connection:
 
     def _log_end(self, info: CloseInfo) -> None:
         """One INFO line per connection, with its totals (fields as ``extra`` for json logs)."""
-        closed_by = self._closed_by(info)
+        closed_by = self._closed_by()
         duration = time.monotonic() - self.opened_at
-        peer = f"{self.peer[0]}:{self.peer[1]}"
+        peer = format_peer(self.peer)
         path = self._log_path()
         reason = printable(info.reason, 123)  # the most a close frame can carry
         log.info(
@@ -813,4 +817,4 @@ class Connection:
         )
 
     def __repr__(self) -> str:
-        return f"<Connection {self.id} {self.state.value} {self.peer[0]}:{self.peer[1]}>"
+        return f"<Connection {self.id} {self.state.value} {format_peer(self.peer)}>"

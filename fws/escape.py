@@ -10,7 +10,7 @@ all use it, so it lives here, with no dependencies.
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+__all__ = ["format_peer", "printable"]
 
 
 def printable(text: str, limit: int | None = 200) -> str:
@@ -28,3 +28,10 @@ def printable(text: str, limit: int | None = 200) -> str:
     if text.isprintable():  # the usual case: one C-speed scan, no copy
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def format_peer(address: object) -> str:
+    """A socket address as ``host:port`` for a log line; ``-`` when there is none."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address or "-")

@@ -45,7 +45,7 @@ from .connection import Connection, State
 from .datatypes import Request, bearer_token
 from .deflate import parse_offers
 from .errors import FilterError, Reject
-from .escape import printable
+from .escape import format_peer, printable
 from .pipeline import DROP
 
 if TYPE_CHECKING:
@@ -214,8 +214,7 @@ def refuse_at_capacity(sock: Any, address: Any) -> None:
     descriptor; at capacity, the answer is the same for every request.
     Health probes on this port get it too.
     """
-    peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address or "-")
-    log.info("client %s refused: 503 server is at its connection limit", peer)
+    log.info("client %s refused: 503 server is at its connection limit", format_peer(address))
     answer_and_linger(sock, _AT_CAPACITY_RESPONSE)
 
 
@@ -333,10 +332,7 @@ class ConnectionHandler(WebSocketHandler):
         answer_and_linger(self.socket, response)
 
     def _peer_text(self) -> str:
-        address = self.client_address
-        if isinstance(address, tuple) and len(address) >= 2:
-            return f"{address[0]}:{address[1]}"
-        return str(address or "-")
+        return format_peer(self.client_address)
 
     def log_request(self) -> None:
         if self.server.log is not None and "101" not in str(self.status):
@@ -562,7 +558,7 @@ class ConnectionHandler(WebSocketHandler):
     def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
         self._release_place()
         self.application.table.stats.handshakes[refusal.status.value] += 1
-        peer = f"{request.peer[0]}:{request.peer[1]}"
+        peer = format_peer(request.peer)
         path, reason = printable(request.path), printable(str(refusal))
         log.info("handshake from %s %s refused: %s", peer, path, reason)
         body = (printable(refusal.reason) + "\n").encode()

@@ -32,6 +32,7 @@ from .context import BACKLOG, ConnectionSettings, ConnectionTable
 from .datatypes import ExtensionOffer
 from .deflate import COMPRESSION_CHOICES, DeflateSettings, PerMessageDeflate, negotiate
 from .errors import BackgroundTaskFailed, ConfigurationError, FilterError
+from .escape import format_peer
 from .events import EVENTS
 from .frames import encode_message
 from .handshake import ConnectionHandler, ProxyNetworks, refuse_at_capacity
@@ -109,7 +110,7 @@ class _WSGIServer(WSGIServer):
             with gevent.Timeout(deadline, TimeoutError("TLS handshake timed out")):
                 tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
         except OSError as exc:  # ssl.SSLError and our TimeoutError are OSErrors
-            log.info("TLS handshake from %s:%s failed: %s", *address[:2], exc)
+            log.info("TLS handshake from %s failed: %s", format_peer(address), exc)
             client_socket.close()
             return None
         detached = False
@@ -172,7 +173,7 @@ class _MetricsHandler(WSGIHandler):
 
     def _handle_client_error(self, ex: Exception) -> Any:
         if isinstance(ex, OSError):  # our deadline, or a reset: close, no traceback
-            log.debug("metrics port: closing %s:%s: %s", *self.client_address[:2], ex)
+            log.debug("metrics port: closing %s: %s", format_peer(self.client_address), ex)
             return None
         return super()._handle_client_error(ex)
 
@@ -444,8 +445,7 @@ class Server:
             self,
             handler_class=ConnectionHandler,
             spawn=gevent.pool.Pool(),
-            log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
-            error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
+            **_http_logs(),
             **kwargs,
         )
         if self._listener is not None:
@@ -467,8 +467,7 @@ class Server:
                 listener,
                 self._serve_metrics_port,
                 read_timeout=self.handshake_timeout,
-                log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.DEBUG),
-                error_log=LoggingLogAdapter(logging.getLogger("fws.http"), logging.ERROR),
+                **_http_logs(),
             )
         # The storage is ready (subscribed, state written) before the first
         # client can arrive; if it fails, nothing is bound yet.
@@ -837,6 +836,15 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<fws.Server {self.host}:{self.port} {len(self.users)} connections>"
+
+
+def _http_logs() -> dict[str, LoggingLogAdapter]:
+    """pywsgi's access log (DEBUG) and error log (ERROR), both through ``fws.http``."""
+    http_log = logging.getLogger("fws.http")
+    return {
+        "log": LoggingLogAdapter(http_log, logging.DEBUG),
+        "error_log": LoggingLogAdapter(http_log, logging.ERROR),
+    }
 
 
 def _as_filters(pipeline: Any) -> tuple[Any, ...]:

@@ -129,16 +129,12 @@ class ServerStats:
         self.redis_messages_lost = 0
         """Messages for other servers that could not be published during Redis outages."""
 
-    def count_sent(self, frame: bytes, recipients: int = 1, size: int | None = None) -> None:
-        """Count ``frame`` queued to ``recipients`` clients, ``size`` bytes in all.
-
-        ``size`` defaults to the frame's length times ``recipients``; the hot
-        paths count inline instead of calling this.
-        """
+    def count_sent(self, frame: bytes, recipients: int = 1) -> None:
+        """Count ``frame`` queued to ``recipients`` clients (the hot paths count inline)."""
         if self.count_messages and recipients:
             opcode = frame[0] & 0x0F
             self.messages_sent[opcode] += recipients
-            self.bytes_sent[opcode] += len(frame) * recipients if size is None else size
+            self.bytes_sent[opcode] += len(frame) * recipients
 
     def filter_time(self, event: str) -> FilterTimes:
         """The histogram of ``event``'s pipeline run times, made on first use."""
