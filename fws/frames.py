@@ -18,6 +18,7 @@ one. Corrupt compressed data is refused with 1002, as websockets does (its
 from __future__ import annotations
 
 import codecs
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ class FrameParser:
         # The fragmented message in progress, in one buffer: a message sent as
         # 500,000 one-byte fragments kept as 500,000 bytes objects took 66 MB.
         self._fragments = bytearray()
+        self._text: io.StringIO | None = None  # of a fragmented text message, decoded
         self._size = 0  # bytes on the wire of the fragmented message in progress
         self._decoder: codecs.IncrementalDecoder | None = None
         # Of the fragmented compressed message in progress: its inflater, and
@@ -280,9 +282,7 @@ class FrameParser:
         if opcode != OP_CONTINUATION:
             if fin:  # the common case: a whole message in one frame
                 return Message(_text(payload) if opcode == OP_TEXT else payload)
-            self._opcode = opcode
-            if opcode == OP_TEXT:
-                self._decoder = codecs.getincrementaldecoder("utf-8")()
+            self._begin_fragmented(opcode)
         return self._fragment(payload, fin)
 
     def _compressed_frame(self, opcode: int, fin: bool, payload: bytes) -> Event | None:
@@ -292,31 +292,36 @@ class FrameParser:
         if fin:  # the common case: a whole message in one frame
             data = self._inflate(inflater, payload, final=True)
             return Message(_text(data) if opcode == OP_TEXT else data)
+        self._begin_fragmented(opcode)
+        self._inflater = inflater
+        return self._fragment(payload, fin)
+
+    def _begin_fragmented(self, opcode: int) -> None:
+        """A message comes in fragments: text gets its decoder and text buffer."""
         self._opcode = opcode
         if opcode == OP_TEXT:
             self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self._inflater = inflater
-        return self._fragment(payload, fin)
+            self._text = io.StringIO()
 
     def _fragment(self, payload: bytes, fin: bool) -> Event | None:
         self._size += len(payload)
         if self._inflater is not None:
             payload = self._inflate(self._inflater, payload, final=fin)
             self._inflated += len(payload)
-        if self._decoder is not None:
-            # Decoding fragment by fragment fails a bad text message early; the
-            # text is kept as bytes (one buffer) and decoded once, at the end.
-            self._decode(payload, final=fin)
-        fragments = self._fragments
-        fragments += payload
+        if self._text is not None:
+            # Decoded fragment by fragment (a bad text message fails early), into
+            # one text buffer: each fragment is decoded once.
+            self._text.write(self._decode(payload, final=fin))
+        else:
+            self._fragments += payload
         if not fin:
             return None
-        text = self._decoder is not None
-        self._opcode, self._size, self._decoder = None, 0, None
+        text = self._text
+        self._opcode, self._size, self._decoder, self._text = None, 0, None, None
         self._inflater, self._inflated = None, 0  # a per-message inflater is freed here
-        self._fragments = bytearray()  # a long message's buffer is freed with its message
-        if text:
-            return Message(TextMessage(fragments.decode("utf-8")))
+        if text is not None:
+            return Message(TextMessage(text.getvalue()))
+        fragments, self._fragments = self._fragments, bytearray()
         return Message(bytes(fragments))
 
     def _inflate(self, inflater: Inflater, data: bytes, *, final: bool) -> bytes:
@@ -339,10 +344,10 @@ class FrameParser:
             raise ProtocolError(1009, f"message over the {limit}-byte limit once inflated")
         return inflated
 
-    def _decode(self, payload: bytes, *, final: bool) -> None:
+    def _decode(self, payload: bytes, *, final: bool) -> str:
         assert self._decoder is not None
         try:
-            self._decoder.decode(payload, final)
+            return self._decoder.decode(payload, final)
         except UnicodeDecodeError:
             raise ProtocolError(1007, "text message is not valid UTF-8") from None
 
