@@ -40,6 +40,7 @@ from .pending import raise_descriptor_limit
 from .registry import Registry, filters_defined_in
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
+from .supervisor import resolve_workers
 
 __all__ = ["build_command", "main"]
 
@@ -350,8 +351,6 @@ def choose_workers(args: Sequence[str], environ: dict[str, str] | os._Environ[st
     Same precedence as the options; an unusable value counts as 1 and is
     reported by click.
     """
-    from .supervisor import resolve_workers
-
     value = prescan_option(args, environ, "workers", ("FWS_WORKERS",))
     try:
         return resolve_workers(WorkersType().convert(value or 1, None, None))
@@ -562,8 +561,9 @@ def build_command(
     ]
 
     def run(**options: Any) -> None:
+        _check_options(options)
         if listener is None:
-            workers = _resolve_workers(options.pop("workers"))
+            workers = resolve_workers(options.pop("workers"))
             if workers > 1:
                 _supervise(storage_class, options, workers, argv)
                 return
@@ -590,10 +590,25 @@ def _configure_logging(options: dict[str, Any]) -> None:
     )
 
 
-def _resolve_workers(value: int | str) -> int:
-    from .supervisor import resolve_workers
+def _cannot_listen(options: dict[str, Any], exc: OSError) -> click.ClickException:
+    # gevent's errors carry the address in strerror too: the errno's own text.
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return click.ClickException(f"cannot listen on {options['host']}:{options['port']}: {reason}")
 
-    return resolve_workers(value)
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Combinations of options that cannot work, refused once, before any worker starts."""
+    if options["key"] and not options["cert"]:
+        raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
+    if options["require_subprotocol"] and not options["subprotocols"]:
+        raise click.UsageError("--require-subprotocol needs at least one --subprotocol NAME")
+    if options["app"] and options["static"]:
+        raise click.UsageError(
+            "--app and --static cannot be combined: the app gets every plain HTTP request, "
+            "so serve the files from the app"
+        )
+    if options["message_burst"] and not options["max_messages_per_second"]:
+        raise click.UsageError("--message-burst needs --max-messages-per-second RATE")
 
 
 def _supervise(
@@ -615,14 +630,10 @@ def _supervise(
             err=True,
         )
         sys.exit(2)
-    if options["key"] and not options["cert"]:
-        raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
     try:
         listener = bind_listener(options["host"], options["port"])
     except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
-        ) from None
+        raise _cannot_listen(options, exc) from None
     supervisor = Supervisor(
         [*worker_command(), *argv],
         workers,
@@ -651,17 +662,6 @@ def _serve(
 
     _configure_logging(options)
     log_hub_errors()
-    if options["key"] and not options["cert"]:
-        raise click.UsageError("--key needs --cert (the certificate that goes with the key)")
-    if options["require_subprotocol"] and not options["subprotocols"]:
-        raise click.UsageError("--require-subprotocol needs at least one --subprotocol NAME")
-    if options["app"] and options["static"]:
-        raise click.UsageError(
-            "--app and --static cannot be combined: the app gets every plain HTTP request, "
-            "so serve the files from the app"
-        )
-    if options["message_burst"] and not options["max_messages_per_second"]:
-        raise click.UsageError("--message-burst needs --max-messages-per-second RATE")
     storage_options = {opt.name: options.pop(opt.name) for opt in storage_class.options}
     try:
         loaded = [load_filter_module(name) for name in options["filters"]]
@@ -719,9 +719,7 @@ def _serve(
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
         storage.close()
-        raise click.ClickException(
-            f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
-        ) from None
+        raise _cannot_listen(options, exc) from None
     if on_ready is not None:
         on_ready(server)
     try:

@@ -175,6 +175,16 @@ def test_memory_storage_refusal_also_comes_from_a_config_file(tmp_path):
     assert "--workers 2 needs a shared storage (--storage redis)" in result.stderr
 
 
+def test_options_that_cannot_work_together_are_refused_once_before_any_worker(redis):
+    result = run_fws_server(
+        ["--workers", "2", "--storage", "redis", "--redis-url", redis.url,
+         "-p", "0", "--host", LOOPBACK, "--message-burst", "3"]
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("--message-burst needs --max-messages-per-second") == 1
+    assert "worker" not in result.stderr  # refused by the command, not by each worker
+
+
 def test_a_busy_port_is_reported_before_any_worker_starts(redis):
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
