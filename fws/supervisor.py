@@ -54,8 +54,6 @@ READY_FD_ENV = "FWS_WORKER_READY_FD"
 """A pipe the worker writes one byte to once it accepts clients."""
 SUPERVISOR_PID_ENV = "FWS_SUPERVISOR_PID"
 """The supervisor's pid: a worker whose parent is another process is an orphan."""
-REUSE_PORT_ENV = "FWS_WORKER_REUSE_PORT"
-"""Measurement only: ``host:port`` a worker binds itself with SO_REUSEPORT."""
 
 
 def resolve_workers(value: int | str) -> int:
@@ -68,7 +66,7 @@ def resolve_workers(value: int | str) -> int:
     return int(value)
 
 
-def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
     """A socket bound to host:port (port 0: a free one), not yet listening.
 
     The supervisor binds, so that a busy port is reported at once and every
@@ -77,9 +75,8 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.s
     (gevent's server cannot start on a socket that does not listen yet), so
     connections may queue a moment before a worker can serve them: a load
     balancer should check ``/ready``. Once listening, the socket stays so
-    until the supervisor exits, whatever happens to the workers. With
-    ``reuse_port`` (measurements only) the socket just holds the port for
-    workers that bind their own with SO_REUSEPORT. Raises ``OSError``.
+    until the supervisor exits, whatever happens to the workers. Raises
+    ``OSError``.
     """
     family, kind, proto, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -87,8 +84,6 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.s
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except BaseException:
         sock.close()
@@ -145,7 +140,6 @@ class Supervisor:
         give_up_after: int = 10,
         drain_grace: float = 1.0,
         tls: bool = False,
-        reuse_port: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -161,7 +155,6 @@ class Supervisor:
         self.give_up_after = give_up_after
         self.drain_grace = drain_grace
         self.tls = tls
-        self.reuse_port = reuse_port
         self.workers: dict[int, _Worker] = {}  # by pid
         self._failures = [0] * workers  # consecutive deaths per slot
         self._restart_at: dict[int, float] = {}  # slot -> when to start it again
@@ -289,12 +282,8 @@ class Supervisor:
         env[READY_FD_ENV] = str(ready_write)
         env[SUPERVISOR_PID_ENV] = str(os.getpid())
         pass_fds = [ready_write]
-        if self.reuse_port:
-            host, port = self.listener.getsockname()[:2]
-            env[REUSE_PORT_ENV] = f"{host}:{port}"
-        else:
-            env[LISTEN_FD_ENV] = str(self.listener.fileno())
-            pass_fds.append(self.listener.fileno())
+        env[LISTEN_FD_ENV] = str(self.listener.fileno())
+        pass_fds.append(self.listener.fileno())
         if self._metrics_dir is not None:
             env[MULTIPROC_ENV] = self._metrics_dir
         try:
@@ -536,10 +525,8 @@ class Supervisor:
         directory = self._metrics_dir or self.env.get(MULTIPROC_ENV)
         if not directory:
             return
-        try:
-            from prometheus_client import multiprocess
-        except ImportError:
-            return
+        from prometheus_client import multiprocess
+
         try:
             multiprocess.mark_process_dead(pid, directory)
         except OSError as exc:

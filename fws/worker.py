@@ -1,8 +1,8 @@
 """``python -m fws.worker ARGS``: one worker of ``fws_server --workers N``.
 
 Started by ``fws.supervisor`` with the same arguments as ``fws_server``; the
-environment carries the listening socket it inherited (or, for measurements,
-the address to bind with SO_REUSEPORT) and a pipe to report readiness on. It
+environment carries the listening socket it inherited and a pipe to report
+readiness on. It
 patches gevent first, then runs the ordinary ``fws_server`` command on that
 socket. Not meant to be started by hand.
 """
@@ -31,14 +31,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .supervisor import (
         LISTEN_FD_ENV,
         READY_FD_ENV,
-        REUSE_PORT_ENV,
         SUPERVISOR_PID_ENV,
     )
 
     supervisor = os.environ.pop(SUPERVISOR_PID_ENV, None)
     _exit_with_parent(int(supervisor) if supervisor else None)
     listen_fd = os.environ.pop(LISTEN_FD_ENV, None)
-    reuse_port = os.environ.pop(REUSE_PORT_ENV, None)
     ready_fd = os.environ.pop(READY_FD_ENV, None)
     if listen_fd is not None:
         listener = socket.socket(fileno=int(listen_fd))
@@ -46,14 +44,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Not later, once ready: gevent's server fails (EINVAL) and stops
         # accepting for good if its hub polls the socket before listen().
         listener.listen(BACKLOG)
-    elif reuse_port is not None:
-        host, _, port = reuse_port.rpartition(":")
-        listener = socket.create_server(
-            (host.strip("[]"), int(port)),
-            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-            backlog=BACKLOG,
-            reuse_port=True,
-        )
     else:
         sys.exit("fws.worker: error: run by fws_server --workers N, not by hand")
 
