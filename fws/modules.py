@@ -89,24 +89,14 @@ def load_wsgi_app(spec: str) -> Any:
     name, _, attribute = spec.rpartition(":") if ":" in spec else (spec, "", "app")
     if not name or not attribute:
         raise ConfigurationError(f"--app {spec!r}: expected module:attribute, e.g. myapp:app")
-    if name.endswith(".py") or os.sep in name:
-        if not Path(name).is_file():
-            raise ConfigurationError(f"--app {spec!r}: file not found: {name}")
-        try:
-            module = _import_file(name, Path(name))
-        except FilterModuleError as exc:
-            raise ConfigurationError(f"--app {spec!r}: {exc}") from exc.__cause__
-    else:
-        try:
-            module = _import(
-                name,
-                name,
-                "module",
-                "is it on the path or in the current directory?",
-                ConfigurationError,
-            )
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"--app {spec!r}: {exc}") from exc.__cause__
+    try:
+        if name.endswith(".py") or os.sep in name:
+            module = _import_file(name, Path(name), "module", ConfigurationError)
+        else:
+            hint = "is it on the path or in the current directory?"
+            module = _import(name, name, "module", hint, ConfigurationError)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"--app {spec!r}: {exc}") from exc.__cause__
     app = module
     for part in attribute.split("."):
         if not hasattr(app, part):
@@ -147,7 +137,12 @@ def _import(
         raise error(_failed(kind, name, exc)) from exc
 
 
-def _import_file(name: str, path: Path) -> ModuleType:
+def _import_file(
+    name: str,
+    path: Path,
+    kind: str = "filter module",
+    error: type[ConfigurationError] = FilterModuleError,
+) -> ModuleType:
     """Import a ``.py`` file under a private module name (see ``_private_name``).
 
     Under its stem, ``./json.py`` would replace the standard library's
@@ -156,14 +151,14 @@ def _import_file(name: str, path: Path) -> ModuleType:
     would vanish from the pipeline). The same file named twice is imported once.
     """
     if not path.is_file():
-        raise FilterModuleError(f"filter module file not found: {path}")
+        raise error(f"{kind} file not found: {path}")
     module_name = _private_name(path)
     loaded = sys.modules.get(module_name)
     if loaded is not None:
         return loaded
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise FilterModuleError(f"cannot import {path} as a Python module")
+        raise error(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
     # In sys.modules while it runs, as any import: dataclasses and pickling
     # look a class's module up there by name.
@@ -172,7 +167,7 @@ def _import_file(name: str, path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
-        raise FilterModuleError(_failed("filter module", name, exc)) from exc
+        raise error(_failed(kind, name, exc)) from exc
     return module
 
 

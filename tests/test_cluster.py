@@ -326,7 +326,7 @@ def test_start_up_fails_clearly_without_redis() -> None:
             [*fws_server_command(), *BASE, "--storage", "redis", "--redis-url", url],
             capture_output=True, text=True, timeout=30,
         )
-        assert result.returncode != 0
+        assert result.returncode == 2, result.stderr
         assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
 

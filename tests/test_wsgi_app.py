@@ -199,6 +199,10 @@ def test_cli_app_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "not a WSGI application" in _refused(["--app", "chatsite:number"], tmp_path)
     assert "file not found" in _refused(["--app", "./missing.py:app"], tmp_path)
     assert "no_such_dependency_here" in _refused(["--app", "broken:app"], tmp_path)
+    (tmp_path / "typo.py").write_text("def app(:\n")
+    refused = _refused(["--app", "./typo.py"], tmp_path)
+    assert "module './typo.py' failed to import: SyntaxError" in refused
+    assert "filter module" not in refused  # an app is not a filter module
     (tmp_path / "static").mkdir()
     assert "cannot be combined" in _refused(
         ["--app", "chatsite:app", "--static", str(tmp_path / "static")], tmp_path
