@@ -67,6 +67,21 @@ def run_server(**settings: Any) -> Iterator[fws.Server]:
         assert not thread.is_alive(), "server thread did not stop"
 
 
+def assert_clean_failure(
+    result: subprocess.CompletedProcess[str], code: int, *phrases: str
+) -> str:
+    """``fws_server`` exited ``code`` saying each of ``phrases``, with no traceback.
+
+    Returns its whole output (stdout and stderr), for further checks.
+    """
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "Traceback" not in output, output
+    for phrase in phrases:
+        assert phrase in output, output
+    return output
+
+
 def require_binary(name: str, install: str) -> str:
     """The path of ``name``; skip the test where it is missing, but fail under ``CI=true``.
 

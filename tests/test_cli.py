@@ -15,6 +15,7 @@ from helpers import (
     LOOPBACK,
     ServerProcess,
     TLSFiles,
+    assert_clean_failure,
     connect,
     free_port,
     run_fws_server,
@@ -209,14 +210,6 @@ def test_legacy_default_storage_path_is_accepted():
 
 
 # -- errors: one clear line, non-zero exit, no traceback ----------------------------
-
-
-def assert_clean_failure(result, code: int, *phrases: str) -> None:
-    output = result.stdout + result.stderr
-    assert result.returncode == code, output
-    assert "Traceback" not in output, output
-    for phrase in phrases:
-        assert phrase in output, output
 
 
 def test_unknown_filter_module_names_the_builtins():

@@ -22,6 +22,7 @@ import websocket
 from helpers import (
     LOOPBACK,
     ServerProcess,
+    assert_clean_failure,
     connect,
     free_port,
     fws_server_command,
@@ -326,9 +327,7 @@ def test_start_up_fails_clearly_without_redis() -> None:
             [*fws_server_command(), *BASE, "--storage", "redis", "--redis-url", url],
             capture_output=True, text=True, timeout=30,
         )
-        assert result.returncode == 2, result.stderr
-        assert message in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr
+        assert_clean_failure(result, 2, message)
 
 
 def test_rediss_url_talks_tls_to_redis(tmp_path: Path) -> None:
@@ -348,9 +347,7 @@ def test_rediss_url_talks_tls_to_redis(tmp_path: Path) -> None:
             [*fws_server_command(), *BASE, "--storage", "redis", "--redis-url", plain],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        assert result.returncode == 2, result.stderr
-        assert "cannot reach Redis" in result.stderr
-        assert "Traceback" not in result.stderr
+        assert_clean_failure(result, 2, "cannot reach Redis")
     finally:
         tls_redis.stop()
 

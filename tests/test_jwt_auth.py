@@ -20,6 +20,7 @@ from frame_builder import client_frame
 from helpers import (
     LOOPBACK,
     ServerProcess,
+    assert_clean_failure,
     connect,
     free_port,
     read_response_head,
@@ -246,16 +247,9 @@ def test_jwt_auth_without_settings_refuses_to_start():
             pass
 
 
-def assert_exit_2(result, *phrases: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    for phrase in phrases:
-        assert phrase in result.stderr, result.stderr
-
-
 def test_cli_without_a_secret_or_key_exits_2():
     result = run_fws_server(["-f", "jwt_auth", "-p", "0"])
-    assert_exit_2(result, "--jwt-secret", "--jwt-key-file")
+    assert_clean_failure(result, 2, "--jwt-secret", "--jwt-key-file")
     assert result.stderr.count("Error:") == 1
 
 
@@ -264,14 +258,16 @@ def test_cli_refuses_unsafe_or_unusable_keys(tmp_path):
     pem.write_bytes(public_pem(ec.generate_private_key(ec.SECP256R1())))
     args = ["-f", "jwt_auth", "-p", "0", "--jwt-key-file"]
     confused = run_fws_server([*args, str(pem), "--jwt-algorithms", "ES256", "HS256"])
-    assert_exit_2(confused, "HS256", "algorithm confusion")
+    assert_clean_failure(confused, 2, "HS256", "algorithm confusion")
     missing = tmp_path / "missing.pem"
-    assert_exit_2(run_fws_server([*args, str(missing)]), f"JWT key file not found: {missing}")
+    missing_key = run_fws_server([*args, str(missing)])
+    assert_clean_failure(missing_key, 2, f"JWT key file not found: {missing}")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a key\n")
-    assert_exit_2(run_fws_server([*args, str(garbage)]), str(garbage), "not a PEM public key")
+    garbage_key = run_fws_server([*args, str(garbage)])
+    assert_clean_failure(garbage_key, 2, str(garbage), "not a PEM public key")
     both = run_fws_server([*args, str(pem), "--jwt-secret", SECRET])
-    assert_exit_2(both, "not both")
+    assert_clean_failure(both, 2, "not both")
 
 
 # -- the command line, end to end ---------------------------------------------------------

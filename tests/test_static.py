@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import LOOPBACK, connect, run_fws_server, run_server
+from helpers import LOOPBACK, assert_clean_failure, connect, run_fws_server, run_server
 
 from fws.errors import ConfigurationError
 from fws.static import StaticFiles
@@ -176,12 +176,10 @@ def test_without_static_plain_requests_still_get_426(site: Path) -> None:
 
 def test_cli_refuses_a_missing_static_directory_at_start(tmp_path: Path) -> None:
     result = run_fws_server(["--static", str(tmp_path / "nope"), "-p", "0"])
-    assert result.returncode == 2
-    assert "--static" in result.stderr and "does not exist" in result.stderr
+    assert_clean_failure(result, 2, "--static", "does not exist")
     (tmp_path / "file").write_text("")
     result = run_fws_server(["--static", str(tmp_path / "file"), "-p", "0"])
-    assert result.returncode == 2 and "is a file" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_clean_failure(result, 2, "is a file")
 
 
 def test_a_file_that_cannot_be_opened_is_404(site: Path) -> None:

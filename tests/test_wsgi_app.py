@@ -17,7 +17,15 @@ from typing import Any
 import flask  # noqa: F401  a test dependency (setup.cfg [test]): missing fails, never skips
 import gevent
 import websockets.sync.client as ws_sync
-from helpers import LOOPBACK, ServerProcess, connect, run_fws_server, run_server, url
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    assert_clean_failure,
+    connect,
+    run_fws_server,
+    run_server,
+    url,
+)
 
 from fws.filters.echo import Echo
 
@@ -183,7 +191,7 @@ def test_cli_app_from_a_file_path_with_the_default_name_and_no_health(tmp_path: 
 
 def _refused(args: list[str], cwd: Path) -> str:
     result = run_fws_server(["--host", LOOPBACK, "-p", "0", *args], cwd=cwd)
-    assert result.returncode == 2, result.stderr
+    assert_clean_failure(result, 2)
     lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1, result.stderr
     return lines[0]
