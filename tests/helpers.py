@@ -120,6 +120,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, message: str = 
         time.sleep(0.01)
 
 
+def read_stdout_until(
+    capsys: pytest.CaptureFixture[str], done: Callable[[str], bool], timeout: float = 5.0
+) -> str:
+    """What the server printed, read as it comes until ``done(printed so far)``."""
+    output = ""
+
+    def finished() -> bool:
+        nonlocal output
+        output += capsys.readouterr().out
+        return done(output)
+
+    wait_for(finished, timeout, f"stdout so far: {output!r}")
+    return output
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
@@ -315,6 +330,17 @@ def read_server_frame(sock: socket.socket) -> tuple[int, bytes]:
     elif length == 127:
         length = int.from_bytes(exactly(8), "big")
     return first & 0x0F, exactly(length)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` (EOF or reset) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
 
 
 def read_until_eof(sock: socket.socket, timeout: float = 5) -> bytes:

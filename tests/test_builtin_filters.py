@@ -6,7 +6,7 @@ import ast
 
 import pytest
 import websocket
-from helpers import connect, run_server, wait_for
+from helpers import connect, read_stdout_until, run_server, wait_for
 
 from fws.filters.broadcast_messages import BroadcastMessages
 from fws.filters.broadcast_messages_by_token import NO_TOKEN, BroadcastMessagesByToken
@@ -107,14 +107,7 @@ def test_stdout_filters_print_the_seed_formats(capsys):
         client_id = next(iter(server.users))
         client.send("hello stdout")
         server.hub.loop.run_callback_threadsafe(server.queue.put, PubSubMessage("global", b"news"))
-        output = ""
-
-        def collected() -> bool:
-            nonlocal output
-            output += capsys.readouterr().out
-            return "--PUBSUB--" in output and "--MESSAGE--" in output
-
-        wait_for(collected, 5)
+        output = read_stdout_until(capsys, lambda o: "--PUBSUB--" in o and "--MESSAGE--" in o)
     assert f"--MESSAGE--\n{client_id} => hello stdout\n" in output
     assert "--PUBSUB--\nglobal: news\n" in output
     raw_line = output.split("--RAWDATA--\n", 1)[1].split("\n", 1)[0]

@@ -15,6 +15,7 @@ from helpers import (
     connect,
     raw_upgrade,
     read_response_head,
+    read_stdout_until,
     read_until_eof,
     run_server,
     upgrade_request,
@@ -60,14 +61,7 @@ def test_stdout_messages_prints_a_hostile_message_on_one_escaped_line(capsys):
         client_id = next(iter(server.users))
         client.send(HOSTILE)
         client.send_binary(b"\x1b[31m\n")
-        output = ""
-
-        def printed() -> bool:
-            nonlocal output
-            output += capsys.readouterr().out
-            return output.count("--MESSAGE--") == 2
-
-        wait_for(printed, 5)
+        output = read_stdout_until(capsys, lambda out: out.count("--MESSAGE--") == 2)
     assert output == (
         f"--MESSAGE--\n{client_id} => red\\x1b[31m alert\\r\\nFORGED LINE\\x07\\x9b2J\\u2028end\n"
         f"--MESSAGE--\n{client_id} => b'\\x1b[31m\\n'\n"
@@ -81,14 +75,7 @@ def test_stdout_pubsub_and_rawdata_escape_what_arrives(capsys):
         client.send(HOSTILE)
         item = PubSubMessage("chat", HOSTILE.encode())
         server.hub.loop.run_callback_threadsafe(server.queue.put, item)
-        output = ""
-
-        def printed() -> bool:
-            nonlocal output
-            output += capsys.readouterr().out
-            return "--PUBSUB--" in output and "--RAWDATA--" in output
-
-        wait_for(printed, 5)
+        output = read_stdout_until(capsys, lambda o: "--PUBSUB--" in o and "--RAWDATA--" in o)
     assert f"--PUBSUB--\nchat: {printable(HOSTILE, None)}\n" in output
     lines = output.split("\n")
     # Every line is a marker or one escaped item: nothing forged a line of its own.

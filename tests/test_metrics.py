@@ -15,6 +15,7 @@ from helpers import (
     LOOPBACK,
     ServerProcess,
     assert_clean_failure,
+    closed_within,
     connect,
     free_port,
     raw_upgrade,
@@ -305,17 +306,6 @@ def test_metrics_port_serves_metrics_apart_from_the_websocket_port():
         assert http_status(metrics_port, "/metrics", "POST") == 405
         assert http_status(metrics_port, "/metrics", "HEAD") == 200
         client.close()
-
-
-def closed_within(sock: socket.socket, seconds: float) -> bool:
-    """Whether the server closes ``sock`` (EOF or reset) within ``seconds``."""
-    sock.settimeout(seconds)
-    try:
-        return sock.recv(1024) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def test_metrics_port_closes_silent_and_trickling_clients_after_handshake_timeout():
