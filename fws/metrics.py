@@ -43,6 +43,18 @@ FLUSH_INTERVAL = 1.0
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+# The ServerStats counters a flush exports, by shape; each is also the name of
+# the Metrics attribute (the prometheus_client family) it goes to.
+_BY_OPCODE = ("messages_received", "messages_sent", "bytes_received", "bytes_sent")
+_LABELLED = (
+    "handshakes",
+    "close_codes_sent",
+    "close_codes_received",
+    "disconnects",
+    "filter_errors",
+)
+_SCALARS = ("consumer_dropped", "redis_outages", "redis_messages_lost")
+
 _OPCODES = {
     0x0: "continuation",
     0x1: "text",
@@ -193,25 +205,9 @@ class Metrics:
         self.handshakes.labels("101")
 
         # What was flushed already: flushes add only the difference.
-        self._seen_lists: dict[str, list[int]] = {
-            name: [0] * 16
-            for name in ("messages_received", "messages_sent", "bytes_received", "bytes_sent")
-        }
-        self._seen_counters: dict[str, dict[Any, int]] = {
-            name: {}
-            for name in (
-                "handshakes",
-                "close_codes_sent",
-                "close_codes_received",
-                "disconnects",
-                "filter_errors",
-            )
-        }
-        self._seen_scalars: dict[str, int] = {
-            "consumer_dropped": 0,
-            "redis_outages": 0,
-            "redis_messages_lost": 0,
-        }
+        self._seen_lists: dict[str, list[int]] = {name: [0] * 16 for name in _BY_OPCODE}
+        self._seen_counters: dict[str, dict[Any, int]] = {name: {} for name in _LABELLED}
+        self._seen_scalars: dict[str, int] = dict.fromkeys(_SCALARS, 0)
         self._seen_times: dict[str, tuple[list[int], float]] = {}
 
         self._render_registry: Any = registry
@@ -240,7 +236,7 @@ class Metrics:
         if self._closed:
             return
         stats = self._stats
-        for name in ("messages_received", "messages_sent", "bytes_received", "bytes_sent"):
+        for name in _BY_OPCODE:
             counts, seen = getattr(stats, name), self._seen_lists[name]
             family = getattr(self, name)
             for opcode, value in enumerate(counts):
@@ -248,13 +244,8 @@ class Metrics:
                 if value != seen[opcode] and (opcode or name != "messages_received"):
                     family.labels(opcode_name(opcode)).inc(value - seen[opcode])
                     seen[opcode] = value
-        for name, counted in (
-            ("handshakes", stats.handshakes),
-            ("close_codes_sent", stats.close_codes_sent),
-            ("close_codes_received", stats.close_codes_received),
-            ("disconnects", stats.disconnects),
-            ("filter_errors", stats.filter_errors),
-        ):
+        for name in _LABELLED:
+            counted = getattr(stats, name)
             seen_counts, family = self._seen_counters[name], getattr(self, name)
             for key, value in tuple(counted.items()):
                 before = seen_counts.get(key, 0)
@@ -262,7 +253,7 @@ class Metrics:
                     labels = key if isinstance(key, tuple) else (key,)
                     family.labels(*(str(label) for label in labels)).inc(value - before)
                     seen_counts[key] = value
-        for name in ("consumer_dropped", "redis_outages", "redis_messages_lost"):
+        for name in _SCALARS:
             value = getattr(stats, name)
             if value != self._seen_scalars[name]:
                 getattr(self, name).inc(value - self._seen_scalars[name])
