@@ -34,7 +34,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-__all__ = ["PROBE_PATHS", "HttpServer", "route", "route_metrics_port"]
+__all__ = ["PROBE_PATHS", "HttpServer", "respond", "route", "route_metrics_port"]
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -84,17 +84,13 @@ def route(
         return server.app(environ, start_response)
     if server.static is not None:
         return server.static(environ, start_response)
-    start_response(
-        "426 Upgrade Required",
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(_UPGRADE_REQUIRED))),
-            ("Upgrade", "websocket"),
-            ("Connection", "close"),
-        ],
-    )
     server.count_upgrade_required()
-    return [_UPGRADE_REQUIRED]
+    return respond(
+        start_response,
+        "426 Upgrade Required",
+        _UPGRADE_REQUIRED,
+        extra=[("Upgrade", "websocket"), ("Connection", "close")],
+    )
 
 
 def route_metrics_port(
@@ -143,15 +139,32 @@ def _json(
     method: str,
     extra: list[tuple[str, str]] | None = None,
 ) -> list[bytes]:
-    data = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return respond(
+        start_response,
+        status,
+        json.dumps(body, separators=(",", ":")).encode() + b"\n",
+        content_type="application/json",
+        # A probe's answer is about this instant: no cache may keep it.
+        extra=[("Cache-Control", "no-store"), *(extra or [])],
+        head=method == "HEAD",
+    )
+
+
+def respond(
+    start_response: StartResponse,
+    status: str,
+    body: bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    extra: Iterable[tuple[str, str]] = (),
+    head: bool = False,
+) -> list[bytes]:
+    """A short answer fws writes itself (a probe, a refusal, a metrics page).
+
+    ``head``: a HEAD request's answer, the same headers without the body.
+    """
     start_response(
         status,
-        [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(data))),
-            # A probe's answer is about this instant: no cache may keep it.
-            ("Cache-Control", "no-store"),
-            *(extra or []),
-        ],
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra],
     )
-    return [] if method == "HEAD" else [data]
+    return [] if head else [body]

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from .errors import ConfigurationError
+from .http import respond
 from .stats import FILTER_TIME_BUCKETS, ServerStats
 
 __all__ = ["FLUSH_INTERVAL", "MULTIPROC_ENV", "Metrics", "opcode_name"]
@@ -311,23 +312,23 @@ class Metrics:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if path != "/metrics":
-            return _plain(start_response, "404 Not Found", b"not found: metrics are at /metrics\n")
+            not_found = b"not found: metrics are at /metrics\n"
+            return respond(start_response, "404 Not Found", not_found)
         if method not in ("GET", "HEAD"):
-            return _plain(
+            return respond(
                 start_response,
                 "405 Method Not Allowed",
                 b"/metrics answers GET and HEAD only\n",
-                [("Allow", "GET, HEAD")],
+                extra=[("Allow", "GET, HEAD")],
             )
         try:
             body = self.render()
         except Exception:  # our bug or an unreadable directory: not the scraper's fault
             log.exception("rendering /metrics failed")
-            return _plain(start_response, "500 Internal Server Error", b"metrics failed\n")
-        start_response(
-            "200 OK", [("Content-Type", _TEXT_FORMAT), ("Content-Length", str(len(body)))]
+            return respond(start_response, "500 Internal Server Error", b"metrics failed\n")
+        return respond(
+            start_response, "200 OK", body, content_type=_TEXT_FORMAT, head=method == "HEAD"
         )
-        return [b""] if method == "HEAD" else [body]
 
 
 class _SettledFiles:
@@ -366,17 +367,3 @@ class _SettledFiles:
             except FileNotFoundError:  # a live gauge of a process that just stopped
                 continue
         return files
-
-
-def _plain(
-    start_response: Any, status: str, body: bytes, extra: Iterable[tuple[str, str]] = ()
-) -> list[bytes]:
-    start_response(
-        status,
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            *extra,
-        ],
-    )
-    return [body]

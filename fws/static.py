@@ -28,6 +28,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from .errors import ConfigurationError
+from .http import respond
 
 __all__ = ["StaticFiles"]
 
@@ -167,13 +168,4 @@ _BODIES = {
 def _short(
     start_response: StartResponse, status: str, headers: list[tuple[str, str]] | None = None
 ) -> list[bytes]:
-    body = _BODIES[status]
-    start_response(
-        status,
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            *(headers or []),
-        ],
-    )
-    return [body]
+    return respond(start_response, status, _BODIES[status], extra=headers or ())
