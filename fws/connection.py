@@ -704,11 +704,8 @@ class Connection:
         intervals past now is over the rate.
         """
         settings = self.settings
-        assert settings.max_messages_per_second is not None
-        interval = 1.0 / settings.max_messages_per_second
-        due = max(self._rate_due, now) + interval
-        # The tolerance's 1e-9 keeps float rounding from refusing the burst's last message.
-        if due - now > settings.message_burst * interval + 1e-9:
+        due = max(self._rate_due, now) + settings.message_interval
+        if due - now > settings.message_slack:
             if self.state is State.OPEN:
                 log.info(
                     "connection %s: over %g messages a second, closing",

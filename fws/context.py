@@ -8,7 +8,7 @@ stays for filters: the seed's filters reach the server through it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .stats import ServerStats
@@ -44,6 +44,17 @@ class ConnectionSettings:
     max_messages_per_second: float | None = None
     message_burst: int = 1
     """Messages a client may send at once within the rate (the bucket's size)."""
+    message_interval: float = field(init=False, default=0.0)
+    """1 / max_messages_per_second: the rate limit's step, computed once, not per message."""
+    message_slack: float = field(init=False, default=0.0)
+    """How far ahead of now a client's bucket may run before it is over the rate."""
+
+    def __post_init__(self) -> None:
+        if self.max_messages_per_second is not None:
+            interval = 1.0 / self.max_messages_per_second
+            object.__setattr__(self, "message_interval", interval)
+            # The 1e-9 keeps float rounding from refusing the burst's last message.
+            object.__setattr__(self, "message_slack", self.message_burst * interval + 1e-9)
 
 
 class ConnectionTable:
