@@ -82,6 +82,28 @@ def assert_clean_failure(
     return output
 
 
+@contextlib.contextmanager
+def haproxy(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A real HAProxy run with ``config`` (checked first) until it accepts on ``port``."""
+    binary = require_binary("haproxy", "apt-get install haproxy")
+    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    process = subprocess.Popen(
+        [binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(lambda: accepts(port) or process.poll() is not None, 10, "haproxy did not start")
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 def require_binary(name: str, install: str) -> str:
     """The path of ``name``; skip the test where it is missing, but fail under ``CI=true``.
 

@@ -12,12 +12,18 @@ import contextlib
 import json
 import re
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import websocket
-from helpers import LOOPBACK, ServerProcess, accepts, connect, free_port, require_binary, wait_for
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    connect,
+    free_port,
+    haproxy,
+    wait_for,
+)
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 from fws.cli import build_command
@@ -70,23 +76,13 @@ def haproxy_config(front: int, back: int) -> str:
 @contextlib.contextmanager
 def behind_documented_haproxy(tmp_path: Path, fws_args: list[str]) -> Iterator[int]:
     """fws_server with ``fws_args`` behind HAProxy run with the guide's config; yields its port."""
-    haproxy = require_binary("haproxy", "apt-get install haproxy")
     (tmp_path / "say_peer.py").write_text(PEER_FILTER)
     front, back = free_port(), free_port()
     config = tmp_path / "haproxy.cfg"
     config.write_text(haproxy_config(front, back))
-    check = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
     args = ["--host", LOOPBACK, "-p", str(back), "--close-timeout", "1", *fws_args]
-    with ServerProcess(args, cwd=tmp_path).start(port=back):
-        proxy = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: accepts(front) or proxy.poll() is not None, 10)
-            assert proxy.poll() is None, "haproxy exited"
-            yield front
-        finally:
-            proxy.terminate()
-            proxy.wait(10)
+    with ServerProcess(args, cwd=tmp_path).start(port=back), haproxy(config, front):
+        yield front
 
 
 def connect_from(address: str, port: int) -> websocket.WebSocket:

@@ -14,14 +14,21 @@ import contextlib
 import csv
 import io
 import socket
-import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import websocket
-from helpers import LOOPBACK, ServerProcess, accepts, connect, free_port, require_binary, wait_for
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    accepts,
+    connect,
+    free_port,
+    haproxy,
+    require_binary,
+    wait_for,
+)
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 from fws.storage.redis import KeyLayout
@@ -106,27 +113,6 @@ def server_states(stats_socket: Path) -> dict[str, str]:
         for row in rows
         if row["pxname"] == "fws" and row["svname"] not in ("BACKEND", "FRONTEND")
     }
-
-
-@contextlib.contextmanager
-def haproxy(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    binary = require_binary("haproxy", "apt-get install haproxy")
-    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    process = subprocess.Popen(
-        [binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        wait_for(lambda: accepts(port) or process.poll() is not None, 10, "haproxy did not start")
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def broadcast_followers(redis_server: RedisServer) -> int:  # noqa: F811
