@@ -17,14 +17,17 @@ With metrics off the server neither counts per message nor times pipelines
 (it still counts per connection: handshakes, close codes). On and off run in
 one process, interleaved.
 
-Each number is the best of ``--repeats`` runs, timed in CPU time (``time.process_time``)
-so that other processes on the machine disturb it less.
+Each speed is the best of ``--repeats`` runs, timed in CPU time
+(``time.process_time``) so that other processes on the machine disturb it
+less; the on/off ratio is the median over pairs of runs made one after the
+other, with its quartiles.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import statistics
 import time
 from typing import Any
 
@@ -98,26 +101,35 @@ def broadcast(server: fws.Server, rounds: int, receivers: int = 200) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     if "metrics" in inspect.signature(fws.Server).parameters:
         variants = {"metrics on": _server(True), "metrics off": _server(False)}
     else:
         variants = {"before metrics": _server(True)}
-    best: dict[str, list[float]] = {name: [0.0, 0.0] for name in variants}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for server in variants.values():  # warm-up
         echo(server, 200)
         broadcast(server, 50)
     # Interleaved, so that a burst of load elsewhere hits every variant alike.
     for _ in range(args.repeats):
         for name, server in variants.items():
-            best[name][0] = max(best[name][0], echo(server, 300))
-            best[name][1] = max(best[name][1], broadcast(server, 100))
-    for name, (echoed, delivered) in best.items():
+            runs[name].append((echo(server, 300), broadcast(server, 300)))
+    for name, measured in runs.items():
+        echoed = max(run[0] for run in measured)
+        delivered = max(run[1] for run in measured)
         print(f"{name}: echo {echoed:,.0f} messages/s; broadcast {delivered:,.0f} deliveries/s")
-    if len(best) == 2:
-        on, off = best["metrics on"], best["metrics off"]
-        print(f"on/off: echo {on[0] / off[0]:.3f}; broadcast {on[1] / off[1]:.3f}")
+    if len(runs) == 2:
+        # Each on run against the off run next to it: the median of those
+        # ratios, with the quartiles, says how much of a difference is noise.
+        pairs = list(zip(runs["metrics on"], runs["metrics off"], strict=True))
+        for index, scenario in enumerate(("echo", "broadcast")):
+            ratios = sorted(on[index] / off[index] for on, off in pairs)
+            low, median, high = statistics.quantiles(ratios, n=4)
+            print(
+                f"on/off {scenario}: median {median:.3f} "
+                f"(quartiles {low:.3f}-{high:.3f}, {len(ratios)} pairs)"
+            )
     for server in variants.values():
         server.stop(timeout=1)
 

@@ -148,6 +148,9 @@ class Connection:
         "_client_closed_first",
         "_sent_counts",
         "_sent_bytes",
+        "_run_first",
+        "_run_messages",
+        "_run_queued",
         "__dict__",
         "__weakref__",
     )
@@ -213,9 +216,18 @@ class Connection:
         """Bytes written to the socket, counted as ``bytes_in`` is."""
         self._client_closed_first = False
         # The server's per-opcode sent counters (fws.stats), or None when metrics
-        # are off: one attribute to test per frame instead of three lookups.
+        # are off. Messages are counted by runs of frames with one first byte
+        # (an echo server sends text after text): a frame costs one comparison,
+        # and a run is added when it ends, when the connection ends, or when
+        # metrics are flushed (flush_sent_counts). A run's frames and bytes
+        # are differences of totals the connection keeps anyway: messages_out,
+        # and bytes_out + _outbox_bytes, every byte ever queued.
         self._sent_counts: list[int] | None = None
         self._sent_bytes: list[int] = []
+        self._run_first = -1
+        """First byte (FIN, RSV1, opcode) of the frames of the run; -1: no run."""
+        self._run_messages = 0
+        self._run_queued = 0
 
     # -- the seed's surface ---------------------------------------------------
 
@@ -350,12 +362,11 @@ class Connection:
 
     # -- sending --------------------------------------------------------------
 
-    def send_frame(self, frame: bytes, counted: bool = True, message: bool = True) -> bool:
+    def send_frame(self, frame: bytes, *, message: bool = True) -> bool:
         """Queue an already encoded frame (a broadcast encodes once for everyone).
 
-        ``counted=False``: the caller counts it for metrics (``Server.broadcast``
-        counts once for all its recipients). ``message=False``: not a message
-        for the end-of-connection line (a pong).
+        ``message=False``: a control frame (a pong), not a message for the
+        end-of-connection line.
         """
         if self.state is not State.OPEN:
             return False
@@ -369,18 +380,38 @@ class Connection:
             self.table.stats.disconnects["slow_client"] += 1
             self._start_close(1008, "client too slow: outbound queue full")
             return False
+        if not message:
+            self._queue_counted(frame)
+            return True
+        if self._sent_counts is not None and frame[0] != self._run_first:
+            self._new_sent_run(frame[0])
         self._queue(frame)
-        if message:
-            self.messages_out += 1
-        sent = self._sent_counts
-        if sent is not None and counted:
-            opcode = frame[0] & 0x0F
-            sent[opcode] += 1
-            self._sent_bytes[opcode] += len(frame)
+        self.messages_out += 1
         return True
 
+    def flush_sent_counts(self) -> None:
+        """Add the messages sent since the last count to the metrics (each metrics flush)."""
+        self._new_sent_run(self._run_first)
+
+    def _new_sent_run(self, first: int = -1) -> None:
+        """Count the run of sent messages so far; the next run's frames start with ``first``.
+
+        ``-1``: no run until the next message (a control frame is queued, or
+        the connection ends).
+        """
+        sent = self._sent_counts
+        if sent is None:
+            return
+        queued = self.bytes_out + self._outbox_bytes
+        if self._run_first >= 0:
+            opcode = self._run_first & 0x0F
+            sent[opcode] += self.messages_out - self._run_messages
+            self._sent_bytes[opcode] += queued - self._run_queued
+        self._run_first, self._run_messages, self._run_queued = first, self.messages_out, queued
+
     def _queue_counted(self, frame: bytes) -> None:
-        """Queue a frame of our own (ping, close) and count it."""
+        """Queue a control frame of our own (ping, pong, close) and count it."""
+        self._new_sent_run()  # a run's bytes are its messages' only
         self._queue(frame)
         self.table.stats.count_sent(frame)
 
@@ -726,6 +757,7 @@ class Connection:
             self.table.finishing.discard(self)
 
     def _finish_now(self) -> None:
+        self._new_sent_run()  # before metrics stop seeing it among the users
         self.table.users.pop(self.id, None)
         self._watcher.close()
         writer = self._writer

@@ -206,28 +206,38 @@ class FrameParser:
         """Append the events of the complete frames in ``data``; return the bytes they took."""
         position = 0
         end = len(data)
+        # Counted by runs of frames with one opcode (a client sends long runs of
+        # text frames): one comparison a frame, the additions once a run.
         frame_counts, wire_bytes = self.frame_counts, self.wire_bytes
-        while True:
-            header_size, frame_size = self._extent(data, position)
-            if not frame_size or end - position < frame_size:
-                return position
-            self.frames += 1
-            payload_start = position + header_size
-            frame_end = position + frame_size
-            mask = bytes(data[payload_start - 4 : payload_start])
-            payload = unmask(memoryview(data)[payload_start:frame_end], mask)
-            first = data[position]
-            opcode = first & 0x0F
-            position = frame_end
-            if wire_bytes is not None:
-                frame_counts[opcode] += 1  # type: ignore[index]  # set with wire_bytes
-                wire_bytes[opcode] += frame_size
-            if first & 0x40:  # _check_header let RSV1 through: a compressed message
-                event = self._compressed_frame(opcode, bool(first & 0x80), payload)
-            else:
-                event = self._frame(opcode, bool(first & 0x80), payload)
-            if event is not None:
-                events.append(event)
+        run_opcode, run_start, run_frames = -1, 0, self.frames
+        try:
+            while True:
+                header_size, frame_size = self._extent(data, position)
+                if not frame_size or end - position < frame_size:
+                    return position
+                first = data[position]
+                opcode = first & 0x0F
+                if opcode != run_opcode:
+                    if wire_bytes is not None and run_opcode >= 0:
+                        frame_counts[run_opcode] += self.frames - run_frames  # type: ignore[index]
+                        wire_bytes[run_opcode] += position - run_start
+                    run_opcode, run_start, run_frames = opcode, position, self.frames
+                self.frames += 1
+                payload_start = position + header_size
+                position = frame_end = position + frame_size
+                mask = bytes(data[payload_start - 4 : payload_start])
+                payload = unmask(memoryview(data)[payload_start:frame_end], mask)
+                if first & 0x40:  # _check_header let RSV1 through: a compressed message
+                    event = self._compressed_frame(opcode, bool(first & 0x80), payload)
+                else:
+                    event = self._frame(opcode, bool(first & 0x80), payload)
+                if event is not None:
+                    events.append(event)
+        finally:
+            # The last run; frames parsed before a protocol error count too.
+            if wire_bytes is not None and self.frames != run_frames:
+                frame_counts[run_opcode] += self.frames - run_frames  # type: ignore[index]
+                wire_bytes[run_opcode] += position - run_start
 
     def _check_header(self, first: int, second: int, length: int | None) -> None:
         """Refuse a bad frame from its header; ``None``: the extended length is not in yet.

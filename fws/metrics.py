@@ -236,6 +236,8 @@ class Metrics:
         """
         if self._closed:
             return
+        # First: reading the queues also brings the connections' sent counts up to date.
+        outbound = self._outbound_bytes()
         stats = self._stats
         for name in _BY_OPCODE:
             counts, seen = getattr(stats, name), self._seen_lists[name]
@@ -262,7 +264,7 @@ class Metrics:
         for event, times in tuple(stats.filter_times.items()):
             self._flush_times(event, times.counts, times.total)
         self.connections.set(self._connections())
-        self.outbound_queue.set(self._outbound_bytes())
+        self.outbound_queue.set(outbound)
         self.pubsub_live.set(1 if self._pubsub_live() else 0)
 
     def _flush_times(self, event: str, counts: list[int], total: float) -> None:

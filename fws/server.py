@@ -699,7 +699,7 @@ class Server:
                 continue
             deflate = connection.deflate
             if deflate is None:
-                plain += connection.send_frame(frame, False)  # counted below, once for all
+                plain += connection.send_frame(frame)
             elif deflate.shared_key is None:  # context takeover: its own stream
                 sent += connection.send_frame(encode_message(data, deflate))
             else:
@@ -707,7 +707,6 @@ class Server:
                 if shared is None:
                     shared = compressed[deflate.shared_key] = encode_message(data, deflate)
                 sent += connection.send_frame(shared)
-        self.table.stats.count_sent(frame, plain)
         return sent + plain
 
     def at_connection_limit(self) -> bool:
@@ -799,8 +798,16 @@ class Server:
                 connection.park_if_quiet(now)
 
     def _outbound_bytes(self) -> int:
-        """Bytes queued to every client and not yet written (read at each metrics flush)."""
-        return sum(connection.outbound_bytes for connection in tuple(self.users.values()))
+        """Bytes queued to every client and not yet written (read at each metrics flush).
+
+        Also brings the sent-message counts up to date: each connection adds
+        the messages it has sent since (``Connection.flush_sent_counts``).
+        """
+        queued = 0
+        for connection in tuple(self.users.values()):
+            connection.flush_sent_counts()
+            queued += connection.outbound_bytes
+        return queued
 
     def _flush_metrics(self) -> None:
         """Multi-process mode: write this worker's counts where any worker's scrape sees them."""

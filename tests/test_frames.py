@@ -288,3 +288,31 @@ def test_the_parser_counts_every_frame_it_parses():
     assert parser.frames == 2  # the third frame is not complete yet
     parser.feed(client_frame(OP_TEXT, b"two")[1:])
     assert parser.frames == 3
+
+
+def test_frame_counts_and_wire_bytes_by_opcode_across_runs_reads_and_errors():
+    counts, sizes = [0] * 16, [0] * 16
+    parser = FrameParser(frame_counts=counts, wire_bytes=sizes)
+    texts = [client_frame(OP_TEXT, b"a" * n) for n in (1, 2, 200)]
+    binary = client_frame(OP_BINARY, b"\x00" * 70_000)  # 64-bit length form
+    ping = client_frame(OP_PING, b"p")
+    start = client_frame(OP_TEXT, b"frag", fin=False)
+    rest = client_frame(OP_CONTINUATION, b"ment")
+    # Runs of one opcode, broken by others, one frame cut between two reads.
+    stream = texts[0] + texts[1] + ping + binary + texts[2] + start + ping + rest
+    cut = len(stream) - 3
+    parser.feed(stream[:cut])
+    parser.feed(stream[cut:])
+    assert counts[OP_TEXT] == 4 and sizes[OP_TEXT] == sum(map(len, texts)) + len(start)
+    assert counts[OP_PING] == 2 and sizes[OP_PING] == 2 * len(ping)
+    assert counts[OP_BINARY] == 1 and sizes[OP_BINARY] == len(binary)
+    assert counts[OP_CONTINUATION] == 1 and sizes[OP_CONTINUATION] == len(rest)
+    assert sum(counts) == parser.frames == 8
+    # A frame that fails after parsing (bad UTF-8) counts; one refused from its header does not.
+    bad_text = client_frame(OP_TEXT, b"\xff")
+    with pytest.raises(ProtocolError):
+        parser.feed(texts[0] + bad_text + client_frame(OP_PING, b"x" * 126))
+    assert counts[OP_TEXT] == 6 and sizes[OP_TEXT] == sum(map(len, texts)) + len(start) + len(
+        texts[0]
+    ) + len(bad_text)
+    assert counts[OP_PING] == 2

@@ -134,6 +134,12 @@ def test_messages_bytes_handshakes_close_codes_and_filter_time_are_counted():
             assert client.recv() == data
         open_now = scrape(port)
         assert value(open_now, "fws_connections") == 1
+        # Sent messages are counted by runs; a scrape counts the runs still going.
+        assert value(open_now, "fws_messages_sent_total", opcode="text") == len(texts)
+        assert value(open_now, "fws_messages_sent_total", opcode="binary") == len(binaries)
+        assert value(open_now, "fws_bytes_sent_total", opcode="binary") == sum(
+            map(server_frame_size, binaries)
+        )
         client.close()  # code 1000
         wait_for(lambda: not server.users and not server.finishing, 5)
         samples = scrape(port)
