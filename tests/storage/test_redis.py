@@ -35,8 +35,9 @@ from fws.storage.redis import (
 class Recorder:
     """What a storage needs of a server: ``users``, ``queue``, ``broadcast``, ``table.stats``."""
 
-    def __init__(self, *user_ids: str) -> None:
+    def __init__(self, *user_ids: str, max_message_size: int | None = 2**20) -> None:
         self.table = types.SimpleNamespace(stats=ServerStats())
+        self.connection_settings = types.SimpleNamespace(max_message_size=max_message_size)
         self.users: dict[str, object] = {user_id: object() for user_id in user_ids}
         self.queue: queue.Queue[Any] = queue.Queue()
         self.sent: list[tuple[Any, str | None, tuple[str, ...] | None]] = []
@@ -137,22 +138,43 @@ def test_groups_are_per_server_redis_sets_with_a_ttl(
     storage.add("room", "c1")
     r = redis_server.client()
     sid = storage.server_id
-    assert r.smembers(f"app:members:{sid}:room") == {b"c1", b"c2"}
-    assert r.smembers("app:groups:room") == {sid.encode()}
-    assert 0 < r.ttl(f"app:members:{sid}:room") <= 30
-    assert 0 < r.ttl("app:groups:room") <= 30
-    assert 0 < r.ttl(f"app:server:{sid}") <= 30
-    assert json.loads(r.get(f"app:server:{sid}"))["ttl"] == 30  # JSON, never pickle
+    members, servers = f"app:{{g:room}}:members:{sid}", "app:{g:room}:servers"
+    wait_for(lambda: r.smembers(members) == {b"c1", b"c2"}, 5, "members not written")
+    now = r.time()[0]
+    assert 0 < r.zscore(servers, sid) - now <= 31  # liveness expiry, by Redis's clock
+    assert 0 < r.zscore("app:servers", sid) - now <= 31
+    assert 0 < r.ttl(members) <= 30
+    assert 0 < r.ttl(servers) <= 30
+    assert 0 < r.ttl(f"app:{{s:{sid}}}:info") <= 30
+    assert json.loads(r.get(f"app:{{s:{sid}}}:info"))["ttl"] == 30  # JSON, never pickle
     assert storage.get("room") == storage["room"] == {"c1", "c2"}
     assert all(key.startswith(b"app:") for key in r.keys("*"))
 
     storage.remove("room", "c1")
     storage.remove("room", "nobody")
-    assert storage.get("room") == {"c2"}
+    wait_for(lambda: storage.get("room") == {"c2"}, 5, "c1 stayed")
     storage.remove("room", "c2")
-    assert storage.get("room") == set()
-    assert not r.exists(f"app:members:{sid}:room")
-    assert r.smembers("app:groups:room") == set()
+    wait_for(lambda: storage.get("room") == set(), 5, "c2 stayed")
+    wait_for(lambda: not r.exists(members), 5, "the empty member set stayed")
+    assert r.zrange(servers, 0, -1) == []
+
+
+def test_each_script_and_pipeline_key_of_a_group_shares_one_hash_tag(
+    running: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
+    from redis.crc import key_slot
+
+    node = running("c1")
+    node.storage.connected("c1")
+    node.storage.add("a}b{c", "c1")  # braces in a name: still one slot per group
+    r = redis_server.client()
+    wait_for(lambda: len(r.keys("fws:{g:*")) == 2, 5, "group keys not written")
+    group_keys = [*r.keys("fws:{g:*"), node.storage.keys.group_channel("a}b{c").encode()]
+    assert len({key_slot(key) for key in group_keys}) == 1
+    sid = node.storage.server_id
+    server_keys = [*r.keys(f"fws:{{s:{sid}}}*"), node.storage.keys.inbox(sid).encode()]
+    assert len(server_keys) == 3
+    assert len({key_slot(key) for key in server_keys}) == 1
 
 
 def test_groups_are_shared_by_servers(running: Any) -> None:
@@ -162,27 +184,35 @@ def test_groups_are_shared_by_servers(running: Any) -> None:
     b.add("room", "b1")
     assert a.get("room") == b.get("room") == {"a1", "b1"}
     b.remove("room", "a1")  # whoever added it
-    assert a.get("room") == {"b1"}
+    wait_for(lambda: a.get("room") == {"b1"}, 5, "a1 stayed")
     # a's own view follows, so it stops delivering group messages to a1
     wait_for(lambda: "room" not in a._groups, 5, "the owner was not told about the removal")
 
 
+def abandon(storage: RedisStorage) -> None:
+    """Stop a storage as SIGKILL would: no heartbeat, no clean-up, its keys left to expire."""
+    storage._listener.closing.set()
+    storage._writer.stop(5)
+    storage._listener.drop()
+    storage.link.close()
+
+
 def test_dead_server_members_expire(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
-    a = RedisStorage(redis_url=redis_server.url, redis_ttl=1)
-    a.open(Recorder())  # type: ignore[arg-type]  # opened, but no heartbeat: as if killed
+    a = running("ghost", redis_ttl=1).storage
     a.add("room", "ghost")
     b = running("b1", redis_ttl=1).storage
     b.add("room", "b1")
-    assert b.get("room") == {"ghost", "b1"}
+    wait_for(lambda: b.get("room") == {"ghost", "b1"}, 5, "not both written")
+    abandon(a)
     wait_for(lambda: b.get("room") == {"b1"}, 4, "the dead server's member stayed")
-    assert not redis_server.client().exists(f"fws:members:{a.server_id}:room")
-    a._pubsub_pool.disconnect()
-    a._pool.disconnect()
+    wait_for(lambda: not redis_server.client().exists(f"fws:{{g:room}}:members:{a.server_id}"), 4)
+    assert Publisher(redis_server.url).servers() == {b.server_id}
 
 
 def test_heartbeat_rewrites_state_lost_by_redis(running: Any, redis_server: RedisServer) -> None:  # noqa: F811
     node = running("c1", redis_ttl=1)
     node.storage.add("room", "c1")
+    wait_for(lambda: node.storage.get("room") == {"c1"}, 5, "not written")
     redis_server.client().flushall()
     wait_for(lambda: node.storage.get("room") == {"c1"}, 5, "state not rewritten after FLUSHALL")
 
@@ -213,7 +243,7 @@ def test_broadcast_reaches_every_server_once_and_skips_the_origin(
     a.storage.connected("a1")
     b.storage.connected("b1")
     numsub = redis_server.client().pubsub_numsub
-    wait_for(lambda: dict(numsub("fws:broadcast"))[b"fws:broadcast"] == 2, 5)
+    assert dict(numsub("fws:{broadcast}"))[b"fws:{broadcast}"] == 2  # since open()
     a.storage.broadcast(b"\x00bin", sender="a1")
     wait_for(lambda: b.server.sent, 5, "b did not get the broadcast")
     time.sleep(0.3)
@@ -243,10 +273,10 @@ def test_publisher_targets_a_group_or_one_client(
     b.storage.add("room", "b1")
     backend = Publisher(redis_server.url)
     try:
-        assert backend.group_members("room") == {"a1", "b1"}
+        wait_for(lambda: backend.group_members("room") == {"a1", "b1"}, 5, "not written")
+        wait_for(lambda: backend.send_to_client("a2", "just a2"), 5, "a2 not registered")
         assert backend.servers() == {a.storage.server_id, b.storage.server_id}
         assert backend.send_to_group("room", "to the room") == 2
-        assert backend.send_to_client("a2", "just a2") is True
         assert backend.send_to_client("nobody", "lost") is False
         assert backend.send_to_group("empty", "lost") == 0
         wait_for(lambda: len(a.server.sent) == 2 and b.server.sent, 5, "not delivered")
@@ -332,29 +362,21 @@ def test_dead_server_ids_are_pruned_from_the_server_set(
 ) -> None:
     node = running("c1", redis_ttl=1)
     admin = redis_server.client()
-    admin.sadd("fws:servers", "ghost-of-a-killed-server")
+    admin.zadd("fws:servers", {"ghost-of-a-killed-server": admin.time()[0] - 1})
     wait_for(
-        lambda: b"ghost-of-a-killed-server" not in admin.smembers("fws:servers"),
+        lambda: admin.zscore("fws:servers", "ghost-of-a-killed-server") is None,
         5,
         "a dead server id stayed in fws:servers",
     )
-    assert node.storage.server_id.encode() in admin.smembers("fws:servers")
+    assert admin.zscore("fws:servers", node.storage.server_id) is not None
 
 
-def test_only_servers_with_clients_subscribe_to_broadcasts(
+def test_every_server_follows_broadcasts_from_the_start(
     running: Any, redis_server: RedisServer  # noqa: F811
 ) -> None:
     admin = redis_server.client()
-
-    def subscribers() -> int:
-        return int(dict(admin.pubsub_numsub("fws:broadcast"))[b"fws:broadcast"])
-
     empty, busy = running(), running("c1")
-    assert subscribers() == 0
-    busy.storage.connected("c1")
-    wait_for(lambda: subscribers() == 1, 5, "a server with a client did not subscribe")
+    assert dict(admin.pubsub_numsub("fws:{broadcast}"))[b"fws:{broadcast}"] == 2
     empty.storage.broadcast("to every client", sender=None)  # from the server with none
     wait_for(lambda: busy.server.sent, 5, "the broadcast did not arrive")
     assert empty.server.sent == [("to every client", None, None)]  # its own local delivery
-    busy.storage.disconnected("c1")
-    wait_for(lambda: subscribers() == 0, 5, "a server without clients stayed subscribed")
