@@ -400,3 +400,36 @@ def test_chat_rooms_span_servers(redis_server: RedisServer) -> None:  # noqa: F8
         bob.close()
         assert json.loads(alice.recv())["type"] == "left"
         assert receive_all(carol) == []
+
+
+def test_nothing_published_after_an_upgrade_or_a_join_is_missed(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A client whose upgrade completed gets every broadcast sent after that, even
+    the first client of an empty server; a member whose join returned gets every
+    group message sent after that. Repeated: a race would show within 20 rounds."""
+    with cluster(redis_server, 2, "-f", "broadcast_messages") as (a, b):
+        sender = connect(a.url)
+        for number in range(20):
+            newcomer = connect(b.url)  # b's only client: b was empty before
+            sender.send(f"hello {number}")
+            newcomer.settimeout(5)
+            assert newcomer.recv() == f"hello {number}"
+            newcomer.close()
+            wait_for(lambda: closed(b), 5, "b kept its client")
+        sender.close()
+    with cluster(redis_server, 2, "-f", "broadcast_messages_by_token") as (a, b):
+        sender, member = connect(a.url), connect(b.url)
+        for number in range(20):
+            join(sender, f"room{number}")
+            join(member, f"room{number}")  # the answer comes once the join returned
+            sender.send(f"to room{number}")
+            member.settimeout(5)
+            assert member.recv() == f"to room{number}"
+        sender.close()
+        member.close()
+
+
+def closed(server: ServerProcess) -> bool:
+    """Every connection the server opened has ended (as its log says)."""
+    return server.output.count(" opened from ") == server.output.count(" closed: code ")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import queue
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -30,6 +32,8 @@ from fws.storage.redis import (
     decode_envelope,
     encode_envelope,
 )
+from fws.storage.redis.envelope import EnvelopeError
+from fws.storage.redis.link import open_link
 
 
 class Recorder:
@@ -380,3 +384,186 @@ def test_every_server_follows_broadcasts_from_the_start(
     empty.storage.broadcast("to every client", sender=None)  # from the server with none
     wait_for(lambda: busy.server.sent, 5, "the broadcast did not arrive")
     assert empty.server.sent == [("to every client", None, None)]  # its own local delivery
+
+
+# -- the envelope: version 2, unknown versions and ops, the size cap ------------------
+
+
+def test_envelope_carries_layout_version_2() -> None:
+    assert json.loads(encode_envelope("x"))["v"] == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b'{"v": 1, "text": "from fws 0.5"}', "version 1"),
+        (b'{"v": 3, "text": "from the future"}', "version 3"),
+        (b'{"text": "no version"}', "version None"),
+        (b'{"v": 2, "op": "teleport", "text": "x"}', "op 'teleport'"),
+    ],
+)
+def test_unknown_version_or_op_is_refused_not_read_as_a_message(raw: bytes, kind: str) -> None:
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(raw)
+    assert info.value.kind == kind
+
+
+def test_envelope_size_cap_is_the_message_size_limit() -> None:
+    assert decode_envelope(encode_envelope("é" * 50), max_size=100).data == "é" * 50
+    with pytest.raises(EnvelopeError, match="over 100"):
+        decode_envelope(encode_envelope("é" * 51), max_size=100)  # 102 bytes of UTF-8
+    with pytest.raises(EnvelopeError, match="over 100"):
+        decode_envelope(encode_envelope(b"\x00" * 101), max_size=100)
+    with pytest.raises(EnvelopeError, match="size cap"):  # refused before parsing
+        decode_envelope(b" " * 5000 + encode_envelope("x"), max_size=100)
+    assert decode_envelope(encode_envelope(b"\x00" * 10**6)).data == b"\x00" * 10**6  # no cap
+
+
+def test_refused_envelopes_are_dropped_with_one_warning_per_kind(
+    running: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    caplog.set_level("INFO", logger="fws.storage.redis")
+    node = running("c1")
+    admin = redis_server.client()
+    bad = [
+        b'{"v": 1, "text": "old"}', b'{"v": 1, "text": "old again"}',
+        b'{"v": 2, "op": "teleport", "text": "x"}', b"not json",
+        encode_envelope("x" * 101), encode_envelope("x" * 102),
+    ]  # fmt: skip
+    node.storage._inbound.max_size = 100  # what open() read from the server
+    for raw in [*bad, encode_envelope("fits")]:
+        admin.publish("fws:{broadcast}", raw)
+    wait_for(lambda: node.server.sent, 5, "the good envelope did not arrive")
+    assert node.server.sent == [("fits", None, None)]
+    warnings = [r.message for r in caplog.records if r.message.startswith("dropped")]
+    assert len(warnings) == 4, warnings  # version 1, op, malformed, size: once each
+    assert node.storage._inbound.dropped == 6
+
+
+# -- imports and URLs -----------------------------------------------------------------
+
+PUBLISHER_PROBE = """
+import json, sys
+from fws.storage.redis import Publisher
+publisher = Publisher(sys.argv[1])
+servers = publisher.servers()
+publisher.close()
+print(json.dumps(sorted(
+    name for name in sys.modules
+    if name.split(".")[0] in ("gevent", "geventwebsocket") or name == "fws.server"
+)))
+"""
+
+
+def test_publisher_works_without_loading_gevent(redis_server: RedisServer) -> None:  # noqa: F811
+    result = subprocess.run(
+        [sys.executable, "-c", PUBLISHER_PROBE, redis_server.url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "redis+sentinel://127.0.0.1:26379/m"]
+)
+def test_cluster_and_sentinel_urls_are_not_supported_yet(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="not yet supported"):
+        open_link(url, "test")
+    with pytest.raises(ConfigurationError, match="not yet supported"):
+        Publisher(url)
+
+
+def test_lua_scripts_are_package_data() -> None:
+    from fws.storage.redis.scripts import lua_source
+
+    for name in ("group_members", "remove_everywhere", "live_servers"):
+        assert "redis.call" in lua_source(name)
+
+
+# -- the one writer -------------------------------------------------------------------
+
+
+def redis_groups(redis_server: RedisServer, storage: RedisStorage) -> dict[str, set[str]]:  # noqa: F811
+    """This server's groups as Redis holds them: what its member sets say."""
+    admin, sid = redis_server.client(), storage.server_id
+    prefix, suffix = "fws:{g:", f"}}:members:{sid}"
+    found = {}
+    for key in admin.keys(f"fws:{{g:*}}:members:{sid}"):
+        name = key.decode()[len(prefix) : -len(suffix)]
+        found[name] = {member.decode() for member in admin.smembers(key)}
+        assert admin.zscore(f"fws:{{g:{name}}}:servers", sid) is not None
+    return found
+
+
+def test_writes_reach_redis_in_the_order_they_were_made(
+    running: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
+    storage = running().storage
+    storage.add("room", "anchor")  # the group stays hosted: no join waits below
+    for _ in range(500):
+        storage.add("room", "c1")
+        storage.remove("room", "c1")
+        storage.connected("c1")
+        storage.disconnected("c1")
+    storage.add("room", "c1")
+    storage.connected("c2")
+    wait_for(lambda: redis_groups(redis_server, storage) == {"room": {"anchor", "c1"}}, 5)
+    admin = redis_server.client()
+    assert admin.smembers(f"fws:{{s:{storage.server_id}}}:clients") == {b"c2"}
+
+
+def test_a_resync_during_a_storm_of_joins_and_leaves_completes_and_converges(
+    running: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
+    storage = running(redis_ttl=30).storage
+    stop = threading.Event()
+
+    def storm() -> None:
+        number = 0
+        while not stop.is_set():
+            group, member = f"g{number % 5}", f"c{number % 37}"
+            if member in storage._groups.get(group, ()):
+                storage.remove(group, member)
+            else:
+                storage.add(group, member)
+            number += 1
+
+    thread = threading.Thread(target=storm, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        for _ in range(3):
+            redis_server.client().flushall()  # Redis lost everything...
+            storage._health.mark_dirty()  # ...as a heartbeat would find out
+            # The old resync restarted while the state kept changing; a
+            # snapshot is one queued operation: it completes, storm or not.
+            wait_for(lambda: not storage._health.dirty, 5, "the resync never completed")
+            assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(10)
+    expected = {name: set(members) for name, members in storage._groups.items()}
+    assert expected
+    wait_for(lambda: redis_groups(redis_server, storage) == expected, 5, "did not converge")
+
+
+# -- joins and first clients: no message published after them is missed ---------------
+
+
+def test_a_member_whose_join_returned_gets_every_group_message_sent_after(running: Any) -> None:
+    a, b = running("a1"), running("b1")
+    for number in range(20):
+        group = f"room{number}"
+        b.storage.add(group, "b1")  # new to b: returns once b follows the group
+        a.storage.send_to_group(group, f"m{number}", sender="a1")
+        wait_for(lambda: (f"m{number}", "a1", ("b1",)) in b.server.sent, 5, f"m{number} lost")  # noqa: B023
+
+
+def test_the_first_client_of_a_new_server_gets_every_broadcast_sent_after(running: Any) -> None:
+    a = running("a1")
+    for number in range(20):
+        b = running("b1")  # a new, empty server...
+        b.storage.connected("b1")  # ...and its first client
+        a.storage.broadcast(f"hello {number}", sender="a1")
+        wait_for(lambda: (f"hello {number}", "a1", None) in b.server.sent, 5, "lost")  # noqa: B023

@@ -9,10 +9,9 @@ down, messages for other servers are lost (and counted), not queued.
 
 This module is the storage on top of the parts: the layout (:mod:`.keys`),
 the envelope (:mod:`.envelope`), the scripts (:mod:`.scripts`), the link to
-Redis (:mod:`.link`), the one writer (:mod:`.writer`), the pub/sub listener
-(:mod:`.subscriber`) and the outage state (:mod:`.health`). It keeps a local
-mirror of what *this* server put in Redis: local delivery needs no round
-trip, and after an outage the mirror is written back as a snapshot.
+Redis (:mod:`.link`), the one writer (:mod:`.writer`), this server's clients
+and groups (:mod:`.membership`), the pub/sub listener (:mod:`.subscriber`) and
+the outage state (:mod:`.health`).
 
 The blocking redis-py calls need a monkey-patched process (``fws_server``
 patches first thing); without it they would stall the gevent hub. The
@@ -31,14 +30,17 @@ from redis.exceptions import RedisError
 
 from ...errors import ConfigurationError, FwsError
 from ..base import PubSubMessage, Storage, StorageOption
-from .envelope import EnvelopeError, decode_envelope, encode_envelope
+from .envelope import encode_envelope
 from .health import Health
+from .inbound import Inbound, warn_if_not_patched
 from .keys import KeyLayout
 from .link import COMMAND_TIMEOUT, open_link
+from .membership import Membership
+from .options import OPTIONS
 from .publisher import find_server
 from .scripts import Scripts
 from .subscriber import POLL, Listener
-from .writer import Connected, Disconnected, Forget, Heartbeat, Joined, Left, Snapshot, Writer
+from .writer import Writer
 
 if TYPE_CHECKING:
     from ...server import Server
@@ -68,29 +70,7 @@ class RedisStorage(Storage):
     fails at start-up with a clear message instead of serving half a cluster.
     """
 
-    options: ClassVar[tuple[StorageOption, ...]] = (
-        StorageOption("redis_host", "localhost", "Redis host."),
-        StorageOption("redis_port", 6379, "Redis port.", type=int),
-        StorageOption(
-            "redis_channels",
-            ("global",),
-            "Channels whose messages feed the consumer pipeline (e.g. broadcast_pubsub).",
-            multiple=True,
-        ),
-        StorageOption("redis_key", "fws", "Prefix of every key and internal channel fws uses."),
-        StorageOption(
-            "redis_url",
-            None,
-            "redis://[user:pass@]host:port/db (rediss:// for TLS); overrides "
-            "--redis_host/--redis_port.",
-        ),
-        StorageOption(
-            "redis_ttl",
-            30,
-            "Seconds before a dead server's group memberships vanish from Redis.",
-            type=int,
-        ),
-    )
+    options: ClassVar[tuple[StorageOption, ...]] = OPTIONS
 
     def __init__(
         self,
@@ -125,14 +105,7 @@ class RedisStorage(Storage):
                 raise ConfigurationError(f"cannot reach Redis at {self.url}: {exc}") from None
         self._scripts = Scripts(self.redis, self.keys)
         self._server: Server | None = None
-        self._max_size: int | None = None
         self._health = Health(self.url, self._stats)
-        # The local mirror (what this server put in Redis) and the queue order
-        # of its changes are kept together under this lock (see .writer).
-        self._lock = threading.Lock()
-        self._groups: dict[str, set[str]] = {}
-        self._clients: set[str] = set()
-        self._snapshot_pending = False
         self._writer = Writer(
             self.link, self.keys, self.server_id, self.ttl, self._health, self._snapshot_done
         )
@@ -147,12 +120,12 @@ class RedisStorage(Storage):
             on_beat=self._heartbeat,
             on_dirty=self._request_snapshot,
         )
+        self._members = Membership(self.keys, self._writer, self._listener)
+        self._groups = self._members.groups  # read by local delivery, without a lock
         self._listening = False
         self._listener_done = threading.Event()
         self._closed = False
-        self._warned: set[str] = set()
-        self.dropped_envelopes = 0
-        """Envelopes refused (unknown version or op, over the size cap, malformed)."""
+        self._inbound = Inbound(self.server_id, self._members)
 
     # -- groups ----------------------------------------------------------------
 
@@ -166,13 +139,7 @@ class RedisStorage(Storage):
         The wait (at most ``JOIN_WAIT``, not during an outage) is what makes a
         member whose join returned receive every group message sent after it.
         """
-        with self._lock:
-            members = self._groups.setdefault(key, set())
-            if value in members:
-                return
-            members.add(value)
-            self._writer.put(Joined(key, value))
-            waiter = self._listener.want(self.keys.group_channel(key))
+        waiter = self._members.join(key, value)
         if waiter is not None and not self._health.down and not self._closed:
             waiter.wait(JOIN_WAIT)
 
@@ -182,11 +149,8 @@ class RedisStorage(Storage):
         Removing another server's member needs Redis: during an outage that
         raises ``StorageUnavailable`` instead of pretending it worked.
         """
-        with self._lock:
-            members = self._groups.get(key)
-            if members is not None and value in members:
-                self._forget_member(key, members, value)
-                return
+        if self._members.leave(key, value):
+            return
         notice = encode_envelope(value, origin=self.server_id, group=key, op="remove")
 
         def remove_everywhere() -> None:
@@ -195,26 +159,13 @@ class RedisStorage(Storage):
 
         self._ask(remove_everywhere)
 
-    def _forget_member(self, key: str, members: set[str], value: str) -> None:
-        """Drop a local member (the lock is held); the last one leaves the group's channel."""
-        members.discard(value)
-        last = not members
-        if last:
-            del self._groups[key]
-            self._listener.unwant(self.keys.group_channel(key))
-        self._writer.put(Left(key, value, last))
-
     # -- this server's connections (so that a backend can reach one client) ------
 
     def connected(self, connection_id: str) -> None:
-        with self._lock:
-            self._clients.add(connection_id)
-            self._writer.put(Connected(connection_id))
+        self._members.connected(connection_id)
 
     def disconnected(self, connection_id: str) -> None:
-        with self._lock:
-            self._clients.discard(connection_id)
-            self._writer.put(Disconnected(connection_id))
+        self._members.disconnected(connection_id)
 
     # -- fan-out ---------------------------------------------------------------------
 
@@ -267,8 +218,8 @@ class RedisStorage(Storage):
     def open(self, server: Server) -> None:
         """Subscribe and write this server's state before the first client arrives."""
         self._server = server
-        self._max_size = server.connection_settings.max_message_size
-        _warn_if_not_patched()
+        self._inbound.max_size = server.connection_settings.max_message_size
+        warn_if_not_patched()
         log.info(
             "redis storage at %s, key prefix %r, server id %s, channels %s, ttl %d s",
             self.url,
@@ -304,8 +255,7 @@ class RedisStorage(Storage):
         if self._listening:
             self._listener_done.wait(POLL + COMMAND_TIMEOUT)
         self._listener.drop()
-        with self._lock:
-            self._writer.put(Forget(tuple(self._groups)))
+        self._members.forget()
         self._writer.stop(2 * COMMAND_TIMEOUT)
         self._server = None
         self.link.close()
@@ -316,61 +266,23 @@ class RedisStorage(Storage):
         return None if self._server is None else self._server.table.stats
 
     def _request_snapshot(self, wait: bool = False) -> None:
-        """Queue this server's whole state, as the mirror holds it now (see .writer)."""
-        with self._lock:
-            if self._snapshot_pending and not wait:
-                return
-            self._snapshot_pending = True
-            snapshot = Snapshot(
-                frozenset(self._clients),
-                {name: frozenset(members) for name, members in self._groups.items()},
-                self._health.epoch,
-            )
-            self._writer.put(snapshot)
-        if wait:
+        """Queue this server's whole state, as the mirror holds it now (see .membership)."""
+        snapshot = self._members.snapshot(self._health.epoch, force=wait)
+        if wait and snapshot is not None:
             snapshot.done.wait(2 * COMMAND_TIMEOUT)
 
     def _snapshot_done(self) -> None:
-        self._snapshot_pending = False
+        self._members.snapshot_done()
 
     def _heartbeat(self) -> None:
         if self._health.dirty:
             self._request_snapshot()
-            return
-        with self._lock:
-            self._writer.put(Heartbeat(bool(self._clients), tuple(self._groups)))
+        else:
+            self._members.heartbeat()
 
     def _received(self, channel: str, data: Any, raw: bool) -> None:
-        server = self._server
-        if server is None:
-            return
-        if raw:
-            server.queue.put(PubSubMessage(channel, data))
-            return
-        try:
-            envelope = decode_envelope(data, max_size=self._max_size)
-        except EnvelopeError as exc:
-            self.dropped_envelopes += 1
-            level = logging.DEBUG if exc.kind in self._warned else logging.WARNING
-            self._warned.add(exc.kind)
-            log.log(level, "dropped a message on %s: %s", channel, exc)
-            return
-        if envelope.origin == self.server_id:
-            return  # delivered locally when it was sent
-        if envelope.op == "remove":
-            if envelope.group is not None and isinstance(envelope.data, str):
-                with self._lock:
-                    members = self._groups.get(envelope.group)
-                    if members is not None and envelope.data in members:
-                        self._forget_member(envelope.group, members, envelope.data)
-        elif envelope.group is not None:
-            members = self._groups.get(envelope.group)
-            if members:
-                server.broadcast(envelope.data, exclude=envelope.sender, to=tuple(members))
-        elif envelope.client is not None:
-            server.broadcast(envelope.data, to=(envelope.client,))
-        else:
-            server.broadcast(envelope.data, exclude=envelope.sender)
+        if self._server is not None:
+            self._inbound.received(self._server, channel, data, raw)
 
     def _ask(self, read: Callable[[], _T]) -> _T:
         """A call whose answer needs Redis: ``StorageUnavailable`` rather than a wrong one."""
@@ -395,18 +307,6 @@ class RedisStorage(Storage):
 
     def __repr__(self) -> str:
         return f"<RedisStorage {self.url} key={self.keys.prefix!r} id={self.server_id}>"
-
-
-def _warn_if_not_patched() -> None:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency of fws
-        return
-    if not monkey.is_module_patched("socket"):
-        log.warning(
-            "the process is not monkey-patched: Redis calls will block the gevent hub "
-            "(call gevent.monkey.patch_all() first, as fws_server does)"
-        )
 
 
 storage_class = RedisStorage
