@@ -97,8 +97,7 @@ class Snapshot:
     groups: dict[str, frozenset[str]]
     epoch: int
     done: threading.Event = field(default_factory=threading.Event)
-    ok: list[bool] = field(default_factory=list)
-    """Appended True once written (a list: the dataclass is frozen)."""
+    """Set once the writer is through with it, written or not (``Health`` says which)."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +199,6 @@ class Writer:
                 self._on_snapshot_done()
             return
         for snapshot in snapshots:
-            snapshot.ok.append(True)
             self.health.synced(snapshot.epoch)
             snapshot.done.set()
             self._on_snapshot_done()
