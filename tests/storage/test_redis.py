@@ -492,7 +492,8 @@ def redis_groups(redis_server: RedisServer, storage: RedisStorage) -> dict[str, 
     for key in admin.keys(f"fws:{{g:*}}:members:{sid}"):
         name = key.decode()[len(prefix) : -len(suffix)]
         found[name] = {member.decode() for member in admin.smembers(key)}
-        assert admin.zscore(f"fws:{{g:{name}}}:servers", sid) is not None
+        if admin.zscore(f"fws:{{g:{name}}}:servers", sid) is None:
+            found[name].add("(server not listed)")  # a wait_for retries; it must settle
     return found
 
 
@@ -509,8 +510,8 @@ def test_writes_reach_redis_in_the_order_they_were_made(
     storage.add("room", "c1")
     storage.connected("c2")
     wait_for(lambda: redis_groups(redis_server, storage) == {"room": {"anchor", "c1"}}, 5)
-    admin = redis_server.client()
-    assert admin.smembers(f"fws:{{s:{storage.server_id}}}:clients") == {b"c2"}
+    clients = f"fws:{{s:{storage.server_id}}}:clients"
+    wait_for(lambda: redis_server.client().smembers(clients) == {b"c2"}, 5)
 
 
 def test_a_resync_during_a_storm_of_joins_and_leaves_completes_and_converges(
