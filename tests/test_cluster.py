@@ -31,7 +31,7 @@ from helpers import (
 )
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
-from fws.storage.redis import POLL, POOL_SIZE, Publisher
+from fws.storage.redis import POOL_SIZE, Publisher
 
 BASE = ["-p", "0", "--host", LOOPBACK, "--close-timeout", "1"]
 REGISTERED = "Successfully registered with broadcast group: {}"
@@ -135,7 +135,7 @@ def test_json_config_with_redis_options(redis_server: RedisServer, tmp_path: Pat
         join(second, "room")
         first.send("across servers")
         assert second.recv() == "across servers"
-        assert redis_server.client().keys("cfg:members:*")
+        assert redis_server.client().keys("cfg:{g:room}:members:*")
         assert "channels global news" in a.output
         first.close()
         second.close()
@@ -373,7 +373,7 @@ def test_clients_coming_and_going_do_not_leak_redis_connections(
         # the cap in the first wave and starve the later ones, whose token
         # joins and answers above would then fail.
         assert all(1 <= count <= POOL_SIZE for count in counts), counts
-        wait_for(lambda: not redis_server.client().keys("fws:members:*"), 5, "members left over")
+        wait_for(lambda: not redis_server.client().keys("fws:{g:*"), 5, "members left over")
 
 
 def test_chat_rooms_span_servers(redis_server: RedisServer) -> None:  # noqa: F811
@@ -383,10 +383,8 @@ def test_chat_rooms_span_servers(redis_server: RedisServer) -> None:  # noqa: F8
     with ServerProcess(args, cwd=chat) as one, ServerProcess(args, cwd=chat) as two:
         alice = connect(one.url + "?room=kitchen")
         assert json.loads(alice.recv())["type"] == "welcome"
-        # Pub/sub is at most once: the first client of an empty server is
-        # followed by its server's subscription within POLL; what the other
-        # server publishes before that (bob's "joined") would be lost.
-        time.sleep(3 * POLL)
+        # Once alice's join returned, her server follows the room: bob's
+        # "joined", published by the other server, reaches her.
         bob = connect(two.url + "?room=kitchen")
         carol = connect(two.url + "?room=garden")
         for client in (bob, carol):
@@ -402,3 +400,36 @@ def test_chat_rooms_span_servers(redis_server: RedisServer) -> None:  # noqa: F8
         bob.close()
         assert json.loads(alice.recv())["type"] == "left"
         assert receive_all(carol) == []
+
+
+def test_nothing_published_after_an_upgrade_or_a_join_is_missed(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A client whose upgrade completed gets every broadcast sent after that, even
+    the first client of an empty server; a member whose join returned gets every
+    group message sent after that. Repeated: a race would show within 20 rounds."""
+    with cluster(redis_server, 2, "-f", "broadcast_messages") as (a, b):
+        sender = connect(a.url)
+        for number in range(20):
+            newcomer = connect(b.url)  # b's only client: b was empty before
+            sender.send(f"hello {number}")
+            newcomer.settimeout(5)
+            assert newcomer.recv() == f"hello {number}"
+            newcomer.close()
+            wait_for(lambda: closed(b), 5, "b kept its client")
+        sender.close()
+    with cluster(redis_server, 2, "-f", "broadcast_messages_by_token") as (a, b):
+        sender, member = connect(a.url), connect(b.url)
+        for number in range(20):
+            join(sender, f"room{number}")
+            join(member, f"room{number}")  # the answer comes once the join returned
+            sender.send(f"to room{number}")
+            member.settimeout(5)
+            assert member.recv() == f"to room{number}"
+        sender.close()
+        member.close()
+
+
+def closed(server: ServerProcess) -> bool:
+    """Every connection the server opened has ended (as its log says)."""
+    return server.output.count(" opened from ") == server.output.count(" closed: code ")

@@ -131,7 +131,7 @@ def test_the_documented_redis_acl_is_all_fws_needs(redis_server: RedisServer) ->
         for client in (alice, bob):
             client.send("token:room")
             assert client.recv() == "Successfully registered with broadcast group: room"
-        wait_for(lambda: len(admin.smembers("fws:groups:room")) == 2)
+        wait_for(lambda: admin.zcard("fws:{g:room}:servers") == 2)
         alice.send("across servers")
         assert bob.recv() == "across servers"
         publisher = Publisher(url, key="fws")

@@ -33,7 +33,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync import client as ws_sync
 
 from fws.metrics import FLUSH_INTERVAL
-from fws.storage.redis import POLL
 from fws.supervisor import resolve_workers
 
 PID_FILTER = '''
@@ -123,9 +122,7 @@ def clients_per_worker(
     assert len(by_pid) == 2 and all(len(c) == wanted for c in by_pid.values()), (
         f"{limit} connections did not reach two workers {wanted} times each: {by_pid}"
     )
-    # As across servers: a worker's first client subscribes it to broadcasts
-    # within the storage's POLL.
-    time.sleep(3 * POLL)
+    # Every worker follows broadcasts from its start: no wait for a first client.
     return by_pid
 
 
@@ -291,7 +288,6 @@ def test_a_killed_worker_comes_back_and_the_others_clients_keep_chatting(redis, 
                 break
             candidate.close()
         assert newcomer is not None, "no client reached the restarted worker"
-        time.sleep(3 * POLL)  # its worker's first client: subscribed within POLL
         chat(newcomer, left, "hello from the new worker")
         chat(right, newcomer, "welcome")
         for client in (left, right, newcomer):

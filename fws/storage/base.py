@@ -80,7 +80,7 @@ class Storage(ABC):
 
     @abstractmethod
     def send_to_group(self, key: str, data: str | bytes, *, sender: str | None = None) -> None:
-        """Deliver ``data`` to the members of group ``key``, on every server, once each."""
+        """Deliver ``data`` to the members of group ``key`` on every server, at most once each."""
 
     def send_to_client(self, connection_id: str, data: str | bytes) -> bool:
         """Deliver ``data`` to one client, on whichever server it is connected.

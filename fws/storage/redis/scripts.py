@@ -1,0 +1,57 @@
+"""The Lua scripts (``lua/*.lua``, package data) with their KEYS/ARGV conventions.
+
+Each script touches the keys of ONE hash tag (see :mod:`.keys`), so on a
+Redis Cluster it runs on the shard that owns that slot. Scripts read the
+time with ``redis.call('TIME')``: liveness is judged by Redis's clock, never
+by the clocks of the fws machines, which may disagree.
+
+redis-py loads a script on first use (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
+The servers and :class:`~fws.storage.redis.Publisher` call the same scripts.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from .keys import KeyLayout
+
+__all__ = ["Scripts", "lua_source", "text"]
+
+
+@cache
+def lua_source(name: str) -> str:
+    """The text of ``lua/NAME.lua``; read through importlib.resources, so zips work."""
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (redis-py answers bytes unless told otherwise)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class Scripts:
+    """The scripts registered on one client (``redis.Redis`` or ``RedisCluster``)."""
+
+    def __init__(self, client: Any, keys: KeyLayout) -> None:
+        self._keys = keys
+        self._group_members = client.register_script(lua_source("group_members"))
+        self._remove_everywhere = client.register_script(lua_source("remove_everywhere"))
+        self._live_servers = client.register_script(lua_source("live_servers"))
+
+    def group_members(self, group: str) -> set[str]:
+        """The connection ids in ``group`` over all live servers."""
+        keys = [self._keys.group_servers(group)]
+        members = self._group_members(keys=keys, args=[self._keys.members_prefix(group)])
+        return {text(member) for member in members}
+
+    def remove_everywhere(self, group: str, member: str) -> int:
+        """Remove ``member`` from ``group`` on every server; how many sets held it."""
+        keys = [self._keys.group_servers(group)]
+        args = [self._keys.members_prefix(group), member]
+        return int(self._remove_everywhere(keys=keys, args=args))
+
+    def live_servers(self) -> list[str]:
+        """Ids of the servers whose heartbeat is current, by Redis's clock."""
+        return [text(sid) for sid in self._live_servers(keys=[self._keys.servers])]

@@ -1,0 +1,255 @@
+"""The pub/sub side: one session, its subscriptions, the heartbeat, reconnection.
+
+:class:`Listener` owns every byte of the link's pub/sub session: other
+threads only say which group channels they want (:meth:`Listener.want`) and
+the listener subscribes between reads, at most ``POLL`` later. A join waits
+on the returned event until Redis has confirmed the subscription, so a
+member whose join returned receives every group message published after
+that. The broadcast channel and this server's inbox are subscribed from the
+start and never left: a client whose upgrade completed receives every
+broadcast published after that, even the first client of an empty server.
+
+When the session fails, the listener logs (through :class:`Health`), waits
+with redis-py's ``EqualJitterBackoff`` (0.1 s doubling to 2 s, times 0.5 to 1),
+opens a new session, resubscribes everything and asks for a snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import RedisError
+
+from .health import BACKOFF_CAP, BACKOFF_FIRST, Health
+from .link import COMMAND_TIMEOUT, Link, Subscriber
+from .scripts import text
+
+__all__ = ["POLL", "Listener"]
+
+log = logging.getLogger("fws.storage.redis")
+
+POLL = 0.02
+"""How often the listener looks up from pub/sub: new group channels, heartbeat, stop.
+
+A join of a group new to this server waits for the subscription: about half of
+this, plus a round trip. Short, because only the listener may touch the session."""
+
+_CONFIRMATIONS = frozenset({"subscribe", "ssubscribe", "unsubscribe", "sunsubscribe"})
+_MESSAGES = frozenset({"message", "smessage"})
+
+
+class Listener:
+    """Reads pub/sub for one storage until ``closing`` is set.
+
+    ``fixed`` channels (broadcast, inbox) and ``raw`` ones are subscribed on
+    every session; group channels follow :meth:`want`/:meth:`unwant`.
+    ``on_message(channel, data, raw)`` gets each message; ``on_connected`` runs
+    once a session has every subscription confirmed (the storage queues a
+    snapshot); ``on_beat`` every ``interval`` seconds; ``on_dirty`` when the
+    state needs a snapshot and none is under way.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        health: Health,
+        *,
+        fixed: tuple[str, ...],
+        raw: tuple[str, ...],
+        interval: float,
+        on_message: Callable[[str, Any, bool], None],
+        on_connected: Callable[[], None],
+        on_beat: Callable[[], None],
+        on_dirty: Callable[[], None],
+    ) -> None:
+        self.link = link
+        self.health = health
+        self.fixed = fixed
+        self.raw = raw
+        self.interval = interval
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._on_beat = on_beat
+        self._on_dirty = on_dirty
+        self.closing = threading.Event()
+        self._session: Subscriber | None = None
+        self._backoff = EqualJitterBackoff(cap=BACKOFF_CAP, base=BACKOFF_FIRST)
+        self._failures = 0
+        self._retry_at = 0.0
+        # Group channels: what the storage wants, and what this session has.
+        self._lock = threading.Lock()
+        self._wanted: set[str] = set()
+        self._changed = False
+        self._sent: dict[str, bool] = {}  # last command sent: True = subscribe
+        self._inflight: dict[str, int] = {}  # commands sent, not yet confirmed
+        self._confirmed: set[str] = set()
+        self._waiters: dict[str, threading.Event] = {}
+
+    # -- asked by other threads ------------------------------------------------------
+
+    def want(self, channel: str) -> threading.Event | None:
+        """Follow ``channel``; an event set once Redis confirms (None: already confirmed)."""
+        with self._lock:
+            if channel not in self._wanted:
+                self._wanted.add(channel)
+                self._changed = True
+            if channel in self._confirmed:
+                return None
+            return self._waiters.setdefault(channel, threading.Event())
+
+    def unwant(self, channel: str) -> None:
+        with self._lock:
+            if channel in self._wanted:
+                self._wanted.discard(channel)
+                self._changed = True
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Read, heartbeat and reconnect until ``closing`` is set."""
+        try:
+            while not self.closing.is_set():
+                try:
+                    if self._session is None:
+                        self.connect()
+                    self._read_loop()
+                except (RedisError, OSError) as exc:
+                    self.drop()
+                    if self.closing.is_set():
+                        break
+                    self.health.failed(exc)
+                    self._pause()
+                except Exception:
+                    if self.closing.is_set():
+                        break  # close() disconnected the pools under a command
+                    # Our bug, not Redis's: say so loudly, but keep the link.
+                    log.exception("redis listener failed; reconnecting")
+                    self.drop()
+                    self._pause()
+        finally:
+            self.drop()
+
+    def _pause(self) -> None:
+        self.closing.wait(self._backoff.compute(self._failures))
+        self._failures += 1
+
+    def connect(self) -> None:
+        """Open a session, subscribe everything, and wait until Redis confirms it all."""
+        session = self.link.subscriber()
+        self._session = session
+        with self._lock:
+            self._changed = True
+        session.subscribe(*self.fixed)
+        if self.raw:
+            session.subscribe_raw(*self.raw)
+        pending = set(self.fixed) | set(self.raw)
+        self._reconcile(session)
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while pending or any(self._inflight.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise redis.TimeoutError("Redis did not confirm the subscriptions")
+            message = session.get_message(timeout=min(remaining, POLL))
+            if message is None:
+                continue
+            if message["type"] in _CONFIRMATIONS:
+                channel = text(message["channel"])
+                if channel in pending:
+                    pending.discard(channel)
+                    continue
+            self._handle(message)
+        self._failures = 0
+        self.health.set_subscribed(True)
+        self._on_connected()
+
+    def _read_loop(self) -> None:
+        session = self._session
+        assert session is not None
+        interval = self.interval
+        last_seen = time.monotonic()
+        next_beat = last_seen + interval
+        while not self.closing.is_set():
+            if self._changed:
+                self._reconcile(session)
+            message = session.get_message(timeout=min(POLL, interval))
+            now = time.monotonic()
+            if message is not None:
+                last_seen = now
+                self._handle(message)
+            if now >= next_beat:
+                if now - last_seen > 2 * interval + COMMAND_TIMEOUT:
+                    raise redis.ConnectionError(
+                        "Redis stopped answering on the pub/sub connection"
+                    )
+                next_beat = now + interval
+                session.ping()  # answered by a "pong" message, which counts as seen
+                self._on_beat()
+            elif self.health.dirty and now >= self._retry_at:
+                self._retry_at = now + self._backoff.compute(self._failures)
+                self._on_dirty()
+
+    def _reconcile(self, session: Subscriber) -> None:
+        """Send the (un)subscriptions that make the session follow ``_wanted``."""
+        with self._lock:
+            self._changed = False
+            following = {channel for channel, on in self._sent.items() if on}
+            add = sorted(self._wanted - following)
+            remove = sorted(following - self._wanted)
+            for channel in add:
+                self._sent[channel] = True
+                self._inflight[channel] = self._inflight.get(channel, 0) + 1
+            for channel in remove:
+                self._sent[channel] = False
+                self._inflight[channel] = self._inflight.get(channel, 0) + 1
+                self._confirmed.discard(channel)  # no longer sure to receive it
+        if add:
+            session.subscribe(*add)
+        if remove:
+            session.unsubscribe(*remove)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind in _MESSAGES:
+            channel = text(message["channel"])
+            self._on_message(channel, message["data"], channel in self.raw)
+        elif kind in _CONFIRMATIONS:
+            self._confirm(text(message["channel"]))
+
+    def _confirm(self, channel: str) -> None:
+        """Redis answered one (un)subscribe of ``channel``; in order, as it does."""
+        with self._lock:
+            left = self._inflight.get(channel, 0) - 1
+            if left > 0:
+                self._inflight[channel] = left
+                return
+            self._inflight.pop(channel, None)
+            if self._sent.get(channel):
+                self._confirmed.add(channel)
+                waiter = self._waiters.pop(channel, None)
+                if waiter is not None:
+                    waiter.set()
+            else:
+                self._sent.pop(channel, None)
+
+    def drop(self) -> None:
+        """Forget the session (closing it); waiting joins are released."""
+        self.health.set_subscribed(False)
+        session, self._session = self._session, None
+        with self._lock:
+            self._sent.clear()
+            self._inflight.clear()
+            self._confirmed.clear()
+            waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.set()  # an outage: joins do not wait for it
+        if session is not None:
+            try:
+                session.close()
+            except (RedisError, OSError) as exc:
+                log.debug("closing the pub/sub connection: %s", exc)
