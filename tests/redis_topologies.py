@@ -198,6 +198,7 @@ class RedisClusterProcesses:
             ]  # fmt: skip
             self.nodes.append(RedisProcess(self.binary, node_dir, port, args))
         self.startup_seconds = 0.0
+        self._killed_slots: dict[str, int | None] = {}
 
     # -- addresses -------------------------------------------------------------
 
@@ -309,7 +310,12 @@ class RedisClusterProcesses:
         _poll(self._healthy, timeout, "cluster state ok on every node", interval=0.05)
 
     def kill(self, node: RedisProcess) -> float:
-        """SIGKILL ``node``; returns ``time.monotonic()`` of the kill."""
+        """SIGKILL ``node``; returns ``time.monotonic()`` of the kill.
+
+        The first slot it served (if a primary) is noted for ``wait_for_failover``.
+        """
+        mine = [first for first, owner in self.slots().items() if owner is node]
+        self._killed_slots[node.name] = mine[0] if mine else None
         node.kill()
         return time.monotonic()
 
@@ -318,9 +324,12 @@ class RedisClusterProcesses:
     ) -> tuple[RedisProcess, float]:
         """Once every live node routes ``killed``'s slots to a replica: (new primary, when).
 
-        ``when`` is the ``time.monotonic()`` at which the last live node agreed.
+        ``when`` is the ``time.monotonic()`` at which this poll (every 20 ms)
+        first saw all live nodes agree; ``LookupError`` if ``killed`` was no primary.
         """
-        slot = next(first for first, owner in self._slots_of(killed))
+        slot = self._killed_slots.get(killed.name)
+        if slot is None:
+            raise LookupError(f"{killed.name} served no slots when it was killed")
 
         def promoted() -> RedisProcess | None:
             owners = {
@@ -328,25 +337,13 @@ class RedisClusterProcesses:
             }
             if len(owners) == 1 and killed.name not in owners:
                 owner = self.node(owners.pop())
-                info = owner.client().cluster("INFO")
-                return owner if info.get("cluster_state") == "ok" else None
+                with owner.client() as client:
+                    ok = client.cluster("INFO").get("cluster_state") == "ok"
+                return owner if ok else None
             return None
 
         owner = _poll(promoted, timeout, f"failover of {killed.name}")
         return owner, time.monotonic()
-
-    def _slots_of(self, node: RedisProcess) -> list[tuple[int, RedisProcess]]:
-        """The slot ranges (first slot) that ``node`` served as the live nodes last agreed."""
-        # The killed node's ranges as another node saw them before the failover.
-        for other in self.nodes:
-            if other.alive:
-                with other.client() as client:
-                    table = client.execute_command("CLUSTER", "SLOTS")
-                rows = [(int(row[0]), self._process_of(row[2])) for row in table]
-                mine = [row for row in rows if row[1] is node]
-                if mine:
-                    return mine
-        raise LookupError(f"{node.name} serves no slots")
 
     def restart(self, node: RedisProcess, timeout: float = 30) -> None:
         """Start a killed node again (same port, its nodes.conf): it rejoins as a replica."""
