@@ -101,12 +101,18 @@ class Publisher(threading.Thread):
 
 
 def resubscribe_until_delivered(
-    subscriber: Subscriber, channels: list[str], raw: list[str], deadline: float, wanted: str
+    subscriber: Subscriber,
+    channels: list[str],
+    raw: list[str],
+    deadline: float,
+    wanted: str,
+    since: float,
 ) -> tuple[float, int]:
     """Drive a subscriber as the storage will: on a loss, subscribe again (with a short pause).
 
-    Returns (monotonic time of the first message on ``wanted`` after the
-    call, how many losses were raised).
+    Returns (monotonic time of the first message on ``wanted`` that the
+    ``Publisher`` sent after ``since``, how many losses were raised).
+    Messages sent earlier may still sit in the socket buffer: they prove nothing.
     """
     losses = 0
     while time.monotonic() < deadline:
@@ -124,7 +130,8 @@ def resubscribe_until_delivered(
                     time.sleep(0.05)
             continue
         if message and text(message["type"]) in ("message", "smessage"):
-            if text(message["channel"]) == wanted:
+            sent_at = float(text(message["data"]).split()[1])
+            if text(message["channel"]) == wanted and sent_at > since:
                 return time.monotonic(), losses
     raise AssertionError(f"no message on {wanted} before the deadline ({losses} losses)")
 
@@ -249,7 +256,7 @@ def test_cluster_primary_sigkill_subscriber_resumes_on_promoted_replica(
             assert collect(subscriber, time.monotonic() + 3, wanted=6)
             killed_at = redis_cluster.kill(victim)
             first, losses = resubscribe_until_delivered(
-                subscriber, channels, [], time.monotonic() + 30, victim_channel
+                subscriber, channels, [], time.monotonic() + 30, victim_channel, killed_at
             )
             _, promoted_at = redis_cluster.wait_for_failover(victim)
             # After that, every channel delivers again.
@@ -291,7 +298,7 @@ def test_cluster_raw_subscription_survives_its_node_dying(
         with Publisher(send, ["global"]):
             killed_at = redis_cluster.kill(holder)
             first, losses = resubscribe_until_delivered(
-                subscriber, [], ["global"], time.monotonic() + 20, "global"
+                subscriber, [], ["global"], time.monotonic() + 20, "global", killed_at
             )
         print(f"\ncluster raw channel: kill -> first delivery {first - killed_at:.2f}s")
         assert losses >= 1
@@ -351,7 +358,12 @@ def test_sentinel_failover_commands_and_pubsub_resume_within_5s_of_promotion(
             )
             waiter.start()
             first, losses = resubscribe_until_delivered(
-                subscriber, ["fws:{broadcast}"], [], time.monotonic() + 30, "fws:{broadcast}"
+                subscriber,
+                ["fws:{broadcast}"],
+                [],
+                time.monotonic() + 30,
+                "fws:{broadcast}",
+                killed_at,
             )
             waiter.join(30)
         promoted_at = promotion["at"]
