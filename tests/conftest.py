@@ -4,6 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# Real Redis Cluster / Sentinel set-ups (module-scoped), for any test module.
+from redis_topologies import redis_cluster, redis_sentinel  # noqa: F401
+
 import fws
 
 
