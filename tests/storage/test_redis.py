@@ -33,7 +33,7 @@ from fws.storage.redis import (
     encode_envelope,
 )
 from fws.storage.redis.envelope import EnvelopeError
-from fws.storage.redis.link import open_link
+from fws.storage.redis.link import ClusterLink, SentinelLink, SingleLink, open_link
 
 
 class Recorder:
@@ -465,13 +465,27 @@ def test_publisher_works_without_loading_gevent(redis_server: RedisServer) -> No
 
 
 @pytest.mark.parametrize(
-    "url", ["redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "redis+sentinel://127.0.0.1:26379/m"]
+    ("url", "kind"),
+    [
+        ("redis://127.0.0.1:7000/0", SingleLink),
+        ("unix:///tmp/redis.sock", SingleLink),
+        ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", ClusterLink),
+        ("rediss+cluster://127.0.0.1:7000", ClusterLink),
+        ("redis+sentinel://127.0.0.1:26379/m", SentinelLink),
+        ("rediss+sentinel://127.0.0.1:26379,127.0.0.1:26380/m/2", SentinelLink),
+    ],
 )
-def test_cluster_and_sentinel_urls_are_not_supported_yet(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="not yet supported"):
-        open_link(url, "test")
-    with pytest.raises(ConfigurationError, match="not yet supported"):
-        Publisher(url)
+def test_open_link_chooses_the_strategy_by_scheme(url: str, kind: type) -> None:
+    link = open_link(url, "test")  # nothing connects before the first command
+    try:
+        assert isinstance(link, kind)
+    finally:
+        link.close()
+
+
+def test_unknown_schemes_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="redis\\+sentinel://"):
+        open_link("http://nowhere/0", "test")
 
 
 def test_lua_scripts_are_package_data() -> None:

@@ -26,9 +26,9 @@ import redis
 from redis_topologies import RedisClusterProcesses, RedisSentinelProcesses
 
 from fws.errors import ConfigurationError
-from fws.storage.redis_cluster_link import ClusterLink
-from fws.storage.redis_link_urls import parse_cluster_url, parse_sentinel_url
-from fws.storage.redis_sentinel_link import SentinelLink
+from fws.storage.redis.cluster_link import ClusterLink
+from fws.storage.redis.sentinel_link import SentinelLink
+from fws.storage.redis.urls import parse_cluster_url, parse_sentinel_url
 
 Subscriber = Any
 
@@ -399,8 +399,8 @@ from gevent import monkey
 monkey.patch_all()
 import sys, time
 import gevent
-from fws.storage.redis_cluster_link import ClusterLink
-from fws.storage.redis_sentinel_link import SentinelLink
+from fws.storage.redis.cluster_link import ClusterLink
+from fws.storage.redis.sentinel_link import SentinelLink
 
 def run(link, channels, kind):
     subscriber = link.subscriber()

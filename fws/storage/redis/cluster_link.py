@@ -38,11 +38,14 @@ the outage: at most once, but never silently less.
 
 No gevent here: the storage's greenlets call these blocking methods in a
 monkey-patched process; the Publisher uses them in a plain one.
+
+The subscriber reads redis-py internals (``ClusterPubSub.node_pubsub_mapping``,
+``get_sharded_message(target_node=...)``, ``Connection._sock``): hence
+``redis>=8.1`` in setup.cfg, the version this was written and measured against.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import select
 import threading
@@ -56,11 +59,9 @@ from redis.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from .redis_link_urls import ClusterSettings, connection_kwargs, parse_cluster_url
+from .urls import POOL_SIZE, POOL_WAIT, ClusterSettings, connection_kwargs, parse_cluster_url
 
 __all__ = ["CLUSTER_RETRIES", "ClusterLink", "ClusterSubscriber", "parse_cluster_url"]
-
-log = logging.getLogger("fws.storage.redis")
 
 CLUSTER_RETRIES = 1
 """Immediate re-tries of a cluster command after a ConnectionError/TimeoutError.
@@ -84,6 +85,18 @@ def _cluster_error(settings: ClusterSettings, exc: Exception) -> redis.Connectio
     return error
 
 
+class _WaitingPool(redis.BlockingConnectionPool):
+    """A node's pool: a command waits ``POOL_WAIT`` s for a free connection, as on one node.
+
+    (RedisCluster hands its keyword arguments to ``redis.Redis`` too, which
+    knows no ``timeout``, so the wait is set here.)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", POOL_WAIT)
+        super().__init__(**kwargs)
+
+
 class ClusterLink:
     """Commands, SPUBLISH and subscribers on one Redis Cluster.
 
@@ -94,10 +107,11 @@ class ClusterLink:
 
     sharded = True
 
-    def __init__(self, url: str, name: str = "fws") -> None:
+    def __init__(self, url: str, name: str = "fws", *, pool_size: int = POOL_SIZE) -> None:
         self.settings = parse_cluster_url(url)
         self.url = self.settings.url
         self.name = name
+        self.pool_size = pool_size
         self._lock = threading.Lock()
         self._client: RedisCluster | None = None
         self._closed = False
@@ -110,6 +124,10 @@ class ClusterLink:
             return RedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in self.settings.nodes],
                 retry=Retry(NoBackoff(), CLUSTER_RETRIES),
+                # As on one node: at most pool_size connections per node, and a
+                # command waits for a free one instead of failing at once.
+                connection_pool_class=_WaitingPool,
+                max_connections=self.pool_size,
                 # Keep the seeds the user gave: they are the way back in after
                 # the nodes redis-py discovered have all changed.
                 dynamic_startup_nodes=False,
