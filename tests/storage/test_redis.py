@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from helpers import LOOPBACK, free_port, wait_for
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
@@ -486,6 +487,29 @@ def test_open_link_chooses_the_strategy_by_scheme(url: str, kind: type) -> None:
 def test_unknown_schemes_are_configuration_errors() -> None:
     with pytest.raises(ConfigurationError, match="redis\\+sentinel://"):
         open_link("http://nowhere/0", "test")
+
+
+def test_single_node_subscriber_raises_once_then_holds_no_subscriptions(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """The loss semantics every link shares: no silent resubscription by redis-py."""
+    link = open_link(redis_server.url, "fws-loss-test")
+    subscriber = link.subscriber()
+    try:
+        subscriber.subscribe("fws:{broadcast}")
+        wait_for(lambda: subscriber.get_message(0.1) is not None, 5, "no confirmation")
+        redis_server.client().client_kill_filter(_type="pubsub")
+        with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+            for _ in range(50):
+                subscriber.get_message(0.1)
+        redis_server.client().publish("fws:{broadcast}", "after the loss")
+        assert subscriber.get_message(0.3) is None
+        assert redis_server.client().pubsub_numsub("fws:{broadcast}") == [
+            (b"fws:{broadcast}", 0)
+        ]
+    finally:
+        subscriber.close()
+        link.close()
 
 
 def test_lua_scripts_are_package_data() -> None:
