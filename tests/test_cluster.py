@@ -228,7 +228,12 @@ def check_token_groups_exactly_once(redis: RedisSetUp, names: Sequence[str]) -> 
 def test_publish_messages_and_broadcast_pubsub_make_a_cluster_chat(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
-    with cluster(redis_server, 2, "-f", "publish_messages", "broadcast_pubsub") as servers:
+    check_publish_messages_chat(redis_server)
+
+
+def check_publish_messages_chat(redis: RedisSetUp) -> None:
+    """publish_messages + broadcast_pubsub: a chat through the raw channel ``global``."""
+    with cluster(redis, 2, "-f", "publish_messages", "broadcast_pubsub") as servers:
         clients = [connect(server.url) for server in servers for _ in range(2)]
         time.sleep(0.2)
         clients[0].send("chat line")

@@ -25,6 +25,7 @@ from test_cluster import (
     ServerProcess,
     check_backend_targets_one_group_or_one_client,
     check_broadcast_exactly_once,
+    check_publish_messages_chat,
     check_raw_publish_reaches_clients,
     check_sigkilled_server_members_are_purged,
     check_token_groups_exactly_once,
@@ -99,6 +100,10 @@ def test_seed_broadcast_pubsub_and_redis_cli_publish_on_any_node(
             publisher.close()
             for server in (one, two):  # cleanly: a later test counts the live servers
                 server.stop()
+
+
+def test_publish_messages_and_broadcast_pubsub_chat(redis_cluster: RedisClusterProcesses) -> None:
+    check_publish_messages_chat(redis_cluster)
 
 
 def test_sigkilled_server_is_purged_from_the_cluster(
