@@ -16,6 +16,7 @@ kernel allows on loopback. One place to read what exactly is compared.
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import shutil
 import sys
@@ -147,13 +148,21 @@ def all_targets() -> list[Target]:
             _missing_module("websockets") or _missing_module("uvloop"),
         ),
         Target("picows", _script("picows_server.py"), _missing_module("picows", "uvloop")),
-        Target("socketify", _script("socketify_server.py"), _missing_module("socketify")),
+        Target("socketify", _script("socketify_server.py"), _missing_socketify()),
         Target("bun", _bun, None if _bun_binary() else "npm ci in bench/ (x86-64 Linux)"),
         Target("node ws", _node, None if shutil.which("node") else "install Node.js"),
         Target("floor", _floor(), _missing_gcc(), scenarios=FLOOR_SCENARIOS),
         Target("floor-batched", _floor("batch"), _missing_gcc(), scenarios=FLOOR_SCENARIOS),
         Target("floor-python", _script("floor_python.py"), scenarios=FLOOR_SCENARIOS),
     ]
+
+
+def _missing_socketify() -> str | None:
+    """socketify's bundled libsocketify links to the system's libuv.so.1 (Debian's libuv1,
+    which Debian's nodejs pulls in): without it, importing socketify fails."""
+    if ctypes.util.find_library("uv") is None:
+        return "apt-get install libuv1 (socketify's native library links to libuv.so.1)"
+    return _missing_module("socketify")
 
 
 def _missing_gcc() -> str | None:
