@@ -82,7 +82,7 @@ class ConnectionTable:
         self.to_flush: list[Connection] = []
         """Connections with frames queued for the flusher's next turn (``fws.connection``)."""
         self.flusher: Any = None
-        """The flusher greenlet while it is due or running."""
+        """The flusher's hub callback while it is due or running; None otherwise."""
         self.read_buffer = bytearray(READ_SIZE)
         """Every reader's recv_into target; a chunk is parsed before its reader yields."""
         self.storage = storage

@@ -54,3 +54,63 @@ def test_a_connection_runs_its_events_with_only_a_table_and_settings():
     assert seen == [fws.CloseInfo(1000, "done")]
     assert table.users == {}
     theirs.close()
+
+
+def test_a_flush_that_raises_leaves_the_other_connections_their_turn():
+    from fws.connection import _flush_connections
+
+    class Due:
+        def __init__(self, name: str, flushed: list[str], fail: bool = False) -> None:
+            self.name, self.flushed, self.fail = name, flushed, fail
+
+        def _flush(self) -> None:
+            if self.fail:
+                raise RuntimeError("a bug in one connection's flush")
+            self.flushed.append(self.name)
+
+    class Table:
+        to_flush: list[Due]
+        flusher: object = None
+
+    flushed: list[str] = []
+    table = Table()
+    table.to_flush = [Due("a", flushed), Due("b", flushed, fail=True), Due("c", flushed)]
+    try:
+        _flush_connections(table)  # type: ignore[arg-type]
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the bug was swallowed")
+    assert flushed == ["a"]
+    assert table.flusher is not None  # scheduled again for "c"
+    gevent.sleep(0)  # the hub runs the callback
+    assert flushed == ["a", "c"]
+    assert table.flusher is None and not table.to_flush
+
+
+def test_a_broadcast_reaches_every_socket_pair_connection_whole_and_in_order():
+    server = fws.Server(host="127.0.0.1", port=0, registry=fws.Registry(), ping_interval=None)
+    server.start()
+    try:
+        pairs = []
+        for _ in range(50):
+            ours, theirs = gevent.socket.socketpair()
+            connection = fws.Connection(
+                fws.Request("/"), server.connection_settings, server.table, server
+            )
+            connection.open(ours)
+            theirs.settimeout(5)
+            pairs.append(theirs)
+        gevent.sleep(0.05)
+        for number in range(200):
+            server.broadcast(f"{number:04d}")
+            if number % 7 == 0:
+                gevent.sleep(0)  # some rounds flushed one by one, some in batches
+        expected = b"".join(b"\x81\x04" + f"{number:04d}".encode() for number in range(200))
+        for theirs in pairs:
+            received = b""
+            while len(received) < len(expected):
+                received += theirs.recv(65536)
+            assert received == expected
+    finally:
+        server.stop(timeout=1)
