@@ -298,7 +298,8 @@ class Connection:
         Returns at once; returns False when the connection is not open (the
         message is dropped: a client that is leaving cannot receive it).
         """
-        return self.send_frame(encode_message(data, self.deflate))
+        frame = encode_message(data, self.deflate)
+        return self.send_message_frame(frame, frame[0])
 
     def sendMessage(self, data: str | bytes | bytearray) -> bool:
         """The seed's send: a *text* frame, as the original only sent text.
@@ -406,6 +407,32 @@ class Connection:
         ``message=False``: a control frame (a pong), not a message for the
         end-of-connection line.
         """
+        if message:
+            return self.send_message_frame(frame, frame[0])
+        if not self._has_room(frame):
+            return False
+        self._queue_counted(frame)
+        return True
+
+    def send_message_frame(self, frame: bytes, first: int) -> bool:
+        """Queue an encoded message frame whose first byte is ``first``: the hot path.
+
+        ``Server.broadcast`` reads ``first`` once for every recipient, so that
+        counting messages for metrics costs a delivery one comparison.
+        """
+        if self.state is not State.OPEN:
+            return False
+        limit = self.settings.max_outbound_bytes
+        if limit is not None and self._outbox_bytes and self._outbox_bytes + len(frame) > limit:
+            return self._has_room(frame)  # no: closes the connection as too slow
+        if self._sent_counts is not None and first != self._run_first:
+            self._new_sent_run(first)
+        self._queue(frame)
+        self.messages_out += 1
+        return True
+
+    def _has_room(self, frame: bytes) -> bool:
+        """Whether ``frame`` may be queued; a client too slow for it is closed."""
         if self.state is not State.OPEN:
             return False
         limit = self.settings.max_outbound_bytes
@@ -418,13 +445,6 @@ class Connection:
             self.table.stats.disconnects["slow_client"] += 1
             self._start_close(1008, "client too slow: outbound queue full")
             return False
-        if not message:
-            self._queue_counted(frame)
-            return True
-        if self._sent_counts is not None and frame[0] != self._run_first:
-            self._new_sent_run(frame[0])
-        self._queue(frame)
-        self.messages_out += 1
         return True
 
     def flush_sent_counts(self) -> None:

@@ -42,7 +42,7 @@ from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .static import StaticFiles
-from .stats import FILTER_TIME_BUCKETS, FilterTimes
+from .stats import FILTER_TIME_BUCKETS, SAMPLE_INTERVAL, SAMPLED_EVENTS, FilterTimes
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .supervise import supervised
@@ -400,6 +400,12 @@ class Server:
         """WSGI app for plain ``GET /metrics`` on the main port; None: not served there."""
         self._metrics_wsgi: WSGIServer | None = None
         self._filter_times: dict[str, FilterTimes | None] = dict.fromkeys(EVENTS)
+        """Per event, where this run's time goes; None: not timed (metrics off, or a
+        per-message event between two samples, see ``fws.stats.SAMPLE_INTERVAL``)."""
+        self._timed: dict[str, FilterTimes] = {}
+        """The histograms of the events with filters, when metrics are on."""
+        self._rearm: dict[str, Any] = {}
+        """Per sampled event, the one-shot timer that has its next run timed."""
         """Per event with filters, where its run times go; None when metrics are off."""
 
         self._wsgi: WSGIServer | None = None
@@ -429,12 +435,16 @@ class Server:
                 self.pipelines[event] = Pipeline(*_as_filters(explicit))
         if self.metrics is not None:
             # Timing costs two clock reads a run: only where filters run, only if exported.
-            # Every event keeps a key (None: untimed), so that dispatch can index
-            # the dict without a KeyError for a pipeline set after start.
-            self._filter_times = {
-                event: self.table.stats.filter_time(event) if pipeline else None
-                for event, pipeline in self.pipelines.items()
+            # Every event keeps a key (None: this run untimed), so that dispatch can
+            # index the dict without a KeyError for a pipeline set after start.
+            stats = self.table.stats
+            self._timed = {
+                event: stats.filter_time(event) for event, pipeline in self.pipelines.items()
+                if pipeline
             }
+            self._filter_times.update(self._timed)
+            loop = gevent.get_hub().loop
+            self._rearm = {event: loop.timer(SAMPLE_INTERVAL) for event in SAMPLED_EVENTS}
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
             kwargs["ssl_context"] = self.ssl_context
@@ -650,6 +660,8 @@ class Server:
                 self.metrics.close()
             log.info("fws stopped")
         finally:
+            for timer in self._rearm.values():
+                timer.stop()
             self._stopped.set()
 
     def _drain_consumer(self, deadline: float) -> None:
@@ -694,12 +706,13 @@ class Server:
         else:
             recipients = [self.users.get(connection_id) for connection_id in to]
         sent = plain = 0
+        first = frame[0]
         for connection in recipients:
             if connection is None or connection.id == exclude:
                 continue
             deflate = connection.deflate
             if deflate is None:
-                plain += connection.send_frame(frame)
+                plain += connection.send_message_frame(frame, first)
             elif deflate.shared_key is None:  # context takeover: its own stream
                 sent += connection.send_frame(encode_message(data, deflate))
             else:
@@ -727,11 +740,8 @@ class Server:
         if not pipeline:
             return data
         times = self._filter_times[event]
-        if times is not None:  # metrics on: time one run in times.every
-            countdown = times.countdown
-            if not countdown:
-                return self._timed_run(times, pipeline, event, instance, data)
-            times.countdown = countdown - 1
+        if times is not None:  # metrics on, and this run is to be timed
+            return self._timed_run(times, pipeline, event, instance, data)
         try:
             return pipeline.run(instance, data)
         except FilterError as exc:
@@ -740,9 +750,10 @@ class Server:
     def _timed_run(
         self, times: FilterTimes, pipeline: Pipeline, event: str, instance: Any, data: Any
     ) -> Any:
-        """Run and time a pipeline; the run stands for itself and the untimed ones before it."""
-        weight, times.weight = times.weight, times.every
-        times.countdown = times.every - 1
+        """Run and time a pipeline; a per-message event's next run is timed after an interval."""
+        if times.sampled:
+            self._filter_times[event] = None
+            self._rearm[event].start(self._time_next_run, event)
         started = _perf_counter()
         try:
             return pipeline.run(instance, data)
@@ -750,8 +761,13 @@ class Server:
             return self._filter_failed(event, instance, exc)
         finally:
             elapsed = _perf_counter() - started
-            times.counts[_bisect_left(FILTER_TIME_BUCKETS, elapsed)] += weight
-            times.total += elapsed * weight
+            times.counts[_bisect_left(FILTER_TIME_BUCKETS, elapsed)] += 1
+            times.total += elapsed
+
+    def _time_next_run(self, event: str) -> None:
+        # In the hub, SAMPLE_INTERVAL after a timed run.
+        if event in self._timed and not self._stopped.is_set():
+            self._filter_times[event] = self._timed[event]
 
     def _filter_failed(self, event: str, instance: Any, exc: FilterError) -> Any:
         self.table.stats.filter_errors[event, exc.filter_name] += 1

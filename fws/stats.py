@@ -18,7 +18,13 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 
-__all__ = ["FILTER_TIME_BUCKETS", "SAMPLED_EVENTS", "FilterTimes", "ServerStats"]
+__all__ = [
+    "FILTER_TIME_BUCKETS",
+    "SAMPLED_EVENTS",
+    "SAMPLE_INTERVAL",
+    "FilterTimes",
+    "ServerStats",
+]
 
 FILTER_TIME_BUCKETS: tuple[float, ...] = (
     0.00001,
@@ -42,13 +48,19 @@ FILTER_TIME_BUCKETS: tuple[float, ...] = (
 """Upper bounds, in seconds, of the filter-time histogram (a filter run is µs to s)."""
 
 
-SAMPLED_EVENTS: dict[str, int] = {"data": 64, "message": 64, "consumer": 64}
-"""Events that run per message, and the 1-in-N of their runs that is timed.
+SAMPLED_EVENTS: frozenset[str] = frozenset({"data", "message", "consumer"})
+"""Events that run per message: their pipeline runs are sampled in time, not all timed."""
+
+SAMPLE_INTERVAL = 0.01
+"""After a timed run of a per-message event, seconds before its next run is timed.
 
 Two clock reads and a bucket search cost about 0.2 µs, several per cent of
-an echo; timing one run in 16 still cost 1.5 % of an echo in
-``bench/metrics_cost.py``, one in 64 costs a quarter of that, and a minute
-of traffic still gives thousands of samples. The other events (connect,
+an echo, and even counting runs to time one in 64 cost about 1 % of an
+echo (``bench/metrics_cost.py``). Sampled in time, an untimed run takes
+exactly the path it takes with metrics off: the server times the next run
+once the interval has passed (a one-shot timer arms it, so an idle server
+wakes for nothing). That is at most 100 timed runs a second per event:
+thousands a minute, plenty for a histogram. The other events (connect,
 open, disconnect) run once per connection: every run is timed.
 """
 
@@ -60,26 +72,20 @@ class FilterTimes:
     seconds and more than the bound before it; the last slot counts the rest
     (+Inf). Not cumulative, as prometheus_client keeps its buckets.
 
-    With ``every`` > 1 only one run in ``every`` is timed, and it stands for
-    itself and the untimed runs before it: counts and sum grow as if every run
-    had been timed, only in steps (the first run counts once, then each timed
-    run ``every`` times).
+    ``sampled``: only the runs the server chose to time are in it (see
+    ``SAMPLE_INTERVAL``), so its count is that of the timed runs, not of all.
     """
 
-    __slots__ = ("countdown", "counts", "every", "total", "weight")
+    __slots__ = ("counts", "sampled", "total")
 
-    def __init__(self, every: int = 1) -> None:
+    def __init__(self, sampled: bool = False) -> None:
         self.counts = [0] * (len(FILTER_TIME_BUCKETS) + 1)
         self.total = 0.0
-        self.every = every
-        self.countdown = 0
-        """Runs to let pass untimed before the next timed one (the server's dispatch counts)."""
-        self.weight = 1
-        """How many runs the next timed one stands for: 1 at first, then ``every``."""
+        self.sampled = sampled
 
-    def observe(self, seconds: float, weight: int = 1) -> None:
-        self.counts[bisect_left(FILTER_TIME_BUCKETS, seconds)] += weight
-        self.total += seconds * weight
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(FILTER_TIME_BUCKETS, seconds)] += 1
+        self.total += seconds
 
 
 class ServerStats:
@@ -146,5 +152,5 @@ class ServerStats:
         """The histogram of ``event``'s pipeline run times, made on first use."""
         times = self.filter_times.get(event)
         if times is None:
-            times = self.filter_times[event] = FilterTimes(SAMPLED_EVENTS.get(event, 1))
+            times = self.filter_times[event] = FilterTimes(event in SAMPLED_EVENTS)
         return times

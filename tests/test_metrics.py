@@ -39,7 +39,7 @@ from fws.frames import (
     Ping,
 )
 from fws.metrics import opcode_name
-from fws.stats import SAMPLED_EVENTS
+from fws.stats import SAMPLE_INTERVAL
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -167,14 +167,12 @@ def test_messages_bytes_handshakes_close_codes_and_filter_time_are_counted():
     )
     assert value(samples, "fws_close_codes_received_total", code="1000") == 1
     assert value(samples, "fws_close_codes_sent_total", code="1000") == 1  # the answer
-    every = SAMPLED_EVENTS["message"]  # one run in 16 is timed and stands for 16
-    runs = len(texts) + len(binaries)
-    timed_for = 1 + every * ((runs - 1) // every)  # the first counts once
-    assert value(samples, "fws_filter_duration_seconds_count", event="message") == timed_for
-    assert (
-        value(samples, "fws_filter_duration_seconds_bucket", event="message", le="+Inf")
-        == timed_for
-    )
+    # Per-message pipelines are sampled in time: the first run is timed, then
+    # at most one per SAMPLE_INTERVAL (these runs come back to back).
+    timed = value(samples, "fws_filter_duration_seconds_count", event="message")
+    assert 1 <= timed <= len(texts) + len(binaries)
+    every_timed = value(samples, "fws_filter_duration_seconds_bucket", event="message", le="+Inf")
+    assert every_timed == timed
     assert value(samples, "fws_filter_duration_seconds_sum", event="message") > 0
     assert value(samples, "fws_disconnects_total", reason="slow_client") == 0
     assert value(samples, "fws_filter_errors_total") == 0
@@ -183,7 +181,7 @@ def test_messages_bytes_handshakes_close_codes_and_filter_time_are_counted():
     assert value(samples, "process_resident_memory_bytes") > 0
 
 
-def test_histogram_is_cumulative_and_a_timed_run_stands_for_the_untimed_before_it():
+def test_histogram_is_cumulative_and_per_message_runs_are_sampled_in_time():
     def slow_on_nap(ws, data):
         if data == "nap":
             time.sleep(0.3)  # not patched: this blocks the server thread, as intended
@@ -191,23 +189,30 @@ def test_histogram_is_cumulative_and_a_timed_run_stands_for_the_untimed_before_i
     def connect_slowly(ws, request):
         time.sleep(0.3)
 
-    every = SAMPLED_EVENTS["message"]
-    messages = ["quick"] * every + ["nap"]  # runs 1 and 17 are timed; 17 stands for 2-17
+    # Back to back, only the first of the quick ones is timed; after a pause
+    # longer than SAMPLE_INTERVAL the next run (the nap) is timed too.
     with run_server(message=Pipeline(slow_on_nap) | Echo, connect=connect_slowly) as server:
         client = connect(server)
-        for message in messages:
-            client.send(message)
-            assert client.recv() == message
+        client.send("quick")
+        assert client.recv() == "quick"
+        for _ in range(50):
+            client.send("quick")
+        for _ in range(50):
+            assert client.recv() == "quick"
+        time.sleep(SAMPLE_INTERVAL * 5)
+        client.send("nap")
+        assert client.recv() == "nap"
         samples = scrape(server.address[1])
         client.close()
 
     def bucket(le: str, event: str = "message") -> float:
         return value(samples, "fws_filter_duration_seconds_bucket", event=event, le=le)
 
-    assert bucket("0.25") == 1  # the first run, quick
-    assert bucket("+Inf") == len(messages)
-    assert value(samples, "fws_filter_duration_seconds_count", event="message") == len(messages)
-    assert value(samples, "fws_filter_duration_seconds_sum", event="message") >= every * 0.3
+    timed = value(samples, "fws_filter_duration_seconds_count", event="message")
+    assert 2 <= timed < 51  # the first, some of the 50 back to back (not all), the nap
+    assert bucket("0.25") == timed - 1  # cumulative: every quick run, not the nap
+    assert bucket("+Inf") == timed
+    assert value(samples, "fws_filter_duration_seconds_sum", event="message") >= 0.3
     # Per-connection events are timed every time.
     assert bucket("0.25", "connect") == 0
     assert bucket("+Inf", "connect") == 1
