@@ -29,6 +29,7 @@ bench:
 	$(PYTHON) -m pip install -q -e '.[bench]'
 	cd bench && npm ci --no-audit --no-fund --silent
 	$(PYTHON) bench/run.py $(ARGS)
+	$(PYTHON) bench/metrics_cost.py
 
 ## autobahn: RFC 6455 conformance (Autobahn cases via kosoku) against fws_server -f echo
 autobahn:
