@@ -204,6 +204,7 @@ class RunResult:
     behind: float = 0.0
     redis_cpu: dict[int, float] = field(default_factory=dict)  # port -> CPU seconds
     machine_busy: float = 0.0  # CPU seconds anyone used on any core during the run
+    softirq: float = 0.0  # CPU seconds in softirqs (loopback packets), all cores
 
     @property
     def p99_ms(self) -> float:
@@ -251,6 +252,7 @@ class Clients:
         redis_before = {node.port: cpu_seconds(node.pid) for node in nodes}
         server_before = [cpu_seconds(pid) for pid in servers]
         busy_before = sum(cpu_busy_seconds().values())
+        softirq_before = pubsub_load.softirq_seconds()
         started = time.monotonic()
         for control in self.controls:
             control.put((self.step_number, rate, duration))
@@ -274,6 +276,7 @@ class Clients:
             behind=sum(r.behind for r in results),
             redis_cpu={n.port: cpu_seconds(n.pid) - redis_before[n.port] for n in nodes},
             machine_busy=sum(cpu_busy_seconds().values()) - busy_before,
+            softirq=pubsub_load.softirq_seconds() - softirq_before,
         )  # fmt: skip
 
     def close(self) -> None:
@@ -478,6 +481,7 @@ def _step_line(run: RunResult, nodes: Iterable[Node]) -> str:
         + f"  redis {_redis_cpu(run.redis_cpu, wall, nodes)}"
         + f"  busiest client {max(run.client_cpu) / wall:.0%}"
         + f"  machine {run.machine_busy / run.wall:.2f}/{os.cpu_count()} cores"
+        + f" + softirq {run.softirq / run.wall:.2f}"
     )
 
 
@@ -499,7 +503,7 @@ def direct_rows(args: argparse.Namespace, setup: Setup) -> list[str]:
     if not good:
         return [f"{setup.name}, Redis alone: no step under 50 ms"]
     best = good[-1]
-    wall = best.wall
+    wall = best.active
     primaries = [n for n in setup.nodes if n.role == "primary"]
     redis_core = sum(best.redis_cpu[n.port] for n in primaries) / wall
     ended = "the last step offered passed" if last is best else f"next step {last.rate:,.0f}/s: "
@@ -512,7 +516,7 @@ def direct_rows(args: argparse.Namespace, setup: Setup) -> list[str]:
         + ", ".join(f"{n.role} {n.port} {best.redis_cpu[n.port] / wall:.0%}" for n in setup.nodes)
         + f" (primaries together {redis_core:.2f} cores: "
         f"{best.sent / wall / max(redis_core, 1e-9):,.0f} group msg/s per primary CPU-second); "
-        f"machine {best.machine_busy / wall:.2f}/{os.cpu_count()} cores; {ended}"
+        f"machine {best.machine_busy / best.wall:.2f}/{os.cpu_count()} cores; {ended}"
     ]
 
 
