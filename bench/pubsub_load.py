@@ -12,8 +12,13 @@ Messages carry their step and send time; stand-ins count every delivery
 (``bytes.count``, C speed) and sample the delay of about one in ten.
 
 Raw sockets and pre-encoded RESP: a redis-py client would saturate first.
-The offered rate is open loop (publishers send what is due each millisecond,
-whatever Redis answers), raised step by step by :func:`saturate`.
+Like an fws server, a publisher has a pool of connections to each primary
+with one command in flight on each (``depth=1``): Redis reads, parses and
+answers each PUBLISH on its own, as it does for fws. (``depth`` > 1
+pipelines, an upper bound fws does not reach.) The offered rate is open
+loop: a message is due at its time whatever Redis answers, and its delay
+counts from then, so a publisher waiting for a free connection shows as
+delay. :func:`saturate` raises the rate step by step.
 """
 
 from __future__ import annotations
@@ -86,10 +91,22 @@ def _cpu() -> float:
 # -- publisher ------------------------------------------------------------------------
 
 
-def _publisher(setup: Setup, groups: int, seed: int, control: Any) -> None:
-    """Sends, per step, ``rate`` messages/s for ``duration`` s to random groups."""
+def _publisher(setup: Setup, groups: int, seed: int, pool: int, depth: int, control: Any) -> None:
+    """Sends, per step, ``rate`` messages/s for ``duration`` s to random groups.
+
+    ``pool`` connections to each primary, each with at most ``depth`` commands
+    awaiting their reply: ``depth=1`` is what an fws server does (one PUBLISH
+    per message from a pool of connections, waiting for the answer), a large
+    depth is a pipeline. A message that finds no free connection waits, and
+    its delay counts from when it was due.
+    """
     verb = b"SPUBLISH" if setup.sharded else b"PUBLISH"
-    sockets = {node.port: _connect(node.port) for node in setup.primaries}
+    connections = {
+        node.port: [_connect(node.port) for _ in range(pool)] for node in setup.primaries
+    }
+    outstanding = {sock: 0 for socks in connections.values() for sock in socks}
+    port_of = {sock: port for port, socks in connections.items() for sock in socks}
+    free = {port: list(socks) for port, socks in connections.items()}  # may take a command
     heads, tails, ports = [], [], []
     for index in range(groups):
         name = channel(index)
@@ -101,25 +118,28 @@ def _publisher(setup: Setup, groups: int, seed: int, control: Any) -> None:
         ports.append(setup.primary_for_slot(_slot(name)).port)
     chooser = random.Random(seed)
     order = [chooser.randrange(groups) for _ in range(1 << 16)]
-    for sock in sockets.values():
-        sock.setblocking(True)
-    replies = {port: 0 for port in sockets}
+    selector = selectors.DefaultSelector()
+    for sock in outstanding:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
     errors: list[bytes] = []
 
-    def drain(block: bool) -> None:
-        for port, sock in sockets.items():
-            while True:
-                try:
-                    chunk = sock.recv(1 << 20, 0 if block else socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
-                if not chunk:
-                    raise ConnectionError(f"Redis on {port} closed the publisher's connection")
-                replies[port] += chunk.count(b"\r\n")
-                if b"-" in chunk and not errors:
-                    errors.append(chunk[:200])
-                if block:
-                    break
+    def drain(timeout: float) -> None:
+        for key, _ in selector.select(timeout):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                chunk = sock.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise ConnectionError("Redis closed a publisher's connection")
+            before = outstanding[sock]
+            outstanding[sock] -= chunk.count(b"\r\n")
+            if before >= depth > outstanding[sock]:
+                free[port_of[sock]].append(sock)
+            if b"-" in chunk and not errors:
+                errors.append(chunk[:200])
 
     position = 0
     while True:
@@ -127,41 +147,48 @@ def _publisher(setup: Setup, groups: int, seed: int, control: Any) -> None:
         if message is None:
             break
         step, rate, duration = message
-        sent = {port: 0 for port in sockets}
-        for port in replies:
-            replies[port] = 0
         cpu_before, started = _cpu(), time.monotonic()
+        started_ns = time.monotonic_ns()
         done = 0
         prefix = b"S%03dT" % step
-        while True:
+        total = int(rate * duration)
+        while done < total:
             elapsed = time.monotonic() - started
-            if elapsed >= duration:
-                break
-            due = int(rate * elapsed) - done
-            if due > 0:
-                stamp = prefix + b"%019dE" % time.monotonic_ns()
-                batches: dict[int, list[bytes]] = {port: [] for port in sockets}
-                for _ in range(due):
-                    group = order[position]
-                    position = (position + 1) & 0xFFFF
-                    batches[ports[group]].append(heads[group] + stamp + tails[group])
-                for port, batch in batches.items():
-                    if batch:
-                        sockets[port].sendall(b"".join(batch))
-                        sent[port] += len(batch)
-                done += due
-            drain(block=False)
-            time.sleep(0.001)
-        behind = rate * duration - done
+            if elapsed >= duration + 1.0:
+                break  # a second late: give up the rest (counted as behind)
+            due = min(total, int(rate * elapsed)) - done
+            batches: dict[socket.socket, list[bytes]] = {}
+            for _ in range(max(due, 0)):
+                group = order[position]
+                candidates = free[ports[group]]
+                if not candidates:
+                    break  # every connection to that node waits for Redis
+                sock = candidates[-1]
+                outstanding[sock] += 1
+                if outstanding[sock] >= depth:
+                    candidates.pop()
+                stamp = b"%019dE" % (started_ns + int(done * 1e9 / rate))
+                batches.setdefault(sock, []).append(heads[group] + prefix + stamp + tails[group])
+                position = (position + 1) & 0xFFFF
+                done += 1
+            for sock, batch in batches.items():
+                data = b"".join(batch)
+                written = sock.send(data)
+                if written < len(data):  # a full socket buffer: wait for Redis to read
+                    sock.setblocking(True)
+                    sock.sendall(data[written:])
+                    sock.setblocking(False)
+            wait = (done + 1) / rate - (time.monotonic() - started)
+            drain(min(max(wait, 0.0), 0.001))
+        behind = total - done
         deadline = time.monotonic() + 10
-        while any(replies[p] < sent[p] for p in sockets) and time.monotonic() < deadline:
-            drain(block=False)
-            time.sleep(0.002)
+        while any(outstanding.values()) and time.monotonic() < deadline:
+            drain(0.01)
         control.send(
-            {"sent": done, "acked": sum(replies.values()), "behind": behind,
-             "cpu": _cpu() - cpu_before, "errors": [e.decode(errors="replace") for e in errors]}
+            {"sent": done, "behind": behind, "cpu": _cpu() - cpu_before,
+             "errors": [e.decode(errors="replace") for e in errors]}
         )  # fmt: skip
-    for sock in sockets.values():
+    for sock in outstanding:
         sock.close()
 
 
@@ -210,6 +237,7 @@ def _stand_ins(setup: Setup, hosted: list[list[str]], control: Any, ready: Any) 
     steps: dict[int, _Step] = {}
     carry: dict[socket.socket, bytes] = {sock: b"" for sock in connections}
     lost = ""
+    total = 0  # every delivery, tagged or not (the redis-benchmark load is not)
     cpu_start = _cpu()
     while True:
         for key, _ in selector.select(timeout=1.0):
@@ -220,8 +248,9 @@ def _stand_ins(setup: Setup, hosted: list[list[str]], control: Any, ready: Any) 
                     return
                 step = steps.pop(message, _Step())
                 control.send(
-                    {"count": step.count, "delays": step.delays_ns, "lost": lost, "cpu": _cpu()}
-                )
+                    {"count": step.count, "delays": step.delays_ns, "lost": lost, "cpu": _cpu(),
+                     "total": total}
+                )  # fmt: skip
                 continue
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
@@ -248,6 +277,7 @@ def _stand_ins(setup: Setup, hosted: list[list[str]], control: Any, ready: Any) 
                 position = match.end() + _SAMPLE_STRIDE
             for number, record in steps.items():
                 record.count += data.count(b"S%03dT" % number)
+            total += data.count(b"message\r\n")  # "message" or "smessage" pushes
 
 
 # -- the run --------------------------------------------------------------------------
@@ -280,6 +310,63 @@ def _quantile(values: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
 
 
+class _StandIns:
+    """The stand-in processes of one run: ``fanout`` of ``servers`` host each channel."""
+
+    def __init__(
+        self, setup: Setup, channels: list[str], servers: int, fanout: int, processes: int
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        hosted: list[list[str]] = [[] for _ in range(servers)]
+        for index, name in enumerate(channels):
+            for k in range(fanout):
+                hosted[(index + k) % servers].append(name)
+        self.processes: list[tuple[Any, Any]] = []
+        self.cpu_before = [0.0] * processes
+        self.total_before = [0] * processes
+        try:
+            for n in range(processes):
+                ours, theirs = context.Pipe()
+                ready_ours, ready_theirs = context.Pipe()
+                process = context.Process(
+                    target=_stand_ins, args=(setup, hosted[n::processes], theirs, ready_theirs)
+                )
+                process.start()
+                self.processes.append((process, ours))
+                if not ready_ours.poll(60):
+                    raise RuntimeError("stand-ins did not subscribe within 60 s")
+                ready_ours.recv()
+        except BaseException:
+            self.close()
+            raise
+
+    def report(self, step: int) -> tuple[int, list[int], str, list[float], int]:
+        """(tagged deliveries of ``step``, delay samples, loss, CPU each, all deliveries)."""
+        delivered, delays, lost, cpu, total = 0, [], "", [], 0
+        for number, (_process, pipe) in enumerate(self.processes):
+            pipe.send(step)
+            answer = pipe.recv()
+            delivered += answer["count"]
+            delays += answer["delays"]
+            lost = lost or answer["lost"]
+            cpu.append(answer["cpu"] - self.cpu_before[number])
+            self.cpu_before[number] = answer["cpu"]
+            total += answer["total"] - self.total_before[number]
+            self.total_before[number] = answer["total"]
+        return delivered, delays, lost, cpu, total
+
+    def close(self) -> None:
+        for process, pipe in self.processes:
+            if process.is_alive():
+                pipe.send(None)
+                if pipe.poll(5):
+                    pipe.recv()
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
 def saturate(
     setup: Setup,
     *,
@@ -291,6 +378,8 @@ def saturate(
     step_seconds: float,
     limit_ms: float = 50.0,
     stand_in_processes: int = 2,
+    pool: int = 16,
+    depth: int = 1,
     log: Any = print,
 ) -> list[StepResult]:
     """Raise the offered rate through ``rates`` until p99 > ``limit_ms`` or messages are lost.
@@ -302,29 +391,18 @@ def saturate(
     from procs import cpu_busy_seconds, cpu_seconds
 
     context = multiprocessing.get_context("spawn")
-    hosted: list[list[str]] = [[] for _ in range(servers)]
-    for index in range(groups):
-        for k in range(fanout):
-            hosted[(index + k) % servers].append(channel(index))
-    halves = [hosted[n::stand_in_processes] for n in range(stand_in_processes)]
-    subscribers, publishers_ = [], []
+    channels = [channel(index) for index in range(groups)]
+    stand_ins = _StandIns(setup, channels, servers, fanout, stand_in_processes)
+    publishers_ = []
     try:
-        for share in halves:
-            ours, theirs = context.Pipe()
-            ready_ours, ready_theirs = context.Pipe()
-            process = context.Process(target=_stand_ins, args=(setup, share, theirs, ready_theirs))
-            process.start()
-            subscribers.append((process, ours))
-            if not ready_ours.poll(60):
-                raise RuntimeError("stand-ins did not subscribe within 60 s")
-            ready_ours.recv()
         for number in range(publishers):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_publisher, args=(setup, groups, number, theirs))
+            process = context.Process(
+                target=_publisher, args=(setup, groups, number, pool, depth, theirs)
+            )
             process.start()
             publishers_.append((process, ours))
         results: list[StepResult] = []
-        stand_in_before = [0.0] * len(subscribers)
         for step, rate in enumerate(rates):
             redis_before = {node.port: cpu_seconds(node.pid) for node in setup.nodes}
             busy_before = sum(cpu_busy_seconds().values())
@@ -340,15 +418,7 @@ def saturate(
             machine = sum(cpu_busy_seconds().values()) - busy_before
             softirq = softirq_seconds() - softirq_before
             time.sleep(0.5)  # the last deliveries
-            delivered, delays, lost, stand_in_cpu = 0, [], "", []
-            for number, (_process, pipe) in enumerate(subscribers):
-                pipe.send(step)
-                answer = pipe.recv()
-                stand_in_cpu.append(answer["cpu"] - stand_in_before[number])
-                stand_in_before[number] = answer["cpu"]
-                delivered += answer["count"]
-                delays += answer["delays"]
-                lost = lost or answer["lost"]
+            delivered, delays, lost, stand_in_cpu, _total = stand_ins.report(step)
             sent = sum(r["sent"] for r in reports)
             result = StepResult(
                 rate=rate, sent=sent, expected=sent * fanout, delivered=delivered,
@@ -371,16 +441,178 @@ def saturate(
         for process, pipe in publishers_:
             if process.is_alive():
                 pipe.send(None)
-        for process, pipe in subscribers:
-            if process.is_alive():
-                pipe.send(None)
-                if pipe.poll(5):
-                    pipe.recv()
-        for process, _pipe in [*publishers_, *subscribers]:
             process.join(10)
             if process.is_alive():
                 process.kill()
                 process.join()
+        stand_ins.close()
+
+
+@dataclass
+class BenchmarkStep:
+    connections: int  # per primary: PUBLISH commands in flight at once, per shard
+    requests: int  # all shards
+    rps: float  # all shards
+    p50_ms: float  # PUBLISH round trip (deliveries leave Redis in the same event loop turn)
+    p99_ms: float
+    expected: int
+    delivered: int
+    wall: float
+    redis_cpu: dict[int, float]
+    benchmark_cpu: float  # every redis-benchmark process together
+    stand_in_cpu: list[float]
+    machine_busy: float
+    softirq: float
+
+
+def _shard_tags(setup: Setup) -> dict[int, str]:
+    """A hash tag per primary whose slot that primary serves (one for a single node)."""
+    if not setup.sharded:
+        return {setup.primaries[0].port: ""}
+    tags: dict[int, str] = {}
+    for n in range(10_000):
+        port = setup.primary_for_slot(_slot(f"fws:{{g:t{n}}}")).port
+        tags.setdefault(port, f"t{n}")
+        if len(tags) == len(setup.primaries):
+            return tags
+    raise RuntimeError("no hash tag found for every primary")
+
+
+def benchmark(
+    setup: Setup,
+    *,
+    groups: int,
+    servers: int,
+    fanout: int,
+    connections: list[int],
+    step_seconds: float,
+    stand_in_processes: int = 2,
+    limit_ms: float = 50.0,
+    log: Any = print,
+) -> list[BenchmarkStep]:
+    """Redis alone, loaded by ``redis-benchmark`` (C): unpipelined PUBLISH/SPUBLISH.
+
+    Each connection has one command in flight, as fws's pool connections do;
+    ``connections`` (per primary) is raised until p99 passes ``limit_ms`` or
+    the throughput stops growing (Redis saturated). Channels: ``groups``
+    names per primary (``fws:{g:room-NNN}``; on a cluster the hash tag is
+    chosen per primary, ``fws:{g:TAG}room-NNN``, as redis-benchmark cannot
+    route), each hosted by ``fanout`` stand-ins: the same work per message
+    for Redis as fws's group channels, with a real envelope as payload.
+    """
+    import shutil
+    import subprocess
+
+    from procs import cpu_busy_seconds, cpu_seconds
+
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        raise RuntimeError("needs redis-benchmark (apt-get install redis-tools)")
+    verb = "SPUBLISH" if setup.sharded else "PUBLISH"
+    tags = _shard_tags(setup)
+    patterns = {
+        port: (f"fws:{{g:{tag}}}room-__rand_int__" if tag else "fws:{g:room-__rand_int__}")
+        for port, tag in tags.items()
+    }
+    channels = [
+        pattern.replace("__rand_int__", f"{n:012d}")
+        for pattern in patterns.values()
+        for n in range(groups)
+    ]
+    head, tail = _envelope_parts("room-1")
+    payload = (head + b"S000T" + b"0" * 19 + b"E" + tail).decode()
+    stand_ins = _StandIns(setup, channels, servers, fanout, stand_in_processes)
+    results: list[BenchmarkStep] = []
+    try:
+        estimate = 20_000.0  # requests/s per primary, refined by each step
+        for step, count in enumerate(connections):
+            requests = max(5_000, int(estimate * 1.5 * step_seconds))
+            redis_before = {node.port: cpu_seconds(node.pid) for node in setup.nodes}
+            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            busy_before = sum(cpu_busy_seconds().values())
+            softirq_before = softirq_seconds()
+            started = time.monotonic()
+            runs = [
+                subprocess.Popen(
+                    [
+                        binary,
+                        "-h",
+                        LOOPBACK,
+                        "-p",
+                        str(port),
+                        "-c",
+                        str(count),
+                        "-n",
+                        str(requests),
+                        "-r",
+                        str(groups),
+                        "--csv",
+                        verb,
+                        pattern,
+                        payload,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )  # fmt: skip
+                for port, pattern in patterns.items()
+            ]
+            outputs = [run.communicate(timeout=120)[0] for run in runs]
+            wall = time.monotonic() - started
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            redis_cpu = {
+                node.port: cpu_seconds(node.pid) - redis_before[node.port] for node in setup.nodes
+            }
+            machine = sum(cpu_busy_seconds().values()) - busy_before
+            softirq = softirq_seconds() - softirq_before
+            time.sleep(0.5)
+            _tagged, _delays, lost, stand_in_cpu, delivered = stand_ins.report(step)
+            rows = []
+            for output in outputs:  # the last line: "test","rps",...,"max_latency_ms"
+                last = output.strip().splitlines()[-1] if output.strip() else ""
+                fields = [field.strip('"') for field in last.rsplit(",", 7)[1:]]
+                names = ["rps", "avg", "min", "p50_latency_ms", "p95", "p99_latency_ms", "max"]
+                try:
+                    rows.append(dict(zip(names, map(float, fields), strict=True)))
+                except ValueError:
+                    raise RuntimeError(f"redis-benchmark: {output[-500:]}") from None
+            rps = sum(float(row["rps"]) for row in rows)
+            result = BenchmarkStep(
+                connections=count, requests=requests * len(runs), rps=rps,
+                p50_ms=max(float(row["p50_latency_ms"]) for row in rows),
+                p99_ms=max(float(row["p99_latency_ms"]) for row in rows),
+                expected=requests * len(runs) * fanout, delivered=delivered, wall=wall,
+                redis_cpu=redis_cpu,
+                benchmark_cpu=(children.ru_utime + children.ru_stime)
+                - (children_before.ru_utime + children_before.ru_stime),
+                stand_in_cpu=stand_in_cpu, machine_busy=machine, softirq=softirq,
+            )  # fmt: skip
+            results.append(result)
+            log(describe_benchmark(setup, result) + (f"  LOST: {lost}" if lost else ""))
+            if lost or result.p99_ms > limit_ms or result.delivered < 0.999 * result.expected:
+                break
+            if len(results) > 2 and rps < 1.1 * min(r.rps for r in results[-3:-1]):
+                break  # twice and four times the load, (almost) no more throughput: saturated
+            estimate = max(estimate, rps / len(runs))
+        return results
+    finally:
+        stand_ins.close()
+
+
+def describe_benchmark(setup: Setup, result: BenchmarkStep) -> str:
+    wall = max(result.wall, 1e-9)
+    nodes = " ".join(
+        f"{node.role} {node.port} {result.redis_cpu[node.port] / wall:.0%}" for node in setup.nodes
+    )
+    subs = max(result.stand_in_cpu) / wall if result.stand_in_cpu else 0.0
+    return (
+        f"  {result.connections:>3} connection(s)/primary: {result.rps:>9,.0f} msg/s  "
+        f"delivered {result.delivered:,}/{result.expected:,}  "
+        f"p50 {result.p50_ms:6.2f} p99 {result.p99_ms:7.2f} ms  redis CPU {nodes}  "
+        f"redis-benchmark {result.benchmark_cpu / wall:.0%} stand-in {subs:.0%}  "
+        f"machine {result.machine_busy / wall:.2f}/{os.cpu_count()} cores "
+        f"+ softirq {result.softirq / wall:.2f}"
+    )
 
 
 def over_limit(result: StepResult, limit_ms: float) -> bool:
