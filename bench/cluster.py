@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -491,11 +492,11 @@ def direct_rows(args: argparse.Namespace, setup: Setup) -> list[str]:
           f"PUBLISH from redis-benchmark, one command in flight per connection as fws's "
           f"pool connections; {args.direct_groups} channels, each subscribed by {args.fanout} "
           f"of {args.direct_servers} stand-in servers; more connections each step")  # fmt: skip
-    steps = pubsub_load.benchmark(
-        setup, groups=args.direct_groups // len(setup.primaries), servers=args.direct_servers,
-        fanout=args.fanout, connections=args.connections, step_seconds=args.step,
-        stand_in_processes=args.stand_in_processes,
+    traffic = pubsub_load.Traffic(
+        groups=args.direct_groups // len(setup.primaries), servers=args.direct_servers,
+        fanout=args.fanout, stand_in_processes=args.stand_in_processes, step_seconds=args.step,
     )  # fmt: skip
+    steps = pubsub_load.benchmark(setup, traffic, connections=args.connections)
     summary = []
     good = [s for s in steps if s.p99_ms <= 50 and s.delivered >= 0.999 * s.expected]
     if good:
@@ -510,7 +511,7 @@ def direct_rows(args: argparse.Namespace, setup: Setup) -> list[str]:
             + f"; {per_message * 1e6:.1f} us of primary CPU per message (= "
             f"{1 / per_message:,.0f} msg/s per primary core); redis-benchmark "
             f"{best.benchmark_cpu / best.wall:.0%}, busiest stand-in "
-            f"{max(best.stand_in_cpu) / best.wall:.0%}; " + _machine(best)
+            f"{max(best.stand_in_cpu) / best.wall:.0%}; " + pubsub_load.machine(best)
         )
     else:
         summary.append(f"{setup.name}, Redis alone, unpipelined: no step under 50 ms")
@@ -522,9 +523,8 @@ def direct_rows(args: argparse.Namespace, setup: Setup) -> list[str]:
         names = [f"room-{n}" for n in range(args.direct_groups)]
         print(f"  fws group channels per primary: {spread(setup, names)}")
     rates = pubsub_load.saturate(
-        setup, groups=args.direct_groups, servers=args.direct_servers, fanout=args.fanout,
-        publishers=args.publishers, rates=args.direct_rates, step_seconds=args.step,
-        stand_in_processes=args.stand_in_processes, pool=1, depth=1_000_000,
+        setup, dataclasses.replace(traffic, groups=args.direct_groups),
+        publishers=args.publishers, rates=args.direct_rates, pool=1, depth=1_000_000,
     )  # fmt: skip
     ok = [s for s in rates if not pubsub_load.over_limit(s, 50.0)]
     last = rates[-1]
@@ -541,16 +541,8 @@ def direct_rows(args: argparse.Namespace, setup: Setup) -> list[str]:
         f"{setup.name}, Redis alone, pipelined: {best_rate.sent / wall:,.0f} group msg/s "
         f"(p99 {best_rate.p99_ms:.1f} ms); redis CPU "
         + _redis_cpu(best_rate.redis_cpu, wall, setup.nodes)
-        + f" (primaries {primaries:.2f} cores); {_machine(best_rate)}; {ended}",
+        + f" (primaries {primaries:.2f} cores); {pubsub_load.machine(best_rate)}; {ended}",
     ]
-
-
-def _machine(run: Any) -> str:
-    """CPU the whole machine was busy (anyone's processes), and softirq (loopback packets)."""
-    return (
-        f"machine {run.machine_busy / run.wall:.2f}/{os.cpu_count()} cores "
-        f"+ softirq {run.softirq / run.wall:.2f}"
-    )
 
 
 def main() -> None:
@@ -606,19 +598,17 @@ def compare(args: argparse.Namespace, directory: Path) -> None:
     with fws_servers(1, [*filters, "--storage", "memory"], directory) as ports:
         one = run_load("1 server, memory storage", ports, args)
     report(one)
-    with redis_setups.single(directory) as setup:
-        redis_args = [*filters, "--storage", "redis", "--redis-url", setup.url]
-        with fws_servers(2, redis_args, directory) as ports:
-            two = run_load("2 servers, redis storage (members alternate servers)", ports, args,
-                           setup.nodes)  # fmt: skip
-    report(two, setup.nodes)
-    with redis_setups.single(directory) as setup:
-        redis_args = [*filters, "--storage", "redis", "--redis-url", setup.url]
-        with fws_servers(1, redis_args, directory) as ports:
-            alone = run_load("1 server, redis storage (Redis in the path, no peer)", ports, args,
-                             setup.nodes)  # fmt: skip
-    report(alone, setup.nodes)
-    if one.received + two.received == 0:
+    runs = []
+    for count, name in (
+        (2, "2 servers, redis storage (members alternate servers)"),
+        (1, "1 server, redis storage (Redis in the path, no peer)"),
+    ):
+        with redis_setups.single(directory) as setup:
+            redis_args = [*filters, "--storage", "redis", "--redis-url", setup.url]
+            with fws_servers(count, redis_args, directory) as ports:
+                runs.append(run_load(name, ports, args, setup.nodes))
+        report(runs[-1], setup.nodes)
+    if one.received + runs[0].received == 0:
         sys.exit("nothing was delivered")
 
 

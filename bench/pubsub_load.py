@@ -83,6 +83,16 @@ def softirq_seconds() -> float:
     return int(fields[7]) / os.sysconf("SC_CLK_TCK")
 
 
+def _read(key: selectors.SelectorKey) -> tuple[socket.socket, bytes | None]:
+    """What a ready socket has: b"" once closed, None if it had nothing after all."""
+    sock = key.fileobj
+    assert isinstance(sock, socket.socket)
+    try:
+        return sock, sock.recv(1 << 20)
+    except BlockingIOError:
+        return sock, None
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -126,11 +136,8 @@ def _publisher(setup: Setup, groups: int, seed: int, pool: int, depth: int, cont
 
     def drain(timeout: float) -> None:
         for key, _ in selector.select(timeout):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            try:
-                chunk = sock.recv(1 << 20)
-            except BlockingIOError:
+            sock, chunk = _read(key)
+            if chunk is None:
                 continue
             if not chunk:
                 raise ConnectionError("Redis closed a publisher's connection")
@@ -252,11 +259,8 @@ def _stand_ins(setup: Setup, hosted: list[list[str]], control: Any, ready: Any) 
                      "total": total}
                 )  # fmt: skip
                 continue
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            try:
-                chunk = sock.recv(1 << 20)
-            except BlockingIOError:
+            sock, chunk = _read(key)
+            if chunk is None:
                 continue
             if not chunk:
                 lost = "Redis closed a subscriber connection (output buffer limit?)"
@@ -367,32 +371,39 @@ class _StandIns:
                 process.join()
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """What both loads share: group channels, who hosts them, how long a step lasts."""
+
+    groups: int  # channels (per primary, for the redis-benchmark load)
+    servers: int  # stand-ins for fws servers
+    fanout: int  # stand-ins hosting each group: deliveries per message
+    stand_in_processes: int
+    step_seconds: float
+    limit_ms: float = 50.0
+
+
 def saturate(
     setup: Setup,
+    traffic: Traffic,
     *,
-    groups: int,
-    servers: int,
-    fanout: int,
     publishers: int,
     rates: list[float],
-    step_seconds: float,
-    limit_ms: float = 50.0,
-    stand_in_processes: int = 2,
     pool: int = 16,
     depth: int = 1,
     log: Any = print,
 ) -> list[StepResult]:
-    """Raise the offered rate through ``rates`` until p99 > ``limit_ms`` or messages are lost.
+    """Raise the offered rate through ``rates`` until p99 > the limit or messages are lost.
 
     Group ``i`` is hosted by ``fanout`` of the ``servers`` stand-ins, as if its
-    members were spread over that many fws servers; stand-ins run in
-    ``stand_in_processes`` processes.
+    members were spread over that many fws servers.
     """
     from procs import cpu_busy_seconds, cpu_seconds
 
     context = multiprocessing.get_context("spawn")
+    groups, fanout, step_seconds = traffic.groups, traffic.fanout, traffic.step_seconds
     channels = [channel(index) for index in range(groups)]
-    stand_ins = _StandIns(setup, channels, servers, fanout, stand_in_processes)
+    stand_ins = _StandIns(setup, channels, traffic.servers, fanout, traffic.stand_in_processes)
     publishers_ = []
     try:
         for number in range(publishers):
@@ -434,7 +445,7 @@ def saturate(
             log(describe(setup, result))
             if result.errors:
                 raise RuntimeError(f"Redis answered with an error: {result.errors[0]}")
-            if over_limit(result, limit_ms):
+            if over_limit(result, traffic.limit_ms):
                 break
         return results
     finally:
@@ -479,21 +490,12 @@ def _shard_tags(setup: Setup) -> dict[int, str]:
 
 
 def benchmark(
-    setup: Setup,
-    *,
-    groups: int,
-    servers: int,
-    fanout: int,
-    connections: list[int],
-    step_seconds: float,
-    stand_in_processes: int = 2,
-    limit_ms: float = 50.0,
-    log: Any = print,
+    setup: Setup, traffic: Traffic, *, connections: list[int], log: Any = print
 ) -> list[BenchmarkStep]:
     """Redis alone, loaded by ``redis-benchmark`` (C): unpipelined PUBLISH/SPUBLISH.
 
     Each connection has one command in flight, as fws's pool connections do;
-    ``connections`` (per primary) is raised until p99 passes ``limit_ms`` or
+    ``connections`` (per primary) is raised until p99 passes the limit or
     the throughput stops growing (Redis saturated). Channels: ``groups``
     names per primary (``fws:{g:room-NNN}``; on a cluster the hash tag is
     chosen per primary, ``fws:{g:TAG}room-NNN``, as redis-benchmark cannot
@@ -505,6 +507,7 @@ def benchmark(
 
     from procs import cpu_busy_seconds, cpu_seconds
 
+    groups, fanout, step_seconds = traffic.groups, traffic.fanout, traffic.step_seconds
     binary = shutil.which("redis-benchmark")
     if binary is None:
         raise RuntimeError("needs redis-benchmark (apt-get install redis-tools)")
@@ -521,7 +524,7 @@ def benchmark(
     ]
     head, tail = _envelope_parts("room-1")
     payload = (head + b"S000T" + b"0" * 19 + b"E" + tail).decode()
-    stand_ins = _StandIns(setup, channels, servers, fanout, stand_in_processes)
+    stand_ins = _StandIns(setup, channels, traffic.servers, fanout, traffic.stand_in_processes)
     results: list[BenchmarkStep] = []
     try:
         estimate = 20_000.0  # requests/s per primary, refined by each step
@@ -589,7 +592,11 @@ def benchmark(
             )  # fmt: skip
             results.append(result)
             log(describe_benchmark(setup, result) + (f"  LOST: {lost}" if lost else ""))
-            if lost or result.p99_ms > limit_ms or result.delivered < 0.999 * result.expected:
+            if (
+                lost
+                or result.p99_ms > traffic.limit_ms
+                or result.delivered < 0.999 * result.expected
+            ):
                 break
             if len(results) > 2 and rps < 1.1 * min(r.rps for r in results[-3:-1]):
                 break  # twice and four times the load, (almost) no more throughput: saturated
@@ -599,20 +606,30 @@ def benchmark(
         stand_ins.close()
 
 
-def describe_benchmark(setup: Setup, result: BenchmarkStep) -> str:
-    wall = max(result.wall, 1e-9)
+def machine(run: Any) -> str:
+    """CPU the whole machine was busy (anyone's processes), and softirq (loopback packets)."""
+    return (
+        f"machine {run.machine_busy / run.wall:.2f}/{os.cpu_count()} cores "
+        f"+ softirq {run.softirq / run.wall:.2f}"
+    )
+
+
+def _outcome(setup: Setup, result: StepResult | BenchmarkStep, wall: float) -> str:
+    """Deliveries, delays and each redis-server's CPU share of ``wall``."""
     nodes = " ".join(
         f"{node.role} {node.port} {result.redis_cpu[node.port] / wall:.0%}" for node in setup.nodes
     )
-    subs = max(result.stand_in_cpu) / wall if result.stand_in_cpu else 0.0
     return (
-        f"  {result.connections:>3} connection(s)/primary: {result.rps:>9,.0f} msg/s  "
         f"delivered {result.delivered:,}/{result.expected:,}  "
         f"p50 {result.p50_ms:6.2f} p99 {result.p99_ms:7.2f} ms  redis CPU {nodes}  "
-        f"redis-benchmark {result.benchmark_cpu / wall:.0%} stand-in {subs:.0%}  "
-        f"machine {result.machine_busy / wall:.2f}/{os.cpu_count()} cores "
-        f"+ softirq {result.softirq / wall:.2f}"
     )
+
+
+def describe_benchmark(setup: Setup, result: BenchmarkStep) -> str:
+    wall = max(result.wall, 1e-9)
+    head = f"  {result.connections:>3} connection(s)/primary: {result.rps:>9,.0f} msg/s  "
+    load = f"redis-benchmark {result.benchmark_cpu / wall:.0%} "
+    return _line(setup, result, wall, head, load)
 
 
 def over_limit(result: StepResult, limit_ms: float) -> bool:
@@ -627,20 +644,17 @@ def over_limit(result: StepResult, limit_ms: float) -> bool:
 
 def describe(setup: Setup, result: StepResult) -> str:
     wall = max(result.active, 1e-9)  # CPU shares and rates: of the sending time
-    nodes = " ".join(
-        f"{node.role} {node.port} {result.redis_cpu[node.port] / wall:.0%}" for node in setup.nodes
-    )
+    head = f"  offered {result.rate:>9,.0f}/s  sent {result.sent / wall:>9,.0f}/s  "
     pubs = max(result.publisher_cpu) / wall if result.publisher_cpu else 0.0
+    line = _line(setup, result, wall, head, f"busiest publisher {pubs:.0%} ")
+    return line + (f"  LOST: {result.lost}" if result.lost else "")
+
+
+def _line(
+    setup: Setup, result: StepResult | BenchmarkStep, wall: float, head: str, load: str
+) -> str:
     subs = max(result.stand_in_cpu) / wall if result.stand_in_cpu else 0.0
-    return (
-        f"  offered {result.rate:>9,.0f}/s  sent {result.sent / wall:>9,.0f}/s  "
-        f"delivered {result.delivered:,}/{result.expected:,}  "
-        f"p50 {result.p50_ms:6.2f} p99 {result.p99_ms:7.2f} ms  redis CPU {nodes}  "
-        f"busiest publisher {pubs:.0%} stand-in {subs:.0%}  "
-        f"machine {result.machine_busy / result.wall:.2f}/{os.cpu_count()} cores "
-        f"+ softirq {result.softirq / result.wall:.2f}"
-        + (f"  LOST: {result.lost}" if result.lost else "")
-    )
+    return head + _outcome(setup, result, wall) + load + f"stand-in {subs:.0%}  " + machine(result)
 
 
 if __name__ == "__main__":  # pragma: no cover
