@@ -556,14 +556,19 @@ def main() -> None:
     parser.add_argument("--only", choices=["compare", "single", "cluster"], action="append",
                         help="rows to run (default: all)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="shorter steps, fewer of them")
+    parser.add_argument(
+        "--fanout", type=int, default=4, help="Redis alone: fws servers hosting each group"
+    )
     args = parser.parse_args()
     if not (1 <= args.clients <= 2000 and 0 < args.duration <= 60 and 0 < args.rate <= 100):
         parser.error("keep it bounded: clients 1..2000, duration <= 60 s, rate <= 100/s")
+    if not 1 <= args.fanout <= 32:
+        parser.error("--fanout: 1..32")
     # Saturation: messages/s per client through fws; group messages/s into Redis alone.
     args.sat_group_size = 4
     args.fws_rates = [2, 5, 10, 20, 35, 50, 75, 100]
     args.direct_rates = [25_000, 50_000, 100_000, 150_000, 200_000, 300_000, 400_000, 600_000]
-    args.direct_groups, args.direct_servers, args.fanout = 1000, 8, 4
+    args.direct_groups, args.direct_servers = 1000, max(8, 2 * args.fanout)
     args.publishers, args.stand_in_processes = 2, 4
     args.connections = [1, 2, 4, 8, 16, 32, 64, 128, 256]
     args.step = 2.0
