@@ -24,10 +24,11 @@ docs:
 run:
 	fws_server $(ARGS)
 
-## bench: speed, side by side with other servers, 127.0.0.1 only (needs node and npm)
+## bench: speed, side by side with other servers, 127.0.0.1 only (needs node, npm and gcc)
 bench:
 	$(PYTHON) -m pip install -q -e '.[bench]'
-	$(PYTHON) bench/run.py
+	cd bench && npm ci --no-audit --no-fund --silent
+	$(PYTHON) bench/run.py $(ARGS)
 
 ## autobahn: RFC 6455 conformance (Autobahn cases via kosoku) against fws_server -f echo
 autobahn:

@@ -1,6 +1,14 @@
-"""Drive ``loadgen.js`` (the Node ``ws`` client) from Python, one scenario run at a time.
+"""Drive the load generators from Python, one scenario run at a time.
 
-The load generator prints JSON lines; this module reads them as they come so
+Two generators, one protocol: ``loadgen.c`` (C, epoll, raw sockets, compiled
+here with gcc) for the binary scenarios, and ``loadgen.js`` (Node) for the
+JSON and permessage-deflate ones, which need zlib (its lean client) or the
+``ws`` client. Why C: pinned to one core, the Node ``ws`` client was over
+90 % busy in the broadcasts against every server but fws, so those figures
+were lower bounds (issue 10); the C client does only what the scenarios
+need and uses a quarter to a half of its core where ws used all of it.
+
+A load generator prints JSON lines; this module reads them as they come so
 that the server's CPU can be sampled exactly at the ``start`` and ``end`` of
 the measurement window, and answers the idle scenario's questions (``go``,
 ``done``) once the caller has read the server's memory.
@@ -14,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from procs import (
     CLIENT_CPU,
@@ -27,6 +36,10 @@ from procs import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 SCRIPT = BENCH_DIR / "loadgen.js"
+GENERATOR = BENCH_DIR / "loadgen.c"
+BUILD = BENCH_DIR / "build"  # compiled programs (git-ignored)
+# The node_modules entries `npm ci` brings: the ws client, and Bun (a server under test).
+NODE_MODULES = ("ws", "@oven/bun-linux-x64")
 
 # Called with each event other than "result"; returns a line to send to the
 # load generator's stdin, or None.
@@ -38,10 +51,51 @@ class LoadgenError(RuntimeError):
 
 
 def ensure_installed() -> None:
-    """``npm ci`` once if ``bench/node_modules`` lacks ``ws`` (it is git-ignored)."""
-    if (BENCH_DIR / "node_modules" / "ws").is_dir():
-        return
-    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=BENCH_DIR, check=True)
+    """``npm ci`` if ``bench/node_modules`` (git-ignored) lacks a package; gcc the generator.
+
+    Bun is an optional dependency (its package exists for x86-64 Linux only):
+    elsewhere npm skips it, and its column says "not installed".
+    """
+    modules = BENCH_DIR / "node_modules"
+    if not all((modules / name).is_dir() for name in NODE_MODULES):
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=BENCH_DIR, check=True
+        )
+    compiled(GENERATOR)
+
+
+def compiled(source: Path) -> Path:
+    """``source`` (one C file) built with ``gcc -O2`` into bench/build/, if older or absent."""
+    binary = BUILD / source.stem
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    BUILD.mkdir(exist_ok=True)
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(binary), str(source)], check=True, cwd=BENCH_DIR
+    )
+    return binary
+
+
+def uses_node(config: dict[str, Any]) -> bool:
+    """Whether a scenario needs loadgen.js: JSON pages, deflate, or its lean client."""
+    return (
+        config.get("payload", "binary") != "binary"
+        or bool(config.get("compression"))
+        or config.get("client") == "lean"
+    )
+
+
+def command_for(config: dict[str, Any]) -> list[str]:
+    """The generator's command line for ``config`` (loadgen.c takes key=value words)."""
+    if uses_node(config):
+        return ["node", str(SCRIPT), json.dumps(config)]
+    url = urlsplit(config["url"])
+    words = {**config, "host": url.hostname, "port": url.port}
+    skip = ("url", "client", "payload", "compression")
+    return [
+        str(compiled(GENERATOR)),
+        *(f"{key}={value}" for key, value in words.items() if key not in skip),
+    ]
 
 
 def run(
@@ -62,7 +116,7 @@ def run(
     this waits at most its bound plus 30 s.
     """
     rss_start = rss_bytes(server_pid)
-    command = pinned(CLIENT_CPU, ["node", str(SCRIPT), json.dumps(config)])
+    command = pinned(CLIENT_CPU, command_for(config))
     process = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,
@@ -111,6 +165,7 @@ def run(
         stderr = process.stderr.read() if process.stderr else ""
         raise LoadgenError(error or f"no result (exit {process.returncode}): {stderr[-1000:]}")
     result["server_rss_start"] = rss_start
+    result["generator"] = "loadgen.js" if uses_node(config) else "loadgen.c"
     if "server_cpu" in window:
         result["server_cpu"] = window["server_cpu"]
         result["server_rss_end"] = window["rss_end"]

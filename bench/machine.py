@@ -37,6 +37,23 @@ def _node_version() -> str:
         return "absent"
 
 
+def _output(command: list[str]) -> str:
+    """The first line ``command`` prints, or "absent"."""
+    try:
+        return subprocess.run(
+            command, capture_output=True, text=True, check=True
+        ).stdout.splitlines()[0].strip()
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "absent"
+
+
+def _bun_version() -> str:
+    from targets import _bun_binary
+
+    binary = _bun_binary()
+    return _output([binary, "--version"]) if binary else "absent"
+
+
 def _ws_version() -> str:
     package = Path(__file__).resolve().parent / "node_modules" / "ws" / "package.json"
     try:
@@ -72,9 +89,12 @@ def describe() -> list[str]:
     """One line each: CPU, cores and kernel; then the versions of what was compared."""
     return [
         f"{os.cpu_count()} x {_cpu_model()}, {platform.system()} {platform.release()}, "
-        f"server pinned to CPU 0, load generator (Node ws client) to CPU 1",
+        "server pinned to CPU 0, load generator to CPU 1 (bench/loadgen.c; "
+        "loadgen.js, Node, in the JSON and deflate scenarios)",
         f"Python {platform.python_version()}, fws {_version('fws')}, gevent {_version('gevent')}, "
         f"gevent-websocket {_version('gevent-websocket')}, websockets {_version('websockets')}, "
-        f"uvloop {_version('uvloop')}, Node {_node_version()}, ws {_ws_version()}",
+        f"uvloop {_version('uvloop')}, picows {_version('picows')}, "
+        f"socketify {_version('socketify')}, Bun {_bun_version()}, "
+        f"Node {_node_version()}, ws {_ws_version()}, {_output(['gcc', '--version'])}",
         _revision(),
     ]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scenarios import CLIENT_CPU, Metric, Scenario
+from scenarios import CLIENT_CPU, SERVER_CPU, Metric, Scenario
 
 # scenario name -> server name -> result, or the error text if that run failed
 Results = dict[str, dict[str, Any]]
@@ -93,6 +93,43 @@ TARGETS: tuple[Target, ...] = (
         True,
     ),
     Target("idle connection <= 8 kB (value in kB)", "idle", "kb_per_connection", "", 8.0, False),
+    # Issue 10: uWebSockets-class broadcast, latency and handshakes.
+    *(
+        Target(
+            f"issue 10: broadcast {n} deliveries/s >= {other}",
+            f"broadcast-{n}",
+            "deliveries_per_s",
+            other,
+            1.0,
+            True,
+        )
+        for n in (100, 1000)
+        for other in ("bun", "socketify")
+    ),
+    *(
+        Target(
+            f"issue 10: broadcast {n} p99 <= 1.5 x {other}",
+            f"broadcast-{n}",
+            "p99_ms",
+            other,
+            1.5,
+            False,
+        )
+        for n in (100, 1000)
+        for other in ("bun", "socketify")
+    ),
+    Target(
+        "issue 10: echo 1 connection p50 <= picows", "echo-latency", "p50_ms", "picows", 1.0, False
+    ),
+    Target("issue 10: opens/s >= 5,000 (value)", "idle", "opens_per_s", "", 5000.0, True),
+    Target(
+        "issue 10: idle connection <= 2 kB (value in kB)",
+        "idle",
+        "kb_per_connection",
+        "",
+        2.0,
+        False,
+    ),
     Target(
         "slow reader: fast readers keep >= 0.9 of their rate",
         "slow-reader",
@@ -119,11 +156,24 @@ def format_value(value: float | None, metric: Metric) -> str:
     return f"{value:,.{metric.digits}f}"
 
 
+def saturated(result: Any) -> bool:
+    """Whether the load generator's core was over ``CLIENT_BUSY`` in that run."""
+    value = _number(result, CLIENT_CPU.key)
+    return value is not None and value > CLIENT_BUSY
+
+
 def rows(
-    scenarios: Sequence[Scenario], servers: Sequence[str], results: Results
+    scenarios: Sequence[Scenario],
+    servers: Sequence[str],
+    results: Results,
+    ratios: bool = True,
 ) -> list[list[str]]:
-    """Header + one row per (scenario, metric): values, then fws / each other server."""
-    others = [name for name in servers if name != "fws"]
+    """Header + one row per (scenario, metric): values, then fws / each other server.
+
+    In a run where the load generator's core was over ``CLIENT_BUSY``, the
+    rates (and the client CPU) get a ``*``: that figure is a lower bound.
+    """
+    others = [name for name in servers if name != "fws"] if ratios else []
     header = ["scenario", "metric", *servers, *(f"fws/{_short(name)}" for name in others)]
     table = [header]
     for scenario in scenarios:
@@ -137,8 +187,11 @@ def rows(
                     cell = format_value(value, metric)
                 else:  # "not installed: ...", "not supported: ..." or why it failed
                     cell = "n/a" if outcome.startswith("not ") else "failed"
-                if metric is CLIENT_CPU and value is not None and value > CLIENT_BUSY:
-                    cell += "*"
+                if value is not None and saturated(outcome):
+                    if metric is CLIENT_CPU or (
+                        metric.higher_is_better and metric is not SERVER_CPU
+                    ):
+                        cell += "*"
                 cells.append(cell)
             ours = values[servers.index("fws")] if "fws" in servers else None
             ratios = []
@@ -160,6 +213,9 @@ def _short(name: str) -> str:
         "node ws": "node",
         "fws+takeover": "takeover",
         "fws-no-metrics": "no-metrics",
+        "fws --workers 2": "workers",
+        "floor-batched": "floor-b",
+        "floor-python": "floor-py",
     }.get(name, name)
 
 
@@ -191,6 +247,16 @@ def as_rst(table: list[list[str]]) -> str:
             lines.append(rule)
     lines.append(rule)
     return "\n".join(lines)
+
+
+def saturated_cells(results: Results) -> list[str]:
+    """Scenario / server pairs where the generator's core was over ``CLIENT_BUSY``."""
+    return [
+        f"{scenario} / {server}: client CPU {result[CLIENT_CPU.key]:.0f}%"
+        for scenario, row in results.items()
+        for server, result in row.items()
+        if saturated(result)
+    ]
 
 
 def targets(results: Results) -> list[str]:

@@ -1,13 +1,15 @@
-"""``make bench``: fws next to gevent-websocket, websockets (+uvloop) and Node ws.
+"""``make bench``: fws next to gevent-websocket, websockets, picows, socketify.py, Bun, Node ws.
 
-Every scenario of issue 4 runs against every server in the same run, on the
-same 127.0.0.1 port, with the same client (``loadgen.js``, Node ``ws``), the
-server pinned to CPU 0 and the client to CPU 1. It prints one table with the
-fws/other ratios and the client's CPU, writes it to bench/results/latest.rst,
-then runs bench/cluster.py (if present) as one more section.
+Every scenario of issues 4 and 10 runs against every server in the same run,
+on the same 127.0.0.1 port, with the same client (``loadgen.c``, or
+``loadgen.js`` for JSON and deflate), the server pinned to CPU 0 and the
+client to CPU 1. It prints one table with the fws/other ratios and the
+client's CPU (``*`` where it was over 90 %), writes it to
+bench/results/latest.rst, then runs bench/cluster.py (if present) as one
+more section. The floors (``servers/floor.c``) run the broadcasts only.
 
-    python3 bench/run.py                  # everything, ~15 minutes on 2 cores
-    python3 bench/run.py --quick          # one short run each, ~2 minutes
+    python3 bench/run.py                  # everything, ~25 minutes on 2 cores
+    python3 bench/run.py --quick          # one short run each, ~4 minutes
     python3 bench/run.py --only echo broadcast-1000 --servers fws "node ws"
 """
 
@@ -56,7 +58,7 @@ def measure(
                     row[target.name] = f"not installed: {target.missing}"
                     continue
                 if target.scenarios is not None and scenario.name not in target.scenarios:
-                    row[target.name] = "not run: the same as fws here"
+                    row[target.name] = "not run here"
                     continue
                 if isinstance(row.get(target.name), str):
                     continue  # failed once: the other repeats would fail the same way
@@ -186,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         help="scenario names or prefixes: " + ", ".join(s.name for s in SCENARIOS) + ", cluster",
     )
     parser.add_argument("--servers", nargs="+", metavar="NAME", help="a subset of the servers")
+    parser.add_argument(
+        "--no-ratios", action="store_true", help="no fws/other columns (a narrower table)"
+    )
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     wanted = [name for name in args.only or [] if name != "cluster"]
@@ -202,11 +207,14 @@ def main(argv: list[str] | None = None) -> None:
         began = time.monotonic()
         results, problems = measure(scenarios, targets, settings)
         names = [target.name for target in targets]
-        table = report.rows(scenarios, names, results)
+        table = report.rows(scenarios, names, results, ratios=not args.no_ratios)
+        busy = report.saturated_cells(results)
         extra = [
             *notes(results),
             f"client CPU %: the load generator's CPU over the measurement window; "
-            f"* marks more than {report.CLIENT_BUSY:.0f}%, where the client may be the limit",
+            f"* marks more than {report.CLIENT_BUSY:.0f}% and that run's rates, which are "
+            "then lower bounds (the client may be the limit)",
+            "load generator saturated in: " + ("; ".join(busy) if busy else "no cell"),
             "throughput: median of "
             f"{settings.repeats} run(s) of {settings.duration:g} s after {settings.warmup:g} s "
             "warm-up; binary messages (JSON text in the -json, -deflate and -chat "
@@ -215,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
             "(ws's default offer) and every server answers with its library's defaults "
             "(fws: no context takeover, compressed from 1024 B; websockets: context "
             "takeover, 12-bit windows; Node ws: context takeover, from 1024 B only without "
-            "it); n/a: gevent-websocket has no permessage-deflate; the JSON scenarios use "
-            "loadgen.js's lean client (sync zlib), the others the ws client",
+            "it); n/a: gevent-websocket, picows, socketify and Bun (their defaults) have no "
+            "permessage-deflate, the floors run the broadcasts only; the JSON scenarios use "
+            "loadgen.js's lean client (sync zlib), the binary ones loadgen.c (C, epoll)",
             f"measured in {time.monotonic() - began:.0f} s",
         ]
         print()
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         for line in report.legend(scenarios) + extra:
             print(line)
-        print("\nTargets of issue 4:")
+        print("\nTargets of issues 4 and 10:")
         target_lines = report.targets(results)
         for line in target_lines:
             print(line)

@@ -233,6 +233,7 @@ def _idle_run(server: ServerProcess, settings: Settings, compression: bool) -> R
         )
     _deflated(result, count, config)
     result["kb_per_connection"] = (memory["after"] - memory["before"]) / count / 1000
+    result["opens_per_s"] = count / result["open_seconds"]
     result["rss_before_mb"] = memory["before"] / 1e6
     return result
 
@@ -263,6 +264,7 @@ JSON_BROADCAST_METRICS = _json_metrics("deliveries_per_s", "deliveries/s", "deli
 JSON_ECHO_METRICS = _json_metrics("messages_per_s", "messages/s", "message")
 IDLE_METRICS = (
     Metric("open_seconds", "seconds to open", False, 2),
+    Metric("opens_per_s", "opens/s", True),
     Metric("kb_per_connection", "server kB/connection", False, 1),
 )
 JSON_SIZE = 2048

@@ -6,18 +6,25 @@ scripts in ``bench/servers/``, each taking ``PORT MODE``, and fws+takeover is
 run only where a client offers deflate; "fws --workers 2" is fws_server with two
 worker processes and the redis-server they share (``servers/fws_workers.py``),
 not pinned to one CPU; fws-no-metrics is ``fws_server --no-metrics``, so that the
-fws/no-metrics ratio is the cost of metrics. One place to read what exactly is
-compared.
+fws/no-metrics ratio is the cost of metrics. picows (on uvloop), socketify.py
+and Bun (both on uWebSockets) are the servers issue 10 measures fws against;
+"floor" and "floor-batched" (``servers/floor.c``, compiled here) and
+"floor-python" (``servers/floor_python.py``) are no WebSocket servers at all
+but the least program that does the broadcasts' fan-out, to show what the
+kernel allows on loopback. One place to read what exactly is compared.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from loadgen import compiled
 
 SERVERS_DIR = Path(__file__).resolve().parent / "servers"
 
@@ -71,8 +78,32 @@ def _node(port: int, mode: str) -> list[str]:
     return ["node", str(SERVERS_DIR / "node_server.js"), str(port), mode]
 
 
-def _missing_module(name: str) -> str | None:
-    return None if importlib.util.find_spec(name) else f"pip install {name}"
+# npm ci in bench/ puts Bun's binary here (the optional dependency of package.json).
+BUN = SERVERS_DIR.parent / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+
+
+def _bun_binary() -> str | None:
+    return str(BUN) if BUN.exists() else shutil.which("bun")
+
+
+def _bun(port: int, mode: str) -> list[str]:
+    return [_bun_binary() or "bun", str(SERVERS_DIR / "bun_server.js"), str(port), mode]
+
+
+def _floor(*extra: str) -> Callable[[int, str], list[str]]:
+    def command(port: int, mode: str) -> list[str]:
+        return [str(compiled(SERVERS_DIR / "floor.c")), str(port), mode, *extra]
+
+    return command
+
+
+# The floors only do the fan-out of a 64-byte broadcast.
+FLOOR_SCENARIOS = ("broadcast-100", "broadcast-1000")
+
+
+def _missing_module(*names: str) -> str | None:
+    absent = [name for name in names if not importlib.util.find_spec(name)]
+    return f"pip install {' '.join(absent)}" if absent else None
 
 
 def all_targets() -> list[Target]:
@@ -116,5 +147,23 @@ def all_targets() -> list[Target]:
             _script("websockets_server.py", "--uvloop"),
             _missing_module("websockets") or _missing_module("uvloop"),
         ),
+        Target("picows", _script("picows_server.py"), _missing_module("picows", "uvloop")),
+        Target("socketify", _script("socketify_server.py"), _missing_socketify()),
+        Target("bun", _bun, None if _bun_binary() else "npm ci in bench/ (x86-64 Linux)"),
         Target("node ws", _node, None if shutil.which("node") else "install Node.js"),
+        Target("floor", _floor(), _missing_gcc(), scenarios=FLOOR_SCENARIOS),
+        Target("floor-batched", _floor("batch"), _missing_gcc(), scenarios=FLOOR_SCENARIOS),
+        Target("floor-python", _script("floor_python.py"), scenarios=FLOOR_SCENARIOS),
     ]
+
+
+def _missing_socketify() -> str | None:
+    """socketify's bundled libsocketify links to the system's libuv.so.1 (Debian's libuv1,
+    which Debian's nodejs pulls in): without it, importing socketify fails."""
+    if ctypes.util.find_library("uv") is None:
+        return "apt-get install libuv1 (socketify's native library links to libuv.so.1)"
+    return _missing_module("socketify")
+
+
+def _missing_gcc() -> str | None:
+    return None if shutil.which("gcc") else "apt-get install gcc"

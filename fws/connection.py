@@ -99,6 +99,21 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+def _flush_connections(table: ConnectionTable) -> None:
+    """The flusher greenlet: write every connection with frames queued since the last turn.
+
+    One greenlet for all of them, instead of one per connection: a broadcast
+    to 1,000 clients costs 1,000 non-blocking sends, not 1,000 greenlets.
+    """
+    try:
+        while table.to_flush:
+            due, table.to_flush = table.to_flush, []
+            for connection in due:
+                connection._flush()
+    finally:
+        table.flusher = None
+
+
 class Connection:
     """A WebSocket client, with the seed's surface (``id``, ``users``, ``sendMessage``...).
 
@@ -127,6 +142,8 @@ class Connection:
         "_failed",
         "_close_received",
         "_writer",
+        "_flush_due",
+        "_raw_socket",
         "_close_timer",
         "_last_message_at",
         "_last_ping_at",
@@ -184,6 +201,12 @@ class Connection:
         self._failed = False  # a protocol error ended the frame stream
         self._close_received = False
         self._writer: gevent.Greenlet | None = None
+        """A greenlet writing for this connection: one that waits for a slow client."""
+        self._flush_due = False
+        """Queued in the table's ``to_flush``: the flusher writes this connection's queue."""
+        self._raw_socket: socket.socket | None = None
+        """The plain socket under a TCP connection's gevent socket (None over TLS):
+        the flusher sends on it without blocking, in its own greenlet."""
         self._close_timer: gevent.Greenlet | None = None
         self._last_message_at = self._last_ping_at = time.monotonic()
         self._awaiting_pong = False
@@ -423,9 +446,45 @@ class Connection:
             (self._outbox if gevent.getcurrent() is opener else held).append(frame)
             return
         self._outbox.append(frame)
-        if self._writer is None:
-            # The writer starts on the hub's next turn, so every frame queued
-            # until then (a whole batch of echoes, say) leaves in one send.
+        if self._writer is None and not self._flush_due:
+            # The flusher runs on the hub's next turn, so every frame queued
+            # until then (a whole batch of echoes, say) leaves in one send, and
+            # one greenlet writes for every connection a broadcast reached.
+            self._flush_due = True
+            table = self.table
+            table.to_flush.append(self)
+            if table.flusher is None:
+                table.flusher = gevent.spawn(_flush_connections, table)
+
+    def _flush(self) -> None:
+        """Send the queue in one non-blocking call (from the flusher); a writer takes the rest.
+
+        A write that would block (a slow client, a full socket buffer) is left
+        to a writer greenlet of this connection's own, which waits for the
+        socket. Over TLS, and once a close is queued, the writer does it all.
+        """
+        self._flush_due = False
+        outbox = self._outbox
+        if self._writer is not None or not outbox:
+            return
+        raw = self._raw_socket
+        if raw is None or self._close_queued:
+            self._writer = gevent.spawn(self._write_loop)
+            return
+        chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        try:
+            sent = raw.send(chunk)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            log.debug("connection %s: write failed: %s", self.id, exc)
+            self._abort_transport()
+            return
+        self._outbox_bytes -= sent
+        self.bytes_out += sent
+        if sent < len(chunk):
+            outbox.append(chunk[sent:])  # nothing was queued meanwhile: no yield since clear
             self._writer = gevent.spawn(self._write_loop)
 
     def _write_loop(self) -> None:
@@ -508,6 +567,8 @@ class Connection:
         sent right after the handshake and the HTTP parser had already buffered.
         """
         self._socket = sock
+        if type(sock) is gevent.socket.socket:  # not TLS: the flusher may send on it directly
+            self._raw_socket = sock._sock
         stats = self.table.stats
         counting = stats.count_messages
         self._parser = FrameParser(
@@ -761,6 +822,9 @@ class Connection:
         self.table.users.pop(self.id, None)
         self._watcher.close()
         writer = self._writer
+        if writer is None and self._close_queued and self._outbox:
+            # The close still waits for the flusher: send it before the socket goes.
+            writer = self._writer = gevent.spawn(self._write_loop)
         if writer is not None:
             if self._close_queued:
                 writer.join(timeout=self.settings.close_timeout)

@@ -79,6 +79,10 @@ class ConnectionTable:
         """Connections whose reader greenlet runs; the others wait on a watcher."""
         self.finishing: set[Connection] = set()
         """Connections out of ``users`` whose disconnect pipeline and storage clean-up run."""
+        self.to_flush: list[Connection] = []
+        """Connections with frames queued for the flusher's next turn (``fws.connection``)."""
+        self.flusher: Any = None
+        """The flusher greenlet while it is due or running."""
         self.read_buffer = bytearray(READ_SIZE)
         """Every reader's recv_into target; a chunk is parsed before its reader yields."""
         self.storage = storage

@@ -2,6 +2,10 @@
 
 Everything is real: a private redis-server on a free port, fws_server
 subprocesses on free ports, websocket-client clients, redis-cli.
+
+The ``check_*`` functions take any Redis set-up with a ``url`` (one node
+here; a cluster or a sentinel set-up in ``test_redis_cluster.py``), so the
+same scenarios prove the same behaviour on every topology.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import websocket
 from helpers import (
@@ -44,11 +49,18 @@ def server_id(server: ServerProcess) -> str:
     return match.group(1)
 
 
+class RedisSetUp(Protocol):
+    """One node, a cluster or a sentinel set-up: what fws_server's --redis-url needs."""
+
+    @property
+    def url(self) -> str: ...
+
+
 @contextlib.contextmanager
 def cluster(
-    redis: RedisServer, count: int, *args: str, env: dict[str, str] | None = None
+    redis: RedisSetUp, count: int, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[list[ServerProcess]]:
-    """``count`` fws_server processes on one Redis; stopped (or killed) at the end."""
+    """``count`` fws_server processes on one Redis set-up; stopped (or killed) at the end."""
     servers: list[ServerProcess] = []
     try:
         for _ in range(count):
@@ -97,20 +109,32 @@ def test_seed_pubsub_command_and_redis_cli_publish(redis_server: RedisServer) ->
     args = [*BASE, "-f", "filtered_websocket.filters.broadcast_pubsub", "--redis_channels",
             "global", "--redis_host", LOOPBACK, "--redis_port", str(redis_server.port)]
     with ServerProcess(args, env=env) as server, ServerProcess(args, env=env) as other:
-        clients = [connect(server.url), connect(other.url)]
-        time.sleep(0.2)
-        redis_cli = shutil.which("redis-cli")
-        if redis_cli:
-            subprocess.run([redis_cli, "-h", LOOPBACK, "-p", str(redis_server.port),
-                            "PUBLISH", "global", "hello"], check=True, capture_output=True,
-                           timeout=10)
-        else:
-            redis_server.client().publish("global", "hello")
-        redis_server.client().publish("global", b"\xff\x00")  # not UTF-8: a binary frame
-        for client in clients:
-            assert client.recv() == "hello"
-            assert client.recv() == b"\xff\x00"
-            client.close()
+        check_raw_publish_reaches_clients(
+            [server, other], redis_server.port, redis_server.client().publish
+        )
+
+
+def check_raw_publish_reaches_clients(
+    servers: Sequence[ServerProcess], port: int, publish: Callable[[str, bytes], object]
+) -> None:
+    """``redis-cli -p PORT publish global hello`` (the seed's recipe) reaches every client.
+
+    ``port``: any node the servers use (on a cluster a classic PUBLISH reaches
+    them all); ``publish`` sends the non-UTF-8 message, which becomes a binary frame.
+    """
+    clients = [connect(server.url) for server in servers]
+    time.sleep(0.2)
+    redis_cli = shutil.which("redis-cli")
+    if redis_cli:
+        subprocess.run([redis_cli, "-h", LOOPBACK, "-p", str(port), "PUBLISH", "global",
+                        "hello"], check=True, capture_output=True, timeout=10)  # fmt: skip
+    else:
+        publish("global", b"hello")
+    publish("global", b"\xff\x00")  # not UTF-8: a binary frame
+    for client in clients:
+        assert client.recv() == "hello"
+        assert client.recv() == b"\xff\x00"
+        client.close()
 
 
 def test_json_config_with_redis_options(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
@@ -157,8 +181,13 @@ def test_modern_spellings_and_environment(redis_server: RedisServer) -> None:  #
 
 
 def test_broadcast_exactly_once_across_servers_never_to_sender(redis_server: RedisServer) -> None:  # noqa: F811
-    with cluster(redis_server, 3, "-f", "broadcast_messages") as servers:
-        clients = [connect(server.url) for server in servers for _ in range(3)]
+    check_broadcast_exactly_once(redis_server)
+
+
+def check_broadcast_exactly_once(redis: RedisSetUp, servers: int = 3) -> None:
+    """Every client of ``servers`` servers broadcasts once: all others get it, once."""
+    with cluster(redis, servers, "-f", "broadcast_messages") as processes:
+        clients = [connect(server.url) for server in processes for _ in range(3)]
         time.sleep(0.3)
         for number, client in enumerate(clients):
             client.send(f"from {number}")
@@ -171,11 +200,17 @@ def test_broadcast_exactly_once_across_servers_never_to_sender(redis_server: Red
 
 
 def test_token_groups_exactly_once_across_servers(redis_server: RedisServer) -> None:  # noqa: F811
-    with cluster(redis_server, 3, "-f", "broadcast_messages_by_token") as servers:
-        groups = {"red": [], "blue": []}  # type: dict[str, list[websocket.WebSocket]]
+    check_token_groups_exactly_once(redis_server, ("red", "blue"))
+
+
+def check_token_groups_exactly_once(redis: RedisSetUp, names: Sequence[str]) -> None:
+    """Nine clients over three servers join ``names`` in turn (``token:NAME``); each
+    member's message reaches every other member of its group once, nobody else."""
+    with cluster(redis, 3, "-f", "broadcast_messages_by_token") as servers:
+        groups: dict[str, list[websocket.WebSocket]] = {name: [] for name in names}
         for index in range(9):
             client = connect(servers[index % 3].url)
-            group = "red" if index % 2 else "blue"
+            group = names[index % len(names)]
             join(client, group)
             groups[group].append(client)
         for group, members in groups.items():
@@ -193,7 +228,12 @@ def test_token_groups_exactly_once_across_servers(redis_server: RedisServer) -> 
 def test_publish_messages_and_broadcast_pubsub_make_a_cluster_chat(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
-    with cluster(redis_server, 2, "-f", "publish_messages", "broadcast_pubsub") as servers:
+    check_publish_messages_chat(redis_server)
+
+
+def check_publish_messages_chat(redis: RedisSetUp) -> None:
+    """publish_messages + broadcast_pubsub: a chat through the raw channel ``global``."""
+    with cluster(redis, 2, "-f", "publish_messages", "broadcast_pubsub") as servers:
         clients = [connect(server.url) for server in servers for _ in range(2)]
         time.sleep(0.2)
         clients[0].send("chat line")
@@ -203,13 +243,18 @@ def test_publish_messages_and_broadcast_pubsub_make_a_cluster_chat(
 
 
 def test_backend_targets_one_group_or_one_client(redis_server: RedisServer) -> None:  # noqa: F811
-    with cluster(redis_server, 2, "-f", "broadcast_messages_by_token") as servers:
+    check_backend_targets_one_group_or_one_client(redis_server)
+
+
+def check_backend_targets_one_group_or_one_client(redis: RedisSetUp) -> None:
+    """A ``Publisher`` on ``redis.url`` reaches a group's members on two servers, or one client."""
+    with cluster(redis, 2, "-f", "broadcast_messages_by_token") as servers:
         in_room = [connect(servers[0].url), connect(servers[1].url)]
         outsider = connect(servers[1].url)
         for client in in_room:
             join(client, "room")
         join(outsider, "hall")
-        backend = Publisher(redis_server.url)
+        backend = Publisher(redis.url)
         try:
             members = backend.group_members("room")
             assert len(members) == 2
@@ -221,6 +266,10 @@ def test_backend_targets_one_group_or_one_client(redis_server: RedisServer) -> N
             assert backend.send_to_client(hall_member, "just you") is True
             assert receive_all(outsider) == ["just you"]
             assert all(receive_all(client) == [] for client in in_room)
+            assert backend.send_to_client("no-such-client", "lost") is False
+            assert backend.broadcast("to everyone") == 2  # both servers
+            for client in [*in_room, outsider]:
+                assert receive_all(client) == ["to everyone"]
         finally:
             backend.close()
         for client in [*in_room, outsider]:
@@ -294,7 +343,14 @@ def test_sigterm_with_a_hung_redis_exits_cleanly(redis_server: RedisServer) -> N
 
 
 def test_sigkilled_server_members_are_purged(redis_server: RedisServer) -> None:  # noqa: F811
-    with cluster(redis_server, 2, "-f", "broadcast_messages_by_token", "--redis_ttl", "2") as (
+    check_sigkilled_server_members_are_purged(redis_server, redis_server.client().keys)
+
+
+def check_sigkilled_server_members_are_purged(
+    redis: RedisSetUp, keys: Callable[[str], list[bytes]]
+) -> None:
+    """A SIGKILLed server's members and keys are gone within its ``--redis_ttl`` (2 s)."""
+    with cluster(redis, 2, "-f", "broadcast_messages_by_token", "--redis_ttl", "2") as (
         doomed,
         survivor,
     ):
@@ -302,14 +358,14 @@ def test_sigkilled_server_members_are_purged(redis_server: RedisServer) -> None:
         keeper = connect(survivor.url)
         for client in [*victims, keeper]:
             join(client, "room")
-        backend = Publisher(redis_server.url)
+        backend = Publisher(redis.url)
         try:
             assert len(backend.group_members("room")) == 3
             doomed_id = server_id(doomed)
             doomed.stop(sig=signal.SIGKILL)
             killed = time.monotonic()
             wait_for(lambda: len(backend.group_members("room")) == 1, 6, "ghost members stayed")
-            wait_for(lambda: not redis_server.client().keys(f"*{doomed_id}*"), 6, "keys stayed")
+            wait_for(lambda: not keys(f"*{doomed_id}*"), 6, "keys stayed")
             assert time.monotonic() - killed < 6
             assert backend.servers() == {server_id(survivor)}
             assert backend.send_to_group("room", "x") == 1  # the dead inbox is skipped

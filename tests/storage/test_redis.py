@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from helpers import LOOPBACK, free_port, wait_for
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
@@ -33,7 +34,7 @@ from fws.storage.redis import (
     encode_envelope,
 )
 from fws.storage.redis.envelope import EnvelopeError
-from fws.storage.redis.link import open_link
+from fws.storage.redis.link import ClusterLink, SentinelLink, SingleLink, open_link
 
 
 class Recorder:
@@ -465,13 +466,50 @@ def test_publisher_works_without_loading_gevent(redis_server: RedisServer) -> No
 
 
 @pytest.mark.parametrize(
-    "url", ["redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "redis+sentinel://127.0.0.1:26379/m"]
+    ("url", "kind"),
+    [
+        ("redis://127.0.0.1:7000/0", SingleLink),
+        ("unix:///tmp/redis.sock", SingleLink),
+        ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", ClusterLink),
+        ("rediss+cluster://127.0.0.1:7000", ClusterLink),
+        ("redis+sentinel://127.0.0.1:26379/m", SentinelLink),
+        ("rediss+sentinel://127.0.0.1:26379,127.0.0.1:26380/m/2", SentinelLink),
+    ],
 )
-def test_cluster_and_sentinel_urls_are_not_supported_yet(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="not yet supported"):
-        open_link(url, "test")
-    with pytest.raises(ConfigurationError, match="not yet supported"):
-        Publisher(url)
+def test_open_link_chooses_the_strategy_by_scheme(url: str, kind: type) -> None:
+    link = open_link(url, "test")  # nothing connects before the first command
+    try:
+        assert isinstance(link, kind)
+    finally:
+        link.close()
+
+
+def test_unknown_schemes_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="redis\\+sentinel://"):
+        open_link("http://nowhere/0", "test")
+
+
+def test_single_node_subscriber_raises_once_then_holds_no_subscriptions(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """The loss semantics every link shares: no silent resubscription by redis-py."""
+    link = open_link(redis_server.url, "fws-loss-test")
+    subscriber = link.subscriber()
+    try:
+        subscriber.subscribe("fws:{broadcast}")
+        wait_for(lambda: subscriber.get_message(0.1) is not None, 5, "no confirmation")
+        redis_server.client().client_kill_filter(_type="pubsub")
+        with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+            for _ in range(50):
+                subscriber.get_message(0.1)
+        redis_server.client().publish("fws:{broadcast}", "after the loss")
+        assert subscriber.get_message(0.3) is None
+        assert redis_server.client().pubsub_numsub("fws:{broadcast}") == [
+            (b"fws:{broadcast}", 0)
+        ]
+    finally:
+        subscriber.close()
+        link.close()
 
 
 def test_lua_scripts_are_package_data() -> None:

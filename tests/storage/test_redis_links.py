@@ -26,9 +26,9 @@ import redis
 from redis_topologies import RedisClusterProcesses, RedisSentinelProcesses
 
 from fws.errors import ConfigurationError
-from fws.storage.redis_cluster_link import ClusterLink
-from fws.storage.redis_link_urls import parse_cluster_url, parse_sentinel_url
-from fws.storage.redis_sentinel_link import SentinelLink
+from fws.storage.redis.cluster_link import ClusterLink
+from fws.storage.redis.sentinel_link import SentinelLink
+from fws.storage.redis.urls import parse_cluster_url, parse_sentinel_url
 
 Subscriber = Any
 
@@ -341,6 +341,24 @@ def test_sentinel_link_commands_and_pubsub(
         subscriber.close()
 
 
+def test_sentinel_command_pool_waits_for_a_free_connection(
+    redis_sentinel: RedisSentinelProcesses,
+) -> None:
+    """Past pool_size a command waits (as on one node) instead of 'Too many connections'."""
+    link = SentinelLink(redis_sentinel.url, name="fws-test", pool_size=1)
+    try:
+        pool = link.commands().connection_pool
+        held = pool.get_connection()
+        timer = threading.Timer(0.3, pool.release, args=(held,))
+        timer.start()
+        began = time.monotonic()
+        assert link.commands().ping()
+        assert time.monotonic() - began >= 0.2
+        timer.join()
+    finally:
+        link.close()
+
+
 def test_sentinel_failover_commands_and_pubsub_resume_within_5s_of_promotion(
     redis_sentinel: RedisSentinelProcesses, sentinel_link: SentinelLink
 ) -> None:
@@ -399,8 +417,8 @@ from gevent import monkey
 monkey.patch_all()
 import sys, time
 import gevent
-from fws.storage.redis_cluster_link import ClusterLink
-from fws.storage.redis_sentinel_link import SentinelLink
+from fws.storage.redis.cluster_link import ClusterLink
+from fws.storage.redis.sentinel_link import SentinelLink
 
 def run(link, channels, kind):
     subscriber = link.subscriber()

@@ -6,7 +6,10 @@ One job per module (issue 11):
 :mod:`.keys`            the key and channel layout (version 2, hash-tagged)
 :mod:`.envelope`        the versioned JSON envelope on fws's channels
 :mod:`.scripts`         the Lua scripts (``lua/*.lua``), one hash tag each
-:mod:`.link`            the connection strategy chosen from the URL (single node today)
+:mod:`.link`            the connection strategy chosen from the URL: one node,
+                        :mod:`.cluster_link` (Redis Cluster, sharded pub/sub) or
+                        :mod:`.sentinel_link` (Sentinel); :mod:`.classic` is the
+                        classic pub/sub session, :mod:`.urls` the URLs and timeouts
 :mod:`.publisher`       ``Publisher``, for backend programs (no gevent needed)
 :mod:`.writer`          the one writer of this server's state: a queue of operations
 :mod:`.subscriber`      the pub/sub session: subscriptions, heartbeat, reconnection

@@ -5,46 +5,54 @@ Everything above (:mod:`.writer`, :mod:`.subscriber`, :mod:`.storage`,
 and is the same for every deployment; a link is chosen from the URL by
 :func:`open_link`:
 
-=============================================  ===================================
-``redis://``, ``rediss://``, ``unix://``        :class:`SingleLink`: one node
-``redis+cluster://``, ``rediss+cluster://``      ``ClusterLink`` (not yet: issue 11)
-``redis+sentinel://``, ``rediss+sentinel://``    ``SentinelLink`` (not yet: issue 11)
-=============================================  ===================================
+==============================================  ==========================================
+``redis://``, ``rediss://``, ``unix://``         :class:`SingleLink`: one node
+``redis+cluster://``, ``rediss+cluster://``       :class:`~.cluster_link.ClusterLink`
+``redis+sentinel://``, ``rediss+sentinel://``     :class:`~.sentinel_link.SentinelLink`
+==============================================  ==========================================
 
-A new strategy implements the two protocols below and one branch of
-:func:`open_link`; nothing else changes.
+Every link's subscriber has the same loss semantics: on any loss it raises
+redis-py's ``ConnectionError``/``TimeoutError`` once and then holds no
+subscriptions, so the listener treats the three alike (resubscribe, resync,
+count the outage). A new strategy implements the two protocols below and one
+branch of :func:`open_link`; nothing else changes. Timeouts and connection
+settings are in :mod:`.urls`, shared by all links.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.client import PubSub
-from redis.retry import Retry
+from redis.exceptions import RedisClusterException, RedisError
 
 from ...errors import ConfigurationError
+from .classic import ClassicSubscriber
+from .cluster_link import ClusterLink
+from .sentinel_link import SentinelLink
+from .urls import COMMAND_TIMEOUT, CONNECT_TIMEOUT, POOL_SIZE, POOL_WAIT, connection_kwargs, redact
 
 __all__ = [
     "COMMAND_TIMEOUT",
     "CONNECT_TIMEOUT",
     "POOL_SIZE",
+    "REDIS_ERRORS",
+    "ClusterLink",
     "Link",
+    "SentinelLink",
     "SingleLink",
     "Subscriber",
     "open_link",
     "redact",
 ]
 
-# Timeouts are short: a Redis that does not answer in time is treated as gone,
-# and the server goes on serving its local clients meanwhile.
-CONNECT_TIMEOUT = 2.0
-COMMAND_TIMEOUT = 5.0
-POOL_SIZE = 32
-"""Most Redis connections one server opens for commands (plus one for pub/sub)."""
-POOL_WAIT = 5.0
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+"""What a call through any link raises when Redis is unreachable or refuses.
+
+``RedisClusterException`` is no ``RedisError``: redis-py raises it when no
+cluster node answers or the slots are not covered, which for fws is an
+outage like any other.
+"""
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -66,7 +74,8 @@ class Subscriber(Protocol):
         """The next redis-py message dict (confirmations included), or None after ``timeout``.
 
         Raises redis-py's ``ConnectionError``/``TimeoutError`` when the session is
-        lost: the caller then opens a new one, resubscribes and resyncs.
+        lost, and then holds no subscriptions: the caller opens a new one,
+        resubscribes and resyncs.
         """
 
     def ping(self) -> None:
@@ -97,58 +106,6 @@ class Link(Protocol):
         """A new pub/sub session."""
 
     def close(self) -> None: ...
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def connection_kwargs(name: str) -> dict[str, Any]:
-    """What every fws connection to Redis uses: short timeouts, no hidden retries."""
-    return {
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": COMMAND_TIMEOUT,
-        "socket_keepalive": True,
-        # fws retries itself, with backoff and a resync; redis-py's own retries
-        # would hide outages and stall the greenlet that made the call.
-        "retry": Retry(NoBackoff(), 0),
-        "client_name": name,
-    }
-
-
-class _SingleSubscriber:
-    """A redis-py ``PubSub`` on the link's one pub/sub connection."""
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pubsub = PubSub(pool)
-
-    def subscribe(self, *channels: str) -> None:
-        self._pubsub.subscribe(*channels)
-
-    def unsubscribe(self, *channels: str) -> None:
-        self._pubsub.unsubscribe(*channels)
-
-    subscribe_raw = subscribe  # one node: fws's channels are classic channels too
-
-    def get_message(self, timeout: float) -> dict[str, Any] | None:
-        message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
-        return message
-
-    def ping(self) -> None:
-        self._pubsub.ping()
-
-    def close(self) -> None:
-        self._pubsub.close()
 
 
 class SingleLink:
@@ -192,7 +149,7 @@ class SingleLink:
         return int(self._redis.publish(channel, data))
 
     def subscriber(self) -> Subscriber:
-        return _SingleSubscriber(self._pubsub_pool)
+        return ClassicSubscriber(self._pubsub_pool)
 
     def close(self) -> None:
         self._pool.disconnect()
@@ -209,18 +166,14 @@ def open_link(url: str, name: str, *, pool_size: int = POOL_SIZE) -> Link:
     appended for the pub/sub session), so an operator can tell fws's
     connections apart.
     """
-    try:
-        scheme = urlsplit(url).scheme.lower()
-    except ValueError:
-        scheme = ""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in SINGLE_SCHEMES:
         return SingleLink(url, name, pool_size=pool_size)
-    if scheme in CLUSTER_SCHEMES or scheme in SENTINEL_SCHEMES:
-        raise ConfigurationError(
-            f"Redis URL {redact(url)}: {scheme}:// is not yet supported "
-            "(use redis://, rediss:// or unix://)"
-        )
+    if scheme in CLUSTER_SCHEMES:
+        return ClusterLink(url, name, pool_size=pool_size)
+    if scheme in SENTINEL_SCHEMES:
+        return SentinelLink(url, name, pool_size=pool_size)
     raise ConfigurationError(
-        f"invalid Redis URL {redact(url)}: the scheme must be one of redis://, rediss://, "
-        "unix://"
+        f"invalid Redis URL {redact(url)}: the scheme must be one of "
+        + ", ".join(f"{known}://" for known in SINGLE_SCHEMES + CLUSTER_SCHEMES + SENTINEL_SCHEMES)
     )

@@ -24,8 +24,10 @@ OPTIONS: tuple[StorageOption, ...] = (
         StorageOption(
             "redis_url",
             None,
-            "redis://[user:pass@]host:port/db (rediss:// for TLS); overrides "
-            "--redis_host/--redis_port.",
+            "redis://[user:pass@]host:port/db (rediss:// for TLS, unix:///path), "
+            "redis+cluster://host:port[,host:port...] (Redis Cluster), "
+            "redis+sentinel://host:port[,host:port...]/SERVICE[/DB] (Sentinel); "
+            "overrides --redis_host/--redis_port.",
         ),
         StorageOption(
             "redis_ttl",

@@ -32,8 +32,10 @@ class Publisher:
 
     ``key`` must match the servers' ``--redis_key``. Each method returns how
     many servers (or, for ``send_to_client``, whether a server) took the
-    message; 0 means nobody was there to receive it. ``client``: a
-    ``redis.Redis`` of your own instead of ``url`` (one node only).
+    message; 0 means nobody was there to receive it. ``url`` takes every
+    form the servers take (``redis+cluster://h:p,h:p``,
+    ``redis+sentinel://h:p,h:p/SERVICE``, ...). ``client``: a ``redis.Redis``
+    of your own instead of ``url`` (one node only).
     """
 
     def __init__(
@@ -47,9 +49,8 @@ class Publisher:
             SingleLink.from_client(client) if client is not None
             else open_link(url, "fws-publisher", pool_size=8)
         )  # fmt: skip
-        self.redis = self.link.commands()
         self.keys = KeyLayout(key)
-        self._scripts = Scripts(self.redis, self.keys)
+        self._scripts = Scripts(self.link.commands, self.keys)
 
     def broadcast(self, data: str | bytes) -> int:
         """Every client of every server."""
@@ -62,15 +63,19 @@ class Publisher:
 
     def send_to_client(self, connection_id: str, data: str | bytes) -> bool:
         """One client, by its connection id (``web_socket_instance.id``); whether found."""
-        sid = find_server(self.redis, self._scripts, self.keys, connection_id)
+        sid = find_server(self.link.commands(), self._scripts, self.keys, connection_id)
         if sid is None:
             return False
         payload = encode_envelope(data, client=connection_id)
         return self.link.publish(self.keys.inbox(sid), payload) > 0
 
     def publish(self, channel: str, data: str | bytes) -> int:
-        """Raw data to a ``--redis_channels`` channel: the consumer pipelines get it."""
-        return int(self.redis.publish(channel, data))
+        """Raw data to a ``--redis_channels`` channel: the consumer pipelines get it.
+
+        Always a classic PUBLISH: on a cluster it reaches every node, so the
+        servers' classic subscriptions (on any node) all get it.
+        """
+        return int(self.link.commands().publish(channel, data))
 
     def group_members(self, group: str) -> set[str]:
         """The connection ids in ``group``, over all live servers."""
@@ -88,7 +93,7 @@ def find_server(client: Any, scripts: Scripts, keys: KeyLayout, connection_id: s
     """The live server that registered ``connection_id``, or None.
 
     One script for the live servers, then one pipelined SISMEMBER per server
-    (each on its own slot, so a cluster pipeline splits them by node).
+    (each on its own slot ``{s:SID}``; a cluster pipeline splits them by node).
     """
     live = scripts.live_servers()
     if not live:

@@ -7,13 +7,18 @@ by the clocks of the fws machines, which may disagree.
 
 redis-py loads a script on first use (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
 The servers and :class:`~fws.storage.redis.Publisher` call the same scripts.
+Each call runs on the client the link gives at that moment: a cluster link
+only has one once the cluster has answered, and may replace it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from redis.commands.core import Script
 
 from .keys import KeyLayout
 
@@ -31,27 +36,42 @@ def text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-class Scripts:
-    """The scripts registered on one client (``redis.Redis`` or ``RedisCluster``)."""
+def _script(name: str) -> Script:
+    """``lua/NAME.lua`` as a redis-py ``Script`` bound to no client (given at each call).
 
-    def __init__(self, client: Any, keys: KeyLayout) -> None:
+    The source is passed as bytes, so no client's encoder is needed to hash it.
+    """
+    return Script(None, lua_source(name).encode("utf-8"))  # type: ignore[arg-type]
+
+
+class Scripts:
+    """The scripts, run on ``commands()`` (a ``redis.Redis`` or ``RedisCluster``).
+
+    Keys are passed as KEYS (never only built inside the script), so
+    RedisCluster routes each call to the shard of its one hash tag.
+    """
+
+    def __init__(self, commands: Callable[[], Any], keys: KeyLayout) -> None:
+        self._commands = commands
         self._keys = keys
-        self._group_members = client.register_script(lua_source("group_members"))
-        self._remove_everywhere = client.register_script(lua_source("remove_everywhere"))
-        self._live_servers = client.register_script(lua_source("live_servers"))
+        self._group_members = _script("group_members")
+        self._remove_everywhere = _script("remove_everywhere")
+        self._live_servers = _script("live_servers")
 
     def group_members(self, group: str) -> set[str]:
         """The connection ids in ``group`` over all live servers."""
         keys = [self._keys.group_servers(group)]
-        members = self._group_members(keys=keys, args=[self._keys.members_prefix(group)])
+        args = [self._keys.members_prefix(group)]
+        members = self._group_members(keys=keys, args=args, client=self._commands())
         return {text(member) for member in members}
 
     def remove_everywhere(self, group: str, member: str) -> int:
         """Remove ``member`` from ``group`` on every server; how many sets held it."""
         keys = [self._keys.group_servers(group)]
         args = [self._keys.members_prefix(group), member]
-        return int(self._remove_everywhere(keys=keys, args=args))
+        return int(self._remove_everywhere(keys=keys, args=args, client=self._commands()))
 
     def live_servers(self) -> list[str]:
         """Ids of the servers whose heartbeat is current, by Redis's clock."""
-        return [text(sid) for sid in self._live_servers(keys=[self._keys.servers])]
+        found = self._live_servers(keys=[self._keys.servers], client=self._commands())
+        return [text(sid) for sid in found]

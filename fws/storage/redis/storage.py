@@ -26,15 +26,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from redis.exceptions import RedisError
-
 from ...errors import ConfigurationError, FwsError
 from ..base import PubSubMessage, Storage, StorageOption
 from .envelope import encode_envelope
 from .health import Health
 from .inbound import Inbound, warn_if_not_patched
 from .keys import KeyLayout
-from .link import COMMAND_TIMEOUT, open_link
+from .link import COMMAND_TIMEOUT, REDIS_ERRORS, open_link
 from .membership import Membership
 from .options import OPTIONS
 from .publisher import find_server
@@ -63,7 +61,9 @@ class RedisStorage(Storage):
     """Groups and pub/sub in Redis, shared by every server using the same Redis and key.
 
     ``redis_url`` (``redis://[user:pass@]host:port/db``, ``rediss://`` for TLS,
-    ``unix://``) wins over ``redis_host``/``redis_port`` when given.
+    ``unix://``, ``redis+cluster://h:p[,h:p...]``,
+    ``redis+sentinel://h:p[,h:p...]/SERVICE[/DB]``; see :mod:`.link`) wins over
+    ``redis_host``/``redis_port`` when given.
     ``redis_ttl``: seconds after which the state of a server that died without
     cleaning up is gone from Redis. ``check``: ping Redis now and raise
     ``ConfigurationError`` if it cannot be reached, so that ``fws_server``
@@ -96,14 +96,13 @@ class RedisStorage(Storage):
         """This server's id in Redis (keys, inbox channel, client names)."""
         self.link = open_link(url, f"fws-{self.server_id}")
         self.url = self.link.url
-        self.redis = self.link.commands()
         if check:
             try:
-                self.redis.ping()
-            except RedisError as exc:
+                self.link.commands().ping()
+            except REDIS_ERRORS as exc:
                 self.link.close()
                 raise ConfigurationError(f"cannot reach Redis at {self.url}: {exc}") from None
-        self._scripts = Scripts(self.redis, self.keys)
+        self._scripts = Scripts(self.link.commands, self.keys)
         self._server: Server | None = None
         self._health = Health(self.url, self._stats)
         self._writer = Writer(
@@ -192,7 +191,7 @@ class RedisStorage(Storage):
         payload = encode_envelope(data, origin=self.server_id, client=connection_id)
 
         def send() -> bool:
-            sid = find_server(self.redis, self._scripts, self.keys, connection_id)
+            sid = find_server(self.link.commands(), self._scripts, self.keys, connection_id)
             return sid is not None and self.link.publish(self.keys.inbox(sid), payload) > 0
 
         return bool(self._publish(send))
@@ -204,7 +203,9 @@ class RedisStorage(Storage):
         gets it (if it follows ``channel``), as local clients still get local
         broadcasts: a pub/sub chat goes on within each server.
         """
-        published = self._publish(lambda: self.redis.publish(channel, data))
+        # Raw channels are classic pub/sub on every link (on a cluster a
+        # classic PUBLISH reaches every node), as the seed's redis-cli publish.
+        published = self._publish(lambda: self.link.commands().publish(channel, data))
         if published is None and channel in self.channels and self._server is not None:
             self._server.queue.put(PubSubMessage(channel, data))
 
@@ -231,7 +232,7 @@ class RedisStorage(Storage):
         self._writer.start()
         try:
             self._listener.connect()  # subscribes, then queues the first snapshot
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._listener.drop()
             self._health.failed(exc)
             return
@@ -290,7 +291,7 @@ class RedisStorage(Storage):
             raise StorageUnavailable(f"Redis at {self.url} is unreachable")
         try:
             return read()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._health.failed(exc)
             raise StorageUnavailable(f"Redis at {self.url}: {exc}") from exc
 
@@ -300,7 +301,7 @@ class RedisStorage(Storage):
             return None
         try:
             return send()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._health.lost_one()
             self._health.failed(exc)
             return None

@@ -24,10 +24,9 @@ from typing import Any
 
 import redis
 from redis.backoff import EqualJitterBackoff
-from redis.exceptions import RedisError
 
 from .health import BACKOFF_CAP, BACKOFF_FIRST, Health
-from .link import COMMAND_TIMEOUT, Link, Subscriber
+from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link, Subscriber
 from .scripts import text
 
 __all__ = ["POLL", "Listener"]
@@ -119,7 +118,7 @@ class Listener:
                     if self._session is None:
                         self.connect()
                     self._read_loop()
-                except (RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     self.drop()
                     if self.closing.is_set():
                         break
@@ -251,5 +250,5 @@ class Listener:
         if session is not None:
             try:
                 session.close()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.debug("closing the pub/sub connection: %s", exc)

@@ -33,11 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .health import Health
 from .keys import KeyLayout
-from .link import Link
+from .link import REDIS_ERRORS, Link
 
 __all__ = [
     "Connected",
@@ -164,8 +162,10 @@ class Writer:
             try:
                 self.execute(ops)
             except Exception:
-                if not self.health.closing:  # close() disconnected the pools under it
+                if not self.health.closing:
                     log.exception("redis writer failed; the next snapshot rewrites the state")
+                else:  # close() may have disconnected the pools under it; still, say so
+                    log.debug("redis writer failed while closing", exc_info=True)
                 self.health.mark_dirty()
             if stop:
                 return
@@ -192,7 +192,7 @@ class Writer:
                 for op in ops:
                     self._build(pipe, op, checks)
                 results = pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self.health.failed(exc)
             for snapshot in snapshots:
                 snapshot.done.set()
@@ -250,7 +250,9 @@ class Writer:
         elif isinstance(op, Snapshot):
             self._build_snapshot(pipe, op)
         elif isinstance(op, Forget):
-            pipe.delete(keys.info(sid), keys.clients(sid))
+            # One key per DEL: redis-py's cluster pipeline refuses multi-key DEL.
+            pipe.delete(keys.info(sid))
+            pipe.delete(keys.clients(sid))
             pipe.zrem(keys.servers, sid)
             for name in self._written | set(op.groups):
                 pipe.delete(keys.members(sid, name))

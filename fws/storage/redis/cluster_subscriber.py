@@ -1,18 +1,12 @@
-"""The Redis Cluster link: commands through ``RedisCluster``, fws channels sharded.
+"""The Redis Cluster pub/sub session: sharded fws channels, classic raw channels.
 
-fws's channels (``P:{broadcast}``, ``P:{g:NAME}``, ``P:{s:SID}:inbox``) go
-through SPUBLISH/SSUBSCRIBE, so each lives on the shard of its hash slot and
-group traffic spreads over the shards. Raw ``--redis_channels`` stay classic
-SUBSCRIBE: a classic PUBLISH on a cluster reaches every node, so one
-subscription on any node is enough.
+fws's channels are SSUBSCRIBEd, each on the primary of its slot; the raw
+``--redis_channels`` are SUBSCRIBEd on one node, any node (a classic
+PUBLISH on a cluster reaches every node).
 
 What redis-py 8.1 does on a topology change, as read in ``redis/cluster.py``
 and measured against real clusters (``tests/storage/test_redis_links.py``):
 
-- Commands follow MOVED/ASK/TRYAGAIN by themselves (up to 16 redirections,
-  whatever ``retry`` says). A ConnectionError refreshes the slot table
-  (``NodesManager.initialize``) and is then retried ``retry.get_retries()``
-  times *without* backoff.
 - ``ClusterPubSub`` keeps one ``PubSub`` per node. When the node of a shard
   channel dies, that per-node pubsub raises ConnectionError on every
   ``get_sharded_message`` for ever: nothing refreshes the topology for it.
@@ -38,116 +32,39 @@ the outage: at most once, but never silently less.
 
 No gevent here: the storage's greenlets call these blocking methods in a
 monkey-patched process; the Publisher uses them in a plain one.
+
+The subscriber reads redis-py internals (``ClusterPubSub.node_pubsub_mapping``,
+``get_sharded_message(target_node=...)``, ``Connection._sock``): hence
+``redis>=8.1`` in setup.cfg, the version this was written and measured against.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import select
-import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException
-from redis.retry import Retry
 
-from .redis_link_urls import ClusterSettings, connection_kwargs, parse_cluster_url
+if TYPE_CHECKING:
+    from .cluster_link import ClusterLink
 
-__all__ = ["CLUSTER_RETRIES", "ClusterLink", "ClusterSubscriber", "parse_cluster_url"]
-
-log = logging.getLogger("fws.storage.redis")
-
-CLUSTER_RETRIES = 1
-"""Immediate re-tries of a cluster command after a ConnectionError/TimeoutError.
-
-The single-node storage allows none. On a cluster one is worth it: redis-py
-refreshes the slot table before the re-try, so a command that hit a primary
-already replaced by its replica succeeds on the new one instead of failing
-the whole write batch. More would only hide a shard that is really down
-(redis-py re-tries without backoff); the storage backs off itself.
-"""
+__all__ = ["ClusterSubscriber", "cluster_error"]
 
 
-def _cluster_error(settings: ClusterSettings, exc: Exception) -> redis.ConnectionError:
+def cluster_error(url: str, exc: Exception) -> redis.ConnectionError:
     """``RedisClusterException`` (no seed answers, slots uncovered) as a ConnectionError.
 
     The storage treats ConnectionError as "Redis unreachable, retry with
     backoff"; RedisClusterException is not one, so it is translated here.
     """
-    error = redis.ConnectionError(f"Redis Cluster at {settings.url}: {exc}")
+    error = redis.ConnectionError(f"Redis Cluster at {url}: {exc}")
     error.__cause__ = exc
     return error
-
-
-class ClusterLink:
-    """Commands, SPUBLISH and subscribers on one Redis Cluster.
-
-    Nothing connects before the first use: a link can be made while the
-    cluster is down; ``commands()``, ``publish()`` and ``subscriber()`` raise
-    ``redis.ConnectionError`` until it answers.
-    """
-
-    sharded = True
-
-    def __init__(self, url: str, name: str = "fws") -> None:
-        self.settings = parse_cluster_url(url)
-        self.url = self.settings.url
-        self.name = name
-        self._lock = threading.Lock()
-        self._client: RedisCluster | None = None
-        self._closed = False
-
-    def new_client(self, name: str) -> RedisCluster:
-        """A ``RedisCluster`` with fws's timeouts; ConnectionError if no seed answers."""
-        kwargs = connection_kwargs(name)
-        del kwargs["retry"]  # the cluster-level retry below; node connections get none
-        try:
-            return RedisCluster(
-                startup_nodes=[ClusterNode(host, port) for host, port in self.settings.nodes],
-                retry=Retry(NoBackoff(), CLUSTER_RETRIES),
-                # Keep the seeds the user gave: they are the way back in after
-                # the nodes redis-py discovered have all changed.
-                dynamic_startup_nodes=False,
-                **kwargs,
-                **self.settings.credentials(),
-            )
-        except RedisClusterException as exc:
-            raise _cluster_error(self.settings, exc) from exc
-
-    def commands(self) -> RedisCluster:
-        """The shared ``RedisCluster`` for keys, pipelines and scripts (one hash tag each)."""
-        with self._lock:
-            if self._closed:
-                raise redis.ConnectionError(f"link to {self.url} is closed")
-            if self._client is None:
-                self._client = self.new_client(self.name)
-            return self._client
-
-    def publish(self, channel: str, data: bytes) -> int:
-        """SPUBLISH ``data`` on the shard of ``channel``; the subscribers it reached there."""
-        try:
-            return int(self.commands().spublish(channel, data))
-        except RedisClusterException as exc:
-            raise _cluster_error(self.settings, exc) from exc
-
-    def subscriber(self) -> ClusterSubscriber:
-        """A new pub/sub session with its own ``RedisCluster`` (see the module docstring)."""
-        return ClusterSubscriber(self, f"{self.name}-pubsub")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    def __repr__(self) -> str:
-        return f"<ClusterLink {self.url}>"
 
 
 class ClusterSubscriber:
@@ -183,7 +100,7 @@ class ClusterSubscriber:
             try:
                 self._cluster.nodes_manager.initialize()
             except RedisClusterException as exc:
-                raise _cluster_error(self._link.settings, exc) from exc
+                raise cluster_error(self._link.url, exc) from exc
             self._stale = False
         if self._sharded is None:
             self._sharded = self._cluster.pubsub()

@@ -1,4 +1,8 @@
-"""Parsing of the cluster and sentinel Redis URLs, and what both links share.
+"""How fws reaches Redis: the URL grammars, the timeouts, the connection settings.
+
+Every link (:mod:`.link`, :mod:`.cluster_link`, :mod:`.sentinel_link`) takes
+its timeouts and connection keyword arguments from here, so one change
+applies to all three.
 
 ``redis.Redis.from_url`` knows one host per URL; a cluster or a sentinel
 set-up is reached through a list of seed addresses, so fws has its own
@@ -15,9 +19,6 @@ asked without AUTH, which is how sentinels are usually deployed.
 
 A malformed URL is the user's mistake: ``ConfigurationError`` with the
 password replaced by ``***``, so the message can go to logs and stderr.
-
-Temporary module: the lead moves it into the ``fws.storage.redis`` package
-(``link.py``) at merge time.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from urllib.parse import parse_qsl, unquote
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import ConfigurationError
+from ...errors import ConfigurationError
 
 __all__ = [
-    "CONNECT_TIMEOUT",
     "COMMAND_TIMEOUT",
+    "CONNECT_TIMEOUT",
+    "POOL_SIZE",
+    "POOL_WAIT",
     "ClusterSettings",
     "SentinelSettings",
     "connection_kwargs",
@@ -44,10 +47,14 @@ __all__ = [
     "redact",
 ]
 
-# The same short timeouts as the single-node storage: a Redis that does not
-# answer in time is treated as gone and fws keeps serving its local clients.
+# Timeouts are short: a Redis that does not answer in time is treated as gone,
+# and the server goes on serving its local clients meanwhile.
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
+POOL_SIZE = 32
+"""Most Redis connections one server opens for commands (plus its pub/sub session)."""
+POOL_WAIT = 5.0
+"""How long a command waits for a free pooled connection before failing."""
 CLUSTER_DEFAULT_PORT = 6379
 SENTINEL_DEFAULT_PORT = 26379
 
@@ -58,7 +65,7 @@ _SENTINEL_OPTIONS = {"sentinel_password", "sentinel_username"}
 
 
 def connection_kwargs(name: str) -> dict[str, Any]:
-    """Keyword arguments for every data connection fws opens (as ``_connection_kwargs``).
+    """Keyword arguments for every data connection fws opens; ``name`` shows in CLIENT LIST.
 
     No redis-py retries: they would hide an outage and stall the caller;
     fws reconnects itself, with backoff and a resync.
@@ -138,11 +145,8 @@ class SentinelSettings(_Common):
 
     def sentinel_credentials(self) -> dict[str, Any]:
         """Keyword arguments for the connections to the sentinels themselves."""
-        kwargs: dict[str, Any] = {
-            "socket_connect_timeout": CONNECT_TIMEOUT,
-            "socket_timeout": COMMAND_TIMEOUT,
-            "retry": Retry(NoBackoff(), 0),
-        }
+        kwargs = connection_kwargs("")
+        del kwargs["client_name"]  # sentinels are asked, not used: no name needed
         if self.sentinel_username:
             kwargs["username"] = self.sentinel_username
         if self.sentinel_password is not None:

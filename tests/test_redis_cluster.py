@@ -1,0 +1,188 @@
+"""fws on a Redis Cluster, end to end: real nodes, real fws_server processes, real clients.
+
+The six-node cluster (three shards) is the module-scoped ``redis_cluster``
+fixture; a test that kills a node restarts it (it rejoins as a replica). The
+scenarios are the single-Redis ones of ``test_cluster.py`` (its ``check_*``
+functions), run against ``redis+cluster://``, plus what only a cluster has:
+groups on different shards, and a shard's primary SIGKILLed under traffic.
+
+Measured times are printed: run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import websocket
+from helpers import connect, wait_for
+from redis.cluster import RedisCluster, key_slot
+from redis_topologies import RedisClusterProcesses
+from test_cluster import (
+    BASE,
+    ServerProcess,
+    check_backend_targets_one_group_or_one_client,
+    check_broadcast_exactly_once,
+    check_publish_messages_chat,
+    check_raw_publish_reaches_clients,
+    check_sigkilled_server_members_are_purged,
+    check_token_groups_exactly_once,
+    cluster,
+    join,
+    receive_all,
+)
+
+from fws.storage.redis import KeyLayout, Publisher
+
+LAYOUT = KeyLayout("fws")
+
+
+def groups_on_distinct_shards(
+    redis_cluster: RedisClusterProcesses, count: int, prefix: str = "room"
+) -> list[str]:
+    """Group names whose channels (``fws:{g:NAME}``) live on ``count`` different primaries."""
+    found: dict[int, str] = {}
+    index = 0
+    while len(found) < count:
+        name = f"{prefix}{index}"
+        found.setdefault(redis_cluster.node_for_key(LAYOUT.group_channel(name)).port, name)
+        index += 1
+    names = list(found.values())
+    slots = {key_slot(LAYOUT.group_channel(name).encode()) for name in names}
+    assert len(slots) == count
+    return names
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisClusterProcesses) -> Iterator[RedisCluster]:
+    client = RedisCluster(startup_nodes=None, host=redis_cluster.nodes[0].address[0],
+                          port=redis_cluster.nodes[0].port)  # fmt: skip
+    yield client
+    client.close()
+
+
+def cluster_keys(client: RedisCluster, pattern: str) -> list[bytes]:
+    """KEYS ``pattern`` on every primary."""
+    found = client.keys(pattern, target_nodes=RedisCluster.PRIMARIES)
+    return list(found)
+
+
+def test_broadcast_reaches_every_client_but_the_sender_once(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    check_broadcast_exactly_once(redis_cluster)
+
+
+def test_token_groups_on_three_shards_exactly_once(redis_cluster: RedisClusterProcesses) -> None:
+    names = groups_on_distinct_shards(redis_cluster, 3)
+    check_token_groups_exactly_once(redis_cluster, names)
+
+
+def test_publisher_with_the_cluster_url(redis_cluster: RedisClusterProcesses) -> None:
+    check_backend_targets_one_group_or_one_client(redis_cluster)
+
+
+def test_seed_broadcast_pubsub_and_redis_cli_publish_on_any_node(
+    redis_cluster: RedisClusterProcesses, cluster_client: RedisCluster
+) -> None:
+    args = [*BASE, "--storage", "redis", "--redis-url", redis_cluster.url,
+            "-f", "broadcast_pubsub", "--redis_channels", "global"]  # fmt: skip
+    with ServerProcess(args) as one, ServerProcess(args) as two:
+        # redis-cli on the last node, a Publisher (classic PUBLISH) for the binary one
+        publisher = Publisher(redis_cluster.url)
+        try:
+            check_raw_publish_reaches_clients(
+                [one, two], redis_cluster.nodes[-1].port, publisher.publish
+            )
+        finally:
+            publisher.close()
+            for server in (one, two):  # cleanly: a later test counts the live servers
+                server.stop()
+
+
+def test_publish_messages_and_broadcast_pubsub_chat(redis_cluster: RedisClusterProcesses) -> None:
+    check_publish_messages_chat(redis_cluster)
+
+
+def test_sigkilled_server_is_purged_from_the_cluster(
+    redis_cluster: RedisClusterProcesses, cluster_client: RedisCluster
+) -> None:
+    check_sigkilled_server_members_are_purged(
+        redis_cluster, lambda pattern: cluster_keys(cluster_client, pattern)
+    )
+
+
+class Traffic(threading.Thread):
+    """Sends ``N`` every 20 ms on ``client``; remembers when each was sent."""
+
+    def __init__(self, client: websocket.WebSocket) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.sent: dict[int, float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        number = 0
+        while not self.done.is_set():
+            self.sent[number] = time.monotonic()
+            self.client.send(str(number))
+            number += 1
+            self.done.wait(0.02)
+
+
+def first_delivery_after(
+    receiver: websocket.WebSocket, traffic: Traffic, after: float, timeout: float
+) -> float:
+    """When ``receiver`` first got a message that was sent after ``after`` (monotonic)."""
+    receiver.settimeout(0.2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            number = int(receiver.recv())
+        except websocket.WebSocketTimeoutException:
+            continue
+        if traffic.sent.get(number, 0.0) > after:
+            return time.monotonic()
+    raise AssertionError(f"no delivery within {timeout} s")
+
+
+def test_shard_primary_sigkill_under_traffic_delivery_resumes(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    (busy,) = groups_on_distinct_shards(redis_cluster, 1, prefix="busy")
+    with cluster(redis_cluster, 2, "-f", "broadcast_messages_by_token") as (a, b):
+        sender, receiver = connect(a.url), connect(b.url)
+        join(sender, busy)
+        join(receiver, busy)
+        traffic = Traffic(sender)
+        traffic.start()
+        try:
+            first_delivery_after(receiver, traffic, time.monotonic(), 5)  # flowing
+            victim = redis_cluster.node_for_key(LAYOUT.group_channel(busy))
+            killed = redis_cluster.kill(victim)
+            promoted_node, promoted = redis_cluster.wait_for_failover(victim)
+            delivered = first_delivery_after(receiver, traffic, killed, 20)
+        finally:
+            traffic.done.set()
+            traffic.join(5)
+        print(
+            f"\ncluster: SIGKILL of {victim.name} -> {promoted_node.name} promoted "
+            f"{promoted - killed:.2f} s, first delivery {delivered - killed:.2f} s after the kill"
+        )
+        assert delivered - killed < 20
+        # The state was rewritten: both members are known again and reachable.
+        backend = Publisher(redis_cluster.url)
+        try:
+            wait_for(lambda: len(backend.group_members(busy)) == 2, 10, "state not rewritten")
+            receive_all(receiver, quiet=0.3)
+            assert backend.send_to_group(busy, "after the failover") == 2
+            assert receive_all(receiver) == ["after the failover"]
+        finally:
+            backend.close()
+        for server in (a, b):
+            wait_for(lambda server=server: "is back" in server.output, 10, server.output)
+        sender.close()
+        receiver.close()
+    redis_cluster.restart(victim)
