@@ -39,6 +39,8 @@ from procs import LOOPBACK, cpu_busy_seconds, cpu_seconds, fws_command
 from redis_setups import Node, Setup
 
 _LISTENING = re.compile(r"fws listening on ws://[^:]+:(\d+)")
+_OUTAGE = re.compile(r"unreachable \(([^)]*)\)")
+LOGS: dict[int, Path] = {}  # fws server pid -> its log
 
 
 @contextlib.contextmanager
@@ -81,6 +83,7 @@ def fws_servers(count: int, args: list[str], directory: Path) -> Iterator[list[t
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"fws_server did not start:\n{log.read_text()}")
                 time.sleep(0.05)
+        LOGS.update((process.pid, log) for process, log in zip(processes, logs, strict=True))
         yield [(process.pid, port) for process, port in zip(processes, ports, strict=True)]
     finally:
         for process in processes:
@@ -425,6 +428,9 @@ def fws_rows(args: argparse.Namespace, setup: Setup, ports: list[tuple[int, int]
             best = run
     finally:
         clients.close()
+    lost_redis = outages(pids)
+    if lost_redis:
+        print(f"  the fws servers lost Redis (outages, messages dropped): {lost_redis}")
     if best is None:
         summary.append(f"{setup.name}, saturation through fws: no step under 50 ms")
     else:
@@ -437,6 +443,7 @@ def fws_rows(args: argparse.Namespace, setup: Setup, ports: list[tuple[int, int]
             + f"; busiest client {max(best.client_cpu) / best.active:.0%}; machine "
             f"{best.machine_busy / best.wall:.2f}/{os.cpu_count()} cores; next step: "
             + _verdict(run)
+            + (f"; fws logged Redis outages: {lost_redis}" if lost_redis else "")
         )
     return summary
 
@@ -464,12 +471,27 @@ def _verdict(run: RunResult) -> str:
     }
     name, load = max(loads.items(), key=lambda item: item[1])
     machine = run.machine_busy / run.wall
+    cores = os.cpu_count() or 1
     if load >= 0.85:
         parts.append(f"limit: a {name} at {load:.0%} of a core")
-    else:
-        parts.append(f"limit: the machine ({machine:.2f} of {os.cpu_count()} cores busy; "
+    elif machine + run.softirq / run.wall >= 0.9 * cores:
+        parts.append(f"limit: the machine ({machine:.2f} of {cores} cores busy + softirq; "
                      f"busiest of ours: {name} at {load:.0%})")  # fmt: skip
+    else:
+        parts.append(f"limit: inside fws, not CPU (busiest: {name} at {load:.0%}; the machine "
+                     f"{machine:.2f} of {cores} cores)")  # fmt: skip
     return ", ".join(parts)
+
+
+def outages(pids: Iterable[int]) -> str:
+    """What the fws servers' logs say about losing Redis ("unreachable (REASON)")."""
+    reasons: dict[str, int] = {}
+    for pid in pids:
+        log = LOGS.get(pid)
+        text = log.read_text(errors="replace") if log and log.exists() else ""
+        for reason in _OUTAGE.findall(text):
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return ", ".join(f"{count} x '{reason}'" for reason, count in reasons.items())
 
 
 def _step_line(run: RunResult, nodes: Iterable[Node]) -> str:
