@@ -142,7 +142,7 @@ def run_cluster(quick: bool) -> str | None:
         return None
     command = [sys.executable, str(CLUSTER)]
     if quick:
-        command += ["--duration", "2"]
+        command += ["--quick"]
     print(f"\n$ {' '.join(command[1:])}", flush=True)
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     output = completed.stdout + (
