@@ -359,6 +359,27 @@ def test_sentinel_command_pool_waits_for_a_free_connection(
         link.close()
 
 
+def test_cluster_node_pools_wait_for_a_free_connection(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    """Past pool_size a command waits (as on one node) instead of 'Too many connections'."""
+    link = ClusterLink(redis_cluster.url, name="fws-test", pool_size=1)
+    try:
+        client = link.commands()
+        node = client.get_node_from_key("fws:{g:pool}")
+        pool = node.redis_connection.connection_pool
+        assert isinstance(pool, redis.BlockingConnectionPool)
+        held = pool.get_connection()
+        timer = threading.Timer(0.3, pool.release, args=(held,))
+        timer.start()
+        began = time.monotonic()
+        assert client.set("fws:{g:pool}", "x")
+        assert time.monotonic() - began >= 0.2
+        timer.join()
+    finally:
+        link.close()
+
+
 def test_sentinel_failover_commands_and_pubsub_resume_within_5s_of_promotion(
     redis_sentinel: RedisSentinelProcesses, sentinel_link: SentinelLink
 ) -> None:

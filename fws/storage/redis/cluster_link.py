@@ -55,6 +55,10 @@ class _WaitingPool(redis.BlockingConnectionPool):
         super().__init__(**kwargs)
 
 
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 class ClusterLink:
     """Commands, SPUBLISH and subscribers on one Redis Cluster.
 
@@ -78,9 +82,19 @@ class ClusterLink:
         """A ``RedisCluster`` with fws's timeouts; ConnectionError if no seed answers."""
         kwargs = connection_kwargs(name)
         del kwargs["retry"]  # the cluster-level retry below; node connections get none
+        kwargs.update(self.settings.credentials())
+        # redis-py builds a node's pool from connection_pool_class only for a
+        # client made from a URL (NodesManager.create_redis_node); otherwise
+        # each node gets a plain ConnectionPool, which past max_connections
+        # fails with "Too many connections" (fws would take that for an
+        # outage, and lose messages under load). Hence the first seed as a URL,
+        # its scheme choosing TLS instead of the ``ssl`` flag.
+        host, port = self.settings.nodes[0]
+        scheme = "rediss" if kwargs.pop("ssl", False) else "redis"
         try:
             return RedisCluster(
-                startup_nodes=[ClusterNode(host, port) for host, port in self.settings.nodes],
+                url=f"{scheme}://{_bracketed(host)}:{port}",
+                startup_nodes=[ClusterNode(host, port) for host, port in self.settings.nodes[1:]],
                 retry=Retry(NoBackoff(), CLUSTER_RETRIES),
                 # As on one node: at most pool_size connections per node, and a
                 # command waits for a free one instead of failing at once.
@@ -90,7 +104,6 @@ class ClusterLink:
                 # the nodes redis-py discovered have all changed.
                 dynamic_startup_nodes=False,
                 **kwargs,
-                **self.settings.credentials(),
             )
         except RedisClusterException as exc:
             raise cluster_error(self.url, exc) from exc
