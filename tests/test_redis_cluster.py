@@ -1,10 +1,12 @@
 """fws on a Redis Cluster, end to end: real nodes, real fws_server processes, real clients.
 
 The six-node cluster (three shards) is the module-scoped ``redis_cluster``
-fixture; a test that kills a node restarts it (it rejoins as a replica). The
+fixture; a test that kills a node restarts it (it rejoins as a replica), one
+that moves a slot moves it back. The
 scenarios are the single-Redis ones of ``test_cluster.py`` (its ``check_*``
 functions), run against ``redis+cluster://``, plus what only a cluster has:
-groups on different shards, and a shard's primary SIGKILLed under traffic.
+groups on different shards, a shard's primary SIGKILLed under traffic, and a
+busy group's slot migrated to another primary under traffic.
 
 Measured times are printed: run with ``-s`` to see them.
 """
@@ -186,3 +188,57 @@ def test_shard_primary_sigkill_under_traffic_delivery_resumes(
         sender.close()
         receiver.close()
     redis_cluster.restart(victim)
+
+
+def test_slot_migration_under_traffic_moves_the_subscriptions(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    """The slot of a busy group's channel and keys moves to another primary mid-traffic.
+
+    The old owner pushes ``sunsubscribe`` for the slot's channels; each server
+    must resubscribe where the slot now lives, and its keys (migrated with the
+    slot) must still answer ``group_members``.
+    """
+    (busy,) = groups_on_distinct_shards(redis_cluster, 1, prefix="migrating")
+    channel = LAYOUT.group_channel(busy)
+    slot = key_slot(channel.encode())
+    source = redis_cluster.node_for_key(channel)
+    target = next(node for node in redis_cluster.primaries() if node is not source)
+    with cluster(redis_cluster, 2, "-f", "broadcast_messages_by_token") as (a, b):
+        sender, receiver = connect(a.url), connect(b.url)
+        join(sender, busy)
+        join(receiver, busy)
+        traffic = Traffic(sender)
+        traffic.start()
+        try:
+            first_delivery_after(receiver, traffic, time.monotonic(), 5)  # flowing
+            began = time.monotonic()
+            redis_cluster.move_slot(slot, target)
+            moved = time.monotonic()
+            delivered = first_delivery_after(receiver, traffic, moved, 10)
+        finally:
+            traffic.done.set()
+            traffic.join(5)
+        print(
+            f"\ncluster: slot {slot} moved {source.name} -> {target.name} in "
+            f"{moved - began:.2f} s, first delivery {delivered - moved:.2f} s after"
+        )
+        assert redis_cluster.node_for_key(channel) is target
+        for server in (a, b):  # the migration itself was seen, not some other blip
+            wait_for(lambda server=server: "(slot moved)" in server.output, 5, server.output)
+        wait_for(lambda: redis_cluster.shard_subscribers(channel)[target.name] == 2, 10,
+                 f"not resubscribed on {target.name}")  # fmt: skip
+        assert redis_cluster.shard_subscribers(channel)[source.name] == 0
+        backend = Publisher(redis_cluster.url)
+        try:
+            wait_for(lambda: len(backend.group_members(busy)) == 2, 10, "members lost")
+            receive_all(receiver, quiet=0.3)
+            assert backend.send_to_group(busy, "after the migration") == 2
+            assert receive_all(receiver) == ["after the migration"]
+        finally:
+            backend.close()
+        sender.close()
+        receiver.close()
+        for server in (a, b):  # cleanly: nothing of theirs is left in the slot
+            server.stop()
+    redis_cluster.move_slot(slot, source)  # the fixture's layout for the next tests
