@@ -2,8 +2,7 @@
 
 The six-node cluster (three shards) is the module-scoped ``redis_cluster``
 fixture; a test that kills a node restarts it (it rejoins as a replica), one
-that moves a slot moves it back. The
-scenarios are the single-Redis ones of ``test_cluster.py`` (its ``check_*``
+that moves a slot moves it back. The scenarios are the single-Redis ones of ``test_cluster.py`` (its ``check_*``
 functions), run against ``redis+cluster://``, plus what only a cluster has:
 groups on different shards, a shard's primary SIGKILLed under traffic, and a
 busy group's slot migrated to another primary under traffic.
@@ -79,7 +78,15 @@ def test_broadcast_reaches_every_client_but_the_sender_once(
 
 def test_token_groups_on_three_shards_exactly_once(redis_cluster: RedisClusterProcesses) -> None:
     names = groups_on_distinct_shards(redis_cluster, 3)
-    check_token_groups_exactly_once(redis_cluster, names)
+
+    def subscribers(channel: str) -> int:
+        """SHARDNUMSUB on the channel's primary; no other node may have a subscriber."""
+        counts = redis_cluster.shard_subscribers(channel)
+        owner = redis_cluster.node_for_key(channel).name
+        assert sum(counts.values()) == counts[owner], counts
+        return counts[owner]
+
+    check_token_groups_exactly_once(redis_cluster, names, subscribers)
 
 
 def test_publisher_with_the_cluster_url(redis_cluster: RedisClusterProcesses) -> None:

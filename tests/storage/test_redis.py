@@ -225,7 +225,14 @@ def test_heartbeat_rewrites_state_lost_by_redis(running: Any, redis_server: Redi
 # -- fan-out -------------------------------------------------------------------------
 
 
-def test_group_message_reaches_only_servers_with_members_once(running: Any) -> None:
+def test_group_message_reaches_only_servers_with_members_once(
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    def following() -> int:
+        """Sessions subscribed to the group's channel (what c must not be)."""
+        return int(redis_server.client().pubsub_numsub("fws:{g:room}")[0][1])
+
     a = running("a1", "a2")
     b = running("b1")
     c = running("c1")
@@ -238,6 +245,14 @@ def test_group_message_reaches_only_servers_with_members_once(running: Any) -> N
     time.sleep(0.3)
     assert b.server.sent == [("hi", "a1", ("b1",))]
     assert c.server.sent == []  # no members in room: no traffic
+    assert following() == 2  # a and b; c never subscribed
+    a.storage.remove("room", "a1")
+    time.sleep(0.2)
+    assert following() == 2  # a still hosts a2
+    a.storage.remove("room", "a2")
+    wait_for(lambda: following() == 1, 5, "a still follows the room after its last member")
+    b.storage.remove("room", "b1")
+    wait_for(lambda: following() == 0, 5, "b still follows the room after its last member")
 
 
 def test_broadcast_reaches_every_server_once_and_skips_the_origin(
