@@ -187,11 +187,39 @@ def test_groups_are_shared_by_servers(running: Any) -> None:
     b = running("b1").storage
     a.add("room", "a1")
     b.add("room", "b1")
-    assert a.get("room") == b.get("room") == {"a1", "b1"}
+    # get() is eventually consistent: add() does not wait for the writer.
+    wait_for(lambda: a.get("room") == b.get("room") == {"a1", "b1"}, 5, "not written")
     b.remove("room", "a1")  # whoever added it
     wait_for(lambda: a.get("room") == {"b1"}, 5, "a1 stayed")
     # a's own view follows, so it stops delivering group messages to a1
     wait_for(lambda: "room" not in a._groups, 5, "the owner was not told about the removal")
+
+
+def test_removing_a_member_whose_join_is_not_written_yet(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b removes a's fresh member while a's writer still holds the SADD: it stays removed.
+
+    Redis has nothing to remove yet; the notice must go out anyway, so that
+    a drops the member from its mirror and its writer's Left follows the SADD.
+    """
+    a = running("a1").storage
+    b = running("b1").storage
+    release = threading.Event()
+    execute = a._writer.execute
+
+    def held(ops: Any) -> None:
+        release.wait(5)
+        execute(ops)
+
+    monkeypatch.setattr(a._writer, "execute", held)
+    a.add("room", "a1")  # returns once a follows the room; the SADD waits in the writer
+    assert b.get("room") == set()
+    b.remove("room", "a1")
+    wait_for(lambda: "room" not in a._groups, 5, "a was not told about the removal")
+    release.set()
+    time.sleep(0.3)
+    assert b.get("room") == set()
 
 
 def abandon(storage: RedisStorage) -> None:
