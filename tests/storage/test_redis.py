@@ -222,6 +222,33 @@ def test_removing_a_member_whose_join_is_not_written_yet(
     assert b.get("room") == set()
 
 
+def test_a_failed_write_still_deletes_the_groups_it_left(
+    running: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The last member leaves, that pipeline fails: the snapshot after it deletes the group.
+
+    The writer must not forget a group as "no longer in Redis" before its
+    DEL was written; otherwise the key stays visible to ``get`` until its TTL.
+    """
+    node = running("c1", redis_ttl=30)
+    node.storage.add("room", "c1")
+    key = f"fws:{{g:room}}:members:{node.storage.server_id}"
+    wait_for(lambda: redis_server.client().exists(key), 5, "not written")
+    real = redis.client.Pipeline.execute
+    failed: list[bool] = []
+
+    def flaky(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        if not failed and any(args[0] == "SREM" for args, _ in pipe.command_stack):
+            failed.append(True)
+            raise redis.ConnectionError("injected")
+        return real(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", flaky)
+    node.storage.remove("room", "c1")
+    wait_for(lambda: failed, 5, "the Left was not written")
+    wait_for(lambda: not redis_server.client().exists(key), 10, "the group's key stayed")
+
+
 def abandon(storage: RedisStorage) -> None:
     """Stop a storage as SIGKILL would: no heartbeat, no clean-up, its keys left to expire."""
     storage._listener.closing.set()
