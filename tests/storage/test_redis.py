@@ -337,6 +337,18 @@ def test_configured_channels_feed_the_consumer_queue(
     assert node.server.queue.get(timeout=5) == PubSubMessage("global", b"from fws")
 
 
+def test_publisher_close_leaves_a_given_client_connected(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    client = redis_server.client()
+    before = client.client_id()
+    backend = Publisher(client=client)
+    assert backend.broadcast("nobody listens") == 0
+    backend.close()
+    assert client.client_id() == before  # the same connection: not disconnected
+    client.close()
+
+
 def test_publisher_targets_a_group_or_one_client(
     running: Any, redis_server: RedisServer  # noqa: F811
 ) -> None:
