@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
-from helpers import LOOPBACK, require_binary
+from helpers import LOOPBACK, require_binary, stop_process
 from redis.cluster import key_slot
 
 _T = TypeVar("_T")
@@ -154,13 +154,7 @@ class RedisProcess:
             self.process.wait(10)
 
     def stop(self, timeout: float = 10) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        stop_process(self.process, timeout)
 
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 2)

@@ -2,8 +2,9 @@
 
 The six-node cluster (three shards) is the module-scoped ``redis_cluster``
 fixture; a test that kills a node restarts it (it rejoins as a replica), one
-that moves a slot moves it back. The scenarios are the single-Redis ones of ``test_cluster.py`` (its ``check_*``
-functions), run against ``redis+cluster://``, plus what only a cluster has:
+that moves a slot moves it back. The scenarios are the single-Redis ones of
+``test_cluster.py`` (its ``check_*`` functions), run against
+``redis+cluster://``, plus what only a cluster has:
 groups on different shards, a shard's primary SIGKILLed under traffic, and a
 busy group's slot migrated to another primary under traffic.
 
