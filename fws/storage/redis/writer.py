@@ -17,7 +17,9 @@ are skipped: the snapshot holds their effect.
 
 Liveness scores are Redis's clock: the writer reads ``TIME`` with every
 heartbeat and snapshot and keeps the offset to the local clock, so servers
-whose clocks disagree still judge each other's liveness alike.
+whose clocks disagree still judge each other's liveness alike. On a cluster
+``TIME`` answers from one node while each script compares with its own
+shard's clock: the cluster's hosts must agree (NTP; docs/guide/scaling.rst).
 """
 
 from __future__ import annotations
