@@ -53,6 +53,7 @@ _LABELLED = (
     "close_codes_received",
     "disconnects",
     "filter_errors",
+    "redis_envelopes_dropped",
 )
 _SCALARS = ("consumer_dropped", "redis_outages", "redis_messages_lost")
 
@@ -196,6 +197,11 @@ class Metrics:
         self.redis_messages_lost = counter(
             "fws_redis_messages_lost_total",
             "Messages for other servers that could not be published during Redis outages.",
+        )
+        self.redis_envelopes_dropped = counter(
+            "fws_redis_envelopes_dropped_total",
+            "Envelopes from Redis dropped undelivered, by reason (version, op, size, malformed).",
+            ["reason"],
         )
         # Series a dashboard expects to see at 0 before anything happened.
         for opcode in ("text", "binary"):

@@ -104,6 +104,7 @@ class ServerStats:
         "handshakes",
         "messages_received",
         "messages_sent",
+        "redis_envelopes_dropped",
         "redis_messages_lost",
         "redis_outages",
     )
@@ -139,6 +140,9 @@ class ServerStats:
         """Times the Redis storage lost Redis (one per outage, however many failures it saw)."""
         self.redis_messages_lost = 0
         """Messages for other servers that could not be published during Redis outages."""
+        self.redis_envelopes_dropped: Counter[str] = Counter()
+        """Envelopes from Redis refused undelivered, by reason (a fixed set: ``version``,
+        ``op``, ``size``, ``malformed``; see ``fws.storage.redis.envelope``)."""
 
     def count_sent(self, frame: bytes, recipients: int = 1) -> None:
         """Count ``frame`` queued to ``recipients`` clients: for control frames (ping,

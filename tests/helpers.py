@@ -96,12 +96,23 @@ def haproxy(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[Any] | None, timeout: float = 10) -> None:
+    """SIGTERM ``process`` if it still runs, SIGKILL it after ``timeout`` s; reaped either way.
+
+    One copy for every helper process a test starts (haproxy, redis-server,
+    cluster nodes, sentinels), so none is left running when a stop hangs.
+    """
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
 
 
 def require_binary(name: str, install: str) -> str:

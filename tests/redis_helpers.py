@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import LOOPBACK, free_port, require_binary
+from helpers import LOOPBACK, free_port, require_binary, stop_process
 
 
 def require_redis_server() -> str:
@@ -95,13 +95,7 @@ class RedisServer:
             time.sleep(0.05)
 
     def stop(self, timeout: float = 10) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        stop_process(self.process, timeout)
         self.process = None
         # The port must be free again before a restart on it.
         deadline = time.monotonic() + timeout

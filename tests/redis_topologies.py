@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
-from helpers import LOOPBACK, require_binary
+from helpers import LOOPBACK, require_binary, stop_process
 from redis.cluster import key_slot
 
 _T = TypeVar("_T")
@@ -154,13 +154,7 @@ class RedisProcess:
             self.process.wait(10)
 
     def stop(self, timeout: float = 10) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        stop_process(self.process, timeout)
 
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 2)
@@ -344,6 +338,56 @@ class RedisClusterProcesses:
 
         owner = _poll(promoted, timeout, f"failover of {killed.name}")
         return owner, time.monotonic()
+
+    def node_id(self, node: RedisProcess) -> str:
+        """``node``'s cluster id (``CLUSTER MYID``)."""
+        with node.client(decode_responses=True) as client:
+            return str(client.execute_command("CLUSTER", "MYID"))
+
+    def shard_subscribers(self, channel: str) -> dict[str, int]:
+        """``PUBSUB SHARDNUMSUB channel`` on every live node: node name -> count."""
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            if node.alive:
+                with node.client() as client:
+                    reply = client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+                counts[node.name] = int(reply[1])
+        return counts
+
+    def move_slot(self, slot: int, target: RedisProcess, timeout: float = 30) -> RedisProcess:
+        """Migrate ``slot`` and its keys to primary ``target``; returns the former owner.
+
+        What ``redis-cli --cluster reshard`` does for one slot, in the order
+        the Redis Cluster spec gives: IMPORTING on the target, MIGRATING on
+        the source, MIGRATE every key (new keys are ASK-redirected to the
+        target meanwhile), then SETSLOT NODE on the target, the source and
+        the other primaries. The cluster is healthy again on return.
+        """
+        source = self.primary_for_slot(slot)
+        if source is target:
+            return source
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        with source.client() as src, target.client() as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+
+            def moved() -> bool:
+                while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                    src.execute_command("MIGRATE", LOOPBACK, target.port, "", 0, 5000,
+                                        "REPLACE", "KEYS", *keys)  # fmt: skip
+                # The source refuses NODE while it still holds a key of the slot.
+                for node in (target, source):
+                    with node.client() as client:
+                        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                return True
+
+            _poll(moved, timeout, f"slot {slot} moved to {target.name}")
+        for node in self.primaries():
+            if node not in (source, target):
+                with node.client() as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        self.wait_healthy(timeout)
+        return source
 
     def restart(self, node: RedisProcess, timeout: float = 30) -> None:
         """Start a killed node again (same port, its nodes.conf): it rejoins as a replica."""

@@ -200,19 +200,32 @@ def check_broadcast_exactly_once(redis: RedisSetUp, servers: int = 3) -> None:
 
 
 def test_token_groups_exactly_once_across_servers(redis_server: RedisServer) -> None:  # noqa: F811
-    check_token_groups_exactly_once(redis_server, ("red", "blue"))
+    def subscribers(channel: str) -> int:
+        with redis_server.client() as client:
+            return int(client.pubsub_numsub(channel)[0][1])
+
+    check_token_groups_exactly_once(redis_server, ("red", "blue"), subscribers)
 
 
-def check_token_groups_exactly_once(redis: RedisSetUp, names: Sequence[str]) -> None:
-    """Nine clients over three servers join ``names`` in turn (``token:NAME``); each
-    member's message reaches every other member of its group once, nobody else."""
+def check_token_groups_exactly_once(
+    redis: RedisSetUp, names: Sequence[str], subscribers: Callable[[str], int]
+) -> None:
+    """Three clients per group of ``names``, group ``k`` on servers ``0..k`` (of three).
+
+    Each member's message reaches every other member of its group once,
+    nobody else; and only the servers hosting a group follow its channel:
+    ``subscribers(channel)`` (PUBSUB NUMSUB, SHARDNUMSUB on a cluster) is the
+    number of hosting servers, then 0 once every member has left.
+    """
     with cluster(redis, 3, "-f", "broadcast_messages_by_token") as servers:
-        groups: dict[str, list[websocket.WebSocket]] = {name: [] for name in names}
-        for index in range(9):
-            client = connect(servers[index % 3].url)
-            group = names[index % len(names)]
-            join(client, group)
-            groups[group].append(client)
+        groups: dict[str, list[websocket.WebSocket]] = {}
+        hosts: dict[str, set[int]] = {}
+        for k, group in enumerate(names):
+            placement = [0, min(k, 1), min(k, 2)]
+            hosts[group] = set(placement)
+            groups[group] = [connect(servers[index].url) for index in placement]
+            for client in groups[group]:
+                join(client, group)
         for group, members in groups.items():
             for number, client in enumerate(members):
                 client.send(f"{group} {number}")
@@ -220,9 +233,15 @@ def check_token_groups_exactly_once(redis: RedisSetUp, names: Sequence[str]) -> 
             for number, client in enumerate(members):
                 expected = Counter(f"{group} {n}" for n in range(len(members)) if n != number)
                 assert Counter(receive_all(client)) == expected, (group, number)
+        for group in names:
+            channel = f"fws:{{g:{group}}}"
+            assert subscribers(channel) == len(hosts[group]), (group, sorted(hosts[group]))
         for members in groups.values():
             for client in members:
                 client.close()
+        for group in names:
+            channel = f"fws:{{g:{group}}}"
+            wait_for(lambda channel=channel: subscribers(channel) == 0, 5, f"{channel} followed")
 
 
 def test_publish_messages_and_broadcast_pubsub_make_a_cluster_chat(

@@ -152,6 +152,16 @@ def test_readme_keeps_the_first_page_and_its_links_resolve():
     assert [link for link in links if not (ROOT / link).is_file()] == []
 
 
+def test_readme_redis_layout_is_the_scaling_guides():
+    """README.rst's short layout names exactly the keys and channels the guide explains."""
+    readme = (ROOT / "README.rst").read_text()
+    guide = (DOCS / "guide" / "scaling.rst").read_text()
+    section = readme[readme.index("The Redis layout") : readme.index("Documentation\n")]
+    names = set(re.findall(r"P:[^\s`]+", section))
+    explained = set(re.findall(r"^    (P:\S+)", guide, re.MULTILINE))
+    assert len(names) == 8 and names == explained
+
+
 def test_storage_guide_backend_example_runs_with_its_option(tmp_path):
     guide = (DOCS / "guide" / "storage.rst").read_text()
     block = guide[guide.index("    # mystore.py") :].partition("\n\n``fws_server")[0]

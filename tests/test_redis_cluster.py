@@ -1,16 +1,19 @@
 """fws on a Redis Cluster, end to end: real nodes, real fws_server processes, real clients.
 
 The six-node cluster (three shards) is the module-scoped ``redis_cluster``
-fixture; a test that kills a node restarts it (it rejoins as a replica). The
-scenarios are the single-Redis ones of ``test_cluster.py`` (its ``check_*``
-functions), run against ``redis+cluster://``, plus what only a cluster has:
-groups on different shards, and a shard's primary SIGKILLed under traffic.
+fixture; a test that kills a node restarts it (it rejoins as a replica), one
+that moves a slot moves it back. The scenarios are the single-Redis ones of
+``test_cluster.py`` (its ``check_*`` functions), run against
+``redis+cluster://``, plus what only a cluster has:
+groups on different shards, a shard's primary SIGKILLed under traffic, and a
+busy group's slot migrated to another primary under traffic.
 
 Measured times are printed: run with ``-s`` to see them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -77,7 +80,15 @@ def test_broadcast_reaches_every_client_but_the_sender_once(
 
 def test_token_groups_on_three_shards_exactly_once(redis_cluster: RedisClusterProcesses) -> None:
     names = groups_on_distinct_shards(redis_cluster, 3)
-    check_token_groups_exactly_once(redis_cluster, names)
+
+    def subscribers(channel: str) -> int:
+        """SHARDNUMSUB on the channel's primary; no other node may have a subscriber."""
+        counts = redis_cluster.shard_subscribers(channel)
+        owner = redis_cluster.node_for_key(channel).name
+        assert sum(counts.values()) == counts[owner], counts
+        return counts[owner]
+
+    check_token_groups_exactly_once(redis_cluster, names, subscribers)
 
 
 def test_publisher_with_the_cluster_url(redis_cluster: RedisClusterProcesses) -> None:
@@ -131,6 +142,11 @@ class Traffic(threading.Thread):
             number += 1
             self.done.wait(0.02)
 
+    def stop(self) -> None:
+        """No more sends once this returns (idempotent)."""
+        self.done.set()
+        self.join(5)
+
 
 def first_delivery_after(
     receiver: websocket.WebSocket, traffic: Traffic, after: float, timeout: float
@@ -148,41 +164,96 @@ def first_delivery_after(
     raise AssertionError(f"no delivery within {timeout} s")
 
 
-def test_shard_primary_sigkill_under_traffic_delivery_resumes(
-    redis_cluster: RedisClusterProcesses,
-) -> None:
-    (busy,) = groups_on_distinct_shards(redis_cluster, 1, prefix="busy")
-    with cluster(redis_cluster, 2, "-f", "broadcast_messages_by_token") as (a, b):
-        sender, receiver = connect(a.url), connect(b.url)
+@contextlib.contextmanager
+def busy_group(
+    redis_cluster: RedisClusterProcesses, busy: str
+) -> Iterator[tuple[list[ServerProcess], websocket.WebSocket, Traffic]]:
+    """Two servers with a member of ``busy`` each, one sending every 20 ms; flowing on entry.
+
+    Yields the servers, the receiving client and the traffic (``stop()`` it
+    before reading the receiver for anything else).
+    """
+    with cluster(redis_cluster, 2, "-f", "broadcast_messages_by_token") as servers:
+        sender, receiver = connect(servers[0].url), connect(servers[1].url)
         join(sender, busy)
         join(receiver, busy)
         traffic = Traffic(sender)
         traffic.start()
         try:
-            first_delivery_after(receiver, traffic, time.monotonic(), 5)  # flowing
-            victim = redis_cluster.node_for_key(LAYOUT.group_channel(busy))
-            killed = redis_cluster.kill(victim)
-            promoted_node, promoted = redis_cluster.wait_for_failover(victim)
-            delivered = first_delivery_after(receiver, traffic, killed, 20)
+            first_delivery_after(receiver, traffic, time.monotonic(), 5)
+            yield servers, receiver, traffic
         finally:
-            traffic.done.set()
-            traffic.join(5)
+            traffic.stop()
+            sender.close()
+            receiver.close()
+
+
+def check_group_reachable(
+    redis_cluster: RedisClusterProcesses, busy: str, receiver: websocket.WebSocket
+) -> None:
+    """Both members are in Redis (again) and a Publisher's group message reaches them."""
+    backend = Publisher(redis_cluster.url)
+    try:
+        wait_for(lambda: len(backend.group_members(busy)) == 2, 10, "members not in Redis")
+        receive_all(receiver, quiet=0.3)
+        assert backend.send_to_group(busy, "reachable") == 2
+        assert receive_all(receiver) == ["reachable"]
+    finally:
+        backend.close()
+
+
+def test_shard_primary_sigkill_under_traffic_delivery_resumes(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    (busy,) = groups_on_distinct_shards(redis_cluster, 1, prefix="busy")
+    with busy_group(redis_cluster, busy) as (servers, receiver, traffic):
+        victim = redis_cluster.node_for_key(LAYOUT.group_channel(busy))
+        killed = redis_cluster.kill(victim)
+        promoted_node, promoted = redis_cluster.wait_for_failover(victim)
+        delivered = first_delivery_after(receiver, traffic, killed, 20)
+        traffic.stop()
         print(
             f"\ncluster: SIGKILL of {victim.name} -> {promoted_node.name} promoted "
             f"{promoted - killed:.2f} s, first delivery {delivered - killed:.2f} s after the kill"
         )
         assert delivered - killed < 20
-        # The state was rewritten: both members are known again and reachable.
-        backend = Publisher(redis_cluster.url)
-        try:
-            wait_for(lambda: len(backend.group_members(busy)) == 2, 10, "state not rewritten")
-            receive_all(receiver, quiet=0.3)
-            assert backend.send_to_group(busy, "after the failover") == 2
-            assert receive_all(receiver) == ["after the failover"]
-        finally:
-            backend.close()
-        for server in (a, b):
+        check_group_reachable(redis_cluster, busy, receiver)  # the state was rewritten
+        for server in servers:
             wait_for(lambda server=server: "is back" in server.output, 10, server.output)
-        sender.close()
-        receiver.close()
     redis_cluster.restart(victim)
+
+
+def test_slot_migration_under_traffic_moves_the_subscriptions(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    """The slot of a busy group's channel and keys moves to another primary mid-traffic.
+
+    The old owner pushes ``sunsubscribe`` for the slot's channels; each server
+    must resubscribe where the slot now lives, and its keys (migrated with the
+    slot) must still answer ``group_members``.
+    """
+    (busy,) = groups_on_distinct_shards(redis_cluster, 1, prefix="migrating")
+    channel = LAYOUT.group_channel(busy)
+    slot = key_slot(channel.encode())
+    source = redis_cluster.node_for_key(channel)
+    target = next(node for node in redis_cluster.primaries() if node is not source)
+    with busy_group(redis_cluster, busy) as (servers, receiver, traffic):
+        began = time.monotonic()
+        redis_cluster.move_slot(slot, target)
+        moved = time.monotonic()
+        delivered = first_delivery_after(receiver, traffic, moved, 10)
+        traffic.stop()
+        print(
+            f"\ncluster: slot {slot} moved {source.name} -> {target.name} in "
+            f"{moved - began:.2f} s, first delivery {delivered - moved:.2f} s after"
+        )
+        assert redis_cluster.node_for_key(channel) is target
+        for server in servers:  # the migration itself was seen, not some other blip
+            wait_for(lambda server=server: "(slot moved)" in server.output, 5, server.output)
+        wait_for(lambda: redis_cluster.shard_subscribers(channel)[target.name] == 2, 10,
+                 f"not resubscribed on {target.name}")  # fmt: skip
+        assert redis_cluster.shard_subscribers(channel)[source.name] == 0
+        check_group_reachable(redis_cluster, busy, receiver)
+        for server in servers:  # cleanly: nothing of theirs is left in the slot
+            server.stop()
+    redis_cluster.move_slot(slot, source)  # the fixture's layout for the next tests

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import types
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +34,8 @@ from fws.storage.redis import (
     decode_envelope,
     encode_envelope,
 )
-from fws.storage.redis.envelope import EnvelopeError
+from fws.storage.redis.envelope import DROP_KINDS, EnvelopeError
+from fws.storage.redis.inbound import Inbound
 from fws.storage.redis.link import ClusterLink, SentinelLink, SingleLink, open_link
 
 
@@ -187,11 +189,66 @@ def test_groups_are_shared_by_servers(running: Any) -> None:
     b = running("b1").storage
     a.add("room", "a1")
     b.add("room", "b1")
-    assert a.get("room") == b.get("room") == {"a1", "b1"}
+    # get() is eventually consistent: add() does not wait for the writer.
+    wait_for(lambda: a.get("room") == b.get("room") == {"a1", "b1"}, 5, "not written")
     b.remove("room", "a1")  # whoever added it
     wait_for(lambda: a.get("room") == {"b1"}, 5, "a1 stayed")
     # a's own view follows, so it stops delivering group messages to a1
     wait_for(lambda: "room" not in a._groups, 5, "the owner was not told about the removal")
+
+
+def test_removing_a_member_whose_join_is_not_written_yet(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b removes a's fresh member while a's writer still holds the SADD: it stays removed.
+
+    Redis has nothing to remove yet; the notice must go out anyway, so that
+    a drops the member from its mirror and its writer's Left follows the SADD.
+    """
+    a = running("a1").storage
+    b = running("b1").storage
+    release = threading.Event()
+    execute = a._writer.execute
+
+    def held(ops: Any) -> None:
+        release.wait(5)
+        execute(ops)
+
+    monkeypatch.setattr(a._writer, "execute", held)
+    a.add("room", "a1")  # returns once a follows the room; the SADD waits in the writer
+    assert b.get("room") == set()
+    b.remove("room", "a1")
+    wait_for(lambda: "room" not in a._groups, 5, "a was not told about the removal")
+    release.set()
+    time.sleep(0.3)
+    assert b.get("room") == set()
+
+
+def test_a_failed_write_still_deletes_the_groups_it_left(
+    running: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The last member leaves, that pipeline fails: the snapshot after it deletes the group.
+
+    The writer must not forget a group as "no longer in Redis" before its
+    DEL was written; otherwise the key stays visible to ``get`` until its TTL.
+    """
+    node = running("c1", redis_ttl=30)
+    node.storage.add("room", "c1")
+    key = f"fws:{{g:room}}:members:{node.storage.server_id}"
+    wait_for(lambda: redis_server.client().exists(key), 5, "not written")
+    real = redis.client.Pipeline.execute
+    failed: list[bool] = []
+
+    def flaky(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        if not failed and any(args[0] == "SREM" for args, _ in pipe.command_stack):
+            failed.append(True)
+            raise redis.ConnectionError("injected")
+        return real(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", flaky)
+    node.storage.remove("room", "c1")
+    wait_for(lambda: failed, 5, "the Left was not written")
+    wait_for(lambda: not redis_server.client().exists(key), 10, "the group's key stayed")
 
 
 def abandon(storage: RedisStorage) -> None:
@@ -225,7 +282,14 @@ def test_heartbeat_rewrites_state_lost_by_redis(running: Any, redis_server: Redi
 # -- fan-out -------------------------------------------------------------------------
 
 
-def test_group_message_reaches_only_servers_with_members_once(running: Any) -> None:
+def test_group_message_reaches_only_servers_with_members_once(
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    def following() -> int:
+        """Sessions subscribed to the group's channel (what c must not be)."""
+        return int(redis_server.client().pubsub_numsub("fws:{g:room}")[0][1])
+
     a = running("a1", "a2")
     b = running("b1")
     c = running("c1")
@@ -238,6 +302,14 @@ def test_group_message_reaches_only_servers_with_members_once(running: Any) -> N
     time.sleep(0.3)
     assert b.server.sent == [("hi", "a1", ("b1",))]
     assert c.server.sent == []  # no members in room: no traffic
+    assert following() == 2  # a and b; c never subscribed
+    a.storage.remove("room", "a1")
+    time.sleep(0.2)
+    assert following() == 2  # a still hosts a2
+    a.storage.remove("room", "a2")
+    wait_for(lambda: following() == 1, 5, "a still follows the room after its last member")
+    b.storage.remove("room", "b1")
+    wait_for(lambda: following() == 0, 5, "b still follows the room after its last member")
 
 
 def test_broadcast_reaches_every_server_once_and_skips_the_origin(
@@ -265,6 +337,18 @@ def test_configured_channels_feed_the_consumer_queue(
     assert item == PubSubMessage("news", b"hello")
     node.storage.publish("global", "from fws")
     assert node.server.queue.get(timeout=5) == PubSubMessage("global", b"from fws")
+
+
+def test_publisher_close_leaves_a_given_client_connected(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    client = redis_server.client()
+    before = client.client_id()
+    backend = Publisher(client=client)
+    assert backend.broadcast("nobody listens") == 0
+    backend.close()
+    assert client.client_id() == before  # the same connection: not disconnected
+    client.close()
 
 
 def test_publisher_targets_a_group_or_one_client(
@@ -397,10 +481,10 @@ def test_envelope_carries_layout_version_2() -> None:
 @pytest.mark.parametrize(
     ("raw", "kind"),
     [
-        (b'{"v": 1, "text": "from fws 0.5"}', "version 1"),
-        (b'{"v": 3, "text": "from the future"}', "version 3"),
-        (b'{"text": "no version"}', "version None"),
-        (b'{"v": 2, "op": "teleport", "text": "x"}', "op 'teleport'"),
+        (b'{"v": 1, "text": "from fws 0.5"}', "version"),
+        (b'{"v": 3, "text": "from the future"}', "version"),
+        (b'{"text": "no version"}', "version"),
+        (b'{"v": 2, "op": "teleport", "text": "x"}', "op"),
     ],
 )
 def test_unknown_version_or_op_is_refused_not_read_as_a_message(raw: bytes, kind: str) -> None:
@@ -439,6 +523,41 @@ def test_refused_envelopes_are_dropped_with_one_warning_per_kind(
     warnings = [r.message for r in caplog.records if r.message.startswith("dropped")]
     assert len(warnings) == 4, warnings  # version 1, op, malformed, size: once each
     assert node.storage._inbound.dropped == 6
+    assert node.server.table.stats.redis_envelopes_dropped == Counter(
+        {"version": 2, "op": 1, "malformed": 1, "size": 2}
+    )
+
+
+def test_a_flood_of_distinct_bad_versions_logs_once_and_stays_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever can publish picks the values: they must not pick log lines or memory."""
+    caplog.set_level("DEBUG", logger="fws.storage.redis")
+    inbound = Inbound("sid", members=None)  # type: ignore[arg-type]  (never reached)
+    server = Recorder("c1")
+    for number in range(2000):
+        version = f"{number}" + "x" * (number % 7) * 1000  # distinct, some of them long
+        raw = json.dumps({"v": version, "op": f"op{number}", "text": "x"}).encode()
+        inbound.received(server, "fws:{broadcast}", raw, raw=False)  # type: ignore[arg-type]
+    dropped = [r for r in caplog.records if r.message.startswith("dropped")]
+    assert [r.levelname for r in dropped].count("WARNING") == 1
+    assert max(len(r.getMessage()) for r in dropped) < 300  # the value is cut short
+    assert inbound._warned == {"version"}
+    assert server.sent == []
+    assert server.table.stats.redis_envelopes_dropped == Counter({"version": 2000})
+    assert {error.kind for error in map(envelope_error, FOREIGN)} <= set(DROP_KINDS)
+
+
+FOREIGN = [
+    b"[]", b'{"v": 9}', b'{"v": [9]}', b'{"v": 2, "op": 7, "text": "x"}',
+    b'{"v": 2, "op": [1], "text": "x"}', b'{"v": 2, "binary": "!"}',
+]  # fmt: skip
+
+
+def envelope_error(raw: bytes) -> EnvelopeError:
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(raw, max_size=1)
+    return info.value
 
 
 # -- imports and URLs -----------------------------------------------------------------

@@ -15,7 +15,8 @@ A server must never deliver what it cannot read as a message, so
 or op (from a newer fws, or an older one: layout 1 is gone), and for an
 envelope above the size cap (the server's ``max_message_size``: a client
 could not have sent it either). The subscriber drops those with one warning
-per kind.
+per kind. The kinds are the fixed :data:`DROP_KINDS`: whoever can publish
+chooses the values, so a value only appears, truncated, in the message.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from .keys import LAYOUT_VERSION
 
 __all__ = [
+    "DROP_KINDS",
     "KNOWN_OPS",
     "Envelope",
     "EnvelopeError",
@@ -39,12 +41,18 @@ __all__ = [
 KNOWN_OPS = frozenset({"remove"})
 """The control operations this version understands (``None`` is a plain message)."""
 
+DROP_KINDS = ("version", "op", "size", "malformed")
+"""Every :attr:`EnvelopeError.kind`: one warning and one metric label each, never more."""
+
+_SHOWN = 40
+"""Most characters of a foreign value quoted in an error message."""
+
 _OVERHEAD = 4096
 """Bytes of routing fields (ids, a group name up to 256 bytes) on top of the data."""
 
 
 class EnvelopeError(ValueError):
-    """Not an envelope this server may deliver; ``kind`` names the reason, for logs."""
+    """Not an envelope this server may deliver; ``kind`` (one of :data:`DROP_KINDS`) says why."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -119,13 +127,13 @@ def decode_envelope(raw: bytes | str, *, max_size: int | None = None) -> Envelop
     version = body.get("v")
     if version != LAYOUT_VERSION:
         raise EnvelopeError(
-            f"version {version!r}",
-            f"envelope version {version!r} (this fws speaks {LAYOUT_VERSION}: "
+            "version",
+            f"envelope version {_shown(version)} (this fws speaks {LAYOUT_VERSION}: "
             "servers and Publisher must run the same fws version)",
         )
     op = body.get("op")
-    if op is not None and op not in KNOWN_OPS:
-        raise EnvelopeError(f"op {op!r}", f"unknown envelope op {op!r}")
+    if op is not None and (not isinstance(op, str) or op not in KNOWN_OPS):  # [] is unhashable
+        raise EnvelopeError("op", f"unknown envelope op {_shown(op)}")
     if isinstance(body.get("text"), str):
         text: str = body["text"]
         data: str | bytes = text
@@ -155,3 +163,9 @@ def decode_envelope(raw: bytes | str, *, max_size: int | None = None) -> Envelop
         client=field("client"),
         op=op,
     )
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to ``_SHOWN`` characters: a log line stays a line."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."

@@ -2,7 +2,9 @@
 
 An envelope this server cannot read as a message (an unknown version or op,
 over the size cap, malformed) is dropped with one warning per kind (then at
-debug level), never delivered to clients as text.
+debug level), never delivered to clients as text, and counted in
+``fws_redis_envelopes_dropped_total{reason}``. The kinds are a fixed set, so
+neither the warnings nor what remembers them grow with what others publish.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Inbound:
             envelope = decode_envelope(data, max_size=self.max_size)
         except EnvelopeError as exc:
             self.dropped += 1
+            server.table.stats.redis_envelopes_dropped[exc.kind] += 1
             level = logging.DEBUG if exc.kind in self._warned else logging.WARNING
             self._warned.add(exc.kind)
             log.log(level, "dropped a message on %s: %s", channel, exc)

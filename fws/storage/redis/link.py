@@ -131,6 +131,8 @@ class SingleLink:
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from None
         self._redis = redis.Redis(connection_pool=self._pool)
+        self._owned = True
+        """False for a caller's client: its pool is the caller's to close."""
 
     @classmethod
     def from_client(cls, client: redis.Redis) -> SingleLink:
@@ -140,6 +142,7 @@ class SingleLink:
         link._redis = client
         link._pool = client.connection_pool
         link._pubsub_pool = client.connection_pool
+        link._owned = False
         return link
 
     def commands(self) -> redis.Redis:
@@ -152,6 +155,9 @@ class SingleLink:
         return ClassicSubscriber(self._pubsub_pool)
 
     def close(self) -> None:
+        """Disconnect the pools this link made; a caller's client is left as it was."""
+        if not self._owned:
+            return
         self._pool.disconnect()
         self._pubsub_pool.disconnect()
 

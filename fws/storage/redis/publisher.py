@@ -32,10 +32,14 @@ class Publisher:
 
     ``key`` must match the servers' ``--redis_key``. Each method returns how
     many servers (or, for ``send_to_client``, whether a server) took the
-    message; 0 means nobody was there to receive it. ``url`` takes every
-    form the servers take (``redis+cluster://h:p,h:p``,
-    ``redis+sentinel://h:p,h:p/SERVICE``, ...). ``client``: a ``redis.Redis``
-    of your own instead of ``url`` (one node only).
+    message; 0 means nobody was there to receive it. On a cluster that count
+    is what the one node that took the (S)PUBLISH saw: exact for groups,
+    clients and broadcasts (sharded channels live on one shard), but only
+    that node's subscribers for ``publish`` on a raw channel, which servers
+    follow on any node. ``url`` takes every form the servers take
+    (``redis+cluster://h:p,h:p``, ``redis+sentinel://h:p,h:p/SERVICE``, ...).
+    ``client``: a ``redis.Redis`` of your own instead of ``url`` (one node
+    only); ``close()`` then leaves its connections alone.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class Publisher:
         return set(self._scripts.live_servers())
 
     def close(self) -> None:
+        """Close the connections this Publisher opened (a given ``client``'s stay open)."""
         self.link.close()
 
 

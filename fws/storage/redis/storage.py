@@ -129,7 +129,14 @@ class RedisStorage(Storage):
     # -- groups ----------------------------------------------------------------
 
     def get(self, key: str) -> set[str]:
-        """Members of ``key`` over all live servers; ``StorageUnavailable`` during an outage."""
+        """Members of ``key`` over all live servers; ``StorageUnavailable`` during an outage.
+
+        Eventually consistent across servers: another server's ``add`` returns
+        once it follows the group, and its writer puts the member in Redis
+        independently, usually within a round trip; ``get`` here in between
+        may not list it yet. This server's own members are listed only once
+        its writer has written them too.
+        """
         return self._ask(lambda: self._scripts.group_members(key))
 
     def add(self, key: str, value: str) -> None:
@@ -153,8 +160,11 @@ class RedisStorage(Storage):
         notice = encode_envelope(value, origin=self.server_id, group=key, op="remove")
 
         def remove_everywhere() -> None:
-            if self._scripts.remove_everywhere(key, value):
-                self.link.publish(self.keys.group_channel(key), notice)
+            self._scripts.remove_everywhere(key, value)
+            # Always, even if the script found nothing: the member's server may
+            # have it in its mirror with the SADD still queued in its writer,
+            # which would write it back after us. leave() there is idempotent.
+            self.link.publish(self.keys.group_channel(key), notice)
 
         self._ask(remove_everywhere)
 

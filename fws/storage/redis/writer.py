@@ -17,7 +17,9 @@ are skipped: the snapshot holds their effect.
 
 Liveness scores are Redis's clock: the writer reads ``TIME`` with every
 heartbeat and snapshot and keeps the offset to the local clock, so servers
-whose clocks disagree still judge each other's liveness alike.
+whose clocks disagree still judge each other's liveness alike. On a cluster
+``TIME`` answers from one node while each script compares with its own
+shard's clock: the cluster's hosts must agree (NTP; docs/guide/scaling.rst).
 """
 
 from __future__ import annotations
@@ -184,20 +186,28 @@ class Writer:
         if not ops:
             return
         snapshots = [op for op in ops if isinstance(op, Snapshot)]
+        # The groups this server may have in Redis once the pipeline ran; kept
+        # apart until it ran, so that a failed snapshot's successor still
+        # deletes the groups left meanwhile.
+        written = set(self._written)
         try:
             if self._offset is None or any(isinstance(op, Heartbeat | Snapshot) for op in ops):
                 self._read_clock()
             with self.link.commands().pipeline(transaction=False) as pipe:
                 checks: list[int] = []
                 for op in ops:
-                    self._build(pipe, op, checks)
+                    self._build(pipe, op, checks, written)
                 results = pipe.execute()
         except REDIS_ERRORS as exc:
+            # Partly written, maybe (a cluster pipeline is one per node): every
+            # group either set names may be in Redis.
+            self._written |= written
             self.health.failed(exc)
             for snapshot in snapshots:
                 snapshot.done.set()
                 self._on_snapshot_done()
             return
+        self._written = written
         for snapshot in snapshots:
             self.health.synced(snapshot.epoch)
             snapshot.done.set()
@@ -218,7 +228,8 @@ class Writer:
         """When a liveness written now expires, by Redis's clock."""
         return time.time() + (self._offset or 0.0) + self.ttl
 
-    def _build(self, pipe: Any, op: Op, checks: list[int]) -> None:
+    def _build(self, pipe: Any, op: Op, checks: list[int], written: set[str]) -> None:
+        """Queue ``op``'s commands on ``pipe``; ``written`` gets the groups it leaves in Redis."""
         keys, sid, ttl = self.keys, self.sid, self.ttl
         if isinstance(op, Connected):
             pipe.sadd(keys.clients(sid), op.client)
@@ -226,14 +237,14 @@ class Writer:
         elif isinstance(op, Disconnected):
             pipe.srem(keys.clients(sid), op.client)
         elif isinstance(op, Joined):
-            self._written.add(op.group)
+            written.add(op.group)
             pipe.sadd(keys.members(sid, op.group), op.member)
             pipe.expire(keys.members(sid, op.group), ttl)
             self._enlist(pipe, op.group)
         elif isinstance(op, Left):
             pipe.srem(keys.members(sid, op.group), op.member)
             if op.last:
-                self._written.discard(op.group)
+                written.discard(op.group)
                 pipe.delete(keys.members(sid, op.group))
                 pipe.zrem(keys.group_servers(op.group), sid)
         elif isinstance(op, Heartbeat):
@@ -248,17 +259,17 @@ class Writer:
                 pipe.expire(keys.members(sid, name), ttl)
                 self._enlist(pipe, name)
         elif isinstance(op, Snapshot):
-            self._build_snapshot(pipe, op)
+            self._build_snapshot(pipe, op, written)
         elif isinstance(op, Forget):
             # One key per DEL: redis-py's cluster pipeline refuses multi-key DEL.
             pipe.delete(keys.info(sid))
             pipe.delete(keys.clients(sid))
             pipe.zrem(keys.servers, sid)
-            for name in self._written | set(op.groups):
+            for name in written | set(op.groups):
                 pipe.delete(keys.members(sid, name))
                 pipe.zrem(keys.group_servers(name), sid)
 
-    def _build_snapshot(self, pipe: Any, op: Snapshot) -> None:
+    def _build_snapshot(self, pipe: Any, op: Snapshot, written: set[str]) -> None:
         keys, sid, ttl = self.keys, self.sid, self.ttl
         pipe.set(keys.info(sid), self.info, ex=ttl)
         self._announce(pipe)
@@ -273,10 +284,11 @@ class Writer:
             pipe.sadd(keys.members(sid, name), *members)
             pipe.expire(keys.members(sid, name), ttl)
             self._enlist(pipe, name)
-        for name in self._written - op.groups.keys():
+        for name in written - op.groups.keys():
             pipe.delete(keys.members(sid, name))
             pipe.zrem(keys.group_servers(name), sid)
-        self._written = set(op.groups)
+        written.intersection_update(op.groups)
+        written.update(op.groups)
 
     def _announce(self, pipe: Any) -> None:
         """This server is live until ``expiry``; ids already expired are pruned."""
