@@ -25,6 +25,7 @@ import redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .classic import ClassicSubscriber
+from .liveness import cut_connections
 from .urls import POOL_SIZE, POOL_WAIT, SentinelSettings, connection_kwargs, parse_sentinel_url
 
 __all__ = ["SentinelLink"]
@@ -84,8 +85,21 @@ class SentinelLink:
         return int(self.commands().publish(channel, data))
 
     def subscriber(self) -> ClassicSubscriber:
-        """A new pub/sub session on the link's pub/sub pool (one connection)."""
-        return ClassicSubscriber(self._pubsub.connection_pool)
+        """A new pub/sub session on the link's pub/sub pool (one connection).
+
+        Its ``ping`` also asks the sentinels for the primary, so a failover
+        (the old primary maybe hung, not closed) ends the session within a PING period.
+        """
+        return ClassicSubscriber(self._pubsub.connection_pool, primary=self.primary_address)
+
+    def primary_address(self) -> tuple[str, int]:
+        """The primary the sentinels name now (``MasterNotFoundError`` if none)."""
+        host, port = self.sentinel.discover_master(self.settings.service)
+        return str(host), int(port)
+
+    def reset(self) -> None:
+        """Cut every command connection, in use or not (see ``Link.reset``)."""
+        cut_connections(self._commands.connection_pool)
 
     def close(self) -> None:
         self._closed = True
