@@ -4,13 +4,15 @@ The six-node cluster (three shards) is the module-scoped ``redis_cluster``
 fixture; a test that kills a node restarts it (it rejoins as a replica). The
 scenarios are the single-Redis ones of ``test_cluster.py`` (its ``check_*``
 functions), run against ``redis+cluster://``, plus what only a cluster has:
-groups on different shards, and a shard's primary SIGKILLed under traffic.
+groups on different shards, and a shard's primary SIGKILLed or SIGSTOPped
+(hung: nothing answers, nothing closes) under traffic.
 
 Measured times are printed: run with ``-s`` to see them.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -148,9 +150,16 @@ def first_delivery_after(
     raise AssertionError(f"no delivery within {timeout} s")
 
 
-def test_shard_primary_sigkill_under_traffic_delivery_resumes(
-    redis_cluster: RedisClusterProcesses,
+RESUME_AFTER_PROMOTION = 5.0
+"""A shard primary's failure: delivery resumes at most this long after the promotion."""
+_LOST = re.compile(r"(\d+) message\(s\) for other servers could not be sent meanwhile")
+
+
+@pytest.mark.parametrize("failure", ["kill", "stop"])
+def test_shard_primary_failure_under_traffic_delivery_resumes(
+    redis_cluster: RedisClusterProcesses, failure: str
 ) -> None:
+    """SIGKILL (sockets reset) or SIGSTOP (hung, nothing answers) of a busy group's shard."""
     (busy,) = groups_on_distinct_shards(redis_cluster, 1, prefix="busy")
     with cluster(redis_cluster, 2, "-f", "broadcast_messages_by_token") as (a, b):
         sender, receiver = connect(a.url), connect(b.url)
@@ -161,17 +170,18 @@ def test_shard_primary_sigkill_under_traffic_delivery_resumes(
         try:
             first_delivery_after(receiver, traffic, time.monotonic(), 5)  # flowing
             victim = redis_cluster.node_for_key(LAYOUT.group_channel(busy))
-            killed = redis_cluster.kill(victim)
+            killed = redis_cluster.kill(victim, pause=failure == "stop")
             promoted_node, promoted = redis_cluster.wait_for_failover(victim)
             delivered = first_delivery_after(receiver, traffic, killed, 20)
         finally:
             traffic.done.set()
             traffic.join(5)
         print(
-            f"\ncluster: SIGKILL of {victim.name} -> {promoted_node.name} promoted "
-            f"{promoted - killed:.2f} s, first delivery {delivered - killed:.2f} s after the kill"
+            f"\ncluster: SIG{failure.upper()} of {victim.name} -> {promoted_node.name} promoted "
+            f"{promoted - killed:.2f} s later, first delivery {delivered - promoted:.2f} s "
+            f"after the promotion ({delivered - killed:.2f} s after the SIG{failure.upper()})"
         )
-        assert delivered - killed < 20
+        assert delivered - promoted < RESUME_AFTER_PROMOTION
         # The state was rewritten: both members are known again and reachable.
         backend = Publisher(redis_cluster.url)
         try:
@@ -183,6 +193,9 @@ def test_shard_primary_sigkill_under_traffic_delivery_resumes(
             backend.close()
         for server in (a, b):
             wait_for(lambda server=server: "is back" in server.output, 10, server.output)
+            assert server.output.count("unreachable") == 1, server.output  # logged once
+        lost = _LOST.search(a.output)  # the sender's server could not publish meanwhile
+        assert lost and int(lost.group(1)) > 0, a.output
         sender.close()
         receiver.close()
     redis_cluster.restart(victim)
