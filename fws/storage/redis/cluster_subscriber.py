@@ -52,7 +52,7 @@ from redis.client import PubSub
 from redis.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException
 
-from .liveness import Heard
+from .liveness import Heard, Silent
 
 if TYPE_CHECKING:
     from .cluster_link import ClusterLink
@@ -69,14 +69,6 @@ def cluster_error(url: str, exc: Exception) -> redis.ConnectionError:
     error = redis.ConnectionError(f"Redis Cluster at {url}: {exc}")
     error.__cause__ = exc
     return error
-
-
-class _Silent(redis.ConnectionError):
-    """A node's pub/sub connection went silent: ``node`` is asked last for the topology."""
-
-    def __init__(self, message: str, node: str) -> None:
-        super().__init__(message)
-        self.node = node or None
 
 
 class ClusterSubscriber:
@@ -124,8 +116,8 @@ class ClusterSubscriber:
         """Drop every subscription; the exception to raise for the storage."""
         self._teardown()
         self._stale = True
-        if isinstance(exc, _Silent):
-            self._suspect = exc.node
+        if isinstance(exc, Silent) and exc.key != "raw":
+            self._suspect = str(exc.key)
         if isinstance(exc, redis.ConnectionError):
             return exc
         error = redis.ConnectionError(f"Redis Cluster pub/sub lost: {exc}")
@@ -294,14 +286,10 @@ class ClusterSubscriber:
         if not pubsubs:
             raise self._lost(redis.ConnectionError("no pub/sub session"))
         try:
-            alive_since = time.monotonic()
-            for node, pubsub in pubsubs:
-                name = "raw" if node is None else node.name
-                try:
-                    since = self._heard.check([(name, pubsub.connection)])
-                except redis.ConnectionError as exc:
-                    raise _Silent(str(exc), "" if node is None else name) from None
-                alive_since = min(alive_since, since)
+            alive_since = self._heard.check(
+                ("raw" if node is None else node.name, pubsub.connection)
+                for node, pubsub in pubsubs
+            )
             for _node, pubsub in pubsubs:
                 pubsub.ping()
         except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "PUBSUB_SILENCE",
     "Heard",
     "PrimarySwitched",
+    "Silent",
     "cut_connections",
     "describe",
 ]
@@ -45,6 +46,14 @@ Two PING periods: one pong may be late on a loaded Redis without a false
 alarm, and a hung primary is still noticed 2-3 s after it stopped, in time
 for the "delivery resumes within 5 s of the promotion" promise. Data that
 arrived but was not read yet (a busy listener) counts as an answer."""
+
+
+class Silent(redis.ConnectionError):
+    """A connection answered nothing for ``PUBSUB_SILENCE`` s; ``key`` names it."""
+
+    def __init__(self, message: str, key: Hashable) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class PrimarySwitched(redis.ConnectionError):
@@ -93,7 +102,7 @@ class Heard:
         self._last.clear()
 
     def check(self, connections: Iterable[tuple[Hashable, Any]]) -> float:
-        """Raise ConnectionError if a connection was silent too long; else the proof time.
+        """Raise :class:`Silent` if a connection was silent too long; else the proof time.
 
         ``connections`` are (key, redis-py connection) pairs. The result is
         the oldest sign of life among them: every connection was alive then,
@@ -105,9 +114,10 @@ class Heard:
             last = self._last.setdefault(key, now)
             if now - last > PUBSUB_SILENCE:
                 if not _has_unread_data(connection):
-                    raise redis.ConnectionError(
+                    raise Silent(
                         f"no answer from Redis ({key}) on the pub/sub connection "
-                        f"for {now - last:.1f} s"
+                        f"for {now - last:.1f} s",
+                        key,
                     )
                 last = self._last[key] = now
             oldest = min(oldest, last)
