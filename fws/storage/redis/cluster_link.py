@@ -75,9 +75,9 @@ class ClusterLink:
         self._client: RedisCluster | None = None
         self._closed = False
 
-    def new_client(self, name: str) -> RedisCluster:
+    def new_client(self, name: str, *, pubsub: bool = False) -> RedisCluster:
         """A ``RedisCluster`` with fws's timeouts; ConnectionError if no seed answers."""
-        kwargs = connection_kwargs(name)
+        kwargs = connection_kwargs(name, pubsub=pubsub)
         del kwargs["retry"]  # the cluster-level retry below; node connections get none
         try:
             return RedisCluster(

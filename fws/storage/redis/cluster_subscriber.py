@@ -100,7 +100,7 @@ class ClusterSubscriber:
         if self._closed:
             raise redis.ConnectionError("subscriber is closed")
         if self._cluster is None:
-            self._cluster = self._link.new_client(self._name)
+            self._cluster = self._link.new_client(self._name, pubsub=True)
             self._stale = False
         elif self._stale:
             try:

@@ -142,7 +142,7 @@ class SingleLink:
                 url, max_connections=pool_size, timeout=POOL_WAIT, **connection_kwargs(name)
             )
             self._pubsub_pool = redis.ConnectionPool.from_url(
-                url, max_connections=1, **connection_kwargs(f"{name}-pubsub")
+                url, max_connections=1, **connection_kwargs(f"{name}-pubsub", pubsub=True)
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from None

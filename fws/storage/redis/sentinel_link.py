@@ -60,11 +60,13 @@ class SentinelLink:
             self.settings.nodes, sentinel_kwargs=self.settings.sentinel_credentials()
         )
         self._commands = self._master(name, max_connections=pool_size, timeout=POOL_WAIT)
-        self._pubsub = self._master(f"{name}-pubsub", max_connections=1, timeout=POOL_WAIT)
+        self._pubsub = self._master(
+            f"{name}-pubsub", pubsub=True, max_connections=1, timeout=POOL_WAIT
+        )
         self._closed = False
 
-    def _master(self, name: str, **pool: Any) -> redis.Redis:
-        kwargs = connection_kwargs(name)
+    def _master(self, name: str, *, pubsub: bool = False, **pool: Any) -> redis.Redis:
+        kwargs = connection_kwargs(name, pubsub=pubsub)
         kwargs.update(self.settings.credentials())
         kwargs.update(pool)
         return self.sentinel.master_for(
