@@ -109,6 +109,8 @@ class RedisProcess:
     port: int
     args: list[str]
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    paused: bool = False
+    """SIGSTOPped: the process exists but answers nothing (a hung host, a partition)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -144,16 +146,31 @@ class RedisProcess:
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """Running and answering (not killed, not paused)."""
+        return self.process is not None and self.process.poll() is None and not self.paused
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to peers or clients, as when a machine dies."""
-        if self.alive:
-            assert self.process is not None
+        if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+        self.paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP: sockets stay open but nothing answers, as with a hung or cut-off host."""
+        if self.alive:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        if self.paused and self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+        self.paused = False
 
     def stop(self, timeout: float = 10) -> None:
+        self.resume()  # a stopped process would not act on SIGTERM
         stop_process(self.process, timeout)
 
     def client(self, **kwargs: Any) -> redis.Redis:
@@ -303,14 +320,17 @@ class RedisClusterProcesses:
     def wait_healthy(self, timeout: float = 30) -> None:
         _poll(self._healthy, timeout, "cluster state ok on every node", interval=0.05)
 
-    def kill(self, node: RedisProcess) -> float:
-        """SIGKILL ``node``; returns ``time.monotonic()`` of the kill.
+    def kill(self, node: RedisProcess, *, pause: bool = False) -> float:
+        """SIGKILL (SIGSTOP with ``pause``) ``node``; returns ``time.monotonic()`` of it.
 
         The first slot it served (if a primary) is noted for ``wait_for_failover``.
         """
         mine = [first for first, owner in self.slots().items() if owner is node]
         self._killed_slots[node.name] = mine[0] if mine else None
-        node.kill()
+        if pause:
+            node.pause()
+        else:
+            node.kill()
         return time.monotonic()
 
     def wait_for_failover(
@@ -390,8 +410,11 @@ class RedisClusterProcesses:
         return source
 
     def restart(self, node: RedisProcess, timeout: float = 30) -> None:
-        """Start a killed node again (same port, its nodes.conf): it rejoins as a replica."""
-        node.start()
+        """Start a killed node again, or resume a paused one: it rejoins as a replica."""
+        if node.paused:
+            node.resume()
+        else:
+            node.start()
         node.wait_ready(timeout)
         self.wait_healthy(timeout)
 
@@ -535,10 +558,13 @@ class RedisSentinelProcesses:
         """Every sentinel agrees on the primary, knows the others and a synced replica."""
         _poll(self._ready, timeout, "sentinels agree on a primary with a replica", interval=0.05)
 
-    def kill_primary(self) -> float:
-        """SIGKILL the current primary; returns ``time.monotonic()`` of the kill."""
+    def kill_primary(self, *, pause: bool = False) -> float:
+        """SIGKILL (SIGSTOP with ``pause``) the primary; returns ``time.monotonic()`` of it."""
         self.old_primary = self.primary
-        self.old_primary.kill()
+        if pause:
+            self.old_primary.pause()
+        else:
+            self.old_primary.kill()
         return time.monotonic()
 
     def wait_for_promotion(self, timeout: float = 30) -> tuple[tuple[str, int], float]:
@@ -562,14 +588,17 @@ class RedisSentinelProcesses:
         return address, time.monotonic()
 
     def restart_old_primary(self, timeout: float = 30) -> None:
-        """Start the killed primary again, as a replica of the new one.
+        """Start the killed (resume the paused) primary again, as a replica of the new one.
 
         Sentinels would reconfigure it themselves, but only after their next
         INFO round (10 s); REPLICAOF here does the same at once.
         """
         old = self.old_primary
-        if old is not None and not old.alive:
-            old.start()
+        if old is not None and old.paused:
+            old.resume()
+        if old is not None:
+            if not old.alive:
+                old.start()
             old.wait_ready(timeout)
             host, port = self.primary_address()
             with old.client() as client:

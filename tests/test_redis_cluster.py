@@ -4,9 +4,10 @@ The six-node cluster (three shards) is the module-scoped ``redis_cluster``
 fixture; a test that kills a node restarts it (it rejoins as a replica), one
 that moves a slot moves it back. The scenarios are the single-Redis ones of
 ``test_cluster.py`` (its ``check_*`` functions), run against
-``redis+cluster://``, plus what only a cluster has:
-groups on different shards, a shard's primary SIGKILLed under traffic, and a
-busy group's slot migrated to another primary under traffic.
+``redis+cluster://``, plus what only a cluster has: groups on different
+shards, a shard's primary SIGKILLed or SIGSTOPped (hung: nothing answers,
+nothing closes) under traffic, and a busy group's slot migrated to another
+primary under traffic.
 
 Measured times are printed: run with ``-s`` to see them.
 """
@@ -14,6 +15,7 @@ Measured times are printed: run with ``-s`` to see them.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -202,25 +204,39 @@ def check_group_reachable(
         backend.close()
 
 
-def test_shard_primary_sigkill_under_traffic_delivery_resumes(
-    redis_cluster: RedisClusterProcesses,
+RESUME_AFTER_PROMOTION = 5.0
+"""A shard primary's failure: delivery resumes at most this long after the promotion."""
+_LOST = re.compile(r"(\d+) message\(s\) for other servers could not be sent meanwhile")
+
+
+@pytest.mark.parametrize("failure", ["kill", "stop"])
+def test_shard_primary_failure_under_traffic_delivery_resumes(
+    redis_cluster: RedisClusterProcesses, failure: str
 ) -> None:
+    """SIGKILL (sockets reset) or SIGSTOP (hung, nothing answers) of a busy group's shard."""
     (busy,) = groups_on_distinct_shards(redis_cluster, 1, prefix="busy")
-    with busy_group(redis_cluster, busy) as (servers, receiver, traffic):
-        victim = redis_cluster.node_for_key(LAYOUT.group_channel(busy))
-        killed = redis_cluster.kill(victim)
-        promoted_node, promoted = redis_cluster.wait_for_failover(victim)
-        delivered = first_delivery_after(receiver, traffic, killed, 20)
-        traffic.stop()
-        print(
-            f"\ncluster: SIGKILL of {victim.name} -> {promoted_node.name} promoted "
-            f"{promoted - killed:.2f} s, first delivery {delivered - killed:.2f} s after the kill"
-        )
-        assert delivered - killed < 20
-        check_group_reachable(redis_cluster, busy, receiver)  # the state was rewritten
-        for server in servers:
-            wait_for(lambda server=server: "is back" in server.output, 10, server.output)
-    redis_cluster.restart(victim)
+    victim = redis_cluster.node_for_key(LAYOUT.group_channel(busy))
+    try:
+        with busy_group(redis_cluster, busy) as (servers, receiver, traffic):
+            killed = redis_cluster.kill(victim, pause=failure == "stop")
+            promoted_node, promoted = redis_cluster.wait_for_failover(victim)
+            delivered = first_delivery_after(receiver, traffic, killed, 20)
+            traffic.stop()
+            print(
+                f"\ncluster: SIG{failure.upper()} of {victim.name} -> {promoted_node.name} "
+                f"promoted {promoted - killed:.2f} s later, first delivery "
+                f"{delivered - promoted:.2f} s after the promotion "
+                f"({delivered - killed:.2f} s after the SIG{failure.upper()})"
+            )
+            assert delivered - promoted < RESUME_AFTER_PROMOTION
+            check_group_reachable(redis_cluster, busy, receiver)  # the state was rewritten
+            for server in servers:
+                wait_for(lambda server=server: "is back" in server.output, 10, server.output)
+                assert server.output.count("unreachable") == 1, server.output  # logged once
+            lost = _LOST.search(servers[0].output)  # the sender's server could not publish
+            assert lost and int(lost.group(1)) > 0, servers[0].output
+    finally:
+        redis_cluster.restart(victim)
 
 
 def test_slot_migration_under_traffic_moves_the_subscriptions(

@@ -28,6 +28,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .cluster_subscriber import ClusterSubscriber, cluster_error
+from .liveness import cut_connections
 from .urls import POOL_SIZE, POOL_WAIT, connection_kwargs, parse_cluster_url
 
 __all__ = ["CLUSTER_RETRIES", "ClusterLink", "ClusterSubscriber", "parse_cluster_url"]
@@ -78,9 +79,9 @@ class ClusterLink:
         self._client: RedisCluster | None = None
         self._closed = False
 
-    def new_client(self, name: str) -> RedisCluster:
+    def new_client(self, name: str, *, pubsub: bool = False) -> RedisCluster:
         """A ``RedisCluster`` with fws's timeouts; ConnectionError if no seed answers."""
-        kwargs = connection_kwargs(name)
+        kwargs = connection_kwargs(name, pubsub=pubsub)
         del kwargs["retry"]  # the cluster-level retry below; node connections get none
         kwargs.update(self.settings.credentials())
         # redis-py builds a node's pool from connection_pool_class only for a
@@ -127,6 +128,20 @@ class ClusterLink:
     def subscriber(self) -> ClusterSubscriber:
         """A new pub/sub session with its own ``RedisCluster`` (see the module docstring)."""
         return ClusterSubscriber(self, f"{self.name}-pubsub")
+
+    def reset(self) -> None:
+        """Cut every node's command connections, in use or not (see ``Link.reset``).
+
+        The slot table is kept: redis-py refreshes it when the next command
+        fails, asking the node that failed last.
+        """
+        with self._lock:
+            client = self._client
+        if client is None:
+            return
+        for node in list(client.nodes_manager.nodes_cache.values()):
+            if node.redis_connection is not None:
+                cut_connections(node.redis_connection.connection_pool)
 
     def close(self) -> None:
         with self._lock:

@@ -28,7 +28,9 @@ there are no tracked channels whenever it refreshes), and any loss (a node's
 connection failing, or an ``sunsubscribe`` fws did not ask for) tears the
 whole session down and raises ``redis.ConnectionError``. The storage then
 subscribes again (the topology is refreshed first) and resyncs, and counts
-the outage: at most once, but never silently less.
+the outage: at most once, but never silently less. A shard primary that
+hangs instead of closing is caught per node connection by :mod:`.liveness`
+(silent for ``PUBSUB_SILENCE`` s); the refresh then asks that node last.
 
 No gevent here: the storage's greenlets call these blocking methods in a
 monkey-patched process; the Publisher uses them in a plain one.
@@ -49,6 +51,8 @@ import redis
 from redis.client import PubSub
 from redis.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException
+
+from .liveness import Heard, Silent
 
 if TYPE_CHECKING:
     from .cluster_link import ClusterLink
@@ -86,6 +90,8 @@ class ClusterSubscriber:
         self._unsubscribing: set[str] = set()
         self._stale = False
         self._closed = False
+        self._heard = Heard()
+        self._suspect: str | None = None  # the node that failed last: asked last
 
     # -- sessions ----------------------------------------------------------------
 
@@ -94,11 +100,11 @@ class ClusterSubscriber:
         if self._closed:
             raise redis.ConnectionError("subscriber is closed")
         if self._cluster is None:
-            self._cluster = self._link.new_client(self._name)
+            self._cluster = self._link.new_client(self._name, pubsub=True)
             self._stale = False
         elif self._stale:
             try:
-                self._cluster.nodes_manager.initialize()
+                self._cluster.nodes_manager.initialize(last_failed_node_name=self._suspect)
             except RedisClusterException as exc:
                 raise cluster_error(self._link.url, exc) from exc
             self._stale = False
@@ -110,6 +116,8 @@ class ClusterSubscriber:
         """Drop every subscription; the exception to raise for the storage."""
         self._teardown()
         self._stale = True
+        if isinstance(exc, Silent) and exc.key != "raw":
+            self._suspect = str(exc.key)
         if isinstance(exc, redis.ConnectionError):
             return exc
         error = redis.ConnectionError(f"Redis Cluster pub/sub lost: {exc}")
@@ -127,6 +135,7 @@ class ClusterSubscriber:
         self._raw = None
         self._channels.clear()
         self._unsubscribing.clear()
+        self._heard.clear()
 
     # -- the Subscriber protocol -------------------------------------------------
 
@@ -141,6 +150,8 @@ class ClusterSubscriber:
             raise self._lost(exc) from None
         self._channels.update(channels)
         self._unsubscribing.difference_update(channels)
+        for name in list(session.node_pubsub_mapping):
+            self._heard.start(name)  # a new node's clock starts with its first command
 
     def unsubscribe(self, *channels: str) -> None:
         """SUNSUBSCRIBE on the node that holds the subscription."""
@@ -177,6 +188,7 @@ class ClusterSubscriber:
                     pubsub.reset()
                     continue
                 self._raw = pubsub
+                self._heard.start("raw")
                 return
             raise self._lost(failure or redis.ConnectionError("no cluster node"))
         try:
@@ -209,6 +221,7 @@ class ClusterSubscriber:
                     continue  # dropped by redis-py meanwhile (its last sunsubscribe)
                 message = self._sharded.get_sharded_message(timeout=0.0, target_node=node)
             if message is not None:
+                self._heard.heard("raw" if node is None else node.name)
                 self._check(message)
                 return message
         return None
@@ -263,13 +276,25 @@ class ClusterSubscriber:
             # ValueError: select() on a socket redis-py closed meanwhile.
             raise self._lost(exc) from None
 
-    def ping(self) -> None:
-        """PING every connection of the session; the answers arrive as ``pong`` messages."""
+    def ping(self) -> float:
+        """Check every connection answered lately, then PING each (``pong`` messages).
+
+        A node silent for ``PUBSUB_SILENCE`` s (a hung or cut-off shard
+        primary) loses the session; returns since when all were alive.
+        """
+        pubsubs = self._pubsubs()
+        if not pubsubs:
+            raise self._lost(redis.ConnectionError("no pub/sub session"))
         try:
-            for _node, pubsub in self._pubsubs():
+            alive_since = self._heard.check(
+                ("raw" if node is None else node.name, pubsub.connection)
+                for node, pubsub in pubsubs
+            )
+            for _node, pubsub in pubsubs:
                 pubsub.ping()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._lost(exc) from None
+        return alive_since
 
     def close(self) -> None:
         self._closed = True

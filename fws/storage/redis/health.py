@@ -11,8 +11,14 @@ facts decide everything:
   was started after the last failure clears it (``epoch``).
 * ``subscribed``: the pub/sub session is up with every subscription confirmed.
 
-An outage ends when the session is subscribed and a snapshot has succeeded;
-then one line says how long it lasted and how many messages were lost.
+An outage ends when the session is subscribed, a snapshot has succeeded,
+and the session has proven alive *after* the failure (``alive``: opened
+after it, or every connection answered since): a session still listening
+to a hung or replaced primary must not end it. Then one line says how long
+it lasted and how many messages were lost. A failed PUBLISH starts an
+outage too but leaves the state alone (``state_lost=False``): it says
+nothing about this server's keys, and forcing full snapshots for it would
+be heavy, self-inflicted load.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from .liveness import describe
 
 __all__ = ["BACKOFF_CAP", "BACKOFF_FIRST", "Health"]
 
@@ -45,6 +53,7 @@ class Health:
         self.subscribed = False
         self.closing = False
         self._lost = 0
+        self._alive_since = 0.0  # the session is known alive since then
 
     @property
     def down(self) -> bool:
@@ -55,13 +64,18 @@ class Health:
         """Messages from other servers arrive now (``pubsub_live``)."""
         return self.subscribed and self.down_since is None
 
-    def failed(self, exc: BaseException) -> None:
-        """A Redis call failed: state is dirty; the first failure of an outage is logged."""
+    def failed(self, exc: BaseException, *, state_lost: bool = True) -> None:
+        """A Redis call failed: an outage; the first failure of one is logged.
+
+        ``state_lost``: the call may have left this server's keys wrong (a
+        write, the pub/sub session): a snapshot must rewrite them.
+        """
         with self._lock:
-            self.dirty = True
-            self.epoch += 1
+            if state_lost:
+                self.dirty = True
+                self.epoch += 1
             if self.down_since is not None:
-                log.debug("Redis still unreachable: %s", exc)
+                log.debug("Redis still unreachable: %s", describe(exc))
                 return
             self.down_since = time.monotonic()
             if self.closing:
@@ -73,7 +87,7 @@ class Health:
             "Redis at %s unreachable (%s); serving local clients only, reconnecting "
             "with backoff up to %.0f s",
             self.url,
-            exc,
+            describe(exc),
             BACKOFF_CAP,
         )
 
@@ -98,15 +112,28 @@ class Health:
                 self.dirty = False
         self._maybe_recovered()
 
-    def set_subscribed(self, subscribed: bool) -> None:
-        self.subscribed = subscribed
+    def set_subscribed(self, subscribed: bool, since: float = 0.0) -> None:
+        """The session is (not) subscribed; ``since``: when it was opened (monotonic)."""
+        with self._lock:
+            self.subscribed = subscribed
+            self._alive_since = since if subscribed else 0.0
         if subscribed:
             self._maybe_recovered()
+
+    def alive(self, since: float) -> None:
+        """Every connection of the session answered at or after ``since`` (monotonic)."""
+        with self._lock:
+            if not self.subscribed or since <= self._alive_since:
+                return
+            self._alive_since = since
+        self._maybe_recovered()
 
     def _maybe_recovered(self) -> None:
         with self._lock:
             if self.down_since is None or not self.subscribed or self.dirty:
                 return
+            if self._alive_since < self.down_since:
+                return  # the session may be listening to the node that failed
             outage = time.monotonic() - self.down_since
             self.down_since = None
             lost, self._lost = self._lost, 0

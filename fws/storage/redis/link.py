@@ -29,6 +29,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ...errors import ConfigurationError
 from .classic import ClassicSubscriber
 from .cluster_link import ClusterLink
+from .liveness import cut_connections
 from .sentinel_link import SentinelLink
 from .urls import COMMAND_TIMEOUT, CONNECT_TIMEOUT, POOL_SIZE, POOL_WAIT, connection_kwargs, redact
 
@@ -78,8 +79,14 @@ class Subscriber(Protocol):
         resubscribes and resyncs.
         """
 
-    def ping(self) -> None:
-        """Ask for a ``pong`` message: proof the session still answers."""
+    def ping(self) -> float:
+        """Check the session is alive, then ask each connection for a ``pong`` message.
+
+        Raises like ``get_message`` when a connection has been silent for
+        ``PUBSUB_SILENCE`` s (see :mod:`.liveness`) or its node is no longer the
+        primary; returns the ``time.monotonic()`` since which every connection
+        of the session is known to have been alive.
+        """
 
     def close(self) -> None: ...
 
@@ -105,6 +112,15 @@ class Link(Protocol):
     def subscriber(self) -> Subscriber:
         """A new pub/sub session."""
 
+    def reset(self) -> None:
+        """Cut the command connections, also those in use (their callers get a ConnectionError).
+
+        Called by the listener when it loses its session and when it has a new
+        one: commands blocked on a hung or demoted primary are released at once
+        instead of after ``COMMAND_TIMEOUT``, and no connection opened before
+        a failover serves a command after it.
+        """
+
     def close(self) -> None: ...
 
 
@@ -126,7 +142,7 @@ class SingleLink:
                 url, max_connections=pool_size, timeout=POOL_WAIT, **connection_kwargs(name)
             )
             self._pubsub_pool = redis.ConnectionPool.from_url(
-                url, max_connections=1, **connection_kwargs(f"{name}-pubsub")
+                url, max_connections=1, **connection_kwargs(f"{name}-pubsub", pubsub=True)
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url}: {exc}") from None
@@ -153,6 +169,9 @@ class SingleLink:
 
     def subscriber(self) -> Subscriber:
         return ClassicSubscriber(self._pubsub_pool)
+
+    def reset(self) -> None:
+        cut_connections(self._pool)
 
     def close(self) -> None:
         """Disconnect the pools this link made; a caller's client is left as it was."""

@@ -25,6 +25,7 @@ import redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .classic import ClassicSubscriber
+from .liveness import cut_connections
 from .urls import POOL_SIZE, POOL_WAIT, SentinelSettings, connection_kwargs, parse_sentinel_url
 
 __all__ = ["SentinelLink"]
@@ -59,11 +60,13 @@ class SentinelLink:
             self.settings.nodes, sentinel_kwargs=self.settings.sentinel_credentials()
         )
         self._commands = self._master(name, max_connections=pool_size, timeout=POOL_WAIT)
-        self._pubsub = self._master(f"{name}-pubsub", max_connections=1, timeout=POOL_WAIT)
+        self._pubsub = self._master(
+            f"{name}-pubsub", pubsub=True, max_connections=1, timeout=POOL_WAIT
+        )
         self._closed = False
 
-    def _master(self, name: str, **pool: Any) -> redis.Redis:
-        kwargs = connection_kwargs(name)
+    def _master(self, name: str, *, pubsub: bool = False, **pool: Any) -> redis.Redis:
+        kwargs = connection_kwargs(name, pubsub=pubsub)
         kwargs.update(self.settings.credentials())
         kwargs.update(pool)
         return self.sentinel.master_for(
@@ -84,8 +87,21 @@ class SentinelLink:
         return int(self.commands().publish(channel, data))
 
     def subscriber(self) -> ClassicSubscriber:
-        """A new pub/sub session on the link's pub/sub pool (one connection)."""
-        return ClassicSubscriber(self._pubsub.connection_pool)
+        """A new pub/sub session on the link's pub/sub pool (one connection).
+
+        Its ``ping`` also asks the sentinels for the primary, so a failover
+        (the old primary maybe hung, not closed) ends the session within a PING period.
+        """
+        return ClassicSubscriber(self._pubsub.connection_pool, primary=self.primary_address)
+
+    def primary_address(self) -> tuple[str, int]:
+        """The primary the sentinels name now (``MasterNotFoundError`` if none)."""
+        host, port = self.sentinel.discover_master(self.settings.service)
+        return str(host), int(port)
+
+    def reset(self) -> None:
+        """Cut every command connection, in use or not (see ``Link.reset``)."""
+        cut_connections(self._commands.connection_pool)
 
     def close(self) -> None:
         self._closed = True

@@ -147,7 +147,14 @@ class RedisStorage(Storage):
         """
         waiter = self._members.join(key, value)
         if waiter is not None and not self._health.down and not self._closed:
-            waiter.wait(JOIN_WAIT)
+            if not waiter.wait(JOIN_WAIT):
+                log.warning(
+                    "Redis did not confirm the subscription to group %r within %.0f s: "
+                    "messages sent to it by other servers may miss %s until it does",
+                    key,
+                    JOIN_WAIT,
+                    value,
+                )
 
     def remove(self, key: str, value: str) -> None:
         """Remove ``value`` from ``key``, whichever server added it.
@@ -306,6 +313,15 @@ class RedisStorage(Storage):
             raise StorageUnavailable(f"Redis at {self.url}: {exc}") from exc
 
     def _publish(self, send: Callable[[], _T]) -> _T | None:
+        """``send()``, or count the message as lost: at most once, never queued.
+
+        During a known outage nothing is tried (fail fast: no greenlet waits on
+        a dead primary). A failure counts the loss and starts an outage, but
+        does not force a snapshot: it says nothing about this server's keys
+        (the writer and the heartbeat detect lost state). A PUBLISH already
+        under way when a primary hangs waits until the listener notices
+        (2-3 s, then ``Link.reset`` cuts it) or ``COMMAND_TIMEOUT``.
+        """
         if self._health.down:
             self._health.lost_one()
             return None
@@ -313,7 +329,7 @@ class RedisStorage(Storage):
             return send()
         except REDIS_ERRORS as exc:
             self._health.lost_one()
-            self._health.failed(exc)
+            self._health.failed(exc, state_lost=False)
             return None
 
     def __repr__(self) -> str:

@@ -9,7 +9,10 @@ that. The broadcast channel and this server's inbox are subscribed from the
 start and never left: a client whose upgrade completed receives every
 broadcast published after that, even the first client of an empty server.
 
-When the session fails, the listener logs (through :class:`Health`), waits
+The session is PINGed every ``PUBSUB_PING`` s and dropped when a connection
+stays silent (:mod:`.liveness`). When the session fails, the listener logs
+(through :class:`Health`), closes the command connections (callers blocked
+on a hung primary get their error now, not after ``COMMAND_TIMEOUT``), waits
 with redis-py's ``EqualJitterBackoff`` (0.1 s doubling to 2 s, times 0.5 to 1),
 opens a new session, resubscribes everything and asks for a snapshot.
 """
@@ -27,6 +30,7 @@ from redis.backoff import EqualJitterBackoff
 
 from .health import BACKOFF_CAP, BACKOFF_FIRST, Health
 from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link, Subscriber
+from .liveness import PUBSUB_PING, PrimarySwitched
 from .scripts import text
 
 __all__ = ["POLL", "Listener"]
@@ -123,6 +127,9 @@ class Listener:
                     if self.closing.is_set():
                         break
                     self.health.failed(exc)
+                    self._release_commands()
+                    if isinstance(exc, PrimarySwitched):
+                        self._failures = 0  # the new primary is up: no reason to wait
                     self._pause()
                 except Exception:
                     if self.closing.is_set():
@@ -139,7 +146,14 @@ class Listener:
         self._failures += 1
 
     def connect(self) -> None:
-        """Open a session, subscribe everything, and wait until Redis confirms it all."""
+        """Open a session, subscribe everything, and wait until Redis confirms it all.
+
+        The wait is bounded by progress, not by a fixed budget: it fails when
+        no confirmation came for ``COMMAND_TIMEOUT`` s (a server hosting tens
+        of thousands of groups may need longer in all), or when the session
+        goes silent for ``PUBSUB_SILENCE`` s (a hung primary).
+        """
+        started = time.monotonic()
         session = self.link.subscriber()
         self._session = session
         with self._lock:
@@ -149,45 +163,62 @@ class Listener:
             session.subscribe_raw(*self.raw)
         pending = set(self.fixed) | set(self.raw)
         self._reconcile(session)
-        deadline = time.monotonic() + COMMAND_TIMEOUT
+        progress = next_ping = time.monotonic()
         while pending or any(self._inflight.values()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise redis.TimeoutError("Redis did not confirm the subscriptions")
-            message = session.get_message(timeout=min(remaining, POLL))
+            now = time.monotonic()
+            if now - progress > COMMAND_TIMEOUT:
+                raise redis.TimeoutError("Redis stopped confirming the subscriptions")
+            if now >= next_ping:
+                next_ping = now + PUBSUB_PING
+                session.ping()
+            message = session.get_message(timeout=POLL)
             if message is None:
                 continue
             if message["type"] in _CONFIRMATIONS:
+                progress = time.monotonic()
                 channel = text(message["channel"])
                 if channel in pending:
                     pending.discard(channel)
                     continue
             self._handle(message)
         self._failures = 0
-        self.health.set_subscribed(True)
+        if self.health.down:
+            self._release_commands()  # none opened during the outage serves after it
+        self.health.set_subscribed(True, since=started)
         self._on_connected()
 
+    def _release_commands(self) -> None:
+        """Close the link's command connections (see ``Link.reset``): none stays stuck."""
+        try:
+            self.link.reset()
+        except REDIS_ERRORS as exc:
+            log.debug("closing the command connections: %s", exc)
+
     def _read_loop(self) -> None:
+        """Deliver messages; PING every ``PUBSUB_PING`` s; heartbeat every ``interval`` s.
+
+        Liveness (the PINGs, see :mod:`.liveness`) is independent of the TTL:
+        a hung or replaced primary ends the session 2-3 s after it stopped
+        answering, whatever ``--redis_ttl`` says.
+        """
         session = self._session
         assert session is not None
         interval = self.interval
-        last_seen = time.monotonic()
-        next_beat = last_seen + interval
+        now = time.monotonic()
+        next_beat = now + interval
+        next_ping = now + PUBSUB_PING
         while not self.closing.is_set():
             if self._changed:
                 self._reconcile(session)
-            message = session.get_message(timeout=min(POLL, interval))
-            now = time.monotonic()
+            message = session.get_message(timeout=POLL)
             if message is not None:
-                last_seen = now
                 self._handle(message)
+            now = time.monotonic()
+            if now >= next_ping:
+                next_ping = now + PUBSUB_PING
+                self.health.alive(session.ping())
             if now >= next_beat:
-                if now - last_seen > 2 * interval + COMMAND_TIMEOUT:
-                    raise redis.ConnectionError(
-                        "Redis stopped answering on the pub/sub connection"
-                    )
                 next_beat = now + interval
-                session.ping()  # answered by a "pong" message, which counts as seen
                 self._on_beat()
             elif self.health.dirty and now >= self._retry_at:
                 self._retry_at = now + self._backoff.compute(self._failures)

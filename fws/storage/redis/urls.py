@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ...errors import ConfigurationError
+from .liveness import PUBSUB_SILENCE
 
 __all__ = [
     "COMMAND_TIMEOUT",
@@ -64,15 +65,19 @@ _TLS_OPTIONS = {
 _SENTINEL_OPTIONS = {"sentinel_password", "sentinel_username"}
 
 
-def connection_kwargs(name: str) -> dict[str, Any]:
+def connection_kwargs(name: str, *, pubsub: bool = False) -> dict[str, Any]:
     """Keyword arguments for every data connection fws opens; ``name`` shows in CLIENT LIST.
 
     No redis-py retries: they would hide an outage and stall the caller;
-    fws reconnects itself, with backoff and a resync.
+    fws reconnects itself, with backoff and a resync. A ``pubsub`` session's
+    blocking reads (the CLIENT SETNAME of a new connection, a cluster's slot
+    table) give up after ``PUBSUB_SILENCE``, as its liveness check does: a
+    reconnection that reaches a hung node must not wait ``COMMAND_TIMEOUT``
+    while the replica is being promoted.
     """
     return {
         "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": COMMAND_TIMEOUT,
+        "socket_timeout": PUBSUB_SILENCE if pubsub else COMMAND_TIMEOUT,
         "socket_keepalive": True,
         "retry": Retry(NoBackoff(), 0),
         "client_name": name,
