@@ -420,11 +420,14 @@ class Connection:
         ``Server.broadcast`` reads ``first`` once for every recipient, so that
         counting messages for metrics costs a delivery one comparison.
         """
+        # _has_room's test, inlined: a method call per delivery would cost more
+        # than everything metrics add to it.
         if self.state is not State.OPEN:
             return False
         limit = self.settings.max_outbound_bytes
         if limit is not None and self._outbox_bytes and self._outbox_bytes + len(frame) > limit:
-            return self._has_room(frame)  # no: closes the connection as too slow
+            self._close_too_slow()
+            return False
         if self._sent_counts is not None and first != self._run_first:
             self._new_sent_run(first)
         self._queue(frame)
@@ -437,15 +440,22 @@ class Connection:
             return False
         limit = self.settings.max_outbound_bytes
         if limit is not None and self._outbox_bytes and self._outbox_bytes + len(frame) > limit:
-            log.warning(
-                "connection %s: client too slow, %d bytes waiting; closing it",
-                self.id,
-                self._outbox_bytes,
-            )
-            self.table.stats.disconnects["slow_client"] += 1
-            self._start_close(1008, "client too slow: outbound queue full")
+            self._close_too_slow()
             return False
         return True
+
+    def _close_too_slow(self) -> None:
+        log.warning(
+            "connection %s: client too slow, %d bytes waiting; closing it",
+            self.id,
+            self._outbox_bytes,
+        )
+        self._cut("slow_client", "client too slow: outbound queue full")
+
+    def _cut(self, why: str, reason: str) -> None:
+        """Close with 1008 for a limit the client broke; counted by ``why`` for metrics."""
+        self.table.stats.disconnects[why] += 1
+        self._start_close(1008, reason)
 
     def flush_sent_counts(self) -> None:
         """Add the messages sent since the last count to the metrics (each metrics flush)."""
@@ -837,8 +847,7 @@ class Connection:
                     self.id,
                     settings.max_messages_per_second,
                 )
-                self.table.stats.disconnects["rate_limit"] += 1
-                self._start_close(1008, "rate limit")
+                self._cut("rate_limit", "rate limit")
             return True
         self._rate_due = due
         return False

@@ -144,13 +144,13 @@ class ServerStats:
         """Envelopes from Redis refused undelivered, by reason (a fixed set: ``version``,
         ``op``, ``size``, ``malformed``; see ``fws.storage.redis.envelope``)."""
 
-    def count_sent(self, frame: bytes, recipients: int = 1) -> None:
-        """Count ``frame`` queued to ``recipients`` clients: for control frames (ping,
-        pong, close); connections count their messages by runs."""
-        if self.count_messages and recipients:
+    def count_sent(self, frame: bytes) -> None:
+        """Count a control frame (ping, pong, close) queued to a client; connections
+        count their messages by runs (``Connection.flush_sent_counts``)."""
+        if self.count_messages:
             opcode = frame[0] & 0x0F
-            self.messages_sent[opcode] += recipients
-            self.bytes_sent[opcode] += len(frame) * recipients
+            self.messages_sent[opcode] += 1
+            self.bytes_sent[opcode] += len(frame)
 
     def filter_time(self, event: str) -> FilterTimes:
         """The histogram of ``event``'s pipeline run times, made on first use."""
