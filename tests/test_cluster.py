@@ -397,12 +397,18 @@ def check_sigkilled_server_members_are_purged(
 def test_start_up_fails_clearly_without_redis() -> None:
     port = free_port()
     for url, message in ((f"redis://{LOOPBACK}:{port}/0", "cannot reach Redis"),
-                         ("http://nowhere/0", "invalid Redis URL")):
+                         (f"redis+cluster://{LOOPBACK}:{port}", "cannot reach Redis"),
+                         (f"redis+sentinel://{LOOPBACK}:{port}/mymaster",
+                          "No master found for 'mymaster'"),
+                         ("http://nowhere/0", "invalid Redis URL")):  # fmt: skip
         result = subprocess.run(
             [*fws_server_command(), *BASE, "--storage", "redis", "--redis-url", url],
             capture_output=True, text=True, timeout=30,
         )
-        assert_clean_failure(result, 2, message)
+        output = assert_clean_failure(result, 2, message)
+        # One short line: not the reprs of redis-py's clients, not the URL twice.
+        (line,) = [text for text in output.splitlines() if text.startswith("Error:")]
+        assert len(line) < 300 and line.count(url) == 1 and "<redis." not in line, line
 
 
 def test_rediss_url_talks_tls_to_redis(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ class ClusterLink:
                 **kwargs,
             )
         except RedisClusterException as exc:
-            raise cluster_error(self.url, exc) from exc
+            raise cluster_error(exc) from exc
 
     def commands(self) -> RedisCluster:
         """The shared ``RedisCluster`` for keys, pipelines and scripts (one hash tag each)."""
@@ -123,7 +123,7 @@ class ClusterLink:
         try:
             return int(self.commands().spublish(channel, data))
         except RedisClusterException as exc:
-            raise cluster_error(self.url, exc) from exc
+            raise cluster_error(exc) from exc
 
     def subscriber(self) -> ClusterSubscriber:
         """A new pub/sub session with its own ``RedisCluster`` (see the module docstring)."""

@@ -60,13 +60,13 @@ if TYPE_CHECKING:
 __all__ = ["ClusterSubscriber", "cluster_error"]
 
 
-def cluster_error(url: str, exc: Exception) -> redis.ConnectionError:
+def cluster_error(exc: Exception) -> redis.ConnectionError:
     """``RedisClusterException`` (no seed answers, slots uncovered) as a ConnectionError.
 
     The storage treats ConnectionError as "Redis unreachable, retry with
     backoff"; RedisClusterException is not one, so it is translated here.
     """
-    error = redis.ConnectionError(f"Redis Cluster at {url}: {exc}")
+    error = redis.ConnectionError(str(exc))  # callers name the URL
     error.__cause__ = exc
     return error
 
@@ -106,7 +106,7 @@ class ClusterSubscriber:
             try:
                 self._cluster.nodes_manager.initialize(last_failed_node_name=self._suspect)
             except RedisClusterException as exc:
-                raise cluster_error(self._link.url, exc) from exc
+                raise cluster_error(exc) from exc
             self._stale = False
         if self._sharded is None:
             self._sharded = self._cluster.pubsub()

@@ -71,7 +71,9 @@ def describe(exc: BaseException, limit: int = 200) -> str:
     sentinel client: kilobytes per line otherwise.
     """
     lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    # MasterNotFoundError: "No master found for 'x' : <the clients' reprs>".
+    first = lines[0].split(" : <", 1)[0] if lines else ""
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

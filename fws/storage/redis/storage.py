@@ -33,6 +33,7 @@ from .health import Health
 from .inbound import Inbound, warn_if_not_patched
 from .keys import KeyLayout
 from .link import COMMAND_TIMEOUT, REDIS_ERRORS, open_link
+from .liveness import describe
 from .membership import Membership
 from .options import OPTIONS
 from .publisher import find_server
@@ -101,7 +102,9 @@ class RedisStorage(Storage):
                 self.link.commands().ping()
             except REDIS_ERRORS as exc:
                 self.link.close()
-                raise ConfigurationError(f"cannot reach Redis at {self.url}: {exc}") from None
+                raise ConfigurationError(
+                    f"cannot reach Redis at {self.url}: {describe(exc)}"
+                ) from None
         self._scripts = Scripts(self.link.commands, self.keys)
         self._server: Server | None = None
         self._health = Health(self.url, self._stats)
