@@ -165,30 +165,35 @@ def prescan_option(
     For the few options that decide how parsing itself goes (``--storage``
     chooses which options exist, ``--workers`` whether this process patches
     gevent). Same precedence as every option: the command line, the
-    environment, the config file's key (the option's name), no value.
+    environment, the config file's key (the option's name), no value; and,
+    as click does, the last of an option given twice.
     """
-    for position, arg in enumerate(args):
-        if arg == f"--{option}" and position + 1 < len(args):
-            return args[position + 1]
-        if arg.startswith(f"--{option}="):
-            return arg.partition("=")[2]
+    given = _last_value(args, (f"--{option}",))
+    if given is not None:
+        return given
     for name in envvars:
         if environ.get(name):
             return environ[name]
-    for position, arg in enumerate(args):
-        path = None
-        if arg in ("-c", "--config") and position + 1 < len(args):
-            path = args[position + 1]
-        elif arg.startswith("--config="):
-            path = arg.partition("=")[2]
-        if path is not None:
-            try:
-                configured = read_config(path).get(option)
-            except ConfigurationError:
-                return None  # reported properly when -c is parsed
-            if configured is not None and configured != "":
-                return str(configured)
+    path = _last_value(args, ("-c", "--config"))
+    if path is not None:
+        try:
+            configured = read_config(path).get(option)
+        except ConfigurationError:
+            return None  # reported properly when -c is parsed
+        if configured is not None and configured != "":
+            return str(configured)
     return None
+
+
+def _last_value(args: Sequence[str], names: Sequence[str]) -> str | None:
+    """The value of the last of ``names`` in ``args`` (``--name value`` or ``--name=value``)."""
+    value = None
+    for position, arg in enumerate(args):
+        if arg in names and position + 1 < len(args):
+            value = args[position + 1]
+        elif arg.startswith("--") and arg.partition("=")[0] in names and "=" in arg:
+            value = arg.partition("=")[2]
+    return value
 
 
 def choose_storage(args: Sequence[str], environ: dict[str, str] | os._Environ[str]) -> str:

@@ -24,7 +24,7 @@ from helpers import (
 from websockets.exceptions import ConnectionClosed
 
 import fws
-from fws.cli import build_command, choose_storage, spread_multiple_values
+from fws.cli import build_command, choose_storage, choose_workers, spread_multiple_values
 from fws.storage.memory import MemoryStorage
 
 # The seed's commands carry no port; these variables keep them verbatim while
@@ -427,3 +427,15 @@ def test_config_keys_by_option_name_and_a_string_for_several_values(tmp_path):
         client = connect(server.url, origin="https://ok.example")
         client.send("configured")
         assert client.recv() == "configured"
+
+
+def test_options_read_before_parsing_take_the_last_value_as_click_does(tmp_path):
+    # --workers decides whether this process patches gevent and --storage which
+    # options exist: a prescan that disagreed with click would serve unpatched.
+    assert choose_workers(["--workers", "4", "--workers", "1"], {}) == 1
+    assert choose_workers(["--workers=1", "--workers", "3"], {"FWS_WORKERS": "2"}) == 3
+    assert choose_workers([], {"FWS_WORKERS": "2"}) == 2
+    assert choose_storage(["--storage", "redis", "--storage=memory"], {}) == "memory"
+    config = tmp_path / "fws.json"
+    config.write_text('{"workers": 2}')
+    assert choose_workers(["-c", str(tmp_path / "none.json"), "-c", str(config)], {}) == 2
