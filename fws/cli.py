@@ -614,6 +614,10 @@ def _check_options(options: dict[str, Any]) -> None:
         )
     if options["message_burst"] and not options["max_messages_per_second"]:
         raise click.UsageError("--message-burst needs --max-messages-per-second RATE")
+    if options["metrics_port"] is not None and not options["metrics"]:
+        raise click.UsageError("--metrics-port needs metrics on (drop --no-metrics)")
+    if options["metrics_host"] is not None and options["metrics_port"] is None:
+        raise click.UsageError("--metrics-host needs --metrics-port")
 
 
 def _supervise(

@@ -402,6 +402,14 @@ def test_cli_metrics_port_no_metrics_and_a_busy_metrics_port():
     contradiction = run_fws_server(["--no-metrics", "--metrics-port", str(metrics_port)])
     assert contradiction.returncode == 2
     assert "--metrics-port needs metrics on" in contradiction.stderr
+    # Refused once, before workers start (not by each worker as it fails).
+    for args in (["--no-metrics", "--metrics-port", str(metrics_port)],
+                 ["--metrics-host", "127.0.0.2"]):  # fmt: skip
+        nowhere = f"redis://{LOOPBACK}:{free_port()}/0"  # never reached: refused first
+        refused = run_fws_server([*args, "--workers", "2", "--storage", "redis",
+                                  "--redis-url", nowhere])  # fmt: skip
+        output = assert_clean_failure(refused, 2, "needs")
+        assert "worker" not in output, output
 
 
 def test_multiprocess_mode_aggregates_through_the_directory_and_cleans_up(tmp_path: Path):
