@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import time
-from bisect import bisect_left as _bisect_left
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
 from .registry import Registry, active_registry
 from .static import StaticFiles
-from .stats import FILTER_TIME_BUCKETS, SAMPLE_INTERVAL, SAMPLED_EVENTS, FilterTimes
+from .stats import SAMPLE_INTERVAL, SAMPLED_EVENTS, FilterTimes
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .supervise import supervised
@@ -406,7 +405,6 @@ class Server:
         """The histograms of the events with filters, when metrics are on."""
         self._rearm: dict[str, Any] = {}
         """Per sampled event, the one-shot timer that has its next run timed."""
-        """Per event with filters, where its run times go; None when metrics are off."""
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -705,14 +703,14 @@ class Server:
             recipients: Iterable[Connection | None] = tuple(self.users.values())
         else:
             recipients = [self.users.get(connection_id) for connection_id in to]
-        sent = plain = 0
+        sent = 0
         first = frame[0]
         for connection in recipients:
             if connection is None or connection.id == exclude:
                 continue
             deflate = connection.deflate
             if deflate is None:
-                plain += connection.send_message_frame(frame, first)
+                sent += connection.send_message_frame(frame, first)
             elif deflate.shared_key is None:  # context takeover: its own stream
                 sent += connection.send_frame(encode_message(data, deflate))
             else:
@@ -720,7 +718,7 @@ class Server:
                 if shared is None:
                     shared = compressed[deflate.shared_key] = encode_message(data, deflate)
                 sent += connection.send_frame(shared)
-        return sent + plain
+        return sent
 
     def at_connection_limit(self) -> bool:
         """True when a new client is refused with 503 (``max_connections`` reached)."""
@@ -760,9 +758,7 @@ class Server:
         except FilterError as exc:
             return self._filter_failed(event, instance, exc)
         finally:
-            elapsed = _perf_counter() - started
-            times.counts[_bisect_left(FILTER_TIME_BUCKETS, elapsed)] += 1
-            times.total += elapsed
+            times.observe(_perf_counter() - started)
 
     def _time_next_run(self, event: str) -> None:
         # In the hub, SAMPLE_INTERVAL after a timed run.

@@ -262,24 +262,29 @@ def test_a_pipeline_set_after_start_runs_untimed():
         client.close()
 
 
-def test_a_slow_client_cut_is_counted():
+@pytest.mark.parametrize("opcode", [OP_PING, OP_TEXT])
+def test_a_slow_client_cut_is_counted(opcode: int):
+    # Pongs and echoed messages take different send paths (the message path
+    # inlines the limit test): both must cut and count a client that does not read.
     with run_server(message=Echo, max_outbound_bytes=64 * 1024, close_timeout=0.5) as server:
         sock = raw_upgrade(server.address[1], receive_buffer=4096)
         wait_for(lambda: server.users)
-        pings = bytes([0x80 | OP_PING, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
+        frames = bytes([0x80 | opcode, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # bounded: at most 20 s of pings
+        while time.monotonic() < deadline:  # bounded: at most 20 s of frames
             try:
-                sock.sendall(pings * 100)
+                sock.sendall(frames * 100)
             except OSError:  # the server cut the connection
                 break
         sock.close()
         wait_for(lambda: not server.users and not server.finishing, 5)
         samples = scrape(server.address[1])
+    name = "ping" if opcode == OP_PING else "text"
+    answer = "pong" if opcode == OP_PING else "text"
     assert value(samples, "fws_disconnects_total", reason="slow_client") == 1
     assert value(samples, "fws_close_codes_sent_total", code="1008") == 1
-    assert value(samples, "fws_messages_received_total", opcode="ping") >= 100
-    assert value(samples, "fws_messages_sent_total", opcode="pong") >= 1
+    assert value(samples, "fws_messages_received_total", opcode=name) >= 100
+    assert value(samples, "fws_messages_sent_total", opcode=answer) >= 1
 
 
 def test_outbound_queue_bytes_show_a_client_that_does_not_read():
