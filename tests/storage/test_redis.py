@@ -495,6 +495,10 @@ def test_unknown_version_or_op_is_refused_not_read_as_a_message(raw: bytes, kind
 
 def test_envelope_size_cap_is_the_message_size_limit() -> None:
     assert decode_envelope(encode_envelope("é" * 50), max_size=100).data == "é" * 50
+    # Four bytes a character, the most UTF-8 takes: at the cap, then over it.
+    assert decode_envelope(encode_envelope("😀" * 25), max_size=100).data == "😀" * 25
+    with pytest.raises(EnvelopeError, match="104 bytes"):
+        decode_envelope(encode_envelope("😀" * 26), max_size=100)
     with pytest.raises(EnvelopeError, match="over 100"):
         decode_envelope(encode_envelope("é" * 51), max_size=100)  # 102 bytes of UTF-8
     with pytest.raises(EnvelopeError, match="over 100"):

@@ -1,8 +1,8 @@
-"""The outage bookkeeping of :mod:`fws.storage.redis.health` and :mod:`.liveness`, no Redis.
+"""The outage bookkeeping of :mod:`fws.storage.redis.health` and :mod:`.liveness`.
 
 The real failovers (SIGKILL and SIGSTOP of a primary) are in
 ``test_redis_sentinel.py`` and ``test_redis_cluster.py``; these pin down the
-rules they rely on, in milliseconds.
+rules they rely on, in milliseconds (one of them with a plain redis-server).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import time
 
 import pytest
 import redis
+from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
+from fws.storage.redis.classic import ClassicSubscriber
 from fws.storage.redis.health import Health
-from fws.storage.redis.liveness import PUBSUB_SILENCE, Heard, Silent, describe
+from fws.storage.redis.liveness import PUBSUB_SILENCE, Heard, PrimarySwitched, Silent, describe
 
 
 def test_recovery_needs_a_session_proven_alive_after_the_failure(
@@ -70,3 +72,26 @@ def test_a_silent_connection_is_lost_after_the_silence_bound() -> None:
     assert raised.value.key == "node"
     heard.heard("node")
     heard.check([("node", None)])
+
+
+def test_a_session_on_a_node_the_sentinels_no_longer_name_is_dropped(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Without a kill or a hang (a SENTINEL FAILOVER, a demotion) only this check notices."""
+    named = {"primary": ("127.0.0.1", redis_server.port)}
+    pool = redis.ConnectionPool(host="127.0.0.1", port=redis_server.port)
+    subscriber = ClassicSubscriber(pool, primary=lambda: named["primary"])
+    try:
+        subscriber.subscribe("fws:{broadcast}")
+        deadline = time.monotonic() + 5
+        while subscriber.get_message(timeout=0.1) is None and time.monotonic() < deadline:
+            pass  # the subscribe confirmation
+        subscriber.ping()  # still the primary: nothing happens
+        named["primary"] = ("127.0.0.1", redis_server.port + 1)  # the sentinels moved on
+        with pytest.raises(PrimarySwitched, match="promoted"):
+            subscriber.ping()
+        with pytest.raises(redis.ConnectionError):  # the session was dropped with it
+            subscriber.ping()
+    finally:
+        subscriber.close()
+        pool.disconnect()

@@ -137,7 +137,10 @@ def decode_envelope(raw: bytes | str, *, max_size: int | None = None) -> Envelop
     if isinstance(body.get("text"), str):
         text: str = body["text"]
         data: str | bytes = text
-        size = len(text.encode("utf-8", "surrogatepass"))
+        # UTF-8 takes at most 4 bytes a character: encode (per message from
+        # Redis) only a text that could be over the cap.
+        over = max_size is not None and len(text) * 4 > max_size
+        size = len(text.encode("utf-8", "surrogatepass")) if over else 0
     elif isinstance(body.get("binary"), str):
         try:
             data = base64.b64decode(body["binary"], validate=True)
