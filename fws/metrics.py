@@ -77,10 +77,13 @@ def opcode_name(opcode: int) -> str:
 class Metrics:
     """The Prometheus metrics of one server, fed from its ``ServerStats``.
 
-    ``connections``, ``outbound_bytes`` and ``pubsub_live`` are read at each
-    flush for the gauges. ``multiprocess_dir`` (default: the
-    ``PROMETHEUS_MULTIPROC_DIR`` environment variable; ``None``: single
-    process) is the directory workers share.
+    ``connections`` and ``pubsub_live`` are read at each flush for the
+    gauges; ``settle_connections`` is called first: it brings every open
+    connection's sent-message counts into ``stats`` (connections count them
+    by runs) and returns the bytes queued to clients, for the gauge.
+    ``multiprocess_dir`` (default: the ``PROMETHEUS_MULTIPROC_DIR``
+    environment variable; ``None``: single process) is the directory
+    workers share.
     """
 
     def __init__(
@@ -88,7 +91,7 @@ class Metrics:
         stats: ServerStats,
         *,
         connections: Callable[[], int],
-        outbound_bytes: Callable[[], int],
+        settle_connections: Callable[[], int],
         pubsub_live: Callable[[], bool],
         multiprocess_dir: str | None = None,
     ) -> None:
@@ -102,7 +105,7 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self._stats = stats
         self._connections = connections
-        self._outbound_bytes = outbound_bytes
+        self._settle_connections = settle_connections
         self._pubsub_live = pubsub_live
         self._closed = False
 
@@ -242,8 +245,7 @@ class Metrics:
         """
         if self._closed:
             return
-        # First: reading the queues also brings the connections' sent counts up to date.
-        outbound = self._outbound_bytes()
+        outbound = self._settle_connections()  # first: the counts below are then complete
         stats = self._stats
         for name in _BY_OPCODE:
             counts, seen = getattr(stats, name), self._seen_lists[name]

@@ -388,7 +388,7 @@ class Server:
             self.metrics = Metrics(
                 self.table.stats,
                 connections=self.users.__len__,
-                outbound_bytes=self._outbound_bytes,
+                settle_connections=self._settle_connections,
                 pubsub_live=lambda: self.storage_object.pubsub_live,
             )
         self.metrics_port = metrics_port
@@ -809,11 +809,11 @@ class Server:
             for connection in tuple(self.reading):
                 connection.park_if_quiet(now)
 
-    def _outbound_bytes(self) -> int:
-        """Bytes queued to every client and not yet written (read at each metrics flush).
+    def _settle_connections(self) -> int:
+        """At each metrics flush: every connection adds the messages it sent since the
+        last (``Connection.flush_sent_counts``); returns the bytes queued to clients.
 
-        Also brings the sent-message counts up to date: each connection adds
-        the messages it has sent since (``Connection.flush_sent_counts``).
+        One pass over the connections does both (the flush visits them anyway).
         """
         queued = 0
         for connection in tuple(self.users.values()):
