@@ -6,7 +6,8 @@ Starts an ``fws.Server`` (no filters at all, logging at INFO to /dev/null
 as fws_server would) and opens ``N`` connections to it from greenlets in the
 same process, 100 at a time, each a raw socket that sends one prebuilt
 upgrade request and reads the 101; they then stay open and idle, as in the
-bench's ``idle`` scenario.
+bench's ``idle`` scenario. N is at most a little under half the descriptor
+limit (both ends of each connection are in this process).
 
 Wall-clock rates on a shared machine are noise; this script exists to be run
 under a load-independent meter:
@@ -19,7 +20,12 @@ under a load-independent meter:
   stacks, not the kernel's socket buffers), and the lines that allocated it.
 """
 
+# ruff: noqa: E402 - gevent patches before anything else is imported
 from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()  # as fws_server does: logging then sees a thread per greenlet
 
 import argparse
 import base64
@@ -48,7 +54,8 @@ def _request(port: int, number: int) -> bytes:
 
 
 def _open(port: int, number: int, sockets: list[gevent.socket.socket]) -> None:
-    sock = gevent.socket.create_connection(("127.0.0.1", port))
+    sock = gevent.socket.socket()
+    sock.connect(("127.0.0.1", port))  # not create_connection: no getaddrinfo in a thread
     sock.sendall(_request(port, number))
     answer = b""
     while b"\r\n\r\n" not in answer:
