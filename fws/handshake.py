@@ -37,6 +37,7 @@ import io
 import ipaddress
 import logging
 import socket
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -729,7 +730,10 @@ def _upgrade_request(
     server: Server, path: str, query: str, headers: Mapping[str, str], address: Any
 ) -> Request:
     """The ``Request`` connect filters see, built once, for either path."""
-    peer = (str(address[0]), int(address[1])) if address else ("", 0)
+    # One string per client address, not one per connection: many connections
+    # come from few addresses (a proxy, a NAT, a load generator), and each kept
+    # its own copy of the host for as long as it was open.
+    peer = (sys.intern(str(address[0])), int(address[1])) if address else ("", 0)
     return Request(
         path=path,
         query_string=query,
