@@ -44,8 +44,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import gevent
-import gevent.socket
-import gevent.ssl
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
@@ -686,17 +684,20 @@ class ConnectionHandler(WebSocketHandler):
         return [body]
 
     def _detach_socket(self) -> socket.socket:
-        """Take the socket from pywsgi and gevent's server, which close theirs on return."""
+        """Take the socket from pywsgi, which closes its own on return.
+
+        The socket itself, not a new one on its descriptor: fws's _WSGIServer
+        closes the socket of a detached handler neither after a TLS handshake
+        nor after a plain one (``_WSGIServer.handle``), and a new gevent socket
+        cost three getsockopt calls and two libev watchers per connection.
+        """
         sock, self.socket = self.socket, None
         self.detached = True
         # The handshake reader holds a reference that would keep a closed TLS
         # socket's descriptor open until the garbage collector found it.
         if self.rfile is not _NO_READER:
             self.rfile.close()
-        if isinstance(sock, gevent.ssl.SSLSocket):
-            return sock  # fws's _WSGIServer closes a TLS socket only if it is not detached
-        family, kind, proto = sock.family, sock.type, sock.proto
-        return gevent.socket.socket(family, kind, proto, fileno=sock.detach())
+        return sock
 
 
 _NO_READER: Any = io.BytesIO()
