@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from fws.request_head import (
@@ -145,3 +148,11 @@ def test_head_length_resumes_where_a_growing_buffer_was_searched():
         if found is not None:
             break
     assert found == len(UPGRADE)
+
+
+def test_the_parser_imports_no_gevent():
+    probe = "import sys, fws.request_head; print('gevent' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
