@@ -144,11 +144,14 @@ class _WSGIServer(WSGIServer):
             return False
         handler = self.handler_class(sock, address, self)
         handler.pending_token = sock if token is None else token
-        handler.handle()
-        if handler.detached and token is None:
-            # gevent's server closes a plain socket once this returns (do_close);
-            # a TLS one only if it is not detached (wrap_socket_and_handle).
-            self._handed_over.add(sock)
+        try:
+            handler.handle()
+        finally:
+            if handler.detached and token is None:
+                # gevent's server closes a plain socket once this returns (do_close),
+                # a TLS one only if it is not detached (wrap_socket_and_handle); even
+                # if opening raised, the connection owns it and closes it itself.
+                self._handed_over.add(sock)
         return handler.detached
 
 

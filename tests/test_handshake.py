@@ -650,3 +650,22 @@ def test_a_slow_head_that_pywsgi_reads_is_still_cut_at_the_handshake_timeout():
             sock.sendall(b"Host: x\r\n")
             assert sock.recv(4096) == b""  # cut, no answer
             assert time.monotonic() - started < 1.5
+
+
+def test_over_tls_the_fast_path_upgrades_and_pywsgi_answers_the_rest(tmp_path):
+    from helpers import TLSFiles
+
+    tls = TLSFiles(tmp_path)
+
+    def ask(port: int, request: bytes) -> bytes:
+        with socket.create_connection((LOOPBACK, port), timeout=5) as raw:
+            with tls.client_context.wrap_socket(raw, server_hostname=LOOPBACK) as sock:
+                sock.sendall(request)
+                return read_response_head(sock)
+
+    with run_server(message=Echo, **tls.server_settings) as server:
+        port = server.address[1]
+        assert ask(port, upgrade_request()).startswith(b"HTTP/1.1 101 ")
+        assert ask(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+        refused = ask(port, upgrade_request(ws_version="8"))
+        assert refused.startswith(b"HTTP/1.1 426 "), refused
