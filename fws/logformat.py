@@ -96,9 +96,9 @@ def configure_logging(level: int | str, log_format: str, stream: IO[str]) -> Non
     if logging.root.handlers:
         return
     # Neither format prints a record's thread or process, and asking costs: under
-    # gevent every greenlet that logs is a new threading._DummyThread, a seventh
-    # of the time an open connection takes at INFO. So records leave them out
-    # (threadName, processName, thread and process are None).
+    # gevent every greenlet that logs becomes a new threading._DummyThread (about
+    # 3 % of an open's instructions at INFO, bench/handshake_cost.py). So records
+    # leave them out (threadName, processName, thread and process are None).
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
