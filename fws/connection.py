@@ -627,9 +627,9 @@ class Connection:
         self._opening = (gevent.getcurrent(), [])
         self.table.users[self.id] = self
         self.opened_at = time.monotonic()
-        log.info(
-            "connection %s opened from %s %s", self.id, format_peer(self.peer), self._log_path()
-        )
+        if log.isEnabledFor(logging.INFO):  # at -q, not even the arguments are made
+            peer, path = format_peer(self.peer), self._log_path()
+            log.info("connection %s opened from %s %s", self.id, peer, path)
         if self.table.stopping:  # upgraded while the server was stopping
             self._start_close(1001, "server shutting down")
         failed = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from urllib.parse import parse_qsl
 
 __all__ = [
@@ -66,6 +67,9 @@ ExtensionOffer = tuple[str, tuple[tuple[str, str | None], ...]]
 """One offer of ``Sec-WebSocket-Extensions``: (name, ((parameter, value or None), ...))."""
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Request:
     """The HTTP upgrade request, as connect filters see it.
@@ -95,8 +99,12 @@ class Request:
         return dict(parse_qsl(self.query_string, keep_blank_values=True))
 
     def without_headers(self) -> Request:
-        """The request as a connection keeps it once upgraded: headers dropped."""
-        return replace(self, headers={}) if self.headers else self
+        """The request as a connection keeps it once upgraded: headers dropped.
+
+        Every such request shares one empty, read-only mapping: an empty dict
+        per open connection was 64 bytes of nothing.
+        """
+        return replace(self, headers=_NO_HEADERS) if self.headers else self
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, object], peer: tuple[str, int]) -> Request:

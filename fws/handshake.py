@@ -1,7 +1,14 @@
 """The HTTP upgrade: the one module that knows gevent-websocket's handler.
 
-gevent's pywsgi reads the request head; this handler then decides, in one
-place and in this order, what becomes of it:
+The handler reads the request head itself and parses it with
+``fws.request_head``; a plain WebSocket upgrade (GET, HTTP/1.1, a head that
+parser reads exactly as pywsgi would) is answered from there, without
+pywsgi's line-by-line reading, ``email`` header parsing and WSGI environ.
+Everything else (plain HTTP, an unusual or malformed head) goes to gevent's
+pywsgi with the bytes already read replayed, and so does an upgrade refused
+on that fast path, with the refusal already decided: the answer and the log
+lines are pywsgi's, as they were before the fast path. Either way, a request
+is decided in one place and in this order:
 
 1. a request that does not ask for ``Upgrade: websocket`` is plain HTTP and
    goes to the server's WSGI application (static files, or 426);
@@ -26,17 +33,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import ipaddress
 import logging
 import socket
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import gevent
-import gevent.socket
-import gevent.ssl
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
@@ -47,6 +54,7 @@ from .deflate import parse_offers
 from .errors import FilterError, Reject
 from .escape import format_peer, printable
 from .pipeline import DROP
+from .request_head import head_length, parse_head
 
 if TYPE_CHECKING:
     from .server import Server
@@ -62,6 +70,10 @@ __all__ = [
 log = logging.getLogger("fws.handshake")
 
 _HANDSHAKE_BUFFER = 1024
+_HEAD_READ = 4096
+"""What the fast path asks the socket for at a time: most heads in one read."""
+_UNBOUNDED_HEAD = 65536
+"""Without ``max_header_bytes``, how much the fast path reads before leaving the head to pywsgi."""
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 2**20
 """After refusing a malformed request: how long, and how much, of the rest to discard."""
@@ -179,6 +191,40 @@ class _BoundedReader:
         return getattr(self._raw, name)
 
 
+class _Replay(io.RawIOBase):
+    """The socket's input, starting with the bytes the fast path already read.
+
+    pywsgi then reads the request as if it were the first to: same bytes,
+    same answer. A read error the fast path met is raised once they are
+    replayed, where pywsgi would have met it.
+    """
+
+    def __init__(self, received: bytes, raw: Any, error: OSError | None) -> None:
+        super().__init__()
+        self._received = memoryview(received)
+        self._raw = raw
+        self._error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self._received:
+            count = min(len(buffer), len(self._received))
+            buffer[:count] = self._received[:count]
+            self._received = self._received[count:]
+            return count
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        result: int | None = self._raw.readinto(buffer)
+        return result
+
+    def close(self) -> None:
+        self._raw.close()  # the socket's reference count of open files
+        super().close()
+
+
 def answer_and_linger(sock: Any, response: bytes) -> None:
     """Send an error response, then read what the client is still sending, for a while.
 
@@ -232,19 +278,20 @@ class ConnectionHandler(WebSocketHandler):
     """True once the upgraded socket belongs to a ``Connection``, not to pywsgi."""
     pending_token: Any = None
     """This connection's entry in ``server.pending_handshakes``, ended at the upgrade."""
+    _refusal: Reject | None = None
+    """An upgrade the fast path refused: pywsgi re-reads the head, then answers this."""
+    _leftover: bytes | None = None
+    """What the client sent after a fast-path upgrade's head (frames sent right away)."""
 
-    def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
-        # pywsgi's default 8 KiB read buffer would stay allocated for the whole
-        # life of every WebSocket; the handshake needs little.
-        if rfile is None:
-            rfile = sock.makefile("rb", _HANDSHAKE_BUFFER)
-        rfile = _BoundedReader(rfile, server.application.max_header_bytes)
+    def __init__(self, sock: socket.socket, address: Any, server: Any) -> None:
         # fws batches its writes itself; Nagle's algorithm would only add delay.
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not a TCP socket (a test's socketpair, a Unix socket)
-        super().__init__(sock, address, server, rfile)
+        # pywsgi's reader is made only if pywsgi gets the request (_read_head).
+        super().__init__(sock, address, server, rfile=_NO_READER)
+        self.application = server.application  # pywsgi sets it per request; the fast path first
 
     @property
     def logger(self) -> logging.Logger:  # gevent-websocket would install its own handler
@@ -266,7 +313,10 @@ class ConnectionHandler(WebSocketHandler):
         timeout = self.server.application.handshake_timeout
         if timeout:
             self._handshake_timer = gevent.get_hub().loop.timer(timeout)
+            self._handshake_timer.start(self._handshake_expired)
         try:
+            if self._read_head():
+                return
             super().handle()
         except OSError as exc:
             # A client that hung up while we answered (a broken pipe writing a
@@ -277,12 +327,64 @@ class ConnectionHandler(WebSocketHandler):
             self._release_place()  # killed mid-handshake (server stop)
 
     def handle_one_request(self) -> Any:
-        self.rfile.reset()  # keep-alive: each request head has the whole bound
-        timer = self._handshake_timer
-        if timer is not None:
-            timer.stop()
-            timer.start(self._handshake_expired)
+        if self._first_request:
+            # Its head has been timed since the accept and is counted from its
+            # first byte (the fast path's bytes are replayed through the count).
+            self._first_request = False
+        else:
+            self.rfile.reset()  # keep-alive: each request head has the whole bound
+            timer = self._handshake_timer
+            if timer is not None:
+                timer.stop()
+                timer.start(self._handshake_expired)
         return super().handle_one_request()
+
+    _first_request = True
+
+    # -- the fast path ----------------------------------------------------------------
+
+    def _read_head(self) -> bool:
+        """Read the first request head; upgrade at once if it is a plain WebSocket upgrade.
+
+        True: the request is done with (upgraded, or the client went away
+        during the upgrade). False: pywsgi takes it, from ``self.rfile``,
+        which replays what was read here; and if the upgrade was refused
+        here, ``_upgrade`` answers that refusal once pywsgi has re-read it.
+        """
+        sock = self.socket
+        limit = self.application.max_header_bytes
+        bound = _UNBOUNDED_HEAD if limit is None else limit
+        received = bytearray()
+        length = None
+        error = None
+        while length is None and len(received) <= bound:
+            try:
+                chunk = sock.recv(_HEAD_READ)
+            except OSError as exc:
+                error = exc
+                break
+            if not chunk:
+                break
+            start = max(0, len(received) - 2)
+            received += chunk
+            if not received.startswith(b"GET "[: len(received)]):
+                break  # not an upgrade: pywsgi reads it from the first line
+            length = head_length(received, start)
+        if length is not None and (limit is None or length <= limit):
+            head = parse_head(received[:length])
+            if head is not None and _is_plain_upgrade(head.method, head.version, head.headers):
+                self._leftover = bytes(received[length:])
+                path, _, query = head.target.partition("?")
+                request = _upgrade_request(
+                    self.application, _unquote(path), query, head.headers, self.client_address
+                )
+                self._refusal = self._negotiate(request, head.method, head.version)
+                if self._refusal is None:
+                    return True
+                self._leftover = None
+        raw = _Replay(bytes(received), sock.makefile("rb", buffering=0), error)
+        self.rfile = _BoundedReader(io.BufferedReader(raw, _HANDSHAKE_BUFFER), limit)
+        return False
 
     def _handle_client_error(self, ex: BaseException) -> None:
         """A request pywsgi could not parse: one log line and a 400 or 431, no traceback.
@@ -387,23 +489,27 @@ class ConnectionHandler(WebSocketHandler):
             self.process_result()
 
     def _upgrade(self) -> list[bytes] | None:
-        """Answer an upgrade request: a refusal's body, or None once the 101 is sent."""
-        server: Server = self.application
-        request = Request.from_environ(self.environ, self.client_address)
-        headers = request.headers
-        request = replace(
-            request,
-            peer=server.trusted_proxies.client_of(request.peer, headers),
-            subprotocols=tuple(
-                entry.strip()
-                for entry in headers.get("sec-websocket-protocol", "").split(",")
-                if entry.strip()
-            ),
-            extensions=parse_offers([headers.get("sec-websocket-extensions", "")]),
+        """pywsgi's path: a refusal's body, or None once the 101 is sent."""
+        parsed = Request.from_environ(self.environ, self.client_address)
+        request = _upgrade_request(
+            self.application, parsed.path, parsed.query_string, parsed.headers, self.client_address
         )
-        early = self._check(server, request)
+        refusal = self._refusal  # decided on the fast path
+        if refusal is None:
+            method = str(self.environ.get("REQUEST_METHOD"))
+            refusal = self._negotiate(request, method, str(self.request_version))
+        return None if refusal is None else self._refuse(request, refusal)
+
+    def _negotiate(self, request: Request, method: str, version: str) -> Reject | None:
+        """Check the request, run the connect pipeline, answer 101 and hand the socket over.
+
+        Returns the refusal to answer, or None once done (upgraded, or the
+        client went away meanwhile).
+        """
+        server: Server = self.application
+        early = self._check(server, request, method, version)
         if early is not None:
-            return self._refuse(request, early)
+            return early
         # Hold a place under max_connections from now until the connection is in
         # server.users: connect filters may wait on I/O while others arrive.
         server.upgrades_in_progress += 1
@@ -414,10 +520,9 @@ class ConnectionHandler(WebSocketHandler):
         finally:
             if connection.state is State.CONNECTING:  # refused, or the client went away
                 connection.abandon()
+                self._release_place()
 
-    def _accept(
-        self, server: Server, connection: Connection, request: Request
-    ) -> list[bytes] | None:
+    def _accept(self, server: Server, connection: Connection, request: Request) -> Reject | None:
         """Run the connect pipeline, then refuse, or answer 101 and hand the socket over."""
         connection.subprotocol = _first_offered(server.subprotocols, request.subprotocols)
         stats = server.table.stats
@@ -433,15 +538,15 @@ class ConnectionHandler(WebSocketHandler):
                 log.error("connect filter %s raised", exc.filter_name, exc_info=exc.__cause__)
                 stats.filter_errors["connect", exc.filter_name] += 1
                 refusal = Reject(500, "internal server error")
-            return self._refuse(request, refusal)
+            return refusal
         except Reject as rejected:
-            return self._refuse(request, rejected)
+            return rejected
         finally:
             if server.pipelines["connect"]:
                 stats.filter_time("connect").observe(time.perf_counter() - started)
         response = self._response_headers(server, connection, request)
         if isinstance(response, Reject):
-            return self._refuse(request, response)
+            return response
         try:
             self.socket.sendall(response)
         except OSError as exc:
@@ -455,12 +560,13 @@ class ConnectionHandler(WebSocketHandler):
         self._hand_over(connection)
         return None
 
-    def _check(self, server: Server, request: Request) -> Reject | None:
+    def _check(
+        self, server: Server, request: Request, method: str, version: str
+    ) -> Reject | None:
         """Every refusal decided from the request alone, before any connect filter runs."""
-        environ = self.environ
-        if environ.get("REQUEST_METHOD") != "GET":
+        if method != "GET":
             return Reject(405, "a WebSocket upgrade must be a GET request")
-        if self.request_version in ("HTTP/0.9", "HTTP/1.0"):
+        if version in ("HTTP/0.9", "HTTP/1.0"):
             return Reject(400, "a WebSocket upgrade needs HTTP/1.1 or later")
         headers = request.headers
         if not headers.get("host", "").strip():
@@ -546,7 +652,9 @@ class ConnectionHandler(WebSocketHandler):
             self.application.upgrades_in_progress -= 1
 
     def _take_buffered(self) -> bytes:
-        """Bytes the HTTP parser read past the request (frames sent right away)."""
+        """Bytes read past the request (frames sent right away)."""
+        if self._leftover is not None:
+            return self._leftover
         self.socket.settimeout(0.0)  # read1 must return what is buffered, not wait
         try:
             return bytes(self.rfile.read1(_HANDSHAKE_BUFFER))
@@ -576,16 +684,69 @@ class ConnectionHandler(WebSocketHandler):
         return [body]
 
     def _detach_socket(self) -> socket.socket:
-        """Take the socket from pywsgi and gevent's server, which close theirs on return."""
+        """Take the socket from pywsgi, which closes its own on return.
+
+        The socket itself, not a new one on its descriptor: fws's _WSGIServer
+        closes the socket of a detached handler neither after a TLS handshake
+        nor after a plain one (``_WSGIServer.handle``), and a new gevent socket
+        cost three getsockopt calls and two libev watchers per connection.
+        """
         sock, self.socket = self.socket, None
         self.detached = True
         # The handshake reader holds a reference that would keep a closed TLS
         # socket's descriptor open until the garbage collector found it.
-        self.rfile.close()
-        if isinstance(sock, gevent.ssl.SSLSocket):
-            return sock  # fws's _WSGIServer closes a TLS socket only if it is not detached
-        family, kind, proto = sock.family, sock.type, sock.proto
-        return gevent.socket.socket(family, kind, proto, fileno=sock.detach())
+        if self.rfile is not _NO_READER:
+            self.rfile.close()
+        return sock
+
+
+_NO_READER: Any = io.BytesIO()
+"""pywsgi's handler wants a reader at once; ours is made when pywsgi gets the request."""
+
+
+def _unquote(path: str) -> str:
+    """``PATH_INFO`` from a target's path, as pywsgi decodes it (latin-1)."""
+    return unquote(path, encoding="latin-1") if "%" in path else path
+
+
+def _is_plain_upgrade(method: str, version: str, headers: Mapping[str, str]) -> bool:
+    """A GET asking for ``Upgrade: websocket`` and nothing a WSGI environ treats apart.
+
+    A body's headers (``Content-Length``, ``Transfer-Encoding``), and
+    ``Content-Type``, which a WSGI environ does not list among the headers:
+    such a request goes to pywsgi, whose checks and environ it was always
+    read by.
+    """
+    return (
+        method == "GET"
+        and version == "HTTP/1.1"
+        and "websocket" in _tokens(headers.get("upgrade", ""))
+        and "content-length" not in headers
+        and "transfer-encoding" not in headers
+        and "content-type" not in headers
+    )
+
+
+def _upgrade_request(
+    server: Server, path: str, query: str, headers: Mapping[str, str], address: Any
+) -> Request:
+    """The ``Request`` connect filters see, built once, for either path."""
+    # One string per client address, not one per connection: many connections
+    # come from few addresses (a proxy, a NAT, a load generator), and each kept
+    # its own copy of the host for as long as it was open.
+    peer = (sys.intern(str(address[0])), int(address[1])) if address else ("", 0)
+    return Request(
+        path=path,
+        query_string=query,
+        headers=headers,
+        peer=server.trusted_proxies.client_of(peer, headers),
+        subprotocols=tuple(
+            entry.strip()
+            for entry in headers.get("sec-websocket-protocol", "").split(",")
+            if entry.strip()
+        ),
+        extensions=parse_offers([headers.get("sec-websocket-extensions", "")]),
+    )
 
 
 def _loggable_subprotocol(offer: str) -> str:

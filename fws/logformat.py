@@ -88,10 +88,20 @@ def configure_logging(level: int | str, log_format: str, stream: IO[str]) -> Non
     """Send the root logger's records to ``stream`` in ``log_format`` (``text`` or ``json``).
 
     As ``logging.basicConfig``: does nothing if the root logger already has
-    handlers (an embedding program, or pytest, configured logging itself).
+    handlers (an embedding program, or pytest, configured logging itself),
+    not even turn off the thread and process fields its formats may print.
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    if logging.root.handlers:
+        return
+    # Neither format prints a record's thread or process, and asking costs: under
+    # gevent every greenlet that logs becomes a new threading._DummyThread (about
+    # 3 % of an open's instructions at INFO, bench/handshake_cost.py). So records
+    # leave them out (threadName, processName, thread and process are None).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler])

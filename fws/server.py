@@ -91,6 +91,14 @@ class _WSGIServer(WSGIServer):
     client gets 503 before a byte of its request is read.
     """
 
+    _handed_over: set[Any]
+    """Plain sockets whose handler just gave them to a connection: do_close leaves
+    them open. Each is in it only from its handler's return to do_close, right after."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handed_over = set()
+
     def do_handle(self, client_socket: Any, address: Any) -> None:
         # In the hub, as the connection is accepted: the bound holds even for
         # connections whose greenlet has not started yet.
@@ -99,6 +107,9 @@ class _WSGIServer(WSGIServer):
 
     def do_close(self, sock: Any, *args: Any) -> None:
         self.application.pending_handshakes.discard(sock)
+        if sock in self._handed_over:  # it now belongs to an open connection
+            self._handed_over.discard(sock)
+            return
         super().do_close(sock, *args)
 
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
@@ -133,7 +144,14 @@ class _WSGIServer(WSGIServer):
             return False
         handler = self.handler_class(sock, address, self)
         handler.pending_token = sock if token is None else token
-        handler.handle()
+        try:
+            handler.handle()
+        finally:
+            if handler.detached and token is None:
+                # gevent's server closes a plain socket once this returns (do_close),
+                # a TLS one only if it is not detached (wrap_socket_and_handle); even
+                # if opening raised, the connection owns it and closes it itself.
+                self._handed_over.add(sock)
         return handler.detached
 
 

@@ -12,12 +12,22 @@ import socket
 import struct
 import time
 import weakref
+from dataclasses import replace
 
 import gevent
 import pytest
 import websocket
 import websockets.sync.client as ws_sync
-from helpers import LOOPBACK, ServerProcess, connect, raw_upgrade, run_server, url, wait_for
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    connect,
+    raw_upgrade,
+    read_response_head,
+    run_server,
+    url,
+    wait_for,
+)
 
 import fws
 from fws.filters.echo import Echo
@@ -508,3 +518,154 @@ def test_refusals_before_the_upgrade_are_counted_by_status():
         samples = scrape(port)
         for status in ("400", "431", "408"):
             assert value(samples, "fws_handshakes_total", status=status) == 1, status
+
+
+# -- the fast path and pywsgi's ------------------------------------------------------------
+
+
+class RejectWith401(fws.WebSocketConnectFilter):
+    calls = 0
+
+    @classmethod
+    def filter(cls, web_socket_instance, request):
+        cls.calls += 1
+        raise fws.Reject(401, "who are you")
+
+
+def answer_head(port: int, request: bytes) -> bytes:
+    """The head of the server's answer to ``request``; the connection is then closed."""
+    with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+        sock.sendall(request)
+        return read_response_head(sock)
+
+
+def masked_text(text: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    payload = bytes(byte ^ mask[index % 4] for index, byte in enumerate(text))
+    return bytes([0x81, 0x80 | len(text)]) + mask + payload
+
+
+def test_an_upgrade_and_its_first_frame_in_one_packet_are_both_read():
+    with run_server(message=Echo) as server:
+        port = server.address[1]
+        with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+            sock.sendall(upgrade_request() + masked_text(b"at once"))
+            response = b""
+            while b"at once" not in response:
+                chunk = sock.recv(4096)
+                assert chunk, response
+                response += chunk
+            assert response.startswith(b"HTTP/1.1 101 ")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "X-Folded: a\r\n b\r\n",  # obs-fold: the fast parser leaves it to pywsgi
+        "X_Underscore: 1\r\n",
+        "X-Latin: caf\xe9\r\n",
+    ],
+)
+def test_an_upgrade_the_fast_parser_leaves_to_pywsgi_is_still_upgraded(extra):
+    Capture.seen.clear()
+    with run_server(connect=Capture, message=Echo) as server:
+        answer = answer_head(server.address[1], upgrade_request(extra=extra))
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    assert len(Capture.seen) == 1
+
+
+def test_a_head_ending_in_bare_line_feeds_is_answered_not_left_waiting():
+    request = upgrade_request().replace(b"\r\n", b"\n")
+    with run_server(message=Echo, handshake_timeout=30) as server:
+        answer = answer_head(server.address[1], request)
+    assert answer.startswith(b"HTTP/1.1 101 "), answer  # pywsgi reads bare LF heads
+
+
+def test_both_paths_build_the_same_request():
+    """The same upgrade, read by the fast parser and by pywsgi, reaches filters alike."""
+    Capture.seen.clear()
+    extra = (
+        "Sec-WebSocket-Protocol: a, b\r\nsec-websocket-protocol: c\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        "Cookie: x=1\r\nCookie: y=2\r\nX-Value:  spaced \t\r\n"
+    )
+    fast = upgrade_request(extra=extra).replace(b"/chat", b"/ch%61t%20room?q=%20")
+    slow = fast.replace(b"\r\n\r\n", b"\r\nX_Dropped_By_Wsgi: 1\r\n\r\n")
+    with run_server(connect=Capture, message=Echo, subprotocols=["c"]) as server:
+        for request in (fast, slow):
+            assert answer_head(server.address[1], request).startswith(b"HTTP/1.1 101 ")
+    first, second = Capture.seen
+    assert first == replace(second, peer=first.peer)  # the client's port differs
+    assert first.path == "/chat room" and first.query_string == "q=%20"
+    assert first.headers["cookie"] == "x=1; y=2"
+    assert first.headers["sec-websocket-protocol"] == "a, b,c"
+    assert first.headers["x-value"] == "spaced"
+    assert first.subprotocols == ("a", "b", "c")
+
+
+def test_a_refusal_on_the_fast_path_is_answered_by_pywsgi_after_one_filter_run(caplog):
+    RejectWith401.calls = 0
+    with caplog.at_level(logging.INFO, logger="fws.handshake"):
+        with run_server(connect=RejectWith401) as server:
+            answer = exchange(server.address[1], upgrade_request())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), answer
+    assert b"\r\nDate: " in head and b"\r\nConnection: close" in head  # pywsgi's writing
+    assert body == b"who are you\n"
+    assert RejectWith401.calls == 1
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "401" in refused[0], refused
+
+
+def test_plain_http_keep_alive_after_the_fast_path_read_the_first_head():
+    """Two pipelined plain requests: the fast path read both, pywsgi answers both."""
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with run_server() as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            sock.sendall(request + request)
+            answer = b""
+            while answer.count(b"HTTP/1.1 200") < 2:
+                chunk = sock.recv(4096)
+                assert chunk, answer
+                answer += chunk
+
+
+def test_a_head_trickled_byte_by_byte_is_upgraded_within_the_timeout():
+    with run_server(message=Echo, handshake_timeout=5) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for byte in upgrade_request():
+                sock.send(bytes([byte]))
+                time.sleep(0.001)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+
+
+def test_a_slow_head_that_pywsgi_reads_is_still_cut_at_the_handshake_timeout():
+    """The fast path hands a POST to pywsgi at its first bytes; the timer runs on."""
+    with run_server(message=Echo, handshake_timeout=1.0) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST /x HTTP/1.1\r\n")  # not a GET: pywsgi reads on at once
+            time.sleep(0.6)
+            sock.sendall(b"Host: x\r\n")
+            assert sock.recv(4096) == b""  # cut, no answer
+            assert time.monotonic() - started < 1.5
+
+
+def test_over_tls_the_fast_path_upgrades_and_pywsgi_answers_the_rest(tmp_path):
+    from helpers import TLSFiles
+
+    tls = TLSFiles(tmp_path)
+
+    def ask(port: int, request: bytes) -> bytes:
+        with socket.create_connection((LOOPBACK, port), timeout=5) as raw:
+            with tls.client_context.wrap_socket(raw, server_hostname=LOOPBACK) as sock:
+                sock.sendall(request)
+                return read_response_head(sock)
+
+    with run_server(message=Echo, **tls.server_settings) as server:
+        port = server.address[1]
+        assert ask(port, upgrade_request()).startswith(b"HTTP/1.1 101 ")
+        assert ask(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+        refused = ask(port, upgrade_request(ws_version="8"))
+        assert refused.startswith(b"HTTP/1.1 426 "), refused
