@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         nargs="+",
         metavar="SCENARIO",
-        help="scenario names or prefixes: " + ", ".join(s.name for s in SCENARIOS) + ", cluster",
+        help="scenario names (exact), or prefixes of names: "
+        + ", ".join(s.name for s in SCENARIOS)
+        + ", cluster",
     )
     parser.add_argument("--servers", nargs="+", metavar="NAME", help="a subset of the servers")
     parser.add_argument(

@@ -390,10 +390,19 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 
 def select(only: list[str] | None) -> list[Scenario]:
-    """Scenarios whose name is, or starts with, one of ``only`` (all if None)."""
+    """Scenarios named in ``only``, or starting with a word of it that names none (all if None).
+
+    An exact name selects that scenario alone: ``broadcast-100`` is not also
+    ``broadcast-1000`` and the JSON variants; ``broadcast`` still takes them all.
+    """
     if not only:
         return list(SCENARIOS)
-    chosen = [s for s in SCENARIOS if any(s.name == o or s.name.startswith(o) for o in only)]
+    names = {s.name for s in SCENARIOS}
+    exact = {o for o in only if o in names}
+    prefixes = [o for o in only if o not in names]
+    chosen = [
+        s for s in SCENARIOS if s.name in exact or any(s.name.startswith(o) for o in prefixes)
+    ]
     if not chosen:
         names = ", ".join(s.name for s in SCENARIOS)
         raise SystemExit(f"no scenario matches {only}; scenarios: {names}")
