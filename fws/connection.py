@@ -417,6 +417,8 @@ class Connection:
 
         ``Server.broadcast`` reads ``first`` once for every recipient, so that
         counting messages for metrics costs a delivery one comparison.
+        ``fws/_speedups.c`` (``queue_common``) does this and ``_queue`` in C
+        for a broadcast's common case: a change here belongs there too.
         """
         # _has_room's test, inlined: a method call per delivery would cost more
         # than everything metrics add to it.
@@ -506,7 +508,8 @@ class Connection:
         to a writer greenlet of this connection's own, which waits for the
         socket; so is a failed write, which the writer reports (logging is no
         job for the hub). Over TLS, and once a close is queued, the writer
-        does it all.
+        does it all. ``fws/_speedups.c`` (``flush_one``) does the same in C:
+        a change here belongs there too.
         """
         self._flush_due = False
         outbox = self._outbox
