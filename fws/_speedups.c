@@ -216,10 +216,14 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
   if (exclude != Py_None) {
     if (id == exclude)
       return 0;
-    if (!PyUnicode_CheckExact(id) || !PyUnicode_CheckExact(exclude))
+    if (!PyUnicode_CheckExact(id) || !PyUnicode_CheckExact(exclude) ||
+        !PyUnicode_IS_READY(id) || !PyUnicode_IS_READY(exclude))
       return 2;
-    if (PyUnicode_GET_LENGTH(id) == PyUnicode_GET_LENGTH(exclude) &&
-        PyUnicode_Compare(id, exclude) == 0)
+    /* str == str, for two canonical strings: same length, kind and code units. */
+    Py_ssize_t length = PyUnicode_GET_LENGTH(id);
+    int kind = PyUnicode_KIND(id);
+    if (length == PyUnicode_GET_LENGTH(exclude) && kind == PyUnicode_KIND(exclude) &&
+        memcmp(PyUnicode_DATA(id), PyUnicode_DATA(exclude), (size_t)length * kind) == 0)
       return 0;
   }
   if (SLOT(connection, off_deflate) != Py_None)

@@ -162,7 +162,8 @@ def deliver(frame: bytes) -> Callable[[fws.Connection], bool]:
 def test_a_fan_out_queues_the_same_and_lists_each_connection_once(make_world, metrics):
     def run(fan_out, flush_each):
         world = make_world(4, metrics=metrics)
-        skipped = world.connections[1].id
+        skipped = world.connections[1].id[:9] + world.connections[1].id[9:]  # equal, not same
+        assert skipped is not world.connections[1].id
         recipients = [*world.connections, None]
         frames = (BINARY, BINARY, TEXT, BINARY)
         counts = [fan_out(recipients, f, f[0], skipped, deliver(f)) for f in frames]
