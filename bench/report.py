@@ -213,6 +213,7 @@ def _short(name: str) -> str:
         "node ws": "node",
         "fws+takeover": "takeover",
         "fws-no-metrics": "no-metrics",
+        "fws (pure Python)": "pure",
         "fws --workers 2": "workers",
         "floor-batched": "floor-b",
         "floor-python": "floor-py",

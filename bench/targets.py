@@ -6,8 +6,10 @@ scripts in ``bench/servers/``, each taking ``PORT MODE``, and fws+takeover is
 run only where a client offers deflate; "fws --workers 2" is fws_server with two
 worker processes and the redis-server they share (``servers/fws_workers.py``),
 not pinned to one CPU; fws-no-metrics is ``fws_server --no-metrics``, so that the
-fws/no-metrics ratio is the cost of metrics. picows (on uvloop), socketify.py
-and Bun (both on uWebSockets) are the servers issue 10 measures fws against;
+fws/no-metrics ratio is the cost of metrics; "fws (pure Python)" is ``fws_server``
+with ``FWS_NO_SPEEDUPS=1``, without the optional C accelerator. picows (on
+uvloop), socketify.py and Bun (both on uWebSockets) are the servers issue 10
+measures fws against;
 "floor" and "floor-batched" (``servers/floor.c``, compiled here) and
 "floor-python" (``servers/floor_python.py``) are no WebSocket servers at all
 but the least program that does the broadcasts' fan-out, to show what the
@@ -55,6 +57,11 @@ def _fws(port: int, mode: str) -> list[str]:
 
 def _fws_no_metrics(port: int, mode: str) -> list[str]:
     return [*_fws(port, mode), "--no-metrics"]
+
+
+def _fws_pure(port: int, mode: str) -> list[str]:
+    # env execs fws_server: the process measured is the server itself.
+    return ["env", "FWS_NO_SPEEDUPS=1", *_fws(port, mode)]
 
 
 def _fws_takeover(port: int, mode: str) -> list[str]:
@@ -110,6 +117,13 @@ def all_targets() -> list[Target]:
     """Every server, fws first (ratios are fws / each other one)."""
     return [
         Target("fws", _fws),
+        # fws without its optional C accelerator (fws._speedups: the broadcast's
+        # fan-out and the flusher's sends), in the scenarios those loops carry.
+        Target(
+            "fws (pure Python)",
+            _fws_pure,
+            scenarios=("echo-100x10", "broadcast-100", "broadcast-1000", "broadcast-100-json"),
+        ),
         # Only where a client offers deflate: elsewhere it is fws.
         Target(
             "fws+takeover",

@@ -29,12 +29,14 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.socket
 import gevent.ssl
 
+from . import _accel
 from .context import READ_SIZE, ConnectionSettings, ConnectionTable
 from .datatypes import CloseInfo, Request
 from .deflate import PerMessageDeflate
@@ -114,18 +116,14 @@ def _flush_connections(table: ConnectionTable) -> None:
     a writer greenlet.
     """
     due: list[Connection] = []
-    done = 0
     try:
         while table.to_flush:
-            due, table.to_flush, done = table.to_flush, [], 0
-            for connection in due:
-                done += 1
-                connection._flush()
-            due = []
+            due, table.to_flush = table.to_flush, []
+            _flush_each(due)  # leaves in due only what it did not flush
     finally:
         table.flusher = None
-        if due[done:]:  # a bug raised in _flush: the others still get their turn
-            table.to_flush.extend(due[done:])
+        if due:  # a bug raised in _flush: the others still get their turn
+            table.to_flush.extend(due)
             _schedule_flush(table)
 
 
@@ -419,6 +417,8 @@ class Connection:
 
         ``Server.broadcast`` reads ``first`` once for every recipient, so that
         counting messages for metrics costs a delivery one comparison.
+        ``fws/_speedups.c`` (``queue_common``) does this and ``_queue`` in C
+        for a broadcast's common case: a change here belongs there too.
         """
         # _has_room's test, inlined: a method call per delivery would cost more
         # than everything metrics add to it.
@@ -508,7 +508,8 @@ class Connection:
         to a writer greenlet of this connection's own, which waits for the
         socket; so is a failed write, which the writer reports (logging is no
         job for the hub). Over TLS, and once a close is queued, the writer
-        does it all.
+        does it all. ``fws/_speedups.c`` (``flush_one``) does the same in C:
+        a change here belongs there too.
         """
         self._flush_due = False
         outbox = self._outbox
@@ -516,7 +517,7 @@ class Connection:
             return
         raw = self._raw_socket
         if raw is None or self._close_queued:
-            self._writer = gevent.spawn(self._write_loop)
+            self._start_writer()
             return
         chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
         outbox.clear()
@@ -528,7 +529,11 @@ class Connection:
         self.bytes_out += sent
         if sent < len(chunk):
             outbox.append(chunk[sent:])  # nothing was queued meanwhile: no yield since clear
-            self._writer = gevent.spawn(self._write_loop)
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        """Leave the queue to a writer greenlet (the compiled flusher calls this too)."""
+        self._writer = gevent.spawn(self._write_loop)
 
     def _write_loop(self) -> None:
         """Writer greenlet: send everything queued, many frames per system call.
@@ -953,3 +958,60 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} {format_peer(self.peer)}>"
+
+
+# -- the broadcast's hot loops --------------------------------------------------
+# Pure Python here; fws._speedups does the same in C when it is built (see
+# fws._accel). These two are the reference: the compiled ones must agree.
+
+
+def _pure_fan_out(
+    recipients: Sequence[Connection | None],
+    frame: bytes,
+    first: int,
+    exclude: str | None,
+    deliver: Callable[[Connection], bool],
+) -> int:
+    """Queue ``frame`` (first byte ``first``) for each recipient; how many it was queued for.
+
+    ``None`` entries (ids not connected here) and the connection whose id is
+    ``exclude`` are skipped. ``deliver`` queues for one recipient whatever
+    its case: here it gets the compressed ones, which need a frame of their
+    own; the compiled loop also hands it every recipient that is not the
+    common case (the slow-client limit, a new metrics run, ``_opening``).
+    """
+    sent = 0
+    for connection in recipients:
+        if connection is None or connection.id == exclude:
+            continue
+        if connection.deflate is None:
+            sent += connection.send_message_frame(frame, first)
+        else:
+            sent += deliver(connection)
+    return sent
+
+
+def _pure_flush_each(due: list[Connection]) -> None:
+    """``_flush`` each connection of ``due``; ``due`` keeps only the ones not flushed.
+
+    Empty when it returns; after a ``_flush`` raised (a bug), the flusher
+    gives the rest their turn on the hub's next turn.
+    """
+    done = 0
+    try:
+        for connection in due:
+            done += 1
+            connection._flush()
+    finally:
+        del due[:done]
+
+
+if _accel.speedups is not None:
+    _accel.speedups.bind(Connection, State.OPEN, ConnectionSettings, _schedule_flush)
+    fan_out: Callable[
+        [Sequence[Connection | None], bytes, int, str | None, Callable[[Connection], bool]], int
+    ] = _accel.speedups.fan_out
+    _flush_each: Callable[[list[Connection]], None] = _accel.speedups.flush_each
+else:
+    fan_out = _pure_fan_out
+    _flush_each = _pure_flush_each

@@ -1,0 +1,93 @@
+"""fws._accel: the switch between the compiled loops and pure Python, and the pure path itself.
+
+The suite runs with fws._speedups wherever it is built; the tests listed in
+``PURE_PATH`` (the broadcast's fan-out, the flusher, the slow-client limit,
+metrics run counting, the frames held while a connection opens) run once
+more in a pytest of their own with ``FWS_NO_SPEEDUPS=1``, so that the pure
+Python loops stay tested on real servers (``fws_server`` subprocesses
+inherit the switch).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fws.connection
+from fws import _accel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PURE_PATH = (
+    "tests/test_connection.py",
+    "tests/test_speedups.py",
+    "tests/test_accel.py::test_the_accelerator_is_the_one_in_use_unless_switched_off",
+    "tests/test_metrics.py::test_a_broadcast_counts_one_message_per_recipient",
+    "tests/test_metrics.py::test_a_slow_client_cut_is_counted",
+    "tests/test_metrics.py::test_outbound_queue_bytes_show_a_client_that_does_not_read",
+    "tests/test_server.py::test_broadcast_pipe_stdout_composes_with_pipe",
+    "tests/test_server.py::test_frames_sent_together_with_the_handshake_are_not_lost",
+    "tests/test_server.py::test_messages_stay_in_order_while_a_filter_blocks",
+    "tests/test_server.py::test_a_client_streaming_without_pause_gets_every_echo_and_is_not_called_slow",
+    "tests/test_server.py::test_slow_reader_is_cut_off_while_sender_and_fast_readers_go_on",
+    "tests/test_server.py::test_one_frame_larger_than_the_outbound_limit_still_goes_to_a_reading_client",
+    "tests/test_compression.py::test_a_broadcast_compresses_once_for_every_client_that_keeps_no_context",
+    "tests/test_limits.py::test_a_client_flooding_pings_without_reading_is_closed_not_buffered_for",
+    "tests/test_limits.py::test_unanswered_server_close_is_reported_as_not_clean",
+)
+
+
+def test_the_accelerator_is_the_one_in_use_unless_switched_off():
+    if os.environ.get(_accel.SWITCH):
+        assert _accel.speedups is None
+        assert _accel.IMPLEMENTATION == f"pure Python ({_accel.SWITCH} is set)"
+        assert fws.connection.fan_out is fws.connection._pure_fan_out
+        assert fws.connection._flush_each is fws.connection._pure_flush_each
+    elif _accel.speedups is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must build fws._speedups: {_accel.IMPLEMENTATION}", pytrace=False)
+        pytest.skip(_accel.IMPLEMENTATION)
+    else:
+        assert _accel.IMPLEMENTATION == "C (fws._speedups)"
+        assert fws.connection.fan_out is _accel.speedups.fan_out
+        assert fws.connection._flush_each is _accel.speedups.flush_each
+
+
+@pytest.mark.parametrize("value, pure", [("1", True), ("yes", True), ("0", False), ("", False)])
+def test_the_switch_leaves_the_extension_unloaded(value, pure):
+    probe = (
+        "import sys, fws._accel as accel\n"
+        "print(accel.speedups is None, 'fws._speedups' in sys.modules)"
+    )
+    environment = {**os.environ, _accel.SWITCH: value}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    built = importlib.util.find_spec("fws._speedups") is not None
+    if pure or not built:
+        assert result.stdout.split() == ["True", "False"]
+    else:
+        assert result.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.timeout(300)
+def test_the_pure_python_loops_pass_the_fan_out_and_flush_tests():
+    if os.environ.get(_accel.SWITCH):
+        pytest.skip("this run is the pure-Python one")
+    environment = {**os.environ, _accel.SWITCH: "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PURE_PATH],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout.splitlines()[-1]

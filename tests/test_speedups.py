@@ -1,0 +1,353 @@
+"""fws._speedups (the compiled fan-out and flush) against the pure-Python loops.
+
+Each scenario runs twice on fresh connections over socket pairs, once with
+``fws.connection``'s pure-Python loops and once with the compiled ones, and
+what they leave behind (queues, counters, closes, metrics, bytes on the
+wire) must be the same. Skipped where the extension is not built or is
+switched off (FWS_NO_SPEEDUPS=1), except under ``CI=true``, where CI's
+install must have built it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.queue
+import gevent.socket
+import pytest
+
+import fws
+from fws import _accel
+from fws.connection import State, _pure_fan_out, _pure_flush_each
+from fws.context import ConnectionSettings, ConnectionTable
+from fws.frames import encode_message
+from fws.storage.memory import MemoryStorage
+
+EVENTS = ("connect", "open", "data", "message", "disconnect", "consumer")
+BINARY = encode_message(b"b" * 64)
+TEXT = encode_message("t" * 10)
+
+
+def _compiled() -> Any:
+    if _accel.speedups is None:
+        if os.environ.get("CI") == "true" and not os.environ.get(_accel.SWITCH):
+            pytest.fail(f"CI must build fws._speedups: {_accel.IMPLEMENTATION}", pytrace=False)
+        pytest.skip(_accel.IMPLEMENTATION)
+    return _accel.speedups
+
+
+@pytest.fixture(params=["pure", "C"])
+def loops(request: pytest.FixtureRequest) -> tuple[Callable[..., int], Callable[..., None]]:
+    """(fan_out, flush_each) of one implementation."""
+    if request.param == "pure":
+        return _pure_fan_out, _pure_flush_each
+    compiled = _compiled()
+    return compiled.fan_out, compiled.flush_each
+
+
+@dataclass
+class World:
+    table: ConnectionTable
+    connections: list[fws.Connection]
+    peers: list[socket.socket]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a fan-out or a flush may change, by connection index."""
+        stats = self.table.stats
+        for connection in self.connections:
+            connection.flush_sent_counts()
+        return {
+            "connections": [
+                {
+                    "state": c.state,
+                    "close_info": c.close_info,
+                    "outbox": b"".join(c._outbox),
+                    "outbox_bytes": c._outbox_bytes,
+                    "held": None if c._opening is None else b"".join(c._opening[1]),
+                    "messages_out": c.messages_out,
+                    "bytes_out": c.bytes_out,
+                    "flush_due": c._flush_due,
+                    "writer": c._writer is not None,
+                    "run_first": c._run_first,
+                }
+                for c in self.connections
+            ],
+            "to_flush": [self.connections.index(c) for c in self.table.to_flush],
+            "flusher": self.table.flusher is not None,
+            "messages_sent": list(stats.messages_sent),
+            "bytes_sent": list(stats.bytes_sent),
+            "disconnects": dict(stats.disconnects),
+        }
+
+    def received(self) -> list[bytes]:
+        """What each peer can read now."""
+        out = []
+        for peer in self.peers:
+            data = b""
+            try:
+                while chunk := peer.recv(1 << 20, socket.MSG_DONTWAIT):
+                    data += chunk
+            except BlockingIOError:
+                pass
+            out.append(data)
+        return out
+
+
+@pytest.fixture
+def make_world() -> Iterator[Callable[..., World]]:
+    made: list[World] = []
+
+    def make(
+        count: int = 3,
+        *,
+        metrics: bool = True,
+        limit: int | None = None,
+        sndbuf: int | None = None,
+    ) -> World:
+        pipelines = {event: fws.Pipeline() for event in EVENTS}
+        table = ConnectionTable(
+            storage=MemoryStorage(),
+            queue=gevent.queue.Queue(),
+            pipelines=pipelines,
+            dispatch=lambda event, instance, data: pipelines[event].run(instance, data),
+        )
+        table.stats.count_messages = metrics
+        settings = ConnectionSettings(max_outbound_bytes=limit, ping_interval=None)
+        connections, peers = [], []
+        for _ in range(count):
+            ours, theirs = gevent.socket.socketpair()
+            if sndbuf is not None:
+                ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+                theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+            connection = fws.Connection(fws.Request("/"), settings, table)
+            connection.open(ours)
+            connections.append(connection)
+            peers.append(theirs._sock)  # type: ignore[attr-defined]  # the plain socket
+        world = World(table, connections, peers)
+        made.append(world)
+        return world
+
+    yield make
+    for world in made:
+        for connection in world.connections:
+            connection.abort()
+        for peer in world.peers:
+            peer.close()
+    gevent.sleep(0.01)  # the flushers and readers end
+
+
+def both(run: Callable[[Callable[..., int], Callable[..., None]], Any]) -> None:
+    """``run(fan_out, flush_each)`` gives the same result with both implementations."""
+    compiled = _compiled()
+    pure = run(_pure_fan_out, _pure_flush_each)
+    assert run(compiled.fan_out, compiled.flush_each) == pure
+
+
+def deliver(frame: bytes) -> Callable[[fws.Connection], bool]:
+    """What Server.broadcast hands the fan-out for a recipient without compression."""
+
+    def one(connection: fws.Connection) -> bool:
+        assert connection.deflate is None
+        return connection.send_message_frame(frame, frame[0])
+
+    return one
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+def test_a_fan_out_queues_the_same_and_lists_each_connection_once(make_world, metrics):
+    def run(fan_out, flush_each):
+        world = make_world(4, metrics=metrics)
+        skipped = world.connections[1].id[:9] + world.connections[1].id[9:]  # equal, not same
+        assert skipped is not world.connections[1].id
+        recipients = [*world.connections, None]
+        frames = (BINARY, BINARY, TEXT, BINARY)
+        counts = [fan_out(recipients, f, f[0], skipped, deliver(f)) for f in frames]
+        return counts, world.snapshot()
+
+    both(run)
+
+
+def test_a_fan_out_reaches_only_open_connections(make_world, loops):
+    fan_out, _ = loops
+    world = make_world(3)
+    world.connections[0].state = State.CLOSING
+    assert fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY)) == 2
+    assert world.connections[0]._outbox == []
+    world.connections[0].state = State.OPEN  # for the clean-up
+
+
+def test_the_slow_client_limit_closes_the_same_way(make_world):
+    frame = encode_message(b"x" * 1000)
+
+    def run(fan_out, flush_each):
+        world = make_world(3, limit=2500)
+        # The first connection already has a large frame waiting.
+        world.connections[0]._outbox.append(b"\0" * 2000)
+        world.connections[0]._outbox_bytes = 2000
+        counts = [
+            fan_out(world.connections, frame, frame[0], None, deliver(frame)) for _ in range(3)
+        ]
+        return counts, world.snapshot()
+
+    both(run)
+
+
+def test_frames_queued_while_opening_are_held_the_same_way(make_world):
+    def run(fan_out, flush_each):
+        world = make_world(2)
+        other = gevent.spawn(lambda: None)
+        world.connections[0]._opening = (other, [])  # another greenlet runs open()
+        world.connections[1]._opening = (gevent.getcurrent(), [])  # this one does
+        count = fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+        snapshot = world.snapshot()
+        for connection in world.connections:
+            connection._opening = None
+        return count, snapshot
+
+    both(run)
+
+
+def test_compressed_recipients_and_subclasses_go_to_deliver(make_world, loops):
+    fan_out, _ = loops
+
+    class Special(fws.Connection):
+        pass
+
+    world = make_world(3, metrics=False)  # with metrics, a first message starts a run
+    world.connections[1].deflate = object()  # type: ignore[assignment]  # only compared with None
+    world.connections[2].__class__ = Special
+    delivered: list[int] = []
+
+    def general(connection: fws.Connection) -> bool:
+        delivered.append(world.connections.index(connection))
+        if connection.deflate is not None:
+            return False
+        return connection.send_message_frame(BINARY, BINARY[0])
+
+    assert fan_out(world.connections, BINARY, BINARY[0], None, general) == 2
+    # Only the compressed recipient must go to deliver; the compiled loop sends
+    # a subclass there too (it may have overridden send_message_frame).
+    assert 1 in delivered and 0 not in delivered
+    assert world.connections[2]._outbox == [BINARY]
+    world.connections[1].deflate = None
+
+
+def test_an_error_in_deliver_propagates(make_world, loops):
+    fan_out, _ = loops
+    world = make_world(2)
+    world.connections[0].deflate = object()  # type: ignore[assignment]
+
+    def broken(connection: fws.Connection) -> bool:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        fan_out(world.connections, BINARY, BINARY[0], None, broken)
+    world.connections[0].deflate = None
+
+
+def test_a_flush_sends_every_queue_the_same(make_world):
+    def run(fan_out, flush_each):
+        world = make_world(3)
+        for frame in (BINARY, TEXT, BINARY):
+            fan_out(world.connections, frame, frame[0], None, deliver(frame))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        return due, world.snapshot(), world.received()
+
+    both(run)
+
+
+def test_a_partial_send_leaves_the_rest_to_a_writer_in_order(make_world):
+    frame = encode_message(b"p" * 3000)
+
+    def run(fan_out, flush_each):
+        world = make_world(2, sndbuf=4096)
+        for _ in range(40):
+            fan_out(world.connections, frame, frame[0], None, deliver(frame))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        after = world.snapshot()
+        assert all(c["writer"] for c in after["connections"]), "nothing was left to a writer"
+        assert all(0 < c["bytes_out"] < 40 * len(frame) for c in after["connections"])
+        for connection in world.connections:  # the rest, as one bytes object
+            assert len(connection._outbox) == 1
+            assert connection._outbox_bytes == len(connection._outbox[0])
+        received = [b""] * len(world.peers)
+        with gevent.Timeout(10):
+            while any(len(data) < 40 * len(frame) for data in received):
+                received = [old + new for old, new in zip(received, world.received(), strict=True)]
+                gevent.sleep(0.001)  # the writers go on
+        assert received == [frame * 40] * len(world.peers)
+        return after["connections"][0]["bytes_out"] > 0, world.snapshot()
+
+    both(run)
+
+
+@pytest.mark.parametrize("closed", ["by the peer", "here"])
+def test_a_failed_send_is_left_to_the_writer_which_ends_the_connection(
+    make_world, loops, closed
+):
+    fan_out, flush_each = loops
+    world = make_world(2)
+    fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+    broken, fine = world.connections
+    if closed == "here":  # EBADF (libev aborts on a closed descriptor it still watches)
+        broken._watcher.stop()
+        broken._raw_socket.close()  # type: ignore[union-attr]
+    else:  # EPIPE
+        world.peers[0].close()
+    due, world.table.to_flush = world.table.to_flush, []
+    flush_each(due)
+    assert broken._writer is not None and broken._outbox == [BINARY]
+    assert broken.bytes_out == 0 and broken._outbox_bytes == len(BINARY)
+    assert fine._writer is None and fine.bytes_out == len(BINARY)
+    gevent.sleep(0.01)  # the writer fails and aborts
+    assert broken._writer is None
+    if closed == "by the peer":
+        world.peers[0] = socket.socket()  # for the clean-up
+
+
+def test_tls_and_a_queued_close_are_left_to_the_writer(make_world, loops):
+    fan_out, flush_each = loops
+    world = make_world(2)
+    fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+    tls, closing = world.connections
+    raw = tls._raw_socket
+    tls._raw_socket = None  # as over TLS
+    closing._close_queued = True
+    due, world.table.to_flush = world.table.to_flush, []
+    flush_each(due)
+    assert tls._writer is not None and closing._writer is not None
+    assert tls._outbox == closing._outbox == [BINARY]  # untouched: the writers send them
+    gevent.sleep(0.01)
+    assert world.received() == [BINARY, BINARY]
+    tls._raw_socket = raw
+    closing._close_queued = False
+
+
+def test_a_flush_that_raises_leaves_the_rest_in_due(loops):
+    _, flush_each = loops
+    flushed: list[str] = []
+
+    class Due:
+        def __init__(self, name: str, fail: bool = False) -> None:
+            self.name, self.fail = name, fail
+
+        def _flush(self) -> None:
+            if self.fail:
+                raise RuntimeError("a bug in one connection's flush")
+            flushed.append(self.name)
+
+    due = [Due("a"), Due("b", fail=True), Due("c"), Due("d")]
+    with pytest.raises(RuntimeError):
+        flush_each(due)
+    assert flushed == ["a"]
+    assert [d.name for d in due] == ["c", "d"]
+    flush_each(due)
+    assert flushed == ["a", "c", "d"] and due == []
+
