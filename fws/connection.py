@@ -183,6 +183,7 @@ class Connection:
         "_run_first",
         "_run_messages",
         "_run_queued",
+        "_own_chunk",
         "__dict__",
         "__weakref__",
     )
@@ -208,7 +209,8 @@ class Connection:
         self._parser: FrameParser | None = None
         self._watcher: Any = None  # libev read watcher while the connection is parked
         self._reader: gevent.Greenlet | None = None
-        self._in_recv = False  # the reader is blocked in recv, and only there
+        self._in_recv = False  # the reader waits for data, and only there
+        self._own_chunk = False  # the reader is handling a chunk: see _handle_own_chunk
         self._last_read_at = 0.0
         self._outbox: list[bytes] = []  # a list: an empty deque costs 600 bytes
         self._outbox_bytes = 0
@@ -492,6 +494,8 @@ class Connection:
             return
         self._outbox.append(frame)
         if self._writer is None and not self._flush_due:
+            if self._own_chunk and gevent.getcurrent() is self._reader:
+                return  # the reader sends it once its chunk is handled (_handle_own_chunk)
             # The flusher runs on the hub's next turn, so every frame queued
             # until then (a whole batch of echoes, say) leaves in one send, and
             # one greenlet writes for every connection a broadcast reached.
@@ -723,10 +727,19 @@ class Connection:
         """Handle chunks until the stream ends (True) or the reader is parked (False)."""
         if received:
             self.bytes_in += len(received)
-            if self._handle_chunk(received):
+            if self._handle_own_chunk(received):
                 return True
         assert self._socket is not None
-        recv_into = self._socket.recv_into
+        # Over TCP the reader reads the plain socket, non-blocking, and waits on
+        # the connection's watcher itself: gevent's recv_into is a Python loop
+        # around the same calls, and it would read again after every short
+        # read, to learn from an exception (EAGAIN) that the kernel had nothing.
+        # A TLS socket holds decrypted bytes the kernel no longer signals:
+        # gevent's SSL socket reads and waits there.
+        raw = self._raw_socket
+        recv_into = raw.recv_into if raw is not None else self._socket.recv_into
+        wait = gevent.get_hub().wait if raw is not None else None
+        watcher = self._watcher
         # One read buffer for the whole server: the parser copies only what an
         # incomplete frame needs, so idle connections hold none, and a chunk
         # is parsed before this greenlet can yield to another reader.
@@ -737,23 +750,40 @@ class Connection:
         read_size = _FIRST_READ
         unyielded = 0
         frames_at_yield = parser.frames
+        # Whether the socket may have bytes: a reader starts when it has some
+        # (or with received), and a read shorter than asked took all there were.
+        ready = True
         while True:
-            self._last_read_at = time.monotonic()
-            self._in_recv = True
-            try:
-                size = recv_into(buffer, read_size)
-            except _Park:
-                return False
-            # Reset, TLS failure, or shut down by _abort_transport (a TLS socket
-            # that was shut down raises ValueError: "closed or unwrapped").
-            except (OSError, ValueError):
-                return True
-            finally:
-                self._in_recv = False
+            if wait is None or not ready:
+                self._last_read_at = time.monotonic()
+                self._in_recv = True
+                try:
+                    if wait is not None:
+                        wait(watcher)
+                    size = recv_into(buffer, read_size)
+                except _Park:
+                    return False
+                except BlockingIOError:  # woken with nothing to read after all
+                    continue
+                # Reset, TLS failure, or shut down by _abort_transport (a TLS socket
+                # that was shut down raises ValueError: "closed or unwrapped").
+                except (OSError, ValueError):
+                    return True
+                finally:
+                    self._in_recv = False
+            else:
+                try:
+                    size = recv_into(buffer, read_size)
+                except BlockingIOError:
+                    ready = False
+                    continue
+                except OSError:
+                    return True
             frames_before = parser.frames
             self.bytes_in += size
-            if not size or self._handle_chunk(view[:size]):
+            if not size or self._handle_own_chunk(view[:size]):
                 return True
+            ready = size == read_size
             # Parsing costs about a microsecond a frame whatever its size: 256 KiB
             # of one-byte fragments is 37,000 frames, 40 ms. Size the next read
             # to hold about FRAME_BUDGET frames of the kind this client sends.
@@ -762,9 +792,9 @@ class Connection:
                 read_size = min(READ_SIZE, max(_MIN_READ, size * FRAME_BUDGET // frames))
             else:  # part of a large frame
                 read_size = READ_SIZE
-            # gevent's recv returns at once while data is waiting, so a client
-            # that never pauses would keep the hub from writers (this
-            # connection's own echoes too), other readers and timers.
+            # A client that never pauses fills every read, and the reader would
+            # keep the hub from writers (this connection's own, for what a send
+            # could not take), other readers and timers.
             unyielded += size
             if (
                 unyielded >= READ_SIZE
@@ -779,6 +809,24 @@ class Connection:
                 # tiny frames held every other connection for the whole storm.
                 # A timer makes the hub finish its callbacks, poll and fire timers.
                 gevent.sleep(_YIELD)
+
+    def _handle_own_chunk(self, chunk: bytes | memoryview) -> bool:
+        """``_handle_chunk``, then send what it queued for this connection (the reader's).
+
+        The answers leave before the reader waits again, in one non-blocking
+        send as the flusher's (``_flush``: what would block goes to a writer
+        greenlet), and no hub callback runs for them. Frames for other
+        connections, and frames other greenlets queue here meanwhile (while a
+        filter blocks, say), go through the flusher as before.
+        """
+        self._own_chunk = True
+        try:
+            closed = self._handle_chunk(chunk)
+        finally:
+            self._own_chunk = False
+        if self._outbox:
+            self._flush()
+        return closed
 
     def _handle_chunk(self, chunk: bytes | memoryview) -> bool:
         """Run the pipelines for one chunk; True once the client's close has arrived."""
