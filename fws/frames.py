@@ -416,9 +416,18 @@ def _parse_close(payload: bytes) -> Close:
     return Close(code, reason)
 
 
+_SHORT_HEADERS: Final = {
+    opcode: tuple(bytes((0x80 | opcode, size)) for size in range(126))
+    for opcode in (OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG)
+}
+"""Headers of uncompressed frames under 126 bytes, by opcode and size: looked up, not packed."""
+
+
 def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     """One unfragmented, unmasked frame (servers never mask); ``rsv1``: compressed."""
     size = len(payload)
+    if size < 126 and not rsv1:
+        return _SHORT_HEADERS[opcode][size] + payload
     first = 0xC0 | opcode if rsv1 else 0x80 | opcode
     if size < 126:
         header = struct.pack("!BB", first, size)
@@ -427,6 +436,10 @@ def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     else:
         header = struct.pack("!BBQ", first, 127, size)
     return header + payload
+
+
+_TEXT_HEADERS: Final = _SHORT_HEADERS[OP_TEXT]
+_BINARY_HEADERS: Final = _SHORT_HEADERS[OP_BINARY]
 
 
 def encode_message(
@@ -439,14 +452,21 @@ def encode_message(
     never compress. With server context takeover, frames must be sent in the
     order they were encoded.
     """
-    if isinstance(data, str):
-        opcode, payload = OP_TEXT, data.encode("utf-8")
-    elif isinstance(data, bytes | bytearray | memoryview):
-        opcode, payload = OP_BINARY, bytes(data)
+    # Exact types first: an echo sends the bytes or TextMessage the parser made.
+    payload: bytes
+    if type(data) is bytes:
+        opcode, payload, headers = OP_BINARY, data, _BINARY_HEADERS
+    elif isinstance(data, str):
+        opcode, payload, headers = OP_TEXT, data.encode("utf-8"), _TEXT_HEADERS
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        opcode, payload, headers = OP_BINARY, bytes(data), _BINARY_HEADERS
     else:  # bytes(42) would silently send 42 zero bytes.
         raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
-    if deflate is not None and len(payload) >= deflate.compress_min_size:
+    size = len(payload)
+    if deflate is not None and size >= deflate.compress_min_size:
         return encode_frame(opcode, deflate.compress(payload), rsv1=True)
+    if size < 126:
+        return headers[size] + payload
     return encode_frame(opcode, payload)
 
 
@@ -459,7 +479,7 @@ def text_if_utf8(data: str | bytes | bytearray | memoryview) -> str | bytes:
     """
     if isinstance(data, str):
         return data
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if not isinstance(data, (bytes, bytearray, memoryview)):
         # bytes(42) would silently be 42 zero bytes.
         raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
     raw = bytes(data)
