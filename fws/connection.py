@@ -214,7 +214,7 @@ class Connection:
         self._watcher: Any = None  # libev read watcher while the connection is parked
         self._reader: gevent.Greenlet | None = None
         self._in_recv = False  # the reader waits for data, and only there
-        self._own_chunk = False  # the reader is handling a chunk: see _handle_own_chunk
+        self._own_chunk = False  # the reader is handling a chunk: see _handle_chunk
         self._last_read_at = 0.0
         self._outbox: list[bytes] = []  # a list: an empty deque costs 600 bytes
         self._outbox_bytes = 0
@@ -499,7 +499,7 @@ class Connection:
         self._outbox.append(frame)
         if self._writer is None and not self._flush_due:
             if self._own_chunk and gevent.getcurrent() is self._reader:
-                return  # the reader sends it once its chunk is handled (_handle_own_chunk)
+                return  # the reader sends it once its chunk is handled (_handle_chunk)
             # The flusher runs on the hub's next turn, so every frame queued
             # until then (a whole batch of echoes, say) leaves in one send, and
             # one greenlet writes for every connection a broadcast reached.
@@ -731,7 +731,7 @@ class Connection:
         """Handle chunks until the stream ends (True) or the reader is parked (False)."""
         if received:
             self.bytes_in += len(received)
-            if self._handle_own_chunk(received):
+            if self._handle_chunk(received):
                 return True
         assert self._socket is not None
         # Over TCP the reader reads the plain socket, non-blocking, and waits on
@@ -785,7 +785,7 @@ class Connection:
                     return True
             frames_before = parser.frames
             self.bytes_in += size
-            if not size or self._handle_own_chunk(view[:size]):
+            if not size or self._handle_chunk(view[:size]):
                 return True
             ready = size == read_size
             # Parsing costs about a microsecond a frame whatever its size: 256 KiB
@@ -793,7 +793,11 @@ class Connection:
             # to hold about FRAME_BUDGET frames of the kind this client sends.
             frames = parser.frames - frames_before
             if frames:
-                read_size = min(READ_SIZE, max(_MIN_READ, size * FRAME_BUDGET // frames))
+                read_size = size * FRAME_BUDGET // frames
+                if read_size < _MIN_READ:
+                    read_size = _MIN_READ
+                elif read_size > READ_SIZE:
+                    read_size = READ_SIZE
             else:  # part of a large frame
                 read_size = READ_SIZE
             # A client that never pauses fills every read, and the reader would
@@ -814,77 +818,73 @@ class Connection:
                 # A timer makes the hub finish its callbacks, poll and fire timers.
                 gevent.sleep(_YIELD)
 
-    def _handle_own_chunk(self, chunk: bytes | memoryview) -> bool:
-        """``_handle_chunk``, then send what it queued for this connection (the reader's).
-
-        The answers leave before the reader waits again, in one non-blocking
-        send as the flusher's (``_flush``: what would block goes to a writer
-        greenlet), and no hub callback runs for them. Frames for other
-        connections, and frames other greenlets queue here meanwhile (while a
-        filter blocks, say), go through the flusher as before.
-        """
-        self._own_chunk = True
-        try:
-            closed = self._handle_chunk(chunk)
-        finally:
-            self._own_chunk = False
-        if self._outbox:
-            self._flush()
-        return closed
-
     def _handle_chunk(self, chunk: bytes | memoryview) -> bool:
-        """Run the pipelines for one chunk; True once the client's close has arrived."""
+        """Run the pipelines for one chunk; True once the client's close has arrived.
+
+        Then send what the reader queued for this connection meanwhile: its
+        answers leave before it waits again, in one non-blocking send as the
+        flusher's (``_flush``: what would block goes to a writer greenlet),
+        and no hub callback runs for them. Frames for other connections, and
+        frames other greenlets queue here meanwhile (while a filter blocks,
+        say), go through the flusher as before.
+        """
         if self._failed:
             # After a protocol error, discard until the client closes (over TLS
             # the socket may be unwrapped by then: these bytes are not even data).
             return False
-        table = self.table
-        dispatch = table.dispatch
-        if table.pipelines["data"]:
-            chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
-            dispatch("data", self, chunk)
-        assert self._parser is not None
+        self._own_chunk = True
         try:
-            events = self._parser.feed(chunk)
-            failure = None
-        except ProtocolError as exc:
-            events, failure = exc.events, exc  # type: ignore[assignment]
-        # One clock read a chunk: its messages arrived together, and the rate
-        # limit and the idle timeout measure arrivals.
-        now = time.monotonic()
-        limited = self.settings.max_messages_per_second is not None
-        for event in events:
-            kind = type(event)
-            if kind is bytes or kind is TextMessage:  # a message is its data
-                self.messages_in += 1
-                if self.state is _OPEN:
-                    self._last_message_at = now
+            table = self.table
+            dispatch = table.dispatch
+            if not table.pipelines["data"].empty:
+                chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
+                dispatch("data", self, chunk)
+            assert self._parser is not None
+            try:
+                events = self._parser.feed(chunk)
+                failure = None
+            except ProtocolError as exc:
+                events, failure = exc.events, exc  # type: ignore[assignment]
+            # One clock read a chunk: its messages arrived together, and the rate
+            # limit and the idle timeout measure arrivals.
+            now = time.monotonic()
+            limited = self.settings.max_messages_per_second is not None
+            for event in events:
+                kind = type(event)
+                if kind is bytes or kind is TextMessage:  # a message is its data
+                    self.messages_in += 1
+                    if self.state is _OPEN:
+                        self._last_message_at = now
+                        if limited and self._over_rate(now):
+                            continue
+                        dispatch("message", self, event)
+                elif type(event) is Ping:
                     if limited and self._over_rate(now):
                         continue
-                    dispatch("message", self, event)
-            elif type(event) is Ping:
-                if limited and self._over_rate(now):
-                    continue
-                # Counted against max_outbound_bytes like any message: a client
-                # that floods pings and never reads is closed, not buffered for.
-                self.send_frame(encode_frame(OP_PONG, event.payload), message=False)
-            elif type(event) is Pong:
-                self._awaiting_pong = False
-            elif type(event) is Close:
-                self.table.stats.close_codes_received[event.code] += 1
-                self._close_received = True
-                if self.state is State.OPEN:
-                    # The client started the closing handshake: answer with its code.
-                    self._client_closed_first = True
-                    self.state = State.CLOSING
-                    self.close_info = CloseInfo(event.code, event.reason)
-                    self._queue_close(event.code, "")
-                return True
-        if failure is not None:
-            log.info("connection %s: protocol error: %s", self.id, failure)
-            self._failed = True
-            self._start_close(failure.code, failure.reason)
-        return False
+                    # Counted against max_outbound_bytes like any message: a client
+                    # that floods pings and never reads is closed, not buffered for.
+                    self.send_frame(encode_frame(OP_PONG, event.payload), message=False)
+                elif type(event) is Pong:
+                    self._awaiting_pong = False
+                elif type(event) is Close:
+                    self.table.stats.close_codes_received[event.code] += 1
+                    self._close_received = True
+                    if self.state is _OPEN:
+                        # The client started the closing handshake: answer with its code.
+                        self._client_closed_first = True
+                        self.state = State.CLOSING
+                        self.close_info = CloseInfo(event.code, event.reason)
+                        self._queue_close(event.code, "")
+                    return True
+            if failure is not None:
+                log.info("connection %s: protocol error: %s", self.id, failure)
+                self._failed = True
+                self._start_close(failure.code, failure.reason)
+            return False
+        finally:
+            self._own_chunk = False
+            if self._outbox:
+                self._flush()
 
     def _over_rate(self, now: float) -> bool:
         """Count one message against the rate limit; close the connection if it is over.
