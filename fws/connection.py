@@ -38,7 +38,7 @@ import gevent.ssl
 
 from . import _accel
 from .context import READ_SIZE, ConnectionSettings, ConnectionTable
-from .datatypes import CloseInfo, Request
+from .datatypes import CloseInfo, Request, TextMessage
 from .deflate import PerMessageDeflate
 from .errors import ProtocolError
 from .escape import format_peer, printable
@@ -47,7 +47,6 @@ from .frames import (
     OP_PONG,
     Close,
     FrameParser,
-    Message,
     Ping,
     Pong,
     encode_close,
@@ -99,6 +98,11 @@ class State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+_OPEN = State.OPEN
+"""For the per-message paths: on Python 3.11, ``State.OPEN`` goes through the
+``__getattr__`` hook of Enum's metaclass, about 80 ns a read; a global, 8."""
 
 
 def _schedule_flush(table: ConnectionTable) -> None:
@@ -181,6 +185,7 @@ class Connection:
         "_run_first",
         "_run_messages",
         "_run_queued",
+        "_own_chunk",
         "__dict__",
         "__weakref__",
     )
@@ -206,7 +211,8 @@ class Connection:
         self._parser: FrameParser | None = None
         self._watcher: Any = None  # libev read watcher while the connection is parked
         self._reader: gevent.Greenlet | None = None
-        self._in_recv = False  # the reader is blocked in recv, and only there
+        self._in_recv = False  # the reader waits for data, and only there
+        self._own_chunk = False  # the reader is handling a chunk: see _handle_chunk
         self._last_read_at = 0.0
         self._outbox: list[bytes] = []  # a list: an empty deque costs 600 bytes
         self._outbox_bytes = 0
@@ -492,6 +498,8 @@ class Connection:
             return
         self._outbox.append(frame)
         if self._writer is None and not self._flush_due:
+            if self._own_chunk and gevent.getcurrent() is self._reader:
+                return  # the reader sends it once its chunk is handled (_handle_chunk)
             # The flusher runs on the hub's next turn, so every frame queued
             # until then (a whole batch of echoes, say) leaves in one send, and
             # one greenlet writes for every connection a broadcast reached.
@@ -731,7 +739,16 @@ class Connection:
             if self._handle_chunk(received):
                 return True
         assert self._socket is not None
-        recv_into = self._socket.recv_into
+        # Over TCP the reader reads the plain socket, non-blocking, and waits on
+        # the connection's watcher itself: gevent's recv_into is a Python loop
+        # around the same calls, and it would read again after every short
+        # read, to learn from an exception (EAGAIN) that the kernel had nothing.
+        # A TLS socket holds decrypted bytes the kernel no longer signals:
+        # gevent's SSL socket reads and waits there.
+        raw = self._raw_socket
+        recv_into = raw.recv_into if raw is not None else self._socket.recv_into
+        wait = gevent.get_hub().wait if raw is not None else None
+        watcher = self._watcher
         # One read buffer for the whole server: the parser copies only what an
         # incomplete frame needs, so idle connections hold none, and a chunk
         # is parsed before this greenlet can yield to another reader.
@@ -742,34 +759,55 @@ class Connection:
         read_size = _FIRST_READ
         unyielded = 0
         frames_at_yield = parser.frames
+        # Whether the socket may have bytes: a reader starts when it has some
+        # (or with received), and a read shorter than asked took all there were.
+        ready = True
         while True:
-            self._last_read_at = time.monotonic()
-            self._in_recv = True
-            try:
-                size = recv_into(buffer, read_size)
-            except _Park:
-                return False
-            # Reset, TLS failure, or shut down by _abort_transport (a TLS socket
-            # that was shut down raises ValueError: "closed or unwrapped").
-            except (OSError, ValueError):
-                return True
-            finally:
-                self._in_recv = False
+            if wait is None or not ready:
+                self._last_read_at = time.monotonic()
+                self._in_recv = True
+                try:
+                    if wait is not None:
+                        wait(watcher)
+                    size = recv_into(buffer, read_size)
+                except _Park:
+                    return False
+                except BlockingIOError:  # woken with nothing to read after all
+                    continue
+                # Reset, TLS failure, or shut down by _abort_transport (a TLS socket
+                # that was shut down raises ValueError: "closed or unwrapped").
+                except (OSError, ValueError):
+                    return True
+                finally:
+                    self._in_recv = False
+            else:
+                try:
+                    size = recv_into(buffer, read_size)
+                except BlockingIOError:
+                    ready = False
+                    continue
+                except OSError:
+                    return True
             frames_before = parser.frames
             self.bytes_in += size
             if not size or self._handle_chunk(view[:size]):
                 return True
+            ready = size == read_size
             # Parsing costs about a microsecond a frame whatever its size: 256 KiB
             # of one-byte fragments is 37,000 frames, 40 ms. Size the next read
             # to hold about FRAME_BUDGET frames of the kind this client sends.
             frames = parser.frames - frames_before
             if frames:
-                read_size = min(READ_SIZE, max(_MIN_READ, size * FRAME_BUDGET // frames))
+                read_size = size * FRAME_BUDGET // frames
+                if read_size < _MIN_READ:
+                    read_size = _MIN_READ
+                elif read_size > READ_SIZE:
+                    read_size = READ_SIZE
             else:  # part of a large frame
                 read_size = READ_SIZE
-            # gevent's recv returns at once while data is waiting, so a client
-            # that never pauses would keep the hub from writers (this
-            # connection's own echoes too), other readers and timers.
+            # A client that never pauses fills every read, and the reader would
+            # keep the hub from writers (this connection's own, for what a send
+            # could not take), other readers and timers.
             unyielded += size
             if (
                 unyielded >= READ_SIZE
@@ -786,53 +824,72 @@ class Connection:
                 gevent.sleep(_YIELD)
 
     def _handle_chunk(self, chunk: bytes | memoryview) -> bool:
-        """Run the pipelines for one chunk; True once the client's close has arrived."""
+        """Run the pipelines for one chunk; True once the client's close has arrived.
+
+        Then send what the reader queued for this connection meanwhile: its
+        answers leave before it waits again, in one non-blocking send as the
+        flusher's (``_flush``: what would block goes to a writer greenlet),
+        and no hub callback runs for them. Frames for other connections, and
+        frames other greenlets queue here meanwhile (while a filter blocks,
+        say), go through the flusher as before.
+        """
         if self._failed:
             # After a protocol error, discard until the client closes (over TLS
             # the socket may be unwrapped by then: these bytes are not even data).
             return False
-        dispatch = self.table.dispatch
-        if self.table.pipelines["data"]:
-            chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
-            dispatch("data", self, chunk)
-        assert self._parser is not None
+        self._own_chunk = True
         try:
-            events = self._parser.feed(chunk)
-            failure = None
-        except ProtocolError as exc:
-            events, failure = exc.events, exc  # type: ignore[assignment]
-        limited = self.settings.max_messages_per_second is not None
-        for event in events:
-            if type(event) is Message:
-                self.messages_in += 1
-                if self.state is State.OPEN:
-                    self._last_message_at = now = time.monotonic()
+            table = self.table
+            dispatch = table.dispatch
+            if not table.pipelines["data"].empty:
+                chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
+                dispatch("data", self, chunk)
+            assert self._parser is not None
+            try:
+                events = self._parser.feed(chunk)
+                failure = None
+            except ProtocolError as exc:
+                events, failure = exc.events, exc  # type: ignore[assignment]
+            # One clock read a chunk: its messages arrived together, and the rate
+            # limit and the idle timeout measure arrivals.
+            now = time.monotonic()
+            limited = self.settings.max_messages_per_second is not None
+            for event in events:
+                kind = type(event)
+                if kind is bytes or kind is TextMessage:  # a message is its data
+                    self.messages_in += 1
+                    if self.state is _OPEN:
+                        self._last_message_at = now
+                        if limited and self._over_rate(now):
+                            continue
+                        dispatch("message", self, event)
+                elif type(event) is Ping:
                     if limited and self._over_rate(now):
                         continue
-                    dispatch("message", self, event.data)
-            elif type(event) is Ping:
-                if limited and self._over_rate(time.monotonic()):
-                    continue
-                # Counted against max_outbound_bytes like any message: a client
-                # that floods pings and never reads is closed, not buffered for.
-                self.send_frame(encode_frame(OP_PONG, event.payload), message=False)
-            elif type(event) is Pong:
-                self._awaiting_pong = False
-            elif type(event) is Close:
-                self.table.stats.close_codes_received[event.code] += 1
-                self._close_received = True
-                if self.state is State.OPEN:
-                    # The client started the closing handshake: answer with its code.
-                    self._client_closed_first = True
-                    self.state = State.CLOSING
-                    self.close_info = CloseInfo(event.code, event.reason)
-                    self._queue_close(event.code, "")
-                return True
-        if failure is not None:
-            log.info("connection %s: protocol error: %s", self.id, failure)
-            self._failed = True
-            self._start_close(failure.code, failure.reason)
-        return False
+                    # Counted against max_outbound_bytes like any message: a client
+                    # that floods pings and never reads is closed, not buffered for.
+                    self.send_frame(encode_frame(OP_PONG, event.payload), message=False)
+                elif type(event) is Pong:
+                    self._awaiting_pong = False
+                elif type(event) is Close:
+                    self.table.stats.close_codes_received[event.code] += 1
+                    self._close_received = True
+                    if self.state is _OPEN:
+                        # The client started the closing handshake: answer with its code.
+                        self._client_closed_first = True
+                        self.state = State.CLOSING
+                        self.close_info = CloseInfo(event.code, event.reason)
+                        self._queue_close(event.code, "")
+                    return True
+            if failure is not None:
+                log.info("connection %s: protocol error: %s", self.id, failure)
+                self._failed = True
+                self._start_close(failure.code, failure.reason)
+            return False
+        finally:
+            self._own_chunk = False
+            if self._outbox:
+                self._flush()
 
     def _over_rate(self, now: float) -> bool:
         """Count one message against the rate limit; close the connection if it is over.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gevent
+import gevent.event
 import gevent.queue
 import gevent.socket
 
@@ -114,3 +115,80 @@ def test_a_broadcast_reaches_every_socket_pair_connection_whole_and_in_order():
             assert received == expected
     finally:
         server.stop(timeout=1)
+
+
+def _table(message: fws.Pipeline) -> ConnectionTable:
+    pipelines = {
+        "open": fws.Pipeline(),
+        "data": fws.Pipeline(),
+        "message": message,
+        "disconnect": fws.Pipeline(),
+    }
+    return ConnectionTable(
+        storage=MemoryStorage(),
+        queue=gevent.queue.Queue(),
+        pipelines=pipelines,
+        dispatch=lambda event, instance, data: pipelines[event].run(instance, data),
+    )
+
+
+def _open(table: ConnectionTable) -> tuple[fws.Connection, gevent.socket.socket]:
+    ours, theirs = gevent.socket.socketpair()
+    theirs.settimeout(5)
+    connection = fws.Connection(fws.Request("/"), ConnectionSettings(close_timeout=1), table)
+    connection.open(ours)
+    return connection, theirs
+
+
+def test_the_reader_sends_its_own_answers_without_the_flusher(monkeypatch):
+    import fws.connection
+
+    scheduled: list[object] = []
+    schedule = fws.connection._schedule_flush
+    monkeypatch.setattr(
+        fws.connection, "_schedule_flush", lambda table: (scheduled.append(table), schedule(table))
+    )
+    others: list[fws.Connection] = []
+
+    def echo_and_tell_the_other(connection, data):
+        connection.send(data)
+        if data == "tell":
+            others[0].send("told")
+
+    table = _table(fws.Pipeline(echo_and_tell_the_other))
+    connection, theirs = _open(table)
+    other, other_theirs = _open(table)
+    others.append(other)
+    for text in (b"one", b"two", b"three"):
+        theirs.sendall(masked(OP_TEXT, text))
+        assert read_frame(theirs) == (OP_TEXT, text)
+    assert scheduled == []  # one send each, from the reader, after its chunk
+    theirs.sendall(masked(OP_TEXT, b"tell"))
+    assert read_frame(theirs) == (OP_TEXT, b"tell")
+    assert read_frame(other_theirs) == (OP_TEXT, b"told")
+    assert scheduled == [table]  # frames for another connection: the flusher's
+    connection.abort()
+    other.abort()
+
+
+def test_frames_queued_while_the_readers_filter_blocks_leave_meanwhile():
+    # The reader keeps its own answers until its chunk is handled; frames that
+    # other greenlets queue in the meantime must not wait for a blocked filter.
+    release = gevent.event.Event()
+    blocked = gevent.event.Event()
+
+    def echo_then_block(connection, data):
+        connection.send(data)
+        blocked.set()
+        release.wait(5)
+
+    table = _table(fws.Pipeline(echo_then_block))
+    connection, theirs = _open(table)
+    theirs.sendall(masked(OP_TEXT, b"first"))
+    assert blocked.wait(5)
+    connection.send("from elsewhere")  # this greenlet is not the reader
+    assert read_frame(theirs) == (OP_TEXT, b"first")
+    assert read_frame(theirs) == (OP_TEXT, b"from elsewhere")
+    assert not release.is_set()  # both arrived while the filter still blocked
+    release.set()
+    connection.abort()

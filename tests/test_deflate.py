@@ -26,7 +26,6 @@ from fws.frames import (
     OP_PING,
     OP_TEXT,
     FrameParser,
-    Message,
     Ping,
     encode_message,
 )
@@ -314,12 +313,12 @@ def test_compressed_text_and_binary_messages_are_inflated():
         + client_frame(OP_BINARY, client.message(b""), rsv=RSV1)
     )
     assert events == [
-        Message(TextMessage("héllo" * 30)),
-        Message(CHAT),
-        Message(TextMessage("not compressed")),
-        Message(b""),
+        TextMessage("héllo" * 30),
+        CHAT,
+        TextMessage("not compressed"),
+        b"",
     ]
-    assert isinstance(events[0].data, TextMessage)
+    assert isinstance(events[0], TextMessage)
 
 
 def test_fragmented_compressed_message_with_interleaved_ping():
@@ -335,7 +334,7 @@ def test_fragmented_compressed_message_with_interleaved_ping():
     events = []
     for index in range(0, len(stream), 5):  # split across reads, too
         events += parser.feed(stream[index : index + 5])
-    assert events == [Ping(b"hb"), Message(TextMessage("☃ snow " * 200))]
+    assert events == [Ping(b"hb"), TextMessage("☃ snow " * 200)]
     assert parser._inflater is None  # a per-message inflater is not kept once the message ends
 
 
@@ -344,7 +343,7 @@ def test_uncompressed_fragmented_message_on_a_deflate_connection():
     events = parser.feed(
         client_frame(OP_BINARY, b"ab", fin=False) + client_frame(OP_CONTINUATION, b"cd")
     )
-    assert events == [Message(b"abcd")]
+    assert events == [b"abcd"]
 
 
 def test_with_client_context_takeover_messages_build_on_earlier_ones():
@@ -354,14 +353,14 @@ def test_with_client_context_takeover_messages_build_on_earlier_ones():
     parser = FrameParser(deflate=codec)
     first, second = client.message(CHAT), client.message(CHAT)
     assert len(second) < len(first) / 3
-    assert parser.feed(client_frame(OP_BINARY, first, rsv=RSV1)) == [Message(CHAT)]
-    assert parser.feed(client_frame(OP_BINARY, second, rsv=RSV1)) == [Message(CHAT)]
+    assert parser.feed(client_frame(OP_BINARY, first, rsv=RSV1)) == [CHAT]
+    assert parser.feed(client_frame(OP_BINARY, second, rsv=RSV1)) == [CHAT]
     third = client.message(CHAT * 3)  # fragmented, still in the same context
     events = parser.feed(
         client_frame(OP_BINARY, third[:3], rsv=RSV1, fin=False)
         + client_frame(OP_CONTINUATION, third[3:])
     )
-    assert events == [Message(CHAT * 3)]
+    assert events == [CHAT * 3]
 
 
 def test_without_client_context_takeover_each_message_inflates_alone():
@@ -369,7 +368,7 @@ def test_without_client_context_takeover_each_message_inflates_alone():
     assert codec.decompressor() is not codec.decompressor()
     client = ClientDeflater(no_context_takeover=False)  # a client ignoring what it agreed to
     parser = FrameParser(deflate=codec)
-    assert parser.feed(client_frame(OP_BINARY, client.message(CHAT), rsv=RSV1)) == [Message(CHAT)]
+    assert parser.feed(client_frame(OP_BINARY, client.message(CHAT), rsv=RSV1)) == [CHAT]
     with pytest.raises(ProtocolError) as info:  # refers back to a context we did not keep
         parser.feed(client_frame(OP_BINARY, client.message(CHAT), rsv=RSV1))
     assert info.value.code == 1002
@@ -381,7 +380,7 @@ def test_a_client_may_end_a_message_with_a_final_block():
     for payload in (CHAT, b"second"):  # the ended stream is replaced for the next message
         compressor = zlib.compressobj(wbits=-15)
         data = compressor.compress(payload) + compressor.flush(zlib.Z_FINISH)
-        assert parser.feed(client_frame(OP_BINARY, data, rsv=RSV1)) == [Message(payload)]
+        assert parser.feed(client_frame(OP_BINARY, data, rsv=RSV1)) == [payload]
 
 
 def test_invalid_deflate_data_closes_with_1002():
@@ -455,7 +454,7 @@ def test_the_limit_applies_to_the_inflated_size_to_the_byte(fragmented):
         else:
             stream = client_frame(OP_BINARY, data, rsv=RSV1)
         if accepted:
-            assert parser.feed(stream) == [Message(payload)]
+            assert parser.feed(stream) == [payload]
         else:
             with pytest.raises(ProtocolError) as info:
                 parser.feed(stream)
@@ -509,7 +508,7 @@ def test_no_limit_on_inflated_size_when_none():
     payload = bytes(3 * 2**20)
     data = ClientDeflater().message(payload)
     parser = FrameParser(max_message_size=None, deflate=codec_for("permessage-deflate"))
-    assert parser.feed(client_frame(OP_BINARY, data, rsv=RSV1)) == [Message(payload)]
+    assert parser.feed(client_frame(OP_BINARY, data, rsv=RSV1)) == [payload]
 
 
 def test_deflate_and_frames_import_without_gevent():

@@ -15,7 +15,6 @@ from fws.frames import (
     OP_TEXT,
     Close,
     FrameParser,
-    Message,
     Ping,
     Pong,
     encode_close,
@@ -33,9 +32,9 @@ def parse(*frames: bytes, **kwargs) -> list:
 
 def test_text_and_binary_messages():
     events = parse(client_frame(OP_TEXT, "héllo".encode()), client_frame(OP_BINARY, b"\x00\xff"))
-    assert events == [Message(TextMessage("héllo")), Message(b"\x00\xff")]
-    assert isinstance(events[0].data, TextMessage)
-    assert bytes(events[0].data) == "héllo".encode()
+    assert events == [TextMessage("héllo"), b"\x00\xff"]
+    assert [type(event) for event in events] == [TextMessage, bytes]  # a message is its data
+    assert bytes(events[0]) == "héllo".encode()
 
 
 def test_frames_split_at_every_byte_boundary_reassemble():
@@ -44,7 +43,7 @@ def test_frames_split_at_every_byte_boundary_reassemble():
     events = []
     for index in range(len(stream)):
         events += parser.feed(stream[index : index + 1])
-    assert events == [Message(TextMessage("x" * 300)), Ping(b"p")]
+    assert events == [TextMessage("x" * 300), Ping(b"p")]
 
 
 def _feed_through_one_reused_buffer(parser: FrameParser, stream: bytes, cuts: list[int]) -> list:
@@ -74,9 +73,9 @@ def test_pieces_of_a_reused_read_buffer_reassemble_at_any_cut(shape):
         boundaries.append(boundaries[-1] + len(frame))
     cuts = sorted({b + d for b in boundaries for d in range(-3, 16)} & set(range(1, len(stream))))
     expected = [
-        Message(TextMessage("hi")),
-        Message(bytes(range(256)) * 2),
-        Message(b"\x07" * 70_000),
+        TextMessage("hi"),
+        bytes(range(256)) * 2,
+        b"\x07" * 70_000,
         Ping(b"p"),
     ]
     for cut in cuts:
@@ -116,7 +115,7 @@ def test_a_bad_header_is_refused_as_soon_as_its_first_two_bytes_are_in(first_two
 
 def test_64_bit_length_frames():
     payload = bytes(range(256)) * 300
-    assert parse(client_frame(OP_BINARY, payload)) == [Message(payload)]
+    assert parse(client_frame(OP_BINARY, payload)) == [payload]
 
 
 def test_fragmented_message_with_interleaved_control_frame():
@@ -127,7 +126,7 @@ def test_fragmented_message_with_interleaved_control_frame():
         client_frame(OP_CONTINUATION, snowman[1:], fin=False),
         client_frame(OP_CONTINUATION, b"z"),
     )
-    assert events == [Ping(b"hb"), Message(TextMessage("a☃z"))]
+    assert events == [Ping(b"hb"), TextMessage("a☃z")]
 
 
 def test_close_and_pong_frames():
@@ -183,6 +182,28 @@ def test_size_limit_is_checked_from_the_header_before_the_payload_arrives():
     assert info.value.code == 1009
 
 
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY])
+def test_a_short_message_over_a_small_limit_is_refused_from_its_header(opcode):
+    # Frames under 126 bytes take the parser's short path: the limit holds there too.
+    parser = FrameParser(max_message_size=10)
+    assert parser.feed(client_frame(opcode, b"x" * 10)) == [b"x" * 10 if opcode == 2 else "x" * 10]
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(client_frame(opcode, b"x" * 11)[:6])  # the header only
+    assert info.value.code == 1009
+
+
+def test_short_messages_before_bad_utf8_are_kept_and_counted():
+    counts, wire = [0] * 16, [0] * 16
+    parser = FrameParser(frame_counts=counts, wire_bytes=wire)
+    good = client_frame(OP_TEXT, b"ok") + client_frame(OP_BINARY, b"\x00")
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(good + client_frame(OP_TEXT, b"\xc0\xaf") + client_frame(OP_TEXT, b"later"))
+    assert info.value.code == 1007
+    assert info.value.events == ["ok", b"\x00"]
+    assert parser.frames == 3  # the bad frame was parsed, the one after it not
+    assert (counts[OP_TEXT], counts[OP_BINARY]) == (2, 1)
+
+
 def test_size_limit_counts_all_fragments():
     parser = FrameParser(max_message_size=10)
     assert parser.feed(client_frame(OP_BINARY, b"123456", fin=False)) == []
@@ -193,7 +214,7 @@ def test_size_limit_counts_all_fragments():
 
 def test_no_limit_when_none():
     payload = b"x" * (2**20 + 1)
-    assert parse(client_frame(OP_BINARY, payload), max_message_size=None) == [Message(payload)]
+    assert parse(client_frame(OP_BINARY, payload), max_message_size=None) == [payload]
 
 
 @pytest.mark.parametrize("implementation", [unmask, unmask_portable])
@@ -207,6 +228,19 @@ def test_unmask_matches_the_rfc_definition_and_is_its_own_inverse(implementation
         data[3:10], mask
     )
     assert implementation(b"", mask) == b""
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_the_parser_unmasks_views_of_a_read_buffer_with_either_implementation(
+    portable, monkeypatch
+):
+    import fws.frames
+
+    if portable:  # a platform without websockets' C extension
+        monkeypatch.setattr(fws.frames, "_apply_mask", unmask_portable)
+    stream = client_frame(OP_BINARY, b"short") + client_frame(OP_TEXT, b"t" * 300)
+    events = FrameParser().feed(memoryview(bytearray(stream)))
+    assert events == [b"short", "t" * 300]
 
 
 def test_encoders_use_the_shortest_length_form_and_never_mask():
@@ -232,7 +266,7 @@ def test_events_before_a_violation_are_kept_on_the_error():
     parser = FrameParser()
     with pytest.raises(ProtocolError) as info:
         parser.feed(client_frame(OP_TEXT, b"valid") + client_frame(OP_TEXT, b"bad", rsv=1))
-    assert info.value.events == [Message(TextMessage("valid"))]
+    assert info.value.events == [TextMessage("valid")]
 
 
 def test_endless_empty_continuation_frames_do_not_accumulate():
@@ -242,7 +276,7 @@ def test_endless_empty_continuation_frames_do_not_accumulate():
     for _ in range(20):
         assert parser.feed(empty * 1000) == []
     assert parser._text is not None and parser._text.tell() == 1  # "a", nothing more
-    assert parser.feed(client_frame(OP_CONTINUATION, b"z")) == [Message(TextMessage("az"))]
+    assert parser.feed(client_frame(OP_CONTINUATION, b"z")) == [TextMessage("az")]
 
 
 @pytest.mark.parametrize("bad", [42, None, ["list"], {"a": 1}])
@@ -266,7 +300,7 @@ def test_a_message_of_many_fragments_is_kept_in_one_buffer():
     assert isinstance(parser._fragments, bytearray)
     assert len(parser._fragments) == 10_001
     (message,) = parser.feed(client_frame(OP_CONTINUATION, b"c"))
-    assert message == Message(b"a" + b"b" * 10_000 + b"c")
+    assert message == b"a" + b"b" * 10_000 + b"c"
     assert parser._fragments == bytearray()  # the next message starts afresh
 
 
@@ -278,8 +312,8 @@ def test_a_character_split_across_fragments_is_decoded_once_whole():
         + client_frame(OP_CONTINUATION, euro[1:2], fin=False)
         + client_frame(OP_CONTINUATION, euro[2:])
     )
-    assert events == [Message(TextMessage("€"))]
-    assert type(events[0].data) is TextMessage
+    assert events == [TextMessage("€")]
+    assert type(events[0]) is TextMessage
 
 
 def test_the_parser_counts_every_frame_it_parses():

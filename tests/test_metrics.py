@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import gevent
 import pytest
 import websocket
 from helpers import (
@@ -35,7 +36,6 @@ from fws.frames import (
     OP_PING,
     OP_TEXT,
     FrameParser,
-    Message,
     Ping,
 )
 from fws.metrics import opcode_name
@@ -91,7 +91,7 @@ def test_the_parser_counts_frames_and_their_wire_bytes_by_opcode():
     ping = client_frame(OP_PING, b"")
     stream = first + rest + big + ping
     events = parser.feed(stream[:5]) + parser.feed(stream[5:])  # split inside a frame
-    assert events == [Message("fragmented"), Message(b"b" * 300), Ping(b"")]
+    assert events == ["fragmented", b"b" * 300, Ping(b"")]
     assert (counts[OP_TEXT], counts[OP_CONTINUATION], counts[OP_BINARY], counts[OP_PING]) == (
         1,
         1,
@@ -179,6 +179,32 @@ def test_messages_bytes_handshakes_close_codes_and_filter_time_are_counted():
     assert value(samples, "fws_pubsub_live") == 1  # the in-memory storage is always live
     assert value(samples, "fws_outbound_queue_bytes") == 0
     assert value(samples, "process_resident_memory_bytes") > 0
+
+
+def test_runs_after_a_sample_are_untimed_for_the_interval_every_time():
+    # One message per turn of the hub, as from a client with one message in
+    # flight. The first interval passes before the runs are counted: libev
+    # keeps a fired one-shot timer's expiry relative to when it fired, so a
+    # timer restarted as it was fired at once, and every run was timed.
+    server = fws.Server(
+        host=LOOPBACK, port=0, registry=fws.Registry(), message=lambda ws, data: None
+    )
+    server.start()
+    try:
+        times = server.table.stats.filter_time("message")
+        server.dispatch("message", None, "first")
+        gevent.sleep(SAMPLE_INTERVAL * 3)  # the re-arming timer fires
+        started = time.monotonic()
+        server.dispatch("message", None, "timed")
+        runs = 1
+        while runs < 20 and time.monotonic() - started < SAMPLE_INTERVAL * 0.8:
+            gevent.sleep(0.0002)  # a turn of the hub: due timers fire
+            server.dispatch("message", None, "untimed")
+            runs += 1
+        assert runs >= 3
+        assert sum(times.counts) == 2
+    finally:
+        server.stop(timeout=1)
 
 
 def test_histogram_is_cumulative_and_per_message_runs_are_sampled_in_time():
