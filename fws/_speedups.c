@@ -344,25 +344,39 @@ static struct iovec iov[IOV_MAX];
 static int flush_one(PyObject *connection) {
   if (!Py_IS_TYPE(connection, connection_type))
     return call_method(connection, str_flush);
-  PyObject *outbox = SLOT(connection, off_outbox);
-  PyObject *writer = SLOT(connection, off_writer);
-  PyObject *raw = SLOT(connection, off_raw_socket);
-  PyObject *close_queued = SLOT(connection, off_close_queued);
-  Py_ssize_t queued, written;
-  if (outbox == NULL || !PyList_CheckExact(outbox) || writer == NULL || raw == NULL ||
-      close_queued == NULL || !slot_size(connection, off_outbox_bytes, &queued) ||
-      !slot_size(connection, off_bytes_out, &written))
-    return call_method(connection, str_flush);
+  /* _flush_due first, as _flush; then the descriptor: fileno() is a method
+   * call, and Python code (a socket subclass's fileno) may change the queue
+   * or the slots, so every other slot is read after it, and nothing from
+   * there to sendmsg() runs Python code. */
   Py_INCREF(Py_False);
   slot_set(connection, off_flush_due, Py_False);
+  PyObject *raw = SLOT(connection, off_raw_socket);
+  if (raw == NULL)
+    return call_method(connection, str_flush);
+  int fd = -1;
+  if (raw != Py_None) {
+    Py_INCREF(raw);
+    fd = PyObject_AsFileDescriptor(raw);
+    if (fd < 0)
+      PyErr_Clear(); /* closed: the writer's send fails and reports it */
+    int replaced = SLOT(connection, off_raw_socket) != raw;
+    Py_DECREF(raw);
+    if (replaced)
+      return call_method(connection, str_flush);
+  }
+  PyObject *outbox = SLOT(connection, off_outbox);
+  PyObject *writer = SLOT(connection, off_writer);
+  PyObject *close_queued = SLOT(connection, off_close_queued);
+  Py_ssize_t queued, written;
+  if (outbox == NULL || !PyList_CheckExact(outbox) || writer == NULL || close_queued == NULL ||
+      !slot_size(connection, off_outbox_bytes, &queued) ||
+      !slot_size(connection, off_bytes_out, &written))
+    return call_method(connection, str_flush);
   Py_ssize_t count = PyList_GET_SIZE(outbox);
   if (writer != Py_None || count == 0)
     return 0;
   if (raw == Py_None || close_queued != Py_False || count > IOV_MAX)
     return call_method(connection, str_flush); /* TLS, a close: the writer; or a long queue */
-  int fd = PyObject_AsFileDescriptor(raw); /* calls fileno(): before iov is filled */
-  if (fd < 0)
-    PyErr_Clear(); /* closed: the writer's send fails and reports it */
   Py_ssize_t total = 0;
   for (Py_ssize_t i = 0; i < count; i++) {
     PyObject *frame = PyList_GET_ITEM(outbox, i);

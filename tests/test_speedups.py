@@ -351,3 +351,40 @@ def test_a_flush_that_raises_leaves_the_rest_in_due(loops):
     flush_each(due)
     assert flushed == ["a", "c", "d"] and due == []
 
+
+
+def test_a_flush_reads_the_queue_after_the_socket_s_fileno(make_world, loops):
+    # fileno() is a method call: Python code may run in it and queue more (as
+    # _end_opening extends the queue directly). The compiled flush once read
+    # the queue's length before calling it, sent the frames it had counted,
+    # and left the new one behind with no writer and _outbox_bytes too low.
+    fan_out, flush_each = loops
+    world = make_world(1, metrics=False)
+    connection = world.connections[0]
+    later = encode_message(b"queued by fileno()")
+    ran: list[bool] = []
+
+    class Sneaky(socket.socket):
+        def fileno(self) -> int:
+            if not ran:
+                ran.append(True)
+                connection._outbox.append(later)
+                connection._outbox_bytes += len(later)
+            return super().fileno()
+
+    raw = connection._raw_socket
+    assert raw is not None
+    sneaky = Sneaky(fileno=os.dup(raw.fileno()))
+    connection._raw_socket = sneaky
+    try:
+        fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        gevent.sleep(0.01)  # a writer, if one was started
+        expected = BINARY + (later if ran else b"")
+        assert world.received() == [expected]
+        assert connection._outbox == [] and connection._outbox_bytes == 0
+        assert connection.bytes_out == len(expected)
+    finally:
+        connection._raw_socket = raw
+        sneaky.close()
