@@ -57,7 +57,7 @@ static Py_ssize_t off_id, off_state, off_deflate, off_settings, off_table, off_o
     off_outbox_bytes, off_sent_counts, off_run_first, off_opening, off_messages_out, off_writer,
     off_flush_due, off_raw_socket, off_close_queued, off_bytes_out, off_max_outbound;
 
-static PyObject *str_to_flush, *str_flusher, *str_flush, *str_start_writer;
+static PyObject *str_to_flush, *str_flusher, *str_flush, *str_start_writer, *str_append;
 
 /* The object a slot holds: NULL when it was never set. */
 #define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
@@ -183,7 +183,14 @@ static int list_for_flush(PyObject *connection) {
   PyObject *to_flush = PyObject_GetAttr(table, str_to_flush);
   if (to_flush == NULL)
     return -1;
-  int failed = PyList_Append(to_flush, connection); /* refuses anything but a list */
+  int failed;
+  if (PyList_CheckExact(to_flush))
+    failed = PyList_Append(to_flush, connection);
+  else { /* PyList_Append raises SystemError on anything else: what _queue calls */
+    PyObject *done = PyObject_CallMethodOneArg(to_flush, str_append, connection);
+    failed = done == NULL;
+    Py_XDECREF(done);
+  }
   Py_DECREF(to_flush);
   if (failed)
     return -1;
@@ -264,13 +271,33 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
   if (outbox == NULL || !PyList_CheckExact(outbox) || writer == NULL ||
       (flush_due != Py_True && flush_due != Py_False) || SLOT(connection, off_table) == NULL)
     return 2;
-  /* From here on it is queued, as send_message_frame and _queue would. */
-  if (PyList_Append(outbox, frame) < 0 ||
-      slot_set_size(connection, off_outbox_bytes, queued + size) < 0 ||
-      slot_set_size(connection, off_messages_out, messages + 1) < 0)
+  /* From here on it is queued, in the order of send_message_frame and _queue:
+   * should one step raise, the ones before it are done and the later ones not,
+   * as in Python (messages_out is counted last). */
+  PyObject *counted = SLOT(connection, off_messages_out);
+  if (slot_set_size(connection, off_outbox_bytes, queued + size) < 0 ||
+      PyList_Append(outbox, frame) < 0)
     return -1;
   if (writer == Py_None && flush_due == Py_False && list_for_flush(connection) < 0)
     return -1;
+  if (SLOT(connection, off_messages_out) == counted)
+    return slot_set_size(connection, off_messages_out, messages + 1) < 0 ? -1 : 1;
+  /* Python code run by list_for_flush changed it: add to what it holds now. */
+  PyObject *now = SLOT(connection, off_messages_out);
+  if (now == NULL) {
+    PyErr_SetString(PyExc_AttributeError, "messages_out");
+    return -1;
+  }
+  PyObject *one = PyLong_FromLong(1);
+  if (one == NULL)
+    return -1;
+  Py_INCREF(now); /* its __add__ may replace it in the slot */
+  PyObject *more = PyNumber_Add(now, one);
+  Py_DECREF(now);
+  Py_DECREF(one);
+  if (more == NULL)
+    return -1;
+  slot_set(connection, off_messages_out, more);
   return 1;
 }
 
@@ -483,7 +510,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
   str_flusher = PyUnicode_InternFromString("flusher");
   str_flush = PyUnicode_InternFromString("_flush");
   str_start_writer = PyUnicode_InternFromString("_start_writer");
-  if (!str_to_flush || !str_flusher || !str_flush || !str_start_writer)
+  str_append = PyUnicode_InternFromString("append");
+  if (!str_to_flush || !str_flusher || !str_flush || !str_start_writer || !str_append)
     return NULL;
   return PyModule_Create(&module);
 }

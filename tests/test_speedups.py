@@ -10,6 +10,7 @@ install must have built it.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -388,3 +389,30 @@ def test_a_flush_reads_the_queue_after_the_socket_s_fileno(make_world, loops):
     finally:
         connection._raw_socket = raw
         sneaky.close()
+
+
+class _FailingList(list):
+    """A connection table's ``to_flush`` whose append raises (a bug in the table)."""
+
+    def append(self, item: Any) -> None:
+        raise RuntimeError("to_flush refused it")
+
+
+@pytest.mark.parametrize("to_flush", ["deque", "append raises"])
+def test_listing_for_the_flusher_calls_append_and_counts_the_message_last(make_world, to_flush):
+    # _queue calls to_flush.append: the compiled loop used PyList_Append, which
+    # raises SystemError for anything but a list; and it counted the message
+    # before listing the connection, where send_message_frame counts it after.
+    def run(fan_out, flush_each):
+        world = make_world(2, metrics=False)
+        world.table.to_flush = collections.deque() if to_flush == "deque" else _FailingList()
+        try:
+            fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+            outcome = "returned"
+        except Exception as exc:
+            outcome = repr(exc)
+        listed = list(world.table.to_flush)
+        world.table.to_flush = []
+        return outcome, [world.connections.index(c) for c in listed], world.snapshot()
+
+    both(run)
