@@ -83,6 +83,14 @@ static inline int slot_size(PyObject *obj, Py_ssize_t offset, Py_ssize_t *value)
   return 1;
 }
 
+/* a + b in *sum when it fits a Py_ssize_t (Python's ints do not overflow; C's would). */
+static inline int add_fits(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *sum) {
+  if (b > 0 ? a > PY_SSIZE_T_MAX - b : a < PY_SSIZE_T_MIN - b)
+    return 0;
+  *sum = a + b;
+  return 1;
+}
+
 static inline int slot_set_size(PyObject *obj, Py_ssize_t offset, Py_ssize_t value) {
   PyObject *number = PyLong_FromSsize_t(value);
   if (number == NULL)
@@ -249,11 +257,12 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
     Py_XSETREF(*settings_seen, settings);
     *limit_seen = limit;
   }
-  Py_ssize_t queued, messages, size = PyBytes_GET_SIZE(frame);
+  Py_ssize_t queued, messages, after, counted_after;
   if (!slot_size(connection, off_outbox_bytes, &queued) ||
-      !slot_size(connection, off_messages_out, &messages))
-    return 2;
-  if (*limit_seen >= 0 && queued && queued + size > *limit_seen)
+      !slot_size(connection, off_messages_out, &messages) ||
+      !add_fits(queued, PyBytes_GET_SIZE(frame), &after) || !add_fits(messages, 1, &counted_after))
+    return 2; /* not ints, or too large for C: Python's ints do it */
+  if (*limit_seen >= 0 && queued && after > *limit_seen)
     return 2; /* too slow: Python closes it */
   PyObject *counts = SLOT(connection, off_sent_counts);
   if (counts == NULL)
@@ -275,13 +284,13 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
    * should one step raise, the ones before it are done and the later ones not,
    * as in Python (messages_out is counted last). */
   PyObject *counted = SLOT(connection, off_messages_out);
-  if (slot_set_size(connection, off_outbox_bytes, queued + size) < 0 ||
+  if (slot_set_size(connection, off_outbox_bytes, after) < 0 ||
       PyList_Append(outbox, frame) < 0)
     return -1;
   if (writer == Py_None && flush_due == Py_False && list_for_flush(connection) < 0)
     return -1;
   if (SLOT(connection, off_messages_out) == counted)
-    return slot_set_size(connection, off_messages_out, messages + 1) < 0 ? -1 : 1;
+    return slot_set_size(connection, off_messages_out, counted_after) < 0 ? -1 : 1;
   /* Python code run by list_for_flush changed it: add to what it holds now. */
   PyObject *now = SLOT(connection, off_messages_out);
   if (now == NULL) {
@@ -413,6 +422,9 @@ static int flush_one(PyObject *connection) {
     iov[i].iov_len = (size_t)PyBytes_GET_SIZE(frame);
     total += PyBytes_GET_SIZE(frame);
   }
+  Py_ssize_t unused;
+  if (!add_fits(written, total, &unused) || !add_fits(queued, -total, &unused))
+    return call_method(connection, str_flush); /* counters too large for C */
   Py_ssize_t sent = 0;
   if (fd >= 0) {
     struct msghdr message = {.msg_iov = iov, .msg_iovlen = (size_t)count};

@@ -416,3 +416,23 @@ def test_listing_for_the_flusher_calls_append_and_counts_the_message_last(make_w
         return outcome, [world.connections.index(c) for c in listed], world.snapshot()
 
     both(run)
+
+
+@pytest.mark.parametrize("counter", ["_outbox_bytes", "messages_out", "bytes_out"])
+def test_counters_past_the_c_integer_range_count_as_python_ints(make_world, counter):
+    # The compiled loops keep the counters as Py_ssize_t: 2**63 - 1 plus a frame
+    # was signed overflow (undefined; it wrapped to a negative count).
+    def run(fan_out, flush_each):
+        world = make_world(1, metrics=False)
+        connection = world.connections[0]
+        setattr(connection, counter, 2**63 - 1)
+        counters = []
+        fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+        counters.append((connection._outbox_bytes, connection.messages_out, connection.bytes_out))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        counters.append((connection._outbox_bytes, connection.messages_out, connection.bytes_out))
+        connection._outbox_bytes = 0  # for the clean-up
+        return counters, world.received()
+
+    both(run)
