@@ -118,7 +118,7 @@ static int member_offset(PyTypeObject *type, const char *name, Py_ssize_t *offse
   return 0;
 }
 
-static PyObject *bind_layout(PyObject *module, PyObject *args) {
+static PyObject *bind_layout(PyObject *Py_UNUSED(module), PyObject *args) {
   PyTypeObject *connection, *settings;
   PyObject *open, *schedule;
   if (!PyArg_ParseTuple(args, "O!OO!O:bind", &PyType_Type, &connection, &open, &PyType_Type,
@@ -238,7 +238,7 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
     Py_ssize_t length = PyUnicode_GET_LENGTH(id);
     int kind = PyUnicode_KIND(id);
     if (length == PyUnicode_GET_LENGTH(exclude) && kind == PyUnicode_KIND(exclude) &&
-        memcmp(PyUnicode_DATA(id), PyUnicode_DATA(exclude), (size_t)length * kind) == 0)
+        memcmp(PyUnicode_DATA(id), PyUnicode_DATA(exclude), (size_t)length * (size_t)kind) == 0)
       return 0;
   }
   if (SLOT(connection, off_deflate) != Py_None)
@@ -310,7 +310,7 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
   return 1;
 }
 
-static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *fan_out(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
   if (nargs != 5) {
     PyErr_SetString(PyExc_TypeError,
                     "fan_out(recipients, frame, first, exclude, deliver) takes 5 arguments");
@@ -470,7 +470,7 @@ static int flush_one(PyObject *connection) {
   return call_method(connection, str_start_writer);
 }
 
-static PyObject *flush_each(PyObject *module, PyObject *due) {
+static PyObject *flush_each(PyObject *Py_UNUSED(module), PyObject *due) {
   if (!PyList_CheckExact(due)) {
     PyErr_SetString(PyExc_TypeError, "flush_each() takes a list");
     return NULL;

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -123,3 +124,23 @@ def test_the_sdist_carries_the_c_source_however_it_was_built(tmp_path, build):
     (archive,) = (tmp_path / "dist").glob("*.tar.gz")
     with tarfile.open(archive) as sdist:
         assert any(name.endswith("/fws/_speedups.c") for name in sdist.getnames())
+
+
+def test_the_c_source_compiles_without_warnings_under_wall_wextra():
+    # setup.py compiles with Python's flags (-Wall, not -Wextra), so a warning
+    # there scrolls past in pip's output; three unused parameters did.
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    include = sysconfig.get_paths()["include"]
+    if compiler is None or not Path(include, "Python.h").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must have a C compiler and Python's headers", pytrace=False)
+        pytest.skip("no C compiler or no Python headers here")
+    result = subprocess.run(
+        [compiler, "-Wall", "-Wextra", "-Werror", "-fsyntax-only", f"-I{include}"]
+        + ["fws/_speedups.c"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
