@@ -21,12 +21,14 @@ import gevent
 import gevent.queue
 import gevent.socket
 import pytest
+import websockets.sync.client as ws_sync
+from helpers import connect, raw_upgrade, read_server_frame, run_server, url, wait_for
 
 import fws
 from fws import _accel
 from fws.connection import State, _pure_fan_out, _pure_flush_each
 from fws.context import ConnectionSettings, ConnectionTable
-from fws.frames import encode_message
+from fws.frames import OP_TEXT, encode_message
 from fws.storage.memory import MemoryStorage
 
 EVENTS = ("connect", "open", "data", "message", "disconnect", "consumer")
@@ -436,3 +438,82 @@ def test_counters_past_the_c_integer_range_count_as_python_ints(make_world, coun
         return counters, world.received()
 
     both(run)
+
+
+# -- trying to break them: long queues, full sockets, callbacks that change things
+
+
+def test_more_frames_than_iov_max_go_out_whole_and_in_order(make_world):
+    frames = [encode_message(b"%05d" % i) for i in range(3000)]  # one sendmsg takes 1024
+
+    def run(fan_out, flush_each):
+        world = make_world(2, sndbuf=4096)
+        for frame in frames:
+            fan_out(world.connections, frame, frame[0], None, deliver(frame))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        flushed = [(c._writer is not None, len(c._outbox)) for c in world.connections]
+        received = [b""] * len(world.peers)
+        with gevent.Timeout(10):
+            while any(len(data) < len(b"".join(frames)) for data in received):
+                received = [old + new for old, new in zip(received, world.received(), strict=True)]
+                gevent.sleep(0.001)
+        assert received == [b"".join(frames)] * len(world.peers)
+        return flushed, world.snapshot()
+
+    both(run)
+
+
+def test_a_callback_that_closes_recipients_mid_fan_out(make_world):
+    # deliver (Python) runs in the middle of the compiled loop: what it does to
+    # recipients later in the list must be seen, as the pure loop sees it.
+    def run(fan_out, flush_each):
+        world = make_world(5, metrics=False)
+        world.connections[1].deflate = object()  # type: ignore[assignment]
+        recipients = list(world.connections)
+
+        def closing(connection: fws.Connection) -> bool:
+            if connection.deflate is None:
+                return connection.send_message_frame(BINARY, BINARY[0])
+            world.connections[2]._start_close(1001, "going")
+            world.connections[3].abort()
+            del recipients[4:]
+            return False
+
+        count = fan_out(recipients, BINARY, BINARY[0], None, closing)
+        world.connections[1].deflate = None
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        return count, world.snapshot(), world.received()
+
+    both(run)
+
+
+def test_a_burst_beyond_iov_max_reaches_full_plain_and_compressed_clients_in_order():
+    count, size = 3000, 200  # 600 kB: beyond the socket buffers, within the queue limit
+
+    class Burst(fws.WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            server = web_socket_instance.server
+            for i in range(count):  # no yield: one flush of 3,000 frames per client
+                server.broadcast(f"{i:0{size}d}", exclude=web_socket_instance.id)
+
+    with run_server(message=Burst) as server:
+        full = raw_upgrade(server.address[1], receive_buffer=4096)  # reads only afterwards
+        plain = connect(server, timeout=10)
+        with ws_sync.connect(url(server)) as compressed:  # deflate: the Python deliver
+            assert compressed.protocol.extensions
+            sender = connect(server, timeout=10)
+            wait_for(lambda: len(server.users) == 4)
+            sender.send("go")
+            for i in range(count):
+                assert plain.recv() == f"{i:0{size}d}"
+                assert compressed.recv(timeout=10) == f"{i:0{size}d}"
+            for i in range(count):
+                assert read_server_frame(full) == (OP_TEXT, f"{i:0{size}d}".encode())
+        for client in (plain, sender):
+            client.close()
+        full.close()
