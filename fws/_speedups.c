@@ -52,6 +52,7 @@ static PyTypeObject *connection_type;
 static PyTypeObject *settings_type;
 static PyObject *open_state;
 static PyObject *schedule_flush;
+static PyTypeObject *socket_type; /* _socket.socket: what flush_one sends on itself */
 
 static Py_ssize_t off_id, off_state, off_deflate, off_settings, off_table, off_outbox,
     off_outbox_bytes, off_sent_counts, off_run_first, off_opening, off_messages_out, off_writer,
@@ -391,6 +392,8 @@ static int flush_one(PyObject *connection) {
     return call_method(connection, str_flush);
   int fd = -1;
   if (raw != Py_None) {
+    if (!PyObject_TypeCheck(raw, socket_type))
+      return call_method(connection, str_flush); /* _flush calls its send() */
     Py_INCREF(raw);
     fd = PyObject_AsFileDescriptor(raw);
     if (fd < 0)
@@ -525,5 +528,18 @@ PyMODINIT_FUNC PyInit__speedups(void) {
   str_append = PyUnicode_InternFromString("append");
   if (!str_to_flush || !str_flusher || !str_flush || !str_start_writer || !str_append)
     return NULL;
+  PyObject *sockets = PyImport_ImportModule("_socket");
+  if (sockets == NULL)
+    return NULL;
+  PyObject *type = PyObject_GetAttrString(sockets, "socket");
+  Py_DECREF(sockets);
+  if (type == NULL)
+    return NULL;
+  if (!PyType_Check(type)) {
+    Py_DECREF(type);
+    PyErr_SetString(PyExc_ImportError, "_socket.socket is not a type");
+    return NULL;
+  }
+  socket_type = (PyTypeObject *)type;
   return PyModule_Create(&module);
 }

@@ -517,3 +517,32 @@ def test_a_burst_beyond_iov_max_reaches_full_plain_and_compressed_clients_in_ord
         for client in (plain, sender):
             client.close()
         full.close()
+
+
+def test_a_raw_socket_that_is_not_a_socket_is_sent_on_with_its_send(make_world):
+    # _flush calls raw.send(); the compiled flush took any object's fileno()
+    # and wrote to that descriptor itself, past the object's own send().
+    class Recording:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.sent = sock, []
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+        def send(self, data: bytes) -> int:
+            self.sent.append(bytes(data))
+            return self.sock.send(data)
+
+    def run(fan_out, flush_each):
+        world = make_world(1, metrics=False)
+        connection = world.connections[0]
+        raw = connection._raw_socket
+        recording = connection._raw_socket = Recording(raw)  # type: ignore[assignment]
+        fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+        fan_out(world.connections, TEXT, TEXT[0], None, deliver(TEXT))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        connection._raw_socket = raw
+        return recording.sent, world.received(), world.snapshot()
+
+    both(run)
