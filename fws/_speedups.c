@@ -31,7 +31,10 @@
  *     delivery reads and writes them without an attribute lookup. Only
  *     instances of exactly these classes take the fast path; anything else
  *     (a subclass, an unset slot, a value of an unexpected type) is handed
- *     to the Python code.
+ *     to the Python code. So is every connection while one of Connection's
+ *     attributes that bind() recorded (those slots, and the methods whose
+ *     work the loops do) is not the object it was: a method patched on the
+ *     class runs, as it would in the pure loops (see layout_intact).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -53,6 +56,15 @@ static PyTypeObject *settings_type;
 static PyObject *open_state;
 static PyObject *schedule_flush;
 static PyTypeObject *socket_type; /* _socket.socket: what flush_one sends on itself */
+
+/* Connection's attributes the loops stand in for or read through, as bind()
+ * found them (name -> the class's own object), and the class's version tag
+ * then: CPython gives a type a new tag when one of its attributes is set. */
+static PyObject *bound_attributes;
+static unsigned int bound_version;
+
+/* The methods the compiled loops do the work of, for the common case. */
+static const char *const replaced_methods[] = {"send_message_frame", "_queue", "_flush"};
 
 static Py_ssize_t off_id, off_state, off_deflate, off_settings, off_table, off_outbox,
     off_outbox_bytes, off_sent_counts, off_run_first, off_opening, off_messages_out, off_writer,
@@ -119,6 +131,46 @@ static int member_offset(PyTypeObject *type, const char *name, Py_ssize_t *offse
   return 0;
 }
 
+/*
+ * Whether Connection still has the attributes bind() recorded. A method
+ * replaced on the class since (a test's or a tracer's patch) or a slot
+ * shadowed by a property must be seen, as the pure loops see them: then
+ * every connection goes to the Python code. The common case, an unchanged
+ * class, costs one comparison.
+ */
+static int layout_intact(void) {
+  PyTypeObject *type = connection_type;
+  if ((type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && type->tp_version_tag == bound_version)
+    return 1;
+  PyObject *name, *recorded;
+  Py_ssize_t position = 0;
+  while (PyDict_Next(bound_attributes, &position, &name, &recorded)) {
+    PyObject *now = PyObject_GetAttr((PyObject *)type, name);
+    if (now == NULL) {
+      PyErr_Clear();
+      return 0;
+    }
+    Py_DECREF(now); /* only its identity is compared; the class still holds it */
+    if (now != recorded)
+      return 0;
+  }
+  /* Set back as it was (a patch undone): the lookups above gave the class a
+   * valid tag again, where CPython had one to give. */
+  if (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+    bound_version = type->tp_version_tag;
+  return 1;
+}
+
+/* Record ``name`` of ``type`` in ``attributes``. */
+static int record_attribute(PyObject *attributes, PyTypeObject *type, const char *name) {
+  PyObject *value = PyObject_GetAttrString((PyObject *)type, name);
+  if (value == NULL)
+    return -1;
+  int failed = PyDict_SetItemString(attributes, name, value);
+  Py_DECREF(value);
+  return failed;
+}
+
 static PyObject *bind_layout(PyObject *Py_UNUSED(module), PyObject *args) {
   PyTypeObject *connection, *settings;
   PyObject *open, *schedule;
@@ -156,6 +208,23 @@ static PyObject *bind_layout(PyObject *Py_UNUSED(module), PyObject *args) {
       return NULL;
   if (member_offset(settings, "max_outbound_bytes", &off_max_outbound) < 0)
     return NULL;
+  PyObject *attributes = PyDict_New();
+  if (attributes == NULL)
+    return NULL;
+  for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
+    if (record_attribute(attributes, connection, slots[i].name) < 0) {
+      Py_DECREF(attributes);
+      return NULL;
+    }
+  for (size_t i = 0; i < sizeof replaced_methods / sizeof replaced_methods[0]; i++)
+    if (record_attribute(attributes, connection, replaced_methods[i]) < 0) {
+      Py_DECREF(attributes);
+      return NULL;
+    }
+  Py_XSETREF(bound_attributes, attributes);
+  /* After the lookups: the class has a valid tag if CPython can give it one
+   * (if not, layout_intact compares the attributes on every call). */
+  bound_version = connection->tp_version_tag;
   Py_INCREF(connection);
   Py_XSETREF(connection_type, connection);
   Py_INCREF(settings);
@@ -224,7 +293,7 @@ static int list_for_flush(PyObject *connection) {
  */
 static int queue_common(PyObject *connection, PyObject *frame, long first, PyObject *exclude,
                         PyObject **settings_seen, Py_ssize_t *limit_seen) {
-  if (!Py_IS_TYPE(connection, connection_type))
+  if (!Py_IS_TYPE(connection, connection_type) || !layout_intact())
     return 2;
   PyObject *id = SLOT(connection, off_id);
   if (id == NULL)
@@ -379,7 +448,7 @@ static struct iovec iov[IOV_MAX];
 
 /* Connection._flush for one connection; -1 when Python code it called raised. */
 static int flush_one(PyObject *connection) {
-  if (!Py_IS_TYPE(connection, connection_type))
+  if (!Py_IS_TYPE(connection, connection_type) || !layout_intact())
     return call_method(connection, str_flush);
   /* _flush_due first, as _flush; then the descriptor: fileno() is a method
    * call, and Python code (a socket subclass's fileno) may change the queue

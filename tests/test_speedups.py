@@ -546,3 +546,52 @@ def test_a_raw_socket_that_is_not_a_socket_is_sent_on_with_its_send(make_world):
         return recording.sent, world.received(), world.snapshot()
 
     both(run)
+
+
+@pytest.mark.parametrize("method", ["send_message_frame", "_queue", "_flush"])
+def test_a_method_patched_on_the_class_is_called_as_by_the_pure_loops(
+    make_world, monkeypatch, method
+):
+    # The compiled loops do these methods' work themselves for the common case:
+    # a patch on the class (a test's, a tracer's) went unseen, where the pure
+    # loops call it for every connection.
+    original = getattr(fws.Connection, method)
+
+    def run(fan_out, flush_each):
+        calls: list[int] = []
+
+        def patched(self: fws.Connection, *args: Any) -> Any:
+            calls.append(world.connections.index(self))
+            return original(self, *args)
+
+        world = make_world(2, metrics=False)
+        monkeypatch.setattr(fws.Connection, method, patched)
+        try:
+            fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+            due, world.table.to_flush = world.table.to_flush, []
+            flush_each(due)
+        finally:
+            monkeypatch.undo()
+        return calls, world.received(), world.snapshot()
+
+    both(run)
+
+
+def test_after_a_patch_is_undone_the_compiled_loops_do_the_work_again(make_world, monkeypatch):
+    compiled = _compiled()
+    world = make_world(1, metrics=False)
+    connection = world.connections[0]
+    monkeypatch.setattr(fws.Connection, "bytes_out", fws.Connection.bytes_out)  # same object
+    monkeypatch.setattr(fws.Connection, "_queue", fws.Connection._queue)
+    monkeypatch.undo()
+    # Setting class attributes gives the class a new version tag; with every
+    # attribute back as bind() found it, the common case is done in C again
+    # (deliver is not called), not handed to Python for good.
+    delivered: list[fws.Connection] = []
+
+    def recording(connection: fws.Connection) -> bool:
+        delivered.append(connection)
+        return connection.send_message_frame(BINARY, BINARY[0])
+
+    assert compiled.fan_out(world.connections, BINARY, BINARY[0], None, recording) == 1
+    assert delivered == [] and connection._outbox == [BINARY]
