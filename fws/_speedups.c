@@ -31,7 +31,10 @@
  *     delivery reads and writes them without an attribute lookup. Only
  *     instances of exactly these classes take the fast path; anything else
  *     (a subclass, an unset slot, a value of an unexpected type) is handed
- *     to the Python code.
+ *     to the Python code. So is every connection while one of Connection's
+ *     attributes that bind() recorded (those slots, and the methods whose
+ *     work the loops do) is not the object it was: a method patched on the
+ *     class runs, as it would in the pure loops (see layout_intact).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -52,12 +55,22 @@ static PyTypeObject *connection_type;
 static PyTypeObject *settings_type;
 static PyObject *open_state;
 static PyObject *schedule_flush;
+static PyTypeObject *socket_type; /* _socket.socket: what flush_one sends on itself */
+
+/* Connection's attributes the loops stand in for or read through, as bind()
+ * found them (name -> the class's own object), and the class's version tag
+ * then: CPython gives a type a new tag when one of its attributes is set. */
+static PyObject *bound_attributes;
+static unsigned int bound_version;
+
+/* The methods the compiled loops do the work of, for the common case. */
+static const char *const replaced_methods[] = {"send_message_frame", "_queue", "_flush"};
 
 static Py_ssize_t off_id, off_state, off_deflate, off_settings, off_table, off_outbox,
     off_outbox_bytes, off_sent_counts, off_run_first, off_opening, off_messages_out, off_writer,
     off_flush_due, off_raw_socket, off_close_queued, off_bytes_out, off_max_outbound;
 
-static PyObject *str_to_flush, *str_flusher, *str_flush, *str_start_writer;
+static PyObject *str_to_flush, *str_flusher, *str_flush, *str_start_writer, *str_append;
 
 /* The object a slot holds: NULL when it was never set. */
 #define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
@@ -80,6 +93,14 @@ static inline int slot_size(PyObject *obj, Py_ssize_t offset, Py_ssize_t *value)
     PyErr_Clear();
     return 0;
   }
+  return 1;
+}
+
+/* a + b in *sum when it fits a Py_ssize_t (Python's ints do not overflow; C's would). */
+static inline int add_fits(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *sum) {
+  if (b > 0 ? a > PY_SSIZE_T_MAX - b : a < PY_SSIZE_T_MIN - b)
+    return 0;
+  *sum = a + b;
   return 1;
 }
 
@@ -110,7 +131,47 @@ static int member_offset(PyTypeObject *type, const char *name, Py_ssize_t *offse
   return 0;
 }
 
-static PyObject *bind_layout(PyObject *module, PyObject *args) {
+/*
+ * Whether Connection still has the attributes bind() recorded. A method
+ * replaced on the class since (a test's or a tracer's patch) or a slot
+ * shadowed by a property must be seen, as the pure loops see them: then
+ * every connection goes to the Python code. The common case, an unchanged
+ * class, costs one comparison.
+ */
+static int layout_intact(void) {
+  PyTypeObject *type = connection_type;
+  if ((type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && type->tp_version_tag == bound_version)
+    return 1;
+  PyObject *name, *recorded;
+  Py_ssize_t position = 0;
+  while (PyDict_Next(bound_attributes, &position, &name, &recorded)) {
+    PyObject *now = PyObject_GetAttr((PyObject *)type, name);
+    if (now == NULL) {
+      PyErr_Clear();
+      return 0;
+    }
+    Py_DECREF(now); /* only its identity is compared; the class still holds it */
+    if (now != recorded)
+      return 0;
+  }
+  /* Set back as it was (a patch undone): the lookups above gave the class a
+   * valid tag again, where CPython had one to give. */
+  if (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+    bound_version = type->tp_version_tag;
+  return 1;
+}
+
+/* Record ``name`` of ``type`` in ``attributes``. */
+static int record_attribute(PyObject *attributes, PyTypeObject *type, const char *name) {
+  PyObject *value = PyObject_GetAttrString((PyObject *)type, name);
+  if (value == NULL)
+    return -1;
+  int failed = PyDict_SetItemString(attributes, name, value);
+  Py_DECREF(value);
+  return failed;
+}
+
+static PyObject *bind_layout(PyObject *Py_UNUSED(module), PyObject *args) {
   PyTypeObject *connection, *settings;
   PyObject *open, *schedule;
   if (!PyArg_ParseTuple(args, "O!OO!O:bind", &PyType_Type, &connection, &open, &PyType_Type,
@@ -147,6 +208,23 @@ static PyObject *bind_layout(PyObject *module, PyObject *args) {
       return NULL;
   if (member_offset(settings, "max_outbound_bytes", &off_max_outbound) < 0)
     return NULL;
+  PyObject *attributes = PyDict_New();
+  if (attributes == NULL)
+    return NULL;
+  for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
+    if (record_attribute(attributes, connection, slots[i].name) < 0) {
+      Py_DECREF(attributes);
+      return NULL;
+    }
+  for (size_t i = 0; i < sizeof replaced_methods / sizeof replaced_methods[0]; i++)
+    if (record_attribute(attributes, connection, replaced_methods[i]) < 0) {
+      Py_DECREF(attributes);
+      return NULL;
+    }
+  Py_XSETREF(bound_attributes, attributes);
+  /* After the lookups: the class has a valid tag if CPython can give it one
+   * (if not, layout_intact compares the attributes on every call). */
+  bound_version = connection->tp_version_tag;
   Py_INCREF(connection);
   Py_XSETREF(connection_type, connection);
   Py_INCREF(settings);
@@ -183,7 +261,14 @@ static int list_for_flush(PyObject *connection) {
   PyObject *to_flush = PyObject_GetAttr(table, str_to_flush);
   if (to_flush == NULL)
     return -1;
-  int failed = PyList_Append(to_flush, connection); /* refuses anything but a list */
+  int failed;
+  if (PyList_CheckExact(to_flush))
+    failed = PyList_Append(to_flush, connection);
+  else { /* PyList_Append raises SystemError on anything else: what _queue calls */
+    PyObject *done = PyObject_CallMethodOneArg(to_flush, str_append, connection);
+    failed = done == NULL;
+    Py_XDECREF(done);
+  }
   Py_DECREF(to_flush);
   if (failed)
     return -1;
@@ -208,7 +293,7 @@ static int list_for_flush(PyObject *connection) {
  */
 static int queue_common(PyObject *connection, PyObject *frame, long first, PyObject *exclude,
                         PyObject **settings_seen, Py_ssize_t *limit_seen) {
-  if (!Py_IS_TYPE(connection, connection_type))
+  if (!Py_IS_TYPE(connection, connection_type) || !layout_intact())
     return 2;
   PyObject *id = SLOT(connection, off_id);
   if (id == NULL)
@@ -223,7 +308,7 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
     Py_ssize_t length = PyUnicode_GET_LENGTH(id);
     int kind = PyUnicode_KIND(id);
     if (length == PyUnicode_GET_LENGTH(exclude) && kind == PyUnicode_KIND(exclude) &&
-        memcmp(PyUnicode_DATA(id), PyUnicode_DATA(exclude), (size_t)length * kind) == 0)
+        memcmp(PyUnicode_DATA(id), PyUnicode_DATA(exclude), (size_t)length * (size_t)kind) == 0)
       return 0;
   }
   if (SLOT(connection, off_deflate) != Py_None)
@@ -242,11 +327,12 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
     Py_XSETREF(*settings_seen, settings);
     *limit_seen = limit;
   }
-  Py_ssize_t queued, messages, size = PyBytes_GET_SIZE(frame);
+  Py_ssize_t queued, messages, after, counted_after;
   if (!slot_size(connection, off_outbox_bytes, &queued) ||
-      !slot_size(connection, off_messages_out, &messages))
-    return 2;
-  if (*limit_seen >= 0 && queued && queued + size > *limit_seen)
+      !slot_size(connection, off_messages_out, &messages) ||
+      !add_fits(queued, PyBytes_GET_SIZE(frame), &after) || !add_fits(messages, 1, &counted_after))
+    return 2; /* not ints, or too large for C: Python's ints do it */
+  if (*limit_seen >= 0 && queued && after > *limit_seen)
     return 2; /* too slow: Python closes it */
   PyObject *counts = SLOT(connection, off_sent_counts);
   if (counts == NULL)
@@ -264,17 +350,37 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
   if (outbox == NULL || !PyList_CheckExact(outbox) || writer == NULL ||
       (flush_due != Py_True && flush_due != Py_False) || SLOT(connection, off_table) == NULL)
     return 2;
-  /* From here on it is queued, as send_message_frame and _queue would. */
-  if (PyList_Append(outbox, frame) < 0 ||
-      slot_set_size(connection, off_outbox_bytes, queued + size) < 0 ||
-      slot_set_size(connection, off_messages_out, messages + 1) < 0)
+  /* From here on it is queued, in the order of send_message_frame and _queue:
+   * should one step raise, the ones before it are done and the later ones not,
+   * as in Python (messages_out is counted last). */
+  PyObject *counted = SLOT(connection, off_messages_out);
+  if (slot_set_size(connection, off_outbox_bytes, after) < 0 ||
+      PyList_Append(outbox, frame) < 0)
     return -1;
   if (writer == Py_None && flush_due == Py_False && list_for_flush(connection) < 0)
     return -1;
+  if (SLOT(connection, off_messages_out) == counted)
+    return slot_set_size(connection, off_messages_out, counted_after) < 0 ? -1 : 1;
+  /* Python code run by list_for_flush changed it: add to what it holds now. */
+  PyObject *now = SLOT(connection, off_messages_out);
+  if (now == NULL) {
+    PyErr_SetString(PyExc_AttributeError, "messages_out");
+    return -1;
+  }
+  PyObject *one = PyLong_FromLong(1);
+  if (one == NULL)
+    return -1;
+  Py_INCREF(now); /* its __add__ may replace it in the slot */
+  PyObject *more = PyNumber_Add(now, one);
+  Py_DECREF(now);
+  Py_DECREF(one);
+  if (more == NULL)
+    return -1;
+  slot_set(connection, off_messages_out, more);
   return 1;
 }
 
-static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *fan_out(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
   if (nargs != 5) {
     PyErr_SetString(PyExc_TypeError,
                     "fan_out(recipients, frame, first, exclude, deliver) takes 5 arguments");
@@ -342,27 +448,43 @@ static struct iovec iov[IOV_MAX];
 
 /* Connection._flush for one connection; -1 when Python code it called raised. */
 static int flush_one(PyObject *connection) {
-  if (!Py_IS_TYPE(connection, connection_type))
+  if (!Py_IS_TYPE(connection, connection_type) || !layout_intact())
     return call_method(connection, str_flush);
-  PyObject *outbox = SLOT(connection, off_outbox);
-  PyObject *writer = SLOT(connection, off_writer);
-  PyObject *raw = SLOT(connection, off_raw_socket);
-  PyObject *close_queued = SLOT(connection, off_close_queued);
-  Py_ssize_t queued, written;
-  if (outbox == NULL || !PyList_CheckExact(outbox) || writer == NULL || raw == NULL ||
-      close_queued == NULL || !slot_size(connection, off_outbox_bytes, &queued) ||
-      !slot_size(connection, off_bytes_out, &written))
-    return call_method(connection, str_flush);
+  /* _flush_due first, as _flush; then the descriptor: fileno() is a method
+   * call, and Python code (a socket subclass's fileno) may change the queue
+   * or the slots, so every other slot is read after it, and nothing from
+   * there to sendmsg() runs Python code. */
   Py_INCREF(Py_False);
   slot_set(connection, off_flush_due, Py_False);
+  PyObject *raw = SLOT(connection, off_raw_socket);
+  if (raw == NULL)
+    return call_method(connection, str_flush);
+  int fd = -1;
+  if (raw != Py_None) {
+    if (!PyObject_TypeCheck(raw, socket_type))
+      return call_method(connection, str_flush); /* _flush calls its send() */
+    Py_INCREF(raw);
+    fd = PyObject_AsFileDescriptor(raw);
+    if (fd < 0)
+      PyErr_Clear(); /* closed: the writer's send fails and reports it */
+    int replaced = SLOT(connection, off_raw_socket) != raw;
+    Py_DECREF(raw);
+    if (replaced)
+      return call_method(connection, str_flush);
+  }
+  PyObject *outbox = SLOT(connection, off_outbox);
+  PyObject *writer = SLOT(connection, off_writer);
+  PyObject *close_queued = SLOT(connection, off_close_queued);
+  Py_ssize_t queued, written;
+  if (outbox == NULL || !PyList_CheckExact(outbox) || writer == NULL || close_queued == NULL ||
+      !slot_size(connection, off_outbox_bytes, &queued) ||
+      !slot_size(connection, off_bytes_out, &written))
+    return call_method(connection, str_flush);
   Py_ssize_t count = PyList_GET_SIZE(outbox);
   if (writer != Py_None || count == 0)
     return 0;
   if (raw == Py_None || close_queued != Py_False || count > IOV_MAX)
     return call_method(connection, str_flush); /* TLS, a close: the writer; or a long queue */
-  int fd = PyObject_AsFileDescriptor(raw); /* calls fileno(): before iov is filled */
-  if (fd < 0)
-    PyErr_Clear(); /* closed: the writer's send fails and reports it */
   Py_ssize_t total = 0;
   for (Py_ssize_t i = 0; i < count; i++) {
     PyObject *frame = PyList_GET_ITEM(outbox, i);
@@ -372,6 +494,9 @@ static int flush_one(PyObject *connection) {
     iov[i].iov_len = (size_t)PyBytes_GET_SIZE(frame);
     total += PyBytes_GET_SIZE(frame);
   }
+  Py_ssize_t unused;
+  if (!add_fits(written, total, &unused) || !add_fits(queued, -total, &unused))
+    return call_method(connection, str_flush); /* counters too large for C */
   Py_ssize_t sent = 0;
   if (fd >= 0) {
     struct msghdr message = {.msg_iov = iov, .msg_iovlen = (size_t)count};
@@ -417,7 +542,7 @@ static int flush_one(PyObject *connection) {
   return call_method(connection, str_start_writer);
 }
 
-static PyObject *flush_each(PyObject *module, PyObject *due) {
+static PyObject *flush_each(PyObject *Py_UNUSED(module), PyObject *due) {
   if (!PyList_CheckExact(due)) {
     PyErr_SetString(PyExc_TypeError, "flush_each() takes a list");
     return NULL;
@@ -469,7 +594,21 @@ PyMODINIT_FUNC PyInit__speedups(void) {
   str_flusher = PyUnicode_InternFromString("flusher");
   str_flush = PyUnicode_InternFromString("_flush");
   str_start_writer = PyUnicode_InternFromString("_start_writer");
-  if (!str_to_flush || !str_flusher || !str_flush || !str_start_writer)
+  str_append = PyUnicode_InternFromString("append");
+  if (!str_to_flush || !str_flusher || !str_flush || !str_start_writer || !str_append)
     return NULL;
+  PyObject *sockets = PyImport_ImportModule("_socket");
+  if (sockets == NULL)
+    return NULL;
+  PyObject *type = PyObject_GetAttrString(sockets, "socket");
+  Py_DECREF(sockets);
+  if (type == NULL)
+    return NULL;
+  if (!PyType_Check(type)) {
+    Py_DECREF(type);
+    PyErr_SetString(PyExc_ImportError, "_socket.socket is not a type");
+    return NULL;
+  }
+  socket_type = (PyTypeObject *)type;
   return PyModule_Create(&module);
 }

@@ -10,6 +10,7 @@ install must have built it.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -20,12 +21,14 @@ import gevent
 import gevent.queue
 import gevent.socket
 import pytest
+import websockets.sync.client as ws_sync
+from helpers import connect, raw_upgrade, read_server_frame, run_server, url, wait_for
 
 import fws
 from fws import _accel
 from fws.connection import State, _pure_fan_out, _pure_flush_each
 from fws.context import ConnectionSettings, ConnectionTable
-from fws.frames import encode_message
+from fws.frames import OP_TEXT, encode_message
 from fws.storage.memory import MemoryStorage
 
 EVENTS = ("connect", "open", "data", "message", "disconnect", "consumer")
@@ -351,3 +354,244 @@ def test_a_flush_that_raises_leaves_the_rest_in_due(loops):
     flush_each(due)
     assert flushed == ["a", "c", "d"] and due == []
 
+
+
+def test_a_flush_reads_the_queue_after_the_socket_s_fileno(make_world, loops):
+    # fileno() is a method call: Python code may run in it and queue more (as
+    # _end_opening extends the queue directly). The compiled flush once read
+    # the queue's length before calling it, sent the frames it had counted,
+    # and left the new one behind with no writer and _outbox_bytes too low.
+    fan_out, flush_each = loops
+    world = make_world(1, metrics=False)
+    connection = world.connections[0]
+    later = encode_message(b"queued by fileno()")
+    ran: list[bool] = []
+
+    class Sneaky(socket.socket):
+        def fileno(self) -> int:
+            if not ran:
+                ran.append(True)
+                connection._outbox.append(later)
+                connection._outbox_bytes += len(later)
+            return super().fileno()
+
+    raw = connection._raw_socket
+    assert raw is not None
+    sneaky = Sneaky(fileno=os.dup(raw.fileno()))
+    connection._raw_socket = sneaky
+    try:
+        fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        gevent.sleep(0.01)  # a writer, if one was started
+        expected = BINARY + (later if ran else b"")
+        assert world.received() == [expected]
+        assert connection._outbox == [] and connection._outbox_bytes == 0
+        assert connection.bytes_out == len(expected)
+    finally:
+        connection._raw_socket = raw
+        sneaky.close()
+
+
+class _FailingList(list):
+    """A connection table's ``to_flush`` whose append raises (a bug in the table)."""
+
+    def append(self, item: Any) -> None:
+        raise RuntimeError("to_flush refused it")
+
+
+@pytest.mark.parametrize("to_flush", ["deque", "append raises"])
+def test_listing_for_the_flusher_calls_append_and_counts_the_message_last(make_world, to_flush):
+    # _queue calls to_flush.append: the compiled loop used PyList_Append, which
+    # raises SystemError for anything but a list; and it counted the message
+    # before listing the connection, where send_message_frame counts it after.
+    def run(fan_out, flush_each):
+        world = make_world(2, metrics=False)
+        world.table.to_flush = collections.deque() if to_flush == "deque" else _FailingList()
+        try:
+            fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+            outcome = "returned"
+        except Exception as exc:
+            outcome = repr(exc)
+        listed = list(world.table.to_flush)
+        world.table.to_flush = []
+        return outcome, [world.connections.index(c) for c in listed], world.snapshot()
+
+    both(run)
+
+
+@pytest.mark.parametrize("counter", ["_outbox_bytes", "messages_out", "bytes_out"])
+def test_counters_past_the_c_integer_range_count_as_python_ints(make_world, counter):
+    # The compiled loops keep the counters as Py_ssize_t: 2**63 - 1 plus a frame
+    # was signed overflow (undefined; it wrapped to a negative count).
+    def run(fan_out, flush_each):
+        world = make_world(1, metrics=False)
+        connection = world.connections[0]
+        setattr(connection, counter, 2**63 - 1)
+        counters = []
+        fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+        counters.append((connection._outbox_bytes, connection.messages_out, connection.bytes_out))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        counters.append((connection._outbox_bytes, connection.messages_out, connection.bytes_out))
+        connection._outbox_bytes = 0  # for the clean-up
+        return counters, world.received()
+
+    both(run)
+
+
+# -- trying to break them: long queues, full sockets, callbacks that change things
+
+
+def test_more_frames_than_iov_max_go_out_whole_and_in_order(make_world):
+    frames = [encode_message(b"%05d" % i) for i in range(3000)]  # one sendmsg takes 1024
+
+    def run(fan_out, flush_each):
+        world = make_world(2, sndbuf=4096)
+        for frame in frames:
+            fan_out(world.connections, frame, frame[0], None, deliver(frame))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        flushed = [(c._writer is not None, len(c._outbox)) for c in world.connections]
+        received = [b""] * len(world.peers)
+        with gevent.Timeout(10):
+            while any(len(data) < len(b"".join(frames)) for data in received):
+                received = [old + new for old, new in zip(received, world.received(), strict=True)]
+                gevent.sleep(0.001)
+        assert received == [b"".join(frames)] * len(world.peers)
+        return flushed, world.snapshot()
+
+    both(run)
+
+
+def test_a_callback_that_closes_recipients_mid_fan_out(make_world):
+    # deliver (Python) runs in the middle of the compiled loop: what it does to
+    # recipients later in the list must be seen, as the pure loop sees it.
+    def run(fan_out, flush_each):
+        world = make_world(5, metrics=False)
+        world.connections[1].deflate = object()  # type: ignore[assignment]
+        recipients = list(world.connections)
+
+        def closing(connection: fws.Connection) -> bool:
+            if connection.deflate is None:
+                return connection.send_message_frame(BINARY, BINARY[0])
+            world.connections[2]._start_close(1001, "going")
+            world.connections[3].abort()
+            del recipients[4:]
+            return False
+
+        count = fan_out(recipients, BINARY, BINARY[0], None, closing)
+        world.connections[1].deflate = None
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        return count, world.snapshot(), world.received()
+
+    both(run)
+
+
+def test_a_burst_beyond_iov_max_reaches_full_plain_and_compressed_clients_in_order():
+    count, size = 3000, 200  # 600 kB: beyond the socket buffers, within the queue limit
+
+    class Burst(fws.WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            server = web_socket_instance.server
+            for i in range(count):  # no yield: one flush of 3,000 frames per client
+                server.broadcast(f"{i:0{size}d}", exclude=web_socket_instance.id)
+
+    with run_server(message=Burst) as server:
+        full = raw_upgrade(server.address[1], receive_buffer=4096)  # reads only afterwards
+        plain = connect(server, timeout=10)
+        with ws_sync.connect(url(server)) as compressed:  # deflate: the Python deliver
+            assert compressed.protocol.extensions
+            sender = connect(server, timeout=10)
+            wait_for(lambda: len(server.users) == 4)
+            sender.send("go")
+            for i in range(count):
+                assert plain.recv() == f"{i:0{size}d}"
+                assert compressed.recv(timeout=10) == f"{i:0{size}d}"
+            for i in range(count):
+                assert read_server_frame(full) == (OP_TEXT, f"{i:0{size}d}".encode())
+        for client in (plain, sender):
+            client.close()
+        full.close()
+
+
+def test_a_raw_socket_that_is_not_a_socket_is_sent_on_with_its_send(make_world):
+    # _flush calls raw.send(); the compiled flush took any object's fileno()
+    # and wrote to that descriptor itself, past the object's own send().
+    class Recording:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.sent = sock, []
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+        def send(self, data: bytes) -> int:
+            self.sent.append(bytes(data))
+            return self.sock.send(data)
+
+    def run(fan_out, flush_each):
+        world = make_world(1, metrics=False)
+        connection = world.connections[0]
+        raw = connection._raw_socket
+        recording = connection._raw_socket = Recording(raw)  # type: ignore[assignment]
+        fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+        fan_out(world.connections, TEXT, TEXT[0], None, deliver(TEXT))
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+        connection._raw_socket = raw
+        return recording.sent, world.received(), world.snapshot()
+
+    both(run)
+
+
+@pytest.mark.parametrize("method", ["send_message_frame", "_queue", "_flush"])
+def test_a_method_patched_on_the_class_is_called_as_by_the_pure_loops(
+    make_world, monkeypatch, method
+):
+    # The compiled loops do these methods' work themselves for the common case:
+    # a patch on the class (a test's, a tracer's) went unseen, where the pure
+    # loops call it for every connection.
+    original = getattr(fws.Connection, method)
+
+    def run(fan_out, flush_each):
+        calls: list[int] = []
+
+        def patched(self: fws.Connection, *args: Any) -> Any:
+            calls.append(world.connections.index(self))
+            return original(self, *args)
+
+        world = make_world(2, metrics=False)
+        monkeypatch.setattr(fws.Connection, method, patched)
+        try:
+            fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
+            due, world.table.to_flush = world.table.to_flush, []
+            flush_each(due)
+        finally:
+            monkeypatch.undo()
+        return calls, world.received(), world.snapshot()
+
+    both(run)
+
+
+def test_after_a_patch_is_undone_the_compiled_loops_do_the_work_again(make_world, monkeypatch):
+    compiled = _compiled()
+    world = make_world(1, metrics=False)
+    connection = world.connections[0]
+    monkeypatch.setattr(fws.Connection, "bytes_out", fws.Connection.bytes_out)  # same object
+    monkeypatch.setattr(fws.Connection, "_queue", fws.Connection._queue)
+    monkeypatch.undo()
+    # Setting class attributes gives the class a new version tag; with every
+    # attribute back as bind() found it, the common case is done in C again
+    # (deliver is not called), not handed to Python for good.
+    delivered: list[fws.Connection] = []
+
+    def recording(connection: fws.Connection) -> bool:
+        delivered.append(connection)
+        return connection.send_message_frame(BINARY, BINARY[0])
+
+    assert compiled.fan_out(world.connections, BINARY, BINARY[0], None, recording) == 1
+    assert delivered == [] and connection._outbox == [BINARY]
