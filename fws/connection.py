@@ -428,7 +428,7 @@ class Connection:
         """
         # _has_room's test, inlined: a method call per delivery would cost more
         # than everything metrics add to it.
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             return False
         limit = self.settings.max_outbound_bytes
         if limit is not None and self._outbox_bytes and self._outbox_bytes + len(frame) > limit:
@@ -442,7 +442,7 @@ class Connection:
 
     def _has_room(self, frame: bytes) -> bool:
         """Whether ``frame`` may be queued; a client too slow for it is closed."""
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             return False
         limit = self.settings.max_outbound_bytes
         if limit is not None and self._outbox_bytes and self._outbox_bytes + len(frame) > limit:
