@@ -204,6 +204,12 @@ class _Replay(io.RawIOBase):
         self._received = memoryview(received)
         self._raw = raw
         self._error = error
+        self._ended = False
+
+    def end_after_received(self) -> None:
+        """Read as at end of file once what was received is replayed: the socket's own
+        bytes are the connection's to read (an upgrade's frames sent with its head)."""
+        self._ended, self._error = True, None
 
     def readable(self) -> bool:
         return True
@@ -217,6 +223,8 @@ class _Replay(io.RawIOBase):
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+        if self._ended:
+            return 0
         result: int | None = self._raw.readinto(buffer)
         return result
 
@@ -282,6 +290,8 @@ class ConnectionHandler(WebSocketHandler):
     """An upgrade the fast path refused: pywsgi re-reads the head, then answers this."""
     _leftover: bytes | None = None
     """What the client sent after a fast-path upgrade's head (frames sent right away)."""
+    _replay: _Replay | None = None
+    """pywsgi's input, from the bytes the fast path received on."""
 
     def __init__(self, sock: socket.socket, address: Any, server: Any) -> None:
         # fws batches its writes itself; Nagle's algorithm would only add delay.
@@ -382,8 +392,8 @@ class ConnectionHandler(WebSocketHandler):
                 if self._refusal is None:
                     return True
                 self._leftover = None
-        raw = _Replay(bytes(received), sock.makefile("rb", buffering=0), error)
-        self.rfile = _BoundedReader(io.BufferedReader(raw, _HANDSHAKE_BUFFER), limit)
+        self._replay = _Replay(bytes(received), sock.makefile("rb", buffering=0), error)
+        self.rfile = _BoundedReader(io.BufferedReader(self._replay, _HANDSHAKE_BUFFER), limit)
         return False
 
     def _handle_client_error(self, ex: BaseException) -> None:
@@ -652,16 +662,21 @@ class ConnectionHandler(WebSocketHandler):
             self.application.upgrades_in_progress -= 1
 
     def _take_buffered(self) -> bytes:
-        """Bytes read past the request (frames sent right away)."""
+        """Bytes read past the request (frames sent right away).
+
+        On pywsgi's path they may be in two places: its reader's buffer, and
+        the replay of what the fast path received (up to ``_HEAD_READ`` bytes
+        a read, so more than the buffer holds). Both, in order; nothing more
+        from the socket, where the connection reads on.
+        """
         if self._leftover is not None:
             return self._leftover
-        self.socket.settimeout(0.0)  # read1 must return what is buffered, not wait
-        try:
-            return bytes(self.rfile.read1(_HANDSHAKE_BUFFER))
-        except OSError:
-            return b""
-        finally:
-            self.socket.settimeout(None)
+        assert self._replay is not None
+        self._replay.end_after_received()
+        taken = []
+        while chunk := self.rfile.read1(_HEAD_READ):
+            taken.append(chunk)
+        return b"".join(taken)
 
     def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
         self._release_place()

@@ -18,6 +18,7 @@ import gevent
 import pytest
 import websocket
 import websockets.sync.client as ws_sync
+from frame_builder import client_frame
 from helpers import (
     LOOPBACK,
     ServerProcess,
@@ -556,6 +557,28 @@ def test_an_upgrade_and_its_first_frame_in_one_packet_are_both_read():
                 assert chunk, response
                 response += chunk
             assert response.startswith(b"HTTP/1.1 101 ")
+
+
+@pytest.mark.parametrize("extra", ["", "X_Underscore: 1\r\n"], ids=["fast path", "pywsgi"])
+def test_frames_sent_with_the_head_reach_the_connection_whole_on_both_paths(extra):
+    """Frames longer than pywsgi's 1 KiB read buffer: the fast path read them with the head.
+
+    On pywsgi's path they were partly in its reader's buffer and partly still
+    in the replay of what the fast path received; only the buffer reached the
+    connection, which then read the next bytes as the rest of the frame.
+    """
+    first, second = b"1" * 3000 + b"<end of first>", b"second"
+    frames = client_frame(0x1, first) + client_frame(0x1, second)
+    with run_server(message=Echo) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            sock.sendall(upgrade_request(extra=extra) + frames)
+            answer = b""
+            while not answer.endswith(second):
+                chunk = sock.recv(65536)
+                assert chunk, answer[-100:]
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert first in answer
 
 
 @pytest.mark.parametrize(
