@@ -13,7 +13,7 @@ is decided in one place and in this order:
 1. a request that does not ask for ``Upgrade: websocket`` is plain HTTP and
    goes to the server's WSGI application (static files, or 426);
 2. the RFC 6455 section 4.2.1 checks, all of them, from the request alone:
-   GET, HTTP/1.1 or later, ``Host``, the ``Upgrade`` and ``Connection`` token
+   GET, HTTP/1.1 or later, no body, ``Host``, the ``Upgrade`` and ``Connection`` token
    lists, a key that decodes to 16 bytes, version 13 (otherwise 426 with
    ``Sec-WebSocket-Version: 13``); then the server's own: not stopping,
    an allowed origin, the connection limit, a required subprotocol;
@@ -507,17 +507,21 @@ class ConnectionHandler(WebSocketHandler):
         refusal = self._refusal  # decided on the fast path
         if refusal is None:
             method = str(self.environ.get("REQUEST_METHOD"))
-            refusal = self._negotiate(request, method, str(self.request_version))
+            # pywsgi's parse: Content-Length is dropped when Transfer-Encoding is chunked.
+            has_body = bool(self.content_length) or "transfer-encoding" in self.headers
+            refusal = self._negotiate(request, method, str(self.request_version), has_body)
         return None if refusal is None else self._refuse(request, refusal)
 
-    def _negotiate(self, request: Request, method: str, version: str) -> Reject | None:
+    def _negotiate(
+        self, request: Request, method: str, version: str, has_body: bool = False
+    ) -> Reject | None:
         """Check the request, run the connect pipeline, answer 101 and hand the socket over.
 
         Returns the refusal to answer, or None once done (upgraded, or the
         client went away meanwhile).
         """
         server: Server = self.application
-        early = self._check(server, request, method, version)
+        early = self._check(server, request, method, version, has_body)
         if early is not None:
             return early
         # Hold a place under max_connections from now until the connection is in
@@ -571,13 +575,20 @@ class ConnectionHandler(WebSocketHandler):
         return None
 
     def _check(
-        self, server: Server, request: Request, method: str, version: str
+        self, server: Server, request: Request, method: str, version: str, has_body: bool
     ) -> Reject | None:
-        """Every refusal decided from the request alone, before any connect filter runs."""
+        """Every refusal decided from the request alone, before any connect filter runs.
+
+        ``has_body``: a Content-Length above 0 or a Transfer-Encoding. The
+        body's bytes would follow the head, where the connection reads frames:
+        a proxy and this server would disagree on where the request ends.
+        """
         if method != "GET":
             return Reject(405, "a WebSocket upgrade must be a GET request")
         if version in ("HTTP/0.9", "HTTP/1.0"):
             return Reject(400, "a WebSocket upgrade needs HTTP/1.1 or later")
+        if has_body:
+            return Reject(400, "a WebSocket upgrade has no body")
         headers = request.headers
         if not headers.get("host", "").strip():
             return Reject(400, "Host header is missing")

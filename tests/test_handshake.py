@@ -121,6 +121,35 @@ def test_rfc6455_checks_refuse_before_any_connect_filter_runs(case, caplog):
     assert not any(r.exc_info for r in caplog.records)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["Content-Length", "chunked", "both"],
+)
+def test_an_upgrade_with_a_body_is_400_and_no_connect_filter_runs(body, capfd):
+    """A body's bytes would otherwise reach the connection as frames after the 101
+    (and pywsgi, discarding the unread body of a request already upgraded, raised)."""
+    CountingConnect.calls = 0
+    head, _, rest = body.partition("\r\n\r\n")
+    request = upgrade_request(extra=head + "\r\n") + rest.encode()
+    with run_server(connect=CountingConnect, message=Echo) as server:
+        answer = exchange(server.address[1], request)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.endswith(b"a WebSocket upgrade has no body\n"), answer
+    assert CountingConnect.calls == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_upgrade_with_content_length_0_is_upgraded():
+    with run_server(message=Echo) as server:
+        answer = answer_head(server.address[1], upgrade_request(extra="Content-Length: 0\r\n"))
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+
+
 def test_http_1_0_upgrade_is_400_never_gevent_websockets_402():
     with run_server(message=Echo) as server:
         answer = exchange(server.address[1], upgrade_request(version="HTTP/1.0"))
