@@ -590,8 +590,11 @@ class ConnectionHandler(WebSocketHandler):
         if has_body:
             return Reject(400, "a WebSocket upgrade has no body")
         headers = request.headers
-        if not headers.get("host", "").strip():
+        host = headers.get("host", "").strip()
+        if not host:
             return Reject(400, "Host header is missing")
+        if "," in host:  # repeated Host lines, joined (RFC 9112 3.2: 400)
+            return Reject(400, "more than one Host header")
         if "upgrade" not in _tokens(headers.get("connection", "")):
             return Reject(400, "Connection header must include 'Upgrade'")
         key = headers.get("sec-websocket-key", "").strip()

@@ -94,6 +94,12 @@ BAD_REQUESTS = {
     "HTTP/1.0": (dict(version="HTTP/1.0"), b"400", b"HTTP/1.1 or later"),
     "POST": (dict(method="POST"), b"405", b"must be a GET"),
     "no Host": (dict(host=False), b"400", b"Host header"),
+    "two Hosts": (dict(extra="Host: elsewhere\r\n"), b"400", b"more than one Host"),
+    "two Hosts, pywsgi": (
+        dict(extra="Host: elsewhere\r\nX_Pywsgi: 1\r\n"),
+        b"400",
+        b"more than one Host",
+    ),
     "no Upgrade in Connection": (dict(connection="keep-alive"), b"400", b"'Upgrade'"),
     "no key": (dict(key=None), b"400", b"Sec-WebSocket-Key"),
     "short key": (dict(key="c2hvcnQ="), b"400", b"16 base64 bytes"),
