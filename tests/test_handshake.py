@@ -646,6 +646,7 @@ def test_both_paths_build_the_same_request():
         "Sec-WebSocket-Protocol: a, b\r\nsec-websocket-protocol: c\r\n"
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
         "Cookie: x=1\r\nCookie: y=2\r\nX-Value:  spaced \t\r\n"
+        "X-Cookie-Id: a\r\nX-Cookie-Id: b\r\n"  # pywsgi: '; ' for any name with COOKIE
     )
     fast = upgrade_request(extra=extra).replace(b"/chat", b"/ch%61t%20room?q=%20")
     slow = fast.replace(b"\r\n\r\n", b"\r\nX_Dropped_By_Wsgi: 1\r\n\r\n")
