@@ -6,8 +6,12 @@ clients check what a well-behaved client sees.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gc
+import json
 import logging
+import pickle
 import socket
 import struct
 import time
@@ -420,6 +424,23 @@ def test_request_offers_are_parsed_and_the_connection_keeps_no_header_dict():
         ("x-y", ()),
     )
     assert request.headers["host"].startswith("127.0.0.1")
+
+
+class SerializeRequest(fws.WebSocketMessageFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, data):
+        request = copy.deepcopy(pickle.loads(pickle.dumps(web_socket_instance.request)))
+        web_socket_instance.send(json.dumps(dataclasses.asdict(request)))
+
+
+def test_an_upgraded_request_still_copies_pickles_and_turns_into_json():
+    """Its shared empty headers are a dict: a mapping proxy could be none of those."""
+    with run_server(message=SerializeRequest) as server:
+        client = connect(url(server, "/room?x=1"))
+        client.send("?")
+        answer = json.loads(client.recv())
+        client.close()
+    assert answer["path"] == "/room" and answer["headers"] == {}
 
 
 def test_trusted_proxy_headers_set_the_peer_and_others_are_ignored():
