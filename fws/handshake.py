@@ -26,6 +26,10 @@ is decided in one place and in this order:
 Every refusal is an HTTP status with a one-line body and one log line, never
 a traceback; so is a client that breaks off mid-request. The request head is
 bounded as a whole (``max_header_bytes``), not only line by line.
+
+The reading itself (the fast path's read, the replay to pywsgi, the bound,
+the lingering refusal) is ``fws.head_reader``'s; whom a proxy's
+``X-Forwarded-For`` names, ``fws.proxies``'s.
 """
 
 from __future__ import annotations
@@ -34,12 +38,11 @@ import base64
 import binascii
 import hashlib
 import io
-import ipaddress
 import logging
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -53,15 +56,23 @@ from .datatypes import Request, bearer_token
 from .deflate import parse_offers
 from .errors import FilterError, Reject
 from .escape import format_peer, printable
+from .head_reader import (
+    HEAD_READ,
+    BoundedReader,
+    HeadTooLarge,
+    Replay,
+    answer_and_linger,
+    plain_response,
+    read_get_head,
+)
 from .pipeline import DROP
-from .request_head import head_length, parse_head
+from .request_head import parse_head
 
 if TYPE_CHECKING:
     from .server import Server
 
 __all__ = [
     "ConnectionHandler",
-    "ProxyNetworks",
     "answer_and_linger",
     "printable",
     "refuse_at_capacity",
@@ -70,13 +81,7 @@ __all__ = [
 log = logging.getLogger("fws.handshake")
 
 _HANDSHAKE_BUFFER = 1024
-_HEAD_READ = 4096
-"""What the fast path asks the socket for at a time: most heads in one read."""
-_UNBOUNDED_HEAD = 65536
-"""Without ``max_header_bytes``, how much the fast path reads before leaving the head to pywsgi."""
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 4 * 2**20
-"""After refusing a malformed request: how long, and how much, of the rest to discard."""
+"""pywsgi's read buffer: the handshake needs little."""
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -88,176 +93,6 @@ def _tokens(value: str) -> list[str]:
 def accept_key(key: str) -> str:
     """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
-
-
-class ProxyNetworks:
-    """The addresses whose ``X-Forwarded-For`` / ``Forwarded`` headers are believed.
-
-    From anyone else those headers are ignored: a client must not choose the
-    address that logs, limits and filters see.
-    """
-
-    def __init__(self, cidrs: Iterable[str]) -> None:
-        self.networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
-
-    def trusts(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
-
-    def client_of(self, peer: tuple[str, int], headers: Mapping[str, str]) -> tuple[str, int]:
-        """The client address the trusted proxies name, or ``peer`` itself.
-
-        The chain is read from the right (the hop nearest to us): the first
-        address that is not a trusted proxy is the client. An address that
-        does not parse ends the walk where it is, so a forged entry cannot
-        jump the chain.
-        """
-        if not self.networks or not self.trusts(peer[0]):
-            return peer
-        hops = _forwarded_for(headers.get("forwarded", ""))
-        if not hops:
-            hops = [hop.strip() for hop in headers.get("x-forwarded-for", "").split(",")]
-        for hop in reversed([hop for hop in hops if hop]):
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
-                return peer
-            if not self.trusts(hop):
-                return (hop, 0)
-        return peer
-
-
-def _forwarded_for(value: str) -> list[str]:
-    """The ``for=`` addresses of an RFC 7239 ``Forwarded`` header, ports and brackets removed."""
-    found = []
-    for element in value.split(","):
-        for pair in element.split(";"):
-            name, _, node = pair.strip().partition("=")
-            if name.lower() != "for":
-                continue
-            node = node.strip().strip('"')
-            if node.startswith("["):  # [2001:db8::1]:4711
-                node = node[1 : node.find("]")] if "]" in node else ""
-            elif node.count(":") == 1:  # 192.0.2.60:4711
-                node = node.partition(":")[0]
-            found.append(node)
-    return found
-
-
-class _HeadTooLarge(ValueError):
-    """The request head is over ``max_header_bytes`` (a ValueError: pywsgi's client error)."""
-
-
-class _BoundedReader:
-    """The handshake's reader: counts every byte of the request head against one bound.
-
-    pywsgi bounds the request line (8 KiB) and each header line (64 KiB), and
-    http.client the number of header lines (100), but not the whole: 94 lines
-    of 22 KiB were upgraded and held. ``reset`` starts a new request's count.
-    """
-
-    __slots__ = ("_raw", "_limit", "_used", "_counting")
-
-    def __init__(self, raw: Any, limit: int | None) -> None:
-        self._raw = raw
-        self._limit = limit
-        self._used = 0
-        self._counting = True
-
-    def reset(self) -> None:
-        """A new request head starts: it gets the whole bound."""
-        self._used = 0
-        self._counting = True
-
-    def head_done(self) -> None:
-        """The head is parsed: what follows is a body, read line by line by some apps."""
-        self._counting = False
-
-    def readline(self, size: int = -1) -> bytes:
-        line: bytes = self._raw.readline(size)
-        if self._counting:
-            self._used += len(line)
-            if self._limit is not None and self._used > self._limit:
-                raise _HeadTooLarge(f"request head over {self._limit} bytes")
-        return line
-
-    def __getattr__(self, name: str) -> Any:  # read, read1, close, closed...
-        return getattr(self._raw, name)
-
-
-class _Replay(io.RawIOBase):
-    """The socket's input, starting with the bytes the fast path already read.
-
-    pywsgi then reads the request as if it were the first to: same bytes,
-    same answer. A read error the fast path met is raised once they are
-    replayed, where pywsgi would have met it.
-    """
-
-    def __init__(self, received: bytes, raw: Any, error: OSError | None) -> None:
-        super().__init__()
-        self._received = memoryview(received)
-        self._raw = raw
-        self._error = error
-        self._ended = False
-
-    def end_after_received(self) -> None:
-        """Read as at end of file once what was received is replayed: the socket's own
-        bytes are the connection's to read (an upgrade's frames sent with its head)."""
-        self._ended, self._error = True, None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        if self._received:
-            count = min(len(buffer), len(self._received))
-            buffer[:count] = self._received[:count]
-            self._received = self._received[count:]
-            return count
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        if self._ended:
-            return 0
-        result: int | None = self._raw.readinto(buffer)
-        return result
-
-    def close(self) -> None:
-        self._raw.close()  # the socket's reference count of open files
-        super().close()
-
-
-def answer_and_linger(sock: Any, response: bytes) -> None:
-    """Send an error response, then read what the client is still sending, for a while.
-
-    Closing a socket with unread bytes sends a reset, and the client's
-    kernel then drops our answer unread: a client still sending a 2 MB
-    head would see "connection reset" instead of the 431. So, as nginx's
-    lingering close does, stop writing and discard input for up to
-    ``LINGER_SECONDS`` or ``LINGER_BYTES`` first.
-    """
-    try:
-        sock.sendall(response)
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER_SECONDS
-        discarded = 0
-        while discarded < LINGER_BYTES:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            sock.settimeout(remaining)
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            discarded += len(chunk)
-    except OSError:
-        pass  # the client is gone or too slow: nothing more is owed to it
 
 
 def refuse_at_capacity(sock: Any, address: Any) -> None:
@@ -290,7 +125,7 @@ class ConnectionHandler(WebSocketHandler):
     """An upgrade the fast path refused: pywsgi re-reads the head, then answers this."""
     _leftover: bytes | None = None
     """What the client sent after a fast-path upgrade's head (frames sent right away)."""
-    _replay: _Replay | None = None
+    _replay: Replay | None = None
     """pywsgi's input, from the bytes the fast path received on."""
 
     def __init__(self, sock: socket.socket, address: Any, server: Any) -> None:
@@ -363,24 +198,8 @@ class ConnectionHandler(WebSocketHandler):
         """
         sock = self.socket
         limit = self.application.max_header_bytes
-        bound = _UNBOUNDED_HEAD if limit is None else limit
-        received = bytearray()
-        length = None
-        error = None
-        while length is None and len(received) <= bound:
-            try:
-                chunk = sock.recv(_HEAD_READ)
-            except OSError as exc:
-                error = exc
-                break
-            if not chunk:
-                break
-            start = max(0, len(received) - 2)
-            received += chunk
-            if not received.startswith(b"GET "[: len(received)]):
-                break  # not an upgrade: pywsgi reads it from the first line
-            length = head_length(received, start)
-        if length is not None and (limit is None or length <= limit):
+        received, length, error = read_get_head(sock, limit)
+        if length is not None:
             head = parse_head(received[:length])
             if head is not None and _is_plain_upgrade(head.method, head.version, head.headers):
                 self._leftover = bytes(received[length:])
@@ -392,8 +211,8 @@ class ConnectionHandler(WebSocketHandler):
                 if self._refusal is None:
                     return True
                 self._leftover = None
-        self._replay = _Replay(bytes(received), sock.makefile("rb", buffering=0), error)
-        self.rfile = _BoundedReader(io.BufferedReader(self._replay, _HANDSHAKE_BUFFER), limit)
+        self._replay = Replay(received, sock.makefile("rb", buffering=0), error)
+        self.rfile = BoundedReader(io.BufferedReader(self._replay, _HANDSHAKE_BUFFER), limit)
         return False
 
     def _handle_client_error(self, ex: BaseException) -> None:
@@ -405,17 +224,17 @@ class ConnectionHandler(WebSocketHandler):
         if self._timed_out:
             return None  # the cut head of a client already counted and logged as 408
         stats = self.server.application.table.stats
-        if isinstance(ex, _HeadTooLarge):
+        if isinstance(ex, HeadTooLarge):
             stats.handshakes[431] += 1
             log.info("request from %s refused: 431 %s", self._peer_text(), ex)
             self._answer_and_linger(
-                "431", _plain_response(431, "Request Header Fields Too Large", str(ex))
+                "431", plain_response(431, "Request Header Fields Too Large", str(ex))
             )
             return None
         stats.handshakes[400] += 1
         reason = printable(str(ex) or type(ex).__name__)
         log.info("request from %s refused: 400 %s", self._peer_text(), reason)
-        malformed = _plain_response(400, "Bad Request", "malformed HTTP request")
+        malformed = plain_response(400, "Bad Request", "malformed HTTP request")
         self._answer_and_linger("400", malformed)
         return None
 
@@ -679,7 +498,7 @@ class ConnectionHandler(WebSocketHandler):
         """Bytes read past the request (frames sent right away).
 
         On pywsgi's path they may be in two places: its reader's buffer, and
-        the replay of what the fast path received (up to ``_HEAD_READ`` bytes
+        the replay of what the fast path received (up to ``HEAD_READ`` bytes
         a read, so more than the buffer holds). Both, in order; nothing more
         from the socket, where the connection reads on.
         """
@@ -688,7 +507,7 @@ class ConnectionHandler(WebSocketHandler):
         assert self._replay is not None
         self._replay.end_after_received()
         taken = []
-        while chunk := self.rfile.read1(_HEAD_READ):
+        while chunk := self.rfile.read1(HEAD_READ):
             taken.append(chunk)
         return b"".join(taken)
 
@@ -804,14 +623,6 @@ def _is_header_safe(name: object, value: object) -> bool:
     )
 
 
-def _plain_response(status: int, phrase: str, reason: str) -> bytes:
-    body = (reason + "\n").encode()
-    return (
-        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode("latin-1") + body
-
-
-_AT_CAPACITY_RESPONSE = _plain_response(
+_AT_CAPACITY_RESPONSE = plain_response(
     503, "Service Unavailable", "server is at its connection limit"
 )
