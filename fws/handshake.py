@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import gevent
+import gevent.ssl
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
@@ -499,16 +500,27 @@ class ConnectionHandler(WebSocketHandler):
 
         On pywsgi's path they may be in two places: its reader's buffer, and
         the replay of what the fast path received (up to ``HEAD_READ`` bytes
-        a read, so more than the buffer holds). Both, in order; nothing more
-        from the socket, where the connection reads on.
+        a read, so more than the buffer holds). Over TLS, in a third: what
+        OpenSSL decrypted but was not asked for yet (the rest of a record
+        that held the head and a frame), which no watcher on the descriptor
+        would ever report. All of them, in order; nothing from the kernel,
+        where the connection reads on.
         """
         if self._leftover is not None:
-            return self._leftover
-        assert self._replay is not None
-        self._replay.end_after_received()
-        taken = []
-        while chunk := self.rfile.read1(HEAD_READ):
-            taken.append(chunk)
+            taken = [self._leftover]
+        else:
+            assert self._replay is not None
+            self._replay.end_after_received()
+            taken = []
+            while chunk := self.rfile.read1(HEAD_READ):
+                taken.append(chunk)
+        sock = self.socket
+        if isinstance(sock, gevent.ssl.SSLSocket):
+            try:
+                while pending := sock.pending():
+                    taken.append(sock.recv(pending))
+            except OSError:
+                pass  # the connection meets it on its first read
         return b"".join(taken)
 
     def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:

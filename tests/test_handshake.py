@@ -638,6 +638,32 @@ def test_frames_sent_with_the_head_reach_the_connection_whole_on_both_paths(extr
     assert first in answer
 
 
+@pytest.mark.parametrize("name", ["X-Pad", "X_Pad"], ids=["fast path", "pywsgi"])
+def test_over_tls_a_frame_in_the_heads_record_is_read_when_the_head_fills_a_read(name, tmp_path):
+    """A head of exactly one read (4,096 bytes) and a frame, sent in one TLS record.
+
+    The fast path's read returned the head alone; the frame stayed decrypted
+    in OpenSSL, where the descriptor's watcher never reports it, and the
+    connection waited for the client's next bytes to read it.
+    """
+    from helpers import TLSFiles
+
+    tls = TLSFiles(tmp_path)
+    padding = 4096 - len(upgrade_request(extra=f"{name}: \r\n"))
+    request = upgrade_request(extra=f"{name}: {'p' * padding}\r\n")
+    assert len(request) == 4096
+    with run_server(message=Echo, **tls.server_settings) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as raw:
+            with tls.client_context.wrap_socket(raw, server_hostname=LOOPBACK) as sock:
+                sock.sendall(request + client_frame(0x1, b"in the same record"))
+                answer = b""
+                while not answer.endswith(b"in the same record"):
+                    chunk = sock.recv(65536)  # times out (5 s) without the fix
+                    assert chunk, answer
+                    answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101 ")
+
+
 @pytest.mark.parametrize(
     "extra",
     [
