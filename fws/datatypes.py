@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+from typing import NoReturn
 from urllib.parse import parse_qsl
 
 __all__ = [
@@ -67,7 +67,24 @@ ExtensionOffer = tuple[str, tuple[tuple[str, str | None], ...]]
 """One offer of ``Sec-WebSocket-Extensions``: (name, ((parameter, value or None), ...))."""
 
 
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+class _NoHeaders(dict[str, str]):
+    """The empty headers every upgraded request shares: a dict that refuses writes.
+
+    A dict, not a ``MappingProxyType``: a request is a plain dataclass that
+    filters copy, pickle and turn into JSON (``dataclasses.asdict``), and a
+    mapping proxy can be none of those.
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("an upgraded request keeps no headers; they are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+
+_NO_HEADERS: Mapping[str, str] = _NoHeaders()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ is decided in one place and in this order:
 1. a request that does not ask for ``Upgrade: websocket`` is plain HTTP and
    goes to the server's WSGI application (static files, or 426);
 2. the RFC 6455 section 4.2.1 checks, all of them, from the request alone:
-   GET, HTTP/1.1 or later, ``Host``, the ``Upgrade`` and ``Connection`` token
+   GET, HTTP/1.1 or later, no body, ``Host``, the ``Upgrade`` and ``Connection`` token
    lists, a key that decodes to 16 bytes, version 13 (otherwise 426 with
    ``Sec-WebSocket-Version: 13``); then the server's own: not stopping,
    an allowed origin, the connection limit, a required subprotocol;
@@ -26,6 +26,10 @@ is decided in one place and in this order:
 Every refusal is an HTTP status with a one-line body and one log line, never
 a traceback; so is a client that breaks off mid-request. The request head is
 bounded as a whole (``max_header_bytes``), not only line by line.
+
+The reading itself (the fast path's read, the replay to pywsgi, the bound,
+the lingering refusal) is ``fws.head_reader``'s; whom a proxy's
+``X-Forwarded-For`` names, ``fws.proxies``'s.
 """
 
 from __future__ import annotations
@@ -34,16 +38,16 @@ import base64
 import binascii
 import hashlib
 import io
-import ipaddress
 import logging
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import gevent
+import gevent.ssl
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
@@ -53,15 +57,23 @@ from .datatypes import Request, bearer_token
 from .deflate import parse_offers
 from .errors import FilterError, Reject
 from .escape import format_peer, printable
+from .head_reader import (
+    HEAD_READ,
+    BoundedReader,
+    HeadTooLarge,
+    Replay,
+    answer_and_linger,
+    plain_response,
+    read_get_head,
+)
 from .pipeline import DROP
-from .request_head import head_length, parse_head
+from .request_head import parse_head
 
 if TYPE_CHECKING:
     from .server import Server
 
 __all__ = [
     "ConnectionHandler",
-    "ProxyNetworks",
     "answer_and_linger",
     "printable",
     "refuse_at_capacity",
@@ -70,13 +82,7 @@ __all__ = [
 log = logging.getLogger("fws.handshake")
 
 _HANDSHAKE_BUFFER = 1024
-_HEAD_READ = 4096
-"""What the fast path asks the socket for at a time: most heads in one read."""
-_UNBOUNDED_HEAD = 65536
-"""Without ``max_header_bytes``, how much the fast path reads before leaving the head to pywsgi."""
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 4 * 2**20
-"""After refusing a malformed request: how long, and how much, of the rest to discard."""
+"""pywsgi's read buffer: the handshake needs little."""
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -88,168 +94,6 @@ def _tokens(value: str) -> list[str]:
 def accept_key(key: str) -> str:
     """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
-
-
-class ProxyNetworks:
-    """The addresses whose ``X-Forwarded-For`` / ``Forwarded`` headers are believed.
-
-    From anyone else those headers are ignored: a client must not choose the
-    address that logs, limits and filters see.
-    """
-
-    def __init__(self, cidrs: Iterable[str]) -> None:
-        self.networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
-
-    def trusts(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
-
-    def client_of(self, peer: tuple[str, int], headers: Mapping[str, str]) -> tuple[str, int]:
-        """The client address the trusted proxies name, or ``peer`` itself.
-
-        The chain is read from the right (the hop nearest to us): the first
-        address that is not a trusted proxy is the client. An address that
-        does not parse ends the walk where it is, so a forged entry cannot
-        jump the chain.
-        """
-        if not self.networks or not self.trusts(peer[0]):
-            return peer
-        hops = _forwarded_for(headers.get("forwarded", ""))
-        if not hops:
-            hops = [hop.strip() for hop in headers.get("x-forwarded-for", "").split(",")]
-        for hop in reversed([hop for hop in hops if hop]):
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
-                return peer
-            if not self.trusts(hop):
-                return (hop, 0)
-        return peer
-
-
-def _forwarded_for(value: str) -> list[str]:
-    """The ``for=`` addresses of an RFC 7239 ``Forwarded`` header, ports and brackets removed."""
-    found = []
-    for element in value.split(","):
-        for pair in element.split(";"):
-            name, _, node = pair.strip().partition("=")
-            if name.lower() != "for":
-                continue
-            node = node.strip().strip('"')
-            if node.startswith("["):  # [2001:db8::1]:4711
-                node = node[1 : node.find("]")] if "]" in node else ""
-            elif node.count(":") == 1:  # 192.0.2.60:4711
-                node = node.partition(":")[0]
-            found.append(node)
-    return found
-
-
-class _HeadTooLarge(ValueError):
-    """The request head is over ``max_header_bytes`` (a ValueError: pywsgi's client error)."""
-
-
-class _BoundedReader:
-    """The handshake's reader: counts every byte of the request head against one bound.
-
-    pywsgi bounds the request line (8 KiB) and each header line (64 KiB), and
-    http.client the number of header lines (100), but not the whole: 94 lines
-    of 22 KiB were upgraded and held. ``reset`` starts a new request's count.
-    """
-
-    __slots__ = ("_raw", "_limit", "_used", "_counting")
-
-    def __init__(self, raw: Any, limit: int | None) -> None:
-        self._raw = raw
-        self._limit = limit
-        self._used = 0
-        self._counting = True
-
-    def reset(self) -> None:
-        """A new request head starts: it gets the whole bound."""
-        self._used = 0
-        self._counting = True
-
-    def head_done(self) -> None:
-        """The head is parsed: what follows is a body, read line by line by some apps."""
-        self._counting = False
-
-    def readline(self, size: int = -1) -> bytes:
-        line: bytes = self._raw.readline(size)
-        if self._counting:
-            self._used += len(line)
-            if self._limit is not None and self._used > self._limit:
-                raise _HeadTooLarge(f"request head over {self._limit} bytes")
-        return line
-
-    def __getattr__(self, name: str) -> Any:  # read, read1, close, closed...
-        return getattr(self._raw, name)
-
-
-class _Replay(io.RawIOBase):
-    """The socket's input, starting with the bytes the fast path already read.
-
-    pywsgi then reads the request as if it were the first to: same bytes,
-    same answer. A read error the fast path met is raised once they are
-    replayed, where pywsgi would have met it.
-    """
-
-    def __init__(self, received: bytes, raw: Any, error: OSError | None) -> None:
-        super().__init__()
-        self._received = memoryview(received)
-        self._raw = raw
-        self._error = error
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        if self._received:
-            count = min(len(buffer), len(self._received))
-            buffer[:count] = self._received[:count]
-            self._received = self._received[count:]
-            return count
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        result: int | None = self._raw.readinto(buffer)
-        return result
-
-    def close(self) -> None:
-        self._raw.close()  # the socket's reference count of open files
-        super().close()
-
-
-def answer_and_linger(sock: Any, response: bytes) -> None:
-    """Send an error response, then read what the client is still sending, for a while.
-
-    Closing a socket with unread bytes sends a reset, and the client's
-    kernel then drops our answer unread: a client still sending a 2 MB
-    head would see "connection reset" instead of the 431. So, as nginx's
-    lingering close does, stop writing and discard input for up to
-    ``LINGER_SECONDS`` or ``LINGER_BYTES`` first.
-    """
-    try:
-        sock.sendall(response)
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER_SECONDS
-        discarded = 0
-        while discarded < LINGER_BYTES:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            sock.settimeout(remaining)
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            discarded += len(chunk)
-    except OSError:
-        pass  # the client is gone or too slow: nothing more is owed to it
 
 
 def refuse_at_capacity(sock: Any, address: Any) -> None:
@@ -282,6 +126,8 @@ class ConnectionHandler(WebSocketHandler):
     """An upgrade the fast path refused: pywsgi re-reads the head, then answers this."""
     _leftover: bytes | None = None
     """What the client sent after a fast-path upgrade's head (frames sent right away)."""
+    _replay: Replay | None = None
+    """pywsgi's input, from the bytes the fast path received on."""
 
     def __init__(self, sock: socket.socket, address: Any, server: Any) -> None:
         # fws batches its writes itself; Nagle's algorithm would only add delay.
@@ -353,24 +199,8 @@ class ConnectionHandler(WebSocketHandler):
         """
         sock = self.socket
         limit = self.application.max_header_bytes
-        bound = _UNBOUNDED_HEAD if limit is None else limit
-        received = bytearray()
-        length = None
-        error = None
-        while length is None and len(received) <= bound:
-            try:
-                chunk = sock.recv(_HEAD_READ)
-            except OSError as exc:
-                error = exc
-                break
-            if not chunk:
-                break
-            start = max(0, len(received) - 2)
-            received += chunk
-            if not received.startswith(b"GET "[: len(received)]):
-                break  # not an upgrade: pywsgi reads it from the first line
-            length = head_length(received, start)
-        if length is not None and (limit is None or length <= limit):
+        received, length, error = read_get_head(sock, limit)
+        if length is not None:
             head = parse_head(received[:length])
             if head is not None and _is_plain_upgrade(head.method, head.version, head.headers):
                 self._leftover = bytes(received[length:])
@@ -382,8 +212,8 @@ class ConnectionHandler(WebSocketHandler):
                 if self._refusal is None:
                     return True
                 self._leftover = None
-        raw = _Replay(bytes(received), sock.makefile("rb", buffering=0), error)
-        self.rfile = _BoundedReader(io.BufferedReader(raw, _HANDSHAKE_BUFFER), limit)
+        self._replay = Replay(received, sock.makefile("rb", buffering=0), error)
+        self.rfile = BoundedReader(io.BufferedReader(self._replay, _HANDSHAKE_BUFFER), limit)
         return False
 
     def _handle_client_error(self, ex: BaseException) -> None:
@@ -395,17 +225,17 @@ class ConnectionHandler(WebSocketHandler):
         if self._timed_out:
             return None  # the cut head of a client already counted and logged as 408
         stats = self.server.application.table.stats
-        if isinstance(ex, _HeadTooLarge):
+        if isinstance(ex, HeadTooLarge):
             stats.handshakes[431] += 1
             log.info("request from %s refused: 431 %s", self._peer_text(), ex)
             self._answer_and_linger(
-                "431", _plain_response(431, "Request Header Fields Too Large", str(ex))
+                "431", plain_response(431, "Request Header Fields Too Large", str(ex))
             )
             return None
         stats.handshakes[400] += 1
         reason = printable(str(ex) or type(ex).__name__)
         log.info("request from %s refused: 400 %s", self._peer_text(), reason)
-        malformed = _plain_response(400, "Bad Request", "malformed HTTP request")
+        malformed = plain_response(400, "Bad Request", "malformed HTTP request")
         self._answer_and_linger("400", malformed)
         return None
 
@@ -497,17 +327,21 @@ class ConnectionHandler(WebSocketHandler):
         refusal = self._refusal  # decided on the fast path
         if refusal is None:
             method = str(self.environ.get("REQUEST_METHOD"))
-            refusal = self._negotiate(request, method, str(self.request_version))
+            # pywsgi's parse: Content-Length is dropped when Transfer-Encoding is chunked.
+            has_body = bool(self.content_length) or "transfer-encoding" in self.headers
+            refusal = self._negotiate(request, method, str(self.request_version), has_body)
         return None if refusal is None else self._refuse(request, refusal)
 
-    def _negotiate(self, request: Request, method: str, version: str) -> Reject | None:
+    def _negotiate(
+        self, request: Request, method: str, version: str, has_body: bool = False
+    ) -> Reject | None:
         """Check the request, run the connect pipeline, answer 101 and hand the socket over.
 
         Returns the refusal to answer, or None once done (upgraded, or the
         client went away meanwhile).
         """
         server: Server = self.application
-        early = self._check(server, request, method, version)
+        early = self._check(server, request, method, version, has_body)
         if early is not None:
             return early
         # Hold a place under max_connections from now until the connection is in
@@ -561,16 +395,26 @@ class ConnectionHandler(WebSocketHandler):
         return None
 
     def _check(
-        self, server: Server, request: Request, method: str, version: str
+        self, server: Server, request: Request, method: str, version: str, has_body: bool
     ) -> Reject | None:
-        """Every refusal decided from the request alone, before any connect filter runs."""
+        """Every refusal decided from the request alone, before any connect filter runs.
+
+        ``has_body``: a Content-Length above 0 or a Transfer-Encoding. The
+        body's bytes would follow the head, where the connection reads frames:
+        a proxy and this server would disagree on where the request ends.
+        """
         if method != "GET":
             return Reject(405, "a WebSocket upgrade must be a GET request")
         if version in ("HTTP/0.9", "HTTP/1.0"):
             return Reject(400, "a WebSocket upgrade needs HTTP/1.1 or later")
+        if has_body:
+            return Reject(400, "a WebSocket upgrade has no body")
         headers = request.headers
-        if not headers.get("host", "").strip():
+        host = headers.get("host", "").strip()
+        if not host:
             return Reject(400, "Host header is missing")
+        if "," in host:  # repeated Host lines, joined (RFC 9112 3.2: 400)
+            return Reject(400, "more than one Host header")
         if "upgrade" not in _tokens(headers.get("connection", "")):
             return Reject(400, "Connection header must include 'Upgrade'")
         key = headers.get("sec-websocket-key", "").strip()
@@ -652,16 +496,32 @@ class ConnectionHandler(WebSocketHandler):
             self.application.upgrades_in_progress -= 1
 
     def _take_buffered(self) -> bytes:
-        """Bytes read past the request (frames sent right away)."""
+        """Bytes read past the request (frames sent right away).
+
+        On pywsgi's path they may be in two places: its reader's buffer, and
+        the replay of what the fast path received (up to ``HEAD_READ`` bytes
+        a read, so more than the buffer holds). Over TLS, in a third: what
+        OpenSSL decrypted but was not asked for yet (the rest of a record
+        that held the head and a frame), which no watcher on the descriptor
+        would ever report. All of them, in order; nothing from the kernel,
+        where the connection reads on.
+        """
         if self._leftover is not None:
-            return self._leftover
-        self.socket.settimeout(0.0)  # read1 must return what is buffered, not wait
-        try:
-            return bytes(self.rfile.read1(_HANDSHAKE_BUFFER))
-        except OSError:
-            return b""
-        finally:
-            self.socket.settimeout(None)
+            taken = [self._leftover]
+        else:
+            assert self._replay is not None
+            self._replay.end_after_received()
+            taken = []
+            while chunk := self.rfile.read1(HEAD_READ):
+                taken.append(chunk)
+        sock = self.socket
+        if isinstance(sock, gevent.ssl.SSLSocket):
+            try:
+                while pending := sock.pending():
+                    taken.append(sock.recv(pending))
+            except OSError:
+                pass  # the connection meets it on its first read
+        return b"".join(taken)
 
     def _refuse(self, request: Request, refusal: Reject) -> list[bytes]:
         self._release_place()
@@ -775,14 +635,6 @@ def _is_header_safe(name: object, value: object) -> bool:
     )
 
 
-def _plain_response(status: int, phrase: str, reason: str) -> bytes:
-    body = (reason + "\n").encode()
-    return (
-        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode("latin-1") + body
-
-
-_AT_CAPACITY_RESPONSE = _plain_response(
+_AT_CAPACITY_RESPONSE = plain_response(
     503, "Service Unavailable", "server is at its connection limit"
 )

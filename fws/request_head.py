@@ -64,8 +64,8 @@ class RequestHead:
     version: str
     """``HTTP/1.1``, ``HTTP/1.0``..."""
     headers: dict[str, str]
-    """Names in lower case; a repeated header's values joined as a WSGI environ joins
-    them: with ``,`` (``; `` for ``Cookie``)."""
+    """Names in lower case; a repeated header's values joined as pywsgi's environ joins
+    them: with ``,`` (``; `` for any name holding ``cookie``, as ``X-Cookie-Id``)."""
 
 
 def head_length(buffer: bytes | bytearray, start: int = 0) -> int | None:
@@ -111,6 +111,6 @@ def parse_head(head: bytes | bytearray) -> RequestHead | None:
         name = header[1].lower()
         value = header[2].strip(" \t")
         if name in headers:
-            value = headers[name] + ("; " if name == "cookie" else ",") + value
+            value = headers[name] + ("; " if "cookie" in name else ",") + value
         headers[name] = value
     return RequestHead(match[1], match[2], match[3], headers)

@@ -35,11 +35,12 @@ from .errors import BackgroundTaskFailed, ConfigurationError, FilterError
 from .escape import format_peer
 from .events import EVENTS
 from .frames import encode_message
-from .handshake import ConnectionHandler, ProxyNetworks, refuse_at_capacity
+from .handshake import ConnectionHandler, refuse_at_capacity
 from .http import WSGIApp, route, route_metrics_port
 from .metrics import FLUSH_INTERVAL, Metrics
 from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
+from .proxies import ProxyNetworks
 from .registry import Registry, active_registry
 from .static import StaticFiles
 from .stats import SAMPLE_INTERVAL, SAMPLED_EVENTS, FilterTimes

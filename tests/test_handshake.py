@@ -6,8 +6,12 @@ clients check what a well-behaved client sees.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gc
+import json
 import logging
+import pickle
 import socket
 import struct
 import time
@@ -18,6 +22,7 @@ import gevent
 import pytest
 import websocket
 import websockets.sync.client as ws_sync
+from frame_builder import client_frame
 from helpers import (
     LOOPBACK,
     ServerProcess,
@@ -31,7 +36,8 @@ from helpers import (
 
 import fws
 from fws.filters.echo import Echo
-from fws.handshake import ProxyNetworks, accept_key, printable
+from fws.handshake import accept_key, printable
+from fws.proxies import ProxyNetworks
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -93,6 +99,12 @@ BAD_REQUESTS = {
     "HTTP/1.0": (dict(version="HTTP/1.0"), b"400", b"HTTP/1.1 or later"),
     "POST": (dict(method="POST"), b"405", b"must be a GET"),
     "no Host": (dict(host=False), b"400", b"Host header"),
+    "two Hosts": (dict(extra="Host: elsewhere\r\n"), b"400", b"more than one Host"),
+    "two Hosts, pywsgi": (
+        dict(extra="Host: elsewhere\r\nX_Pywsgi: 1\r\n"),
+        b"400",
+        b"more than one Host",
+    ),
     "no Upgrade in Connection": (dict(connection="keep-alive"), b"400", b"'Upgrade'"),
     "no key": (dict(key=None), b"400", b"Sec-WebSocket-Key"),
     "short key": (dict(key="c2hvcnQ="), b"400", b"16 base64 bytes"),
@@ -118,6 +130,35 @@ def test_rfc6455_checks_refuse_before_any_connect_filter_runs(case, caplog):
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
     assert not any(r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["Content-Length", "chunked", "both"],
+)
+def test_an_upgrade_with_a_body_is_400_and_no_connect_filter_runs(body, capfd):
+    """A body's bytes would otherwise reach the connection as frames after the 101
+    (and pywsgi, discarding the unread body of a request already upgraded, raised)."""
+    CountingConnect.calls = 0
+    head, _, rest = body.partition("\r\n\r\n")
+    request = upgrade_request(extra=head + "\r\n") + rest.encode()
+    with run_server(connect=CountingConnect, message=Echo) as server:
+        answer = exchange(server.address[1], request)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.endswith(b"a WebSocket upgrade has no body\n"), answer
+    assert CountingConnect.calls == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_upgrade_with_content_length_0_is_upgraded():
+    with run_server(message=Echo) as server:
+        answer = answer_head(server.address[1], upgrade_request(extra="Content-Length: 0\r\n"))
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
 
 
 def test_http_1_0_upgrade_is_400_never_gevent_websockets_402():
@@ -386,6 +427,23 @@ def test_request_offers_are_parsed_and_the_connection_keeps_no_header_dict():
     assert request.headers["host"].startswith("127.0.0.1")
 
 
+class SerializeRequest(fws.WebSocketMessageFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, data):
+        request = copy.deepcopy(pickle.loads(pickle.dumps(web_socket_instance.request)))
+        web_socket_instance.send(json.dumps(dataclasses.asdict(request)))
+
+
+def test_an_upgraded_request_still_copies_pickles_and_turns_into_json():
+    """Its shared empty headers are a dict: a mapping proxy could be none of those."""
+    with run_server(message=SerializeRequest) as server:
+        client = connect(url(server, "/room?x=1"))
+        client.send("?")
+        answer = json.loads(client.recv())
+        client.close()
+    assert answer["path"] == "/room" and answer["headers"] == {}
+
+
 def test_trusted_proxy_headers_set_the_peer_and_others_are_ignored():
     Capture.seen.clear()
     forwarded = ["X-Forwarded-For: 203.0.113.9, 10.0.0.7"]
@@ -558,6 +616,54 @@ def test_an_upgrade_and_its_first_frame_in_one_packet_are_both_read():
             assert response.startswith(b"HTTP/1.1 101 ")
 
 
+@pytest.mark.parametrize("extra", ["", "X_Underscore: 1\r\n"], ids=["fast path", "pywsgi"])
+def test_frames_sent_with_the_head_reach_the_connection_whole_on_both_paths(extra):
+    """Frames longer than pywsgi's 1 KiB read buffer: the fast path read them with the head.
+
+    On pywsgi's path they were partly in its reader's buffer and partly still
+    in the replay of what the fast path received; only the buffer reached the
+    connection, which then read the next bytes as the rest of the frame.
+    """
+    first, second = b"1" * 3000 + b"<end of first>", b"second"
+    frames = client_frame(0x1, first) + client_frame(0x1, second)
+    with run_server(message=Echo) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            sock.sendall(upgrade_request(extra=extra) + frames)
+            answer = b""
+            while not answer.endswith(second):
+                chunk = sock.recv(65536)
+                assert chunk, answer[-100:]
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert first in answer
+
+
+@pytest.mark.parametrize("name", ["X-Pad", "X_Pad"], ids=["fast path", "pywsgi"])
+def test_over_tls_a_frame_in_the_heads_record_is_read_when_the_head_fills_a_read(name, tmp_path):
+    """A head of exactly one read (4,096 bytes) and a frame, sent in one TLS record.
+
+    The fast path's read returned the head alone; the frame stayed decrypted
+    in OpenSSL, where the descriptor's watcher never reports it, and the
+    connection waited for the client's next bytes to read it.
+    """
+    from helpers import TLSFiles
+
+    tls = TLSFiles(tmp_path)
+    padding = 4096 - len(upgrade_request(extra=f"{name}: \r\n"))
+    request = upgrade_request(extra=f"{name}: {'p' * padding}\r\n")
+    assert len(request) == 4096
+    with run_server(message=Echo, **tls.server_settings) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as raw:
+            with tls.client_context.wrap_socket(raw, server_hostname=LOOPBACK) as sock:
+                sock.sendall(request + client_frame(0x1, b"in the same record"))
+                answer = b""
+                while not answer.endswith(b"in the same record"):
+                    chunk = sock.recv(65536)  # times out (5 s) without the fix
+                    assert chunk, answer
+                    answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101 ")
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -588,6 +694,7 @@ def test_both_paths_build_the_same_request():
         "Sec-WebSocket-Protocol: a, b\r\nsec-websocket-protocol: c\r\n"
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
         "Cookie: x=1\r\nCookie: y=2\r\nX-Value:  spaced \t\r\n"
+        "X-Cookie-Id: a\r\nX-Cookie-Id: b\r\n"  # pywsgi: '; ' for any name with COOKIE
     )
     fast = upgrade_request(extra=extra).replace(b"/chat", b"/ch%61t%20room?q=%20")
     slow = fast.replace(b"\r\n\r\n", b"\r\nX_Dropped_By_Wsgi: 1\r\n\r\n")

@@ -150,8 +150,9 @@ def test_head_length_resumes_where_a_growing_buffer_was_searched():
     assert found == len(UPGRADE)
 
 
-def test_the_parser_imports_no_gevent():
-    probe = "import sys, fws.request_head; print('gevent' in sys.modules)"
+@pytest.mark.parametrize("module", ["fws.request_head", "fws.head_reader", "fws.proxies"])
+def test_the_parser_the_head_reader_and_proxies_import_no_gevent(module):
+    probe = f"import sys, {module}; print('gevent' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
