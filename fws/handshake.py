@@ -179,10 +179,14 @@ class ConnectionHandler(WebSocketHandler):
             self._first_request = False
         else:
             self.rfile.reset()  # keep-alive: each request head has the whole bound
-            timer = self._handshake_timer
-            if timer is not None:
-                timer.stop()
-                timer.start(self._handshake_expired)
+            if self._handshake_timer is not None:
+                # A new timer: libev's stop() keeps a timer's remaining time
+                # and start() resumes it, so a restarted one gave this head only
+                # what the previous head had left of its timeout.
+                self._handshake_timer.close()
+                timeout = self.server.application.handshake_timeout
+                self._handshake_timer = gevent.get_hub().loop.timer(timeout)
+                self._handshake_timer.start(self._handshake_expired)
         return super().handle_one_request()
 
     _first_request = True

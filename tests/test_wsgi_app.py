@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import textwrap
 import time
 from collections.abc import Iterable
@@ -215,3 +216,34 @@ def test_cli_app_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "cannot be combined" in _refused(
         ["--app", "chatsite:app", "--static", str(tmp_path / "static")], tmp_path
     )
+
+
+def test_each_keep_alive_request_head_gets_the_whole_handshake_timeout() -> None:
+    """The timeout restarts at each answer; it does not resume what the last head left.
+
+    libev's stop() keeps a timer's remaining time and start() resumes it, so a
+    restarted timer gave a keep-alive head only what the first head had left.
+    """
+
+    def ok(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    def answer(sock: Any) -> bytes:
+        received = b""
+        while not received.endswith(b"\r\n\r\nok"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+    with run_server(app=ok, handshake_timeout=1) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: fws\r\n")
+            time.sleep(0.7)  # the first head takes most of its second
+            sock.sendall(b"\r\n")
+            assert answer(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(0.6)  # more than the first head left, less than a second
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: fws\r\n\r\n")
+            assert answer(sock).startswith(b"HTTP/1.1 200"), "the second head was cut short"
