@@ -38,6 +38,13 @@
  *     and their wire bytes to ``frame_counts`` and ``wire_bytes`` (None: not
  *     counted). The caller makes sure no fragmented message is in progress.
  *
+ * message_encoder(fallback) -> encode_message
+ *     fws.frames.encode_message for the common case, a str (or TextMessage)
+ *     or bytes with no compression (``deflate`` None): the frame's bytes,
+ *     built in one allocation. Anything else (compression, other types,
+ *     keyword arguments, text that is not encodable) is ``fallback(...)``,
+ *     the Python function, called with the same arguments.
+ *
  * bind(Connection, State.OPEN, ConnectionSettings, schedule_flush) -> None
  *     Called once by fws.connection: the attributes both loops use are
  *     __slots__ of Connection (and of ConnectionSettings); their member
@@ -769,6 +776,79 @@ static PyObject *parse_messages(PyObject *Py_UNUSED(module), PyObject *const *ar
 }
 
 
+/* --- Encoding: fws.frames.encode_message's common case --- */
+
+/* ``self`` is the Python encode_message, for what is not done here. */
+static PyObject *encode_message(PyObject *fallback, PyObject *const *args, size_t nargsf,
+                                PyObject *kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (kwnames != NULL || nargs < 1 || nargs > 2 || (nargs == 2 && args[1] != Py_None))
+    return PyObject_Vectorcall(fallback, args, nargsf, kwnames);
+  PyObject *data = args[0], *encoded = NULL;
+  const char *payload;
+  Py_ssize_t size;
+  unsigned char opcode;
+  if (PyBytes_CheckExact(data)) {
+    opcode = 0x2;
+    payload = PyBytes_AS_STRING(data);
+    size = PyBytes_GET_SIZE(data);
+  } else if ((PyUnicode_CheckExact(data) || (text_message_type != NULL &&
+                                             Py_IS_TYPE(data, (PyTypeObject *)text_message_type))) &&
+             PyUnicode_IS_READY(data)) {
+    /* A str subclass other than TextMessage could override encode(): Python's. */
+    opcode = 0x1;
+    if (PyUnicode_IS_COMPACT_ASCII(data)) { /* ASCII is its own UTF-8 */
+      payload = (const char *)PyUnicode_DATA(data);
+      size = PyUnicode_GET_LENGTH(data);
+    } else {
+      encoded = PyUnicode_AsUTF8String(data); /* not AsUTF8: it would keep a copy on data */
+      if (encoded == NULL) {
+        PyErr_Clear(); /* a lone surrogate: Python raises its own error */
+        return PyObject_Vectorcall(fallback, args, nargsf, kwnames);
+      }
+      payload = PyBytes_AS_STRING(encoded);
+      size = PyBytes_GET_SIZE(encoded);
+    }
+  } else {
+    return PyObject_Vectorcall(fallback, args, nargsf, kwnames);
+  }
+  Py_ssize_t header = size < 126 ? 2 : size < 65536 ? 4 : 10;
+  PyObject *frame = PyBytes_FromStringAndSize(NULL, header + size);
+  if (frame != NULL) {
+    unsigned char *into = (unsigned char *)PyBytes_AS_STRING(frame);
+    into[0] = 0x80 | opcode;
+    if (header == 2) {
+      into[1] = (unsigned char)size;
+    } else if (header == 4) {
+      into[1] = 126;
+      into[2] = (unsigned char)(size >> 8);
+      into[3] = (unsigned char)size;
+    } else {
+      into[1] = 127;
+      for (int i = 0; i < 8; i++)
+        into[2 + i] = (unsigned char)((uint64_t)size >> (56 - 8 * i));
+    }
+    memcpy(into + header, payload, (size_t)size);
+  }
+  Py_XDECREF(encoded);
+  return frame;
+}
+
+static PyMethodDef encode_message_def = {
+    "encode_message", (PyCFunction)(void (*)(void))encode_message,
+    METH_FASTCALL | METH_KEYWORDS,
+    "encode_message(data, deflate=None) -> bytes: a text frame for str, binary for bytes."};
+
+static PyObject *message_encoder(PyObject *Py_UNUSED(module), PyObject *fallback) {
+  if (!PyCallable_Check(fallback)) {
+    PyErr_SetString(PyExc_TypeError, "message_encoder() takes the Python encode_message");
+    return NULL;
+  }
+  if (load_text_message_type() < 0)
+    return NULL;
+  return PyCFunction_New(&encode_message_def, fallback);
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind_layout, METH_VARARGS,
      "bind(Connection, State.OPEN, ConnectionSettings, schedule_flush): record the layout."},
@@ -779,6 +859,8 @@ static PyMethodDef methods[] = {
     {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
      "parse_messages(data, position, events, limit, frame_counts, wire_bytes) -> int: "
      "parse whole text and binary frames."},
+    {"message_encoder", message_encoder, METH_O,
+     "message_encoder(fallback) -> encode_message for the common case, fallback otherwise."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -489,6 +489,12 @@ def encode_message(
     return encode_frame(opcode, payload)
 
 
+_pure_encode_message = encode_message
+if _speedups is not None:
+    # The same bytes, built in C for str and bytes sent uncompressed; the
+    # rest (compression, other types, errors) goes to the function above.
+    encode_message = _speedups.message_encoder(_pure_encode_message)
+
 
 def text_if_utf8(data: str | bytes | bytearray | memoryview) -> str | bytes:
     """Bytes that are UTF-8 as ``str`` (a text frame), others unchanged (binary).

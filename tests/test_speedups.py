@@ -731,3 +731,53 @@ def test_the_compiled_loop_takes_a_buffer_from_any_position_and_stops_at_a_parti
     with pytest.raises(ValueError):
         compiled.parse_messages(data, len(data) + 1, events, None, None, None)
 
+
+class _StubDeflate:
+    """Enough of PerMessageDeflate for encode_message: compresses from 10 bytes."""
+
+    compress_min_size = 10
+
+    def compress(self, payload: bytes) -> bytes:
+        return payload[::-1]
+
+
+class _LoudText(str):
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
+        return b"LOUD"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        *(b"b" * size for size in (0, 1, 125, 126, 127, 65535, 65536, 70_000)),
+        *("t" * size for size in (0, 125, 126, 65535, 65536)),
+        "é" * 63,  # 126 bytes of UTF-8 from 63 characters
+        "😀€é",
+        TextMessage("héllo"),
+        TextMessage("x" * 200),
+        _LoudText("quiet"),
+        bytearray(b"array"),
+        memoryview(b"view" * 40),
+        "\ud800",  # a lone surrogate cannot be encoded
+        42,
+        None,
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("deflate", [None, _StubDeflate(), "keyword"])
+def test_the_compiled_encoder_makes_the_bytes_and_errors_of_the_pure_one(data, deflate):
+    compiled = _compiled().message_encoder(fws.frames._pure_encode_message)
+    outcomes = []
+    for encode in (compiled, fws.frames._pure_encode_message):
+        try:
+            if deflate == "keyword":
+                outcomes.append(encode(data, deflate=None))
+            elif deflate is None:
+                outcomes.append(encode(data))
+            else:
+                outcomes.append(encode(data, deflate))
+        except (TypeError, UnicodeEncodeError) as exc:
+            outcomes.append((type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1]
+    if fws.frames.encode_message is not fws.frames._pure_encode_message:
+        assert fws.frames.encode_message.__self__ is fws.frames._pure_encode_message
