@@ -670,13 +670,14 @@ static PyObject *parse_messages(PyObject *Py_UNUSED(module), PyObject *const *ar
     return NULL;
   Py_ssize_t limit = PY_SSIZE_T_MAX;
   if (limit_arg != Py_None) {
-    limit = PyLong_AsSsize_t(limit_arg);
-    if (limit == -1 && PyErr_Occurred()) {
-      if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-        return NULL;
-      PyErr_Clear(); /* an int too large for C limits nothing here */
-      limit = PY_SSIZE_T_MAX;
-    }
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(limit_arg, &overflow);
+    if (value == -1 && PyErr_Occurred())
+      return NULL;
+    /* An int too large for C limits nothing here; one too small refuses everything. */
+    limit = overflow > 0 || value > PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX
+            : overflow < 0 || value < 0            ? -1
+                                                   : (Py_ssize_t)value;
   }
   if (load_text_message_type() < 0)
     return NULL;

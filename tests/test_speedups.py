@@ -678,7 +678,7 @@ def test_the_compiled_frame_loop_parses_as_the_pure_parser(seed, monkeypatch):
     rng = random.Random(seed)
     stream = b"".join(_random_frame(rng) for _ in range(rng.randrange(1, 12)))
     cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(4))))
-    limit = rng.choice([None, 2**20, 125, 126, 200, 0])
+    limit = rng.choice([None, 2**20, 125, 126, 200, 0, 2**70, -(2**70)])
     monkeypatch.setattr(fws.frames, "_parse_messages", compiled.parse_messages)
     with_c = _run_parser(stream, cuts, limit)
     monkeypatch.setattr(fws.frames, "_parse_messages", None)
