@@ -1,5 +1,6 @@
 /*
- * fws._speedups: the broadcast's two hot loops in C, for CPython.
+ * fws._speedups: the broadcast's two hot loops and the parser's common frame in C,
+ * for CPython.
  *
  * Optional: setup.py builds it when it can, and fws/_accel.py falls back to
  * the pure-Python loops of fws/connection.py (_pure_fan_out, _pure_flush_each)
@@ -24,6 +25,26 @@
  *     one raises (a bug), ``due`` is left holding the connections not yet
  *     flushed, as the pure loop leaves it.
  *
+ * parse_messages(data, position, events, limit, frame_counts, wire_bytes) -> int
+ *     FrameParser.feed's common case: from ``position`` in ``data`` (any
+ *     buffer), append the event of each whole, unfragmented, masked text or
+ *     binary frame with no RSV bit and a payload under 64 KiB (7- or 16-bit
+ *     length) to the list ``events``: its payload unmasked, as bytes, or as
+ *     a TextMessage for text. Stops at the first frame it does not handle
+ *     (anything else, a frame not yet whole, one over ``limit`` bytes
+ *     (None: no limit), text that is not UTF-8) and returns its position:
+ *     FrameParser._parse takes it from there, and raises what it must, so
+ *     this function never refuses a frame itself. Adds the frames it parsed
+ *     and their wire bytes to ``frame_counts`` and ``wire_bytes`` (None: not
+ *     counted). The caller makes sure no fragmented message is in progress.
+ *
+ * message_encoder(fallback) -> encode_message
+ *     fws.frames.encode_message for the common case, a str (or TextMessage)
+ *     or bytes with no compression (``deflate`` None): the frame's bytes,
+ *     built in one allocation. Anything else (compression, other types,
+ *     keyword arguments, text that is not encodable) is ``fallback(...)``,
+ *     the Python function, called with the same arguments.
+ *
  * bind(Connection, State.OPEN, ConnectionSettings, schedule_flush) -> None
  *     Called once by fws.connection: the attributes both loops use are
  *     __slots__ of Connection (and of ConnectionSettings); their member
@@ -42,6 +63,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -571,6 +593,263 @@ static PyObject *flush_each(PyObject *Py_UNUSED(module), PyObject *due) {
   Py_RETURN_NONE;
 }
 
+
+/* --- Parsing: fws.frames.FrameParser's common frame --- */
+
+static PyObject *text_message_type; /* fws.datatypes.TextMessage, imported on first use */
+
+static int load_text_message_type(void) {
+  if (text_message_type != NULL)
+    return 0;
+  PyObject *datatypes = PyImport_ImportModule("fws.datatypes");
+  if (datatypes == NULL)
+    return -1;
+  text_message_type = PyObject_GetAttrString(datatypes, "TextMessage");
+  Py_DECREF(datatypes);
+  return text_message_type == NULL ? -1 : 0;
+}
+
+/* XOR ``size`` bytes of ``source`` with the 4-byte ``mask`` into ``target``. */
+static void unmask_into(char *target, const unsigned char *source, Py_ssize_t size,
+                        const unsigned char *mask) {
+  uint64_t wide;
+  uint32_t narrow;
+  memcpy(&narrow, mask, 4);
+  wide = ((uint64_t)narrow << 32) | narrow;
+  Py_ssize_t i = 0;
+  for (; i + 8 <= size; i += 8) {
+    uint64_t chunk;
+    memcpy(&chunk, source + i, 8);
+    chunk ^= wide;
+    memcpy(target + i, &chunk, 8);
+  }
+  for (; i < size; i++)
+    target[i] = (char)(source[i] ^ mask[i & 3]);
+}
+
+/* ``list[index] += amount``, as Python does it. */
+static int add_to_item(PyObject *list, Py_ssize_t index, Py_ssize_t amount) {
+  PyObject *item = PySequence_GetItem(list, index);
+  if (item == NULL)
+    return -1;
+  PyObject *number = PyLong_FromSsize_t(amount);
+  if (number == NULL) {
+    Py_DECREF(item);
+    return -1;
+  }
+  PyObject *sum = PyNumber_InPlaceAdd(item, number);
+  Py_DECREF(item);
+  Py_DECREF(number);
+  if (sum == NULL)
+    return -1;
+  int failed = PySequence_SetItem(list, index, sum);
+  Py_DECREF(sum);
+  return failed;
+}
+
+#define TEXT_ON_STACK 256
+
+static PyObject *parse_messages(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                Py_ssize_t nargs) {
+  if (nargs != 6) {
+    PyErr_SetString(PyExc_TypeError, "parse_messages(data, position, events, limit, "
+                                     "frame_counts, wire_bytes) takes 6 arguments");
+    return NULL;
+  }
+  PyObject *events = args[2], *limit_arg = args[3], *counts = args[4], *wire = args[5];
+  if (!PyList_Check(events)) {
+    PyErr_SetString(PyExc_TypeError, "events must be a list");
+    return NULL;
+  }
+  if ((counts == Py_None) != (wire == Py_None)) {
+    PyErr_SetString(PyExc_ValueError, "frame_counts and wire_bytes go together");
+    return NULL;
+  }
+  Py_ssize_t position = PyLong_AsSsize_t(args[1]);
+  if (position == -1 && PyErr_Occurred())
+    return NULL;
+  Py_ssize_t limit = PY_SSIZE_T_MAX;
+  if (limit_arg != Py_None) {
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(limit_arg, &overflow);
+    if (value == -1 && PyErr_Occurred())
+      return NULL;
+    /* An int too large for C limits nothing here; one too small refuses everything. */
+    limit = overflow > 0 || value > PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX
+            : overflow < 0 || value < 0            ? -1
+                                                   : (Py_ssize_t)value;
+  }
+  if (load_text_message_type() < 0)
+    return NULL;
+  Py_buffer buffer;
+  if (PyObject_GetBuffer(args[0], &buffer, PyBUF_SIMPLE) < 0)
+    return NULL;
+  const unsigned char *bytes = buffer.buf;
+  Py_ssize_t end = buffer.len;
+  if (position < 0 || position > end) {
+    PyBuffer_Release(&buffer);
+    PyErr_SetString(PyExc_ValueError, "position outside the data");
+    return NULL;
+  }
+  /* Frames and wire bytes, by opcode (1 text, 2 binary), added to the lists once. */
+  Py_ssize_t frames[3] = {0, 0, 0}, wire_size[3] = {0, 0, 0};
+  char stack[TEXT_ON_STACK];
+  int failed = 0;
+  while (end - position >= 2) {
+    unsigned char first = bytes[position], second = bytes[position + 1];
+    if ((first != 0x81 && first != 0x82) || !(second & 0x80))
+      break; /* not a whole text or binary frame with no RSV bit, or unmasked: Python */
+    Py_ssize_t length = second & 0x7F, header = 6;
+    if (length == 126) {
+      if (end - position < 4)
+        break;
+      length = (Py_ssize_t)bytes[position + 2] << 8 | bytes[position + 3];
+      header = 8;
+    } else if (length == 127) {
+      break;
+    }
+    if (length > limit || end - position < header + length)
+      break; /* over the limit (Python refuses it), or not whole yet */
+    const unsigned char *mask = bytes + position + header - 4, *payload = bytes + position + header;
+    PyObject *event;
+    if (first == 0x82) {
+      event = PyBytes_FromStringAndSize(NULL, length);
+      if (event == NULL) {
+        failed = 1;
+        break;
+      }
+      unmask_into(PyBytes_AS_STRING(event), payload, length, mask);
+    } else {
+      char *text = length <= TEXT_ON_STACK ? stack : PyMem_Malloc((size_t)length);
+      if (text == NULL) {
+        PyErr_NoMemory();
+        failed = 1;
+        break;
+      }
+      unmask_into(text, payload, length, mask);
+      PyObject *decoded = PyUnicode_DecodeUTF8(text, length, "strict");
+      if (text != stack)
+        PyMem_Free(text);
+      if (decoded == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+          failed = 1;
+          break;
+        }
+        PyErr_Clear(); /* not UTF-8: Python raises its ProtocolError(1007) */
+        break;
+      }
+      event = PyObject_CallOneArg(text_message_type, decoded);
+      Py_DECREF(decoded);
+      if (event == NULL) {
+        failed = 1;
+        break;
+      }
+    }
+    int appended = PyList_Append(events, event);
+    Py_DECREF(event);
+    if (appended < 0) {
+      failed = 1;
+      break;
+    }
+    frames[first & 0x0F]++;
+    wire_size[first & 0x0F] += header + length;
+    position += header + length;
+  }
+  PyBuffer_Release(&buffer);
+  /* The frames parsed count even when something failed after them, as in Python. */
+  if (counts != Py_None) {
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    for (int opcode = 1; opcode <= 2; opcode++)
+      if (frames[opcode] && (add_to_item(counts, opcode, frames[opcode]) < 0 ||
+                             add_to_item(wire, opcode, wire_size[opcode]) < 0)) {
+        if (type == NULL) {
+          failed = 1;
+          PyErr_Fetch(&type, &value, &traceback);
+        }
+        break;
+      }
+    PyErr_Restore(type, value, traceback);
+  }
+  if (failed)
+    return NULL;
+  return PyLong_FromSsize_t(position);
+}
+
+
+/* --- Encoding: fws.frames.encode_message's common case --- */
+
+/* ``self`` is the Python encode_message, for what is not done here. */
+static PyObject *encode_message(PyObject *fallback, PyObject *const *args, size_t nargsf,
+                                PyObject *kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (kwnames != NULL || nargs < 1 || nargs > 2 || (nargs == 2 && args[1] != Py_None))
+    return PyObject_Vectorcall(fallback, args, nargsf, kwnames);
+  PyObject *data = args[0], *encoded = NULL;
+  const char *payload;
+  Py_ssize_t size;
+  unsigned char opcode;
+  if (PyBytes_CheckExact(data)) {
+    opcode = 0x2;
+    payload = PyBytes_AS_STRING(data);
+    size = PyBytes_GET_SIZE(data);
+  } else if ((PyUnicode_CheckExact(data) || (text_message_type != NULL &&
+                                             Py_IS_TYPE(data, (PyTypeObject *)text_message_type))) &&
+             PyUnicode_IS_READY(data)) {
+    /* A str subclass other than TextMessage could override encode(): Python's. */
+    opcode = 0x1;
+    if (PyUnicode_IS_COMPACT_ASCII(data)) { /* ASCII is its own UTF-8 */
+      payload = (const char *)PyUnicode_DATA(data);
+      size = PyUnicode_GET_LENGTH(data);
+    } else {
+      encoded = PyUnicode_AsUTF8String(data); /* not AsUTF8: it would keep a copy on data */
+      if (encoded == NULL) {
+        PyErr_Clear(); /* a lone surrogate: Python raises its own error */
+        return PyObject_Vectorcall(fallback, args, nargsf, kwnames);
+      }
+      payload = PyBytes_AS_STRING(encoded);
+      size = PyBytes_GET_SIZE(encoded);
+    }
+  } else {
+    return PyObject_Vectorcall(fallback, args, nargsf, kwnames);
+  }
+  Py_ssize_t header = size < 126 ? 2 : size < 65536 ? 4 : 10;
+  PyObject *frame = PyBytes_FromStringAndSize(NULL, header + size);
+  if (frame != NULL) {
+    unsigned char *into = (unsigned char *)PyBytes_AS_STRING(frame);
+    into[0] = 0x80 | opcode;
+    if (header == 2) {
+      into[1] = (unsigned char)size;
+    } else if (header == 4) {
+      into[1] = 126;
+      into[2] = (unsigned char)(size >> 8);
+      into[3] = (unsigned char)size;
+    } else {
+      into[1] = 127;
+      for (int i = 0; i < 8; i++)
+        into[2 + i] = (unsigned char)((uint64_t)size >> (56 - 8 * i));
+    }
+    memcpy(into + header, payload, (size_t)size);
+  }
+  Py_XDECREF(encoded);
+  return frame;
+}
+
+static PyMethodDef encode_message_def = {
+    "encode_message", (PyCFunction)(void (*)(void))encode_message,
+    METH_FASTCALL | METH_KEYWORDS,
+    "encode_message(data, deflate=None) -> bytes: a text frame for str, binary for bytes."};
+
+static PyObject *message_encoder(PyObject *Py_UNUSED(module), PyObject *fallback) {
+  if (!PyCallable_Check(fallback)) {
+    PyErr_SetString(PyExc_TypeError, "message_encoder() takes the Python encode_message");
+    return NULL;
+  }
+  if (load_text_message_type() < 0)
+    return NULL;
+  return PyCFunction_New(&encode_message_def, fallback);
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind_layout, METH_VARARGS,
      "bind(Connection, State.OPEN, ConnectionSettings, schedule_flush): record the layout."},
@@ -578,13 +857,19 @@ static PyMethodDef methods[] = {
      "fan_out(recipients, frame, first, exclude, deliver) -> int: queue a broadcast's frame."},
     {"flush_each", flush_each, METH_O,
      "flush_each(due): one non-blocking send of each listed connection's queue."},
+    {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
+     "parse_messages(data, position, events, limit, frame_counts, wire_bytes) -> int: "
+     "parse whole text and binary frames."},
+    {"message_encoder", message_encoder, METH_O,
+     "message_encoder(fallback) -> encode_message for the common case, fallback otherwise."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fws._speedups",
-    .m_doc = "The broadcast's fan-out and flush loops in C (see fws/_accel.py).",
+    .m_doc = "The broadcast's fan-out and flush loops, and the parser's common frame, in C "
+              "(see fws/_accel.py).",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from ._accel import speedups as _speedups
 from .datatypes import TextMessage
 from .errors import ProtocolError
 
@@ -93,6 +94,11 @@ try:
     from websockets.speedups import apply_mask as _apply_mask
 except ImportError:  # a platform without the compiled extension
     _apply_mask = unmask_portable  # type: ignore[assignment]
+
+
+_parse_messages = None if _speedups is None else _speedups.parse_messages
+"""The C extension's loop over whole text and binary frames (``fws/_speedups.c``), which
+``FrameParser.feed`` runs first; None: pure Python (``_parse`` does it all)."""
 
 
 def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
@@ -172,7 +178,18 @@ class FrameParser:
                         buffer.clear()
                 if buffer:
                     return events
-            consumed = self._parse(data, events)  # in place; only a partial frame is kept
+            position = 0
+            if _parse_messages is not None and self._opcode is None:
+                # Whole text and binary messages in C, up to the first other frame.
+                before = len(events)  # what a frame left over from the last read completed
+                position = _parse_messages(
+                    data, 0, events, self.max_message_size, self.frame_counts, self.wire_bytes
+                )
+                self.frames += len(events) - before
+                if position == len(data):
+                    return events
+            # In place; only a partial frame is kept.
+            consumed = self._parse(data, events, position)
             if consumed < len(data):
                 buffer += data[consumed:]
         except ProtocolError as exc:
@@ -203,9 +220,11 @@ class FrameParser:
         self._check_header(first, second, length)
         return header_size, header_size + length
 
-    def _parse(self, data: bytes | bytearray | memoryview, events: list[Event]) -> int:
-        """Append the events of the complete frames in ``data``; return the bytes they took."""
-        position = 0
+    def _parse(
+        self, data: bytes | bytearray | memoryview, events: list[Event], position: int = 0
+    ) -> int:
+        """Append the events of the complete frames in ``data`` from ``position``; return
+        where they end."""
         end = len(data)
         view = data if type(data) is memoryview else memoryview(data)
         limit = self.max_message_size
@@ -468,6 +487,13 @@ def encode_message(
     if size < 126:
         return headers[size] + payload
     return encode_frame(opcode, payload)
+
+
+_pure_encode_message = encode_message
+if _speedups is not None:
+    # The same bytes, built in C for str and bytes sent uncompressed; the
+    # rest (compression, other types, errors) goes to the function above.
+    encode_message = _speedups.message_encoder(_pure_encode_message)
 
 
 def text_if_utf8(data: str | bytes | bytearray | memoryview) -> str | bytes:

@@ -2,7 +2,7 @@
 
 The suite runs with fws._speedups wherever it is built; the tests listed in
 ``PURE_PATH`` (the broadcast's fan-out, the flusher, the slow-client limit,
-metrics run counting, the frames held while a connection opens) run once
+metrics run counting, the frames held while a connection opens, the frame parser) run once
 more in a pytest of their own with ``FWS_NO_SPEEDUPS=1``, so that the pure
 Python loops stay tested on real servers (``fws_server`` subprocesses
 inherit the switch).
@@ -22,12 +22,14 @@ from pathlib import Path
 import pytest
 
 import fws.connection
+import fws.frames
 from fws import _accel
 
 ROOT = Path(__file__).resolve().parent.parent
 
 PURE_PATH = (
     "tests/test_connection.py",
+    "tests/test_frames.py",
     "tests/test_speedups.py",
     "tests/test_accel.py::test_the_accelerator_is_the_one_in_use_unless_switched_off",
     "tests/test_metrics.py::test_a_broadcast_counts_one_message_per_recipient",
@@ -51,6 +53,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         assert _accel.IMPLEMENTATION == f"pure Python ({_accel.SWITCH} is set)"
         assert fws.connection.fan_out is fws.connection._pure_fan_out
         assert fws.connection._flush_each is fws.connection._pure_flush_each
+        assert fws.frames._parse_messages is None
     elif _accel.speedups is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must build fws._speedups: {_accel.IMPLEMENTATION}", pytrace=False)
@@ -58,6 +61,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
     else:
         assert _accel.IMPLEMENTATION == "C (fws._speedups)"
         assert fws.connection.fan_out is _accel.speedups.fan_out
+        assert fws.frames._parse_messages is _accel.speedups.parse_messages
         assert fws.connection._flush_each is _accel.speedups.flush_each
 
 

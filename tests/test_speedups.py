@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +24,24 @@ import gevent.queue
 import gevent.socket
 import pytest
 import websockets.sync.client as ws_sync
+from frame_builder import client_frame
 from helpers import connect, raw_upgrade, read_server_frame, run_server, url, wait_for
 
 import fws
-from fws import _accel
+import fws.frames
+from fws import ProtocolError, TextMessage, _accel
 from fws.connection import State, _pure_fan_out, _pure_flush_each
 from fws.context import ConnectionSettings, ConnectionTable
-from fws.frames import OP_TEXT, encode_message
+from fws.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameParser,
+    encode_message,
+)
 from fws.storage.memory import MemoryStorage
 
 EVENTS = ("connect", "open", "data", "message", "disconnect", "consumer")
@@ -292,9 +305,7 @@ def test_a_partial_send_leaves_the_rest_to_a_writer_in_order(make_world):
 
 
 @pytest.mark.parametrize("closed", ["by the peer", "here"])
-def test_a_failed_send_is_left_to_the_writer_which_ends_the_connection(
-    make_world, loops, closed
-):
+def test_a_failed_send_is_left_to_the_writer_which_ends_the_connection(make_world, loops, closed):
     fan_out, flush_each = loops
     world = make_world(2)
     fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
@@ -353,7 +364,6 @@ def test_a_flush_that_raises_leaves_the_rest_in_due(loops):
     assert [d.name for d in due] == ["c", "d"]
     flush_each(due)
     assert flushed == ["a", "c", "d"] and due == []
-
 
 
 def test_a_flush_reads_the_queue_after_the_socket_s_fileno(make_world, loops):
@@ -595,3 +605,179 @@ def test_after_a_patch_is_undone_the_compiled_loops_do_the_work_again(make_world
 
     assert compiled.fan_out(world.connections, BINARY, BINARY[0], None, recording) == 1
     assert delivered == [] and connection._outbox == [BINARY]
+
+
+# --- The parser's common frame: fws.frames with and without parse_messages ---
+
+
+def _random_frame(rng: random.Random) -> bytes:
+    """One client frame, mostly the kinds parse_messages takes, often one it must leave."""
+    kind = rng.random()
+    size = rng.choice([0, 1, 3, 4, 7, 8, 9, 31, 32, 125, 126, 127, 200, 1000, 65535, 65536])
+    if kind < 0.3:
+        text = "".join(rng.choice("aé€😀") for _ in range(size // 3))
+        payload = text.encode()
+        if rng.random() < 0.2 and payload:  # not UTF-8: cut, a lone byte, a surrogate
+            payload = rng.choice([payload[:-1], payload + b"\xff", b"\xed\xa0\x80" + payload])
+        return client_frame(OP_TEXT, payload)
+    if kind < 0.6:
+        return client_frame(OP_BINARY, rng.randbytes(size))
+    if kind < 0.65:  # a short length in the 16-bit form: allowed
+        return _long_form(rng, rng.randbytes(rng.randrange(126)))
+    small = rng.randbytes(rng.randrange(20))
+    return rng.choice(
+        [
+            client_frame(OP_PING, small),
+            client_frame(OP_PONG, small),
+            client_frame(OP_CLOSE, b"\x03\xe8" + small.hex().encode()),
+            client_frame(OP_TEXT, b"frag", fin=False),
+            client_frame(OP_CONTINUATION, b"ment"),
+            client_frame(OP_BINARY, small, masked=False),
+            client_frame(OP_TEXT, small, rsv=rng.choice([1, 2, 4])),
+            client_frame(rng.choice([3, 7, 0xB, 0xF]), small),
+            client_frame(OP_BINARY, small, length=1 << 63 | 5)[:10],
+        ]
+    )
+
+
+def _long_form(rng: random.Random, payload: bytes) -> bytes:
+    opcode = rng.choice([OP_TEXT, OP_BINARY])
+    if opcode == OP_TEXT:
+        payload = payload.hex().encode()[: len(payload)]
+    mask = rng.randbytes(4)
+    body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes((0x80 | opcode, 0xFE)) + struct.pack("!H", len(payload)) + mask + body
+
+
+def _run_parser(stream: bytes, cuts: list[int], limit: int | None) -> list[Any]:
+    """What a parser makes of ``stream`` read in pieces of one reused buffer."""
+    counts, sizes = [0] * 16, [0] * 16
+    parser = FrameParser(max_message_size=limit, frame_counts=counts, wire_bytes=sizes)
+    buffer = bytearray(len(stream))
+    outcome: list[Any] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        buffer[: end - start] = stream[start:end]
+        failure = None
+        try:
+            events = parser.feed(memoryview(buffer)[: end - start])
+        except ProtocolError as exc:
+            events, failure = exc.events, (exc.code, exc.reason)
+        outcome.append(([(type(event), event) for event in events], failure))
+        buffer[:] = b"\xee" * len(buffer)
+        if failure is not None:
+            break
+    outcome.append((parser.frames, counts, sizes, bytes(parser._buffer), parser._opcode))
+    return outcome
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_compiled_frame_loop_parses_as_the_pure_parser(seed, monkeypatch):
+    """Random streams, cut at random, with and without a size limit: the same events,
+    errors (code, reason, the events before them), counters and leftovers."""
+    compiled = _compiled()
+    rng = random.Random(seed)
+    stream = b"".join(_random_frame(rng) for _ in range(rng.randrange(1, 12)))
+    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(4))))
+    limit = rng.choice([None, 2**20, 125, 126, 200, 0, 2**70, -(2**70)])
+    monkeypatch.setattr(fws.frames, "_parse_messages", compiled.parse_messages)
+    with_c = _run_parser(stream, cuts, limit)
+    monkeypatch.setattr(fws.frames, "_parse_messages", None)
+    assert _run_parser(stream, cuts, limit) == with_c
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        client_frame(OP_TEXT, b"\xff"),
+        client_frame(OP_TEXT, "é".encode()[:1]),
+        client_frame(OP_TEXT, b"\xed\xa0\x80"),  # a surrogate
+        client_frame(OP_BINARY, b"x", masked=False),
+        client_frame(OP_TEXT, b"x", rsv=4),
+        client_frame(OP_BINARY, b"x", rsv=1),  # RSV1 with no deflate negotiated
+        client_frame(3, b"x"),
+        client_frame(OP_CONTINUATION, b"x"),
+        client_frame(OP_BINARY, b"x" * 300),  # over the limit, 16-bit length
+        client_frame(OP_BINARY, b"x" * 70_000),  # 64-bit length
+        client_frame(OP_PING, b"x"),
+    ],
+)
+def test_the_compiled_loop_leaves_other_frames_to_python_after_the_good_ones(frame, monkeypatch):
+    compiled = _compiled()
+    good = client_frame(OP_TEXT, "é€".encode()) + client_frame(OP_BINARY, b"\x00" * 130)
+    counts, sizes = [0] * 16, [0] * 16
+    events: list[Any] = []
+    assert compiled.parse_messages(good + frame, 0, events, 250, counts, sizes) == len(good)
+    assert events == ["é€", b"\x00" * 130] and type(events[0]) is TextMessage
+    assert counts[OP_TEXT] == counts[OP_BINARY] == 1 and sum(sizes) == len(good)
+    outcomes = []
+    for parse_messages in (compiled.parse_messages, None):
+        monkeypatch.setattr(fws.frames, "_parse_messages", parse_messages)
+        try:
+            outcomes.append((None, None, FrameParser(max_message_size=250).feed(good + frame)))
+        except ProtocolError as exc:
+            outcomes.append((exc.code, exc.reason, exc.events))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][2][:2] == events
+
+
+def test_the_compiled_loop_takes_a_buffer_from_any_position_and_stops_at_a_partial_frame():
+    compiled = _compiled()
+    frame = client_frame(OP_BINARY, b"abc" * 50)
+    data = bytearray(b"junk" + frame * 2 + frame[:-1])
+    events: list[Any] = []
+    assert compiled.parse_messages(data, 4, events, None, None, None) == 4 + 2 * len(frame)
+    assert events == [b"abc" * 50] * 2
+    data.extend(b"x")  # the buffer was released: the bytearray can grow
+    with pytest.raises(ValueError):
+        compiled.parse_messages(data, len(data) + 1, events, None, None, None)
+
+
+class _StubDeflate:
+    """Enough of PerMessageDeflate for encode_message: compresses from 10 bytes."""
+
+    compress_min_size = 10
+
+    def compress(self, payload: bytes) -> bytes:
+        return payload[::-1]
+
+
+class _LoudText(str):
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
+        return b"LOUD"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        *(b"b" * size for size in (0, 1, 125, 126, 127, 65535, 65536, 70_000)),
+        *("t" * size for size in (0, 125, 126, 65535, 65536)),
+        "é" * 63,  # 126 bytes of UTF-8 from 63 characters
+        "😀€é",
+        TextMessage("héllo"),
+        TextMessage("x" * 200),
+        _LoudText("quiet"),
+        bytearray(b"array"),
+        memoryview(b"view" * 40),
+        "\ud800",  # a lone surrogate cannot be encoded
+        42,
+        None,
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("deflate", [None, _StubDeflate(), "keyword"])
+def test_the_compiled_encoder_makes_the_bytes_and_errors_of_the_pure_one(data, deflate):
+    compiled = _compiled().message_encoder(fws.frames._pure_encode_message)
+    outcomes = []
+    for encode in (compiled, fws.frames._pure_encode_message):
+        try:
+            if deflate == "keyword":
+                outcomes.append(encode(data, deflate=None))
+            elif deflate is None:
+                outcomes.append(encode(data))
+            else:
+                outcomes.append(encode(data, deflate))
+        except (TypeError, UnicodeEncodeError) as exc:
+            outcomes.append((type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1]
+    if fws.frames.encode_message is not fws.frames._pure_encode_message:
+        assert fws.frames.encode_message.__self__ is fws.frames._pure_encode_message
