@@ -43,7 +43,7 @@ from .pipeline import DROP, Pipeline
 from .proxies import ProxyNetworks
 from .registry import Registry, active_registry
 from .static import StaticFiles
-from .stats import SAMPLE_INTERVAL, SAMPLED_EVENTS, FilterTimes
+from .stats import SAMPLE_INTERVAL, FilterTimes
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .supervise import supervised
@@ -424,7 +424,8 @@ class Server:
         self._timed: dict[str, FilterTimes] = {}
         """The histograms of the events with filters, when metrics are on."""
         self._rearm: dict[str, Any] = {}
-        """Per sampled event, the one-shot timer that has its next run timed."""
+        """Per sampled event, the one-shot timer (made by ``_timed_run``) that has its next
+        run timed; kept to be stopped when the server stops."""
 
         self._wsgi: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -461,8 +462,6 @@ class Server:
                 if pipeline
             }
             self._filter_times.update(self._timed)
-            loop = gevent.get_hub().loop
-            self._rearm = {event: loop.timer(SAMPLE_INTERVAL) for event in SAMPLED_EVENTS}
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
             kwargs["ssl_context"] = self.ssl_context
