@@ -831,7 +831,10 @@ class Connection:
         flusher's (``_flush``: what would block goes to a writer greenlet),
         and no hub callback runs for them. Frames for other connections, and
         frames other greenlets queue here meanwhile (while a filter blocks,
-        say), go through the flusher as before.
+        say), go through the flusher as before. So a filter that sends and
+        then blocks (``Echo`` ahead of a slow call) holds its own answers until
+        the chunk is done, unless another greenlet's frame for this connection
+        brings the flusher first.
         """
         if self._failed:
             # After a protocol error, discard until the client closes (over TLS
