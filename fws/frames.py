@@ -245,7 +245,7 @@ class FrameParser:
                     header_size = 6
                     frame_size = second - 0x7A  # 6 + length
                     if limit is not None and frame_size - 6 > limit:
-                        raise ProtocolError(1009, f"message over the {limit}-byte limit")
+                        self._check_header(first, second, frame_size - 6)  # raises 1009
                 else:
                     whole = False
                     header_size, frame_size = self._extent(data, position)
