@@ -692,9 +692,11 @@ class Connection:
         """End the reader greenlet if it has waited ``PARK_AFTER`` seconds for data.
 
         Called by the server's watch greenlet for the connections in
-        ``server.reading``. Readers wait in a plain ``recv`` while the client is
-        active, which costs nothing per message; once it is quiet, the wait
-        moves to a watcher and the greenlet's memory is freed.
+        ``server.reading``. While the client is active a reader waits in its
+        own greenlet (on the connection's watcher over TCP, in gevent's
+        ``recv_into`` over TLS), which costs nothing per message; once it is
+        quiet, the wait moves to the watcher alone and the greenlet's memory
+        is freed.
         """
         if self._in_recv and now - self._last_read_at >= PARK_AFTER:
             gevent.get_hub().loop.run_callback(self._throw_park)
