@@ -528,7 +528,7 @@ class Server:
             self._greenlets.append(supervised("metrics flush", self._flush_metrics, self._give_up))
         host = f"[{self.host}]" if ":" in self.host else self.host
         log.info(
-            "fws listening on %s://%s:%d; message pipeline: %r; broadcast loops: %s",
+            "fws listening on %s://%s:%d; message pipeline: %r; hot loops: %s",
             "wss" if self.ssl_context else "ws",
             host,
             self.address[1],
