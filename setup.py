@@ -1,10 +1,10 @@
 """The optional C accelerator; the metadata lives in setup.cfg.
 
 ``fws._speedups`` (``fws/_speedups.c``: a broadcast's fan-out, the
-flusher's sends and the parser's common frame, see ``fws/_accel.py``) is
-built where it can be: a failed compile only prints a warning and fws runs on
-its pure-Python loops, as
-websockets does with its ``speedups.c``. ``FWS_BUILD_EXTENSION=yes`` makes a
+flusher's sends, the parser's common frame and the encoding of a message, see
+``fws/_accel.py``) is built where it can be: a failed compile only prints a
+warning and fws runs on its pure-Python code, as websockets does with its
+``speedups.c``. ``FWS_BUILD_EXTENSION=yes`` makes a
 failed compile an error (CI, to know the accelerator was built and tested);
 ``no`` skips it.
 """

@@ -49,50 +49,25 @@ EXTRA = ("task-clock", "context-switches", "sched:sched_wakeup")
 """Server CPU time (ms), the times it slept, and the tasks it woke (the load generator)."""
 
 
-def _perf_stat(pid: int, seconds: float, output: str) -> subprocess.Popen[bytes]:
-    events = ",".join([*(f"syscalls:sys_enter_{name}" for name in COUNTED), *EXTRA])
+def _perf(pid: int, seconds: float, *arguments: str) -> subprocess.Popen[bytes]:
+    """``perf ARGUMENTS -p PID -- sleep SECONDS``, quietly, in the background."""
     return subprocess.Popen(
-        [
-            "perf",
-            "stat",
-            "-x",
-            ",",
-            "-o",
-            output,
-            "-e",
-            events,
-            "-p",
-            str(pid),
-            "--",
-            "sleep",
-            str(seconds),
-        ],
+        ["perf", *arguments, "-p", str(pid), "--", "sleep", str(seconds)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _perf_stat(pid: int, seconds: float, output: str) -> subprocess.Popen[bytes]:
+    events = ",".join([*(f"syscalls:sys_enter_{name}" for name in COUNTED), *EXTRA])
+    return _perf(pid, seconds, "stat", "-x", ",", "-o", output, "-e", events)
 
 
 def _perf_record(pid: int, seconds: float, output: str) -> subprocess.Popen[bytes]:
     events = []
     for name in ("sendmsg", "sendto", "write", "writev", "recvfrom", "read"):
         events += ["-e", f"syscalls:sys_exit_{name}"]
-    return subprocess.Popen(
-        [
-            "perf",
-            "record",
-            "-q",
-            "-o",
-            output,
-            *events,
-            "-p",
-            str(pid),
-            "--",
-            "sleep",
-            str(seconds),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return _perf(pid, seconds, "record", "-q", "-o", output, *events)
 
 
 def _read_stat(path: str) -> dict[str, int]:

@@ -1,8 +1,9 @@
 """Which code runs the hot loops: the optional C extension, or pure Python.
 
 ``fws._speedups`` (``fws/_speedups.c``) does a broadcast's fan-out (queueing
-one frame for every recipient), the flusher's sends and the parser's common
-frame (a whole, short text or binary message) in C. It is optional:
+one frame for every recipient), the flusher's sends, the parser's common
+frame (a whole, short text or binary message) and the encoding of an
+uncompressed message in C. It is optional:
 ``pip install`` builds it where a C compiler and Python's headers are found,
 and fws runs the same without it, on the pure-Python loops of
 ``fws.connection`` and ``fws.frames``, which stay the reference (the tests
@@ -11,7 +12,7 @@ leaves the extension unloaded even where it is built: to compare the two, or
 to rule it out.
 
 This module only chooses; ``fws.connection`` binds the extension to its
-classes, and ``fws.frames`` takes its parsing loop. It imports neither gevent
+classes, and ``fws.frames`` takes its parsing loop and its encoder. It imports neither gevent
 nor the extension's users.
 """
 

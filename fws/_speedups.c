@@ -1,10 +1,11 @@
 /*
- * fws._speedups: the broadcast's two hot loops and the parser's common frame in C,
- * for CPython.
+ * fws._speedups: the broadcast's two hot loops, the parser's common frame and
+ * the encoding of a message in C, for CPython.
  *
  * Optional: setup.py builds it when it can, and fws/_accel.py falls back to
- * the pure-Python loops of fws/connection.py (_pure_fan_out, _pure_flush_each)
- * when it is missing or FWS_NO_SPEEDUPS=1. Both must behave alike; the tests
+ * the pure-Python code of fws/connection.py (_pure_fan_out, _pure_flush_each)
+ * and fws/frames.py (FrameParser._parse, _pure_encode_message) when it is
+ * missing or FWS_NO_SPEEDUPS=1. Both must behave alike; the tests
  * run the same inputs through both (tests/test_speedups.py).
  *
  * fan_out(recipients, frame, first, exclude, deliver) -> int
@@ -868,8 +869,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fws._speedups",
-    .m_doc = "The broadcast's fan-out and flush loops, and the parser's common frame, in C "
-              "(see fws/_accel.py).",
+    .m_doc = "The broadcast's fan-out and flush loops, the parser's common frame and the "
+             "message encoder, in C (see fws/_accel.py).",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -54,6 +54,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         assert fws.connection.fan_out is fws.connection._pure_fan_out
         assert fws.connection._flush_each is fws.connection._pure_flush_each
         assert fws.frames._parse_messages is None
+        assert fws.frames.encode_message is fws.frames._pure_encode_message
     elif _accel.speedups is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must build fws._speedups: {_accel.IMPLEMENTATION}", pytrace=False)
@@ -62,6 +63,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         assert _accel.IMPLEMENTATION == "C (fws._speedups)"
         assert fws.connection.fan_out is _accel.speedups.fan_out
         assert fws.frames._parse_messages is _accel.speedups.parse_messages
+        assert fws.frames.encode_message is not fws.frames._pure_encode_message
         assert fws.connection._flush_each is _accel.speedups.flush_each
 
 
