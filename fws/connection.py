@@ -185,7 +185,6 @@ class Connection:
         "_run_first",
         "_run_messages",
         "_run_queued",
-        "_own_chunk",
         "__dict__",
         "__weakref__",
     )
@@ -212,7 +211,6 @@ class Connection:
         self._watcher: Any = None  # libev read watcher while the connection is parked
         self._reader: gevent.Greenlet | None = None
         self._in_recv = False  # the reader waits for data, and only there
-        self._own_chunk = False  # the reader is handling a chunk: see _handle_chunk
         self._last_read_at = 0.0
         self._outbox: list[bytes] = []  # a list: an empty deque costs 600 bytes
         self._outbox_bytes = 0
@@ -498,8 +496,6 @@ class Connection:
             return
         self._outbox.append(frame)
         if self._writer is None and not self._flush_due:
-            if self._own_chunk and gevent.getcurrent() is self._reader:
-                return  # the reader sends it once its chunk is handled (_handle_chunk)
             # The flusher runs on the hub's next turn, so every frame queued
             # until then (a whole batch of echoes, say) leaves in one send, and
             # one greenlet writes for every connection a broadcast reached.
@@ -828,73 +824,61 @@ class Connection:
     def _handle_chunk(self, chunk: bytes | memoryview) -> bool:
         """Run the pipelines for one chunk; True once the client's close has arrived.
 
-        Then send what the reader queued for this connection meanwhile: its
-        answers leave before it waits again, in one non-blocking send as the
-        flusher's (``_flush``: what would block goes to a writer greenlet),
-        and no hub callback runs for them. Frames for other connections, and
-        frames other greenlets queue here meanwhile (while a filter blocks,
-        say), go through the flusher as before. So a filter that sends and
-        then blocks (``Echo`` ahead of a slow call) holds its own answers until
-        the chunk is done, unless another greenlet's frame for this connection
-        brings the flusher first.
+        What the filters send leaves through the flusher, on the hub's next
+        turn: once the chunk is handled, or as soon as a filter blocks, so an
+        answer never waits for a slow call that follows it in the pipeline.
         """
         if self._failed:
             # After a protocol error, discard until the client closes (over TLS
             # the socket may be unwrapped by then: these bytes are not even data).
             return False
-        self._own_chunk = True
+        table = self.table
+        dispatch = table.dispatch
+        if not table.pipelines["data"].empty:
+            chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
+            dispatch("data", self, chunk)
+        assert self._parser is not None
         try:
-            table = self.table
-            dispatch = table.dispatch
-            if not table.pipelines["data"].empty:
-                chunk = bytes(chunk)  # the filters may block: the shared buffer moves on
-                dispatch("data", self, chunk)
-            assert self._parser is not None
-            try:
-                events = self._parser.feed(chunk)
-                failure = None
-            except ProtocolError as exc:
-                events, failure = exc.events, exc  # type: ignore[assignment]
-            # One clock read a chunk: its messages arrived together, and the rate
-            # limit and the idle timeout measure arrivals.
-            now = time.monotonic()
-            limited = self.settings.max_messages_per_second is not None
-            for event in events:
-                kind = type(event)
-                if kind is bytes or kind is TextMessage:  # a message is its data
-                    self.messages_in += 1
-                    if self.state is _OPEN:
-                        self._last_message_at = now
-                        if limited and self._over_rate(now):
-                            continue
-                        dispatch("message", self, event)
-                elif type(event) is Ping:
+            events = self._parser.feed(chunk)
+            failure = None
+        except ProtocolError as exc:
+            events, failure = exc.events, exc  # type: ignore[assignment]
+        # One clock read a chunk: its messages arrived together, and the rate
+        # limit and the idle timeout measure arrivals.
+        now = time.monotonic()
+        limited = self.settings.max_messages_per_second is not None
+        for event in events:
+            kind = type(event)
+            if kind is bytes or kind is TextMessage:  # a message is its data
+                self.messages_in += 1
+                if self.state is _OPEN:
+                    self._last_message_at = now
                     if limited and self._over_rate(now):
                         continue
-                    # Counted against max_outbound_bytes like any message: a client
-                    # that floods pings and never reads is closed, not buffered for.
-                    self.send_frame(encode_frame(OP_PONG, event.payload), message=False)
-                elif type(event) is Pong:
-                    self._awaiting_pong = False
-                elif type(event) is Close:
-                    self.table.stats.close_codes_received[event.code] += 1
-                    self._close_received = True
-                    if self.state is _OPEN:
-                        # The client started the closing handshake: answer with its code.
-                        self._client_closed_first = True
-                        self.state = State.CLOSING
-                        self.close_info = CloseInfo(event.code, event.reason)
-                        self._queue_close(event.code, "")
-                    return True
-            if failure is not None:
-                log.info("connection %s: protocol error: %s", self.id, failure)
-                self._failed = True
-                self._start_close(failure.code, failure.reason)
-            return False
-        finally:
-            self._own_chunk = False
-            if self._outbox:
-                self._flush()
+                    dispatch("message", self, event)
+            elif type(event) is Ping:
+                if limited and self._over_rate(now):
+                    continue
+                # Counted against max_outbound_bytes like any message: a client
+                # that floods pings and never reads is closed, not buffered for.
+                self.send_frame(encode_frame(OP_PONG, event.payload), message=False)
+            elif type(event) is Pong:
+                self._awaiting_pong = False
+            elif type(event) is Close:
+                self.table.stats.close_codes_received[event.code] += 1
+                self._close_received = True
+                if self.state is _OPEN:
+                    # The client started the closing handshake: answer with its code.
+                    self._client_closed_first = True
+                    self.state = State.CLOSING
+                    self.close_info = CloseInfo(event.code, event.reason)
+                    self._queue_close(event.code, "")
+                return True
+        if failure is not None:
+            log.info("connection %s: protocol error: %s", self.id, failure)
+            self._failed = True
+            self._start_close(failure.code, failure.reason)
+        return False
 
     def _over_rate(self, now: float) -> bool:
         """Count one message against the rate limit; close the connection if it is over.
