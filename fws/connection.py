@@ -670,7 +670,7 @@ class Connection:
         self._opening = None
         self._outbox.extend(held)
         if self._outbox and self._writer is None:
-            self._writer = gevent.spawn(self._write_loop)
+            self._start_writer()
 
     def abort(self) -> None:
         """End the connection now, without waiting for the client (server stop).
@@ -917,7 +917,8 @@ class Connection:
         writer = self._writer
         if writer is None and self._close_queued and self._outbox:
             # The close still waits for the flusher: send it before the socket goes.
-            writer = self._writer = gevent.spawn(self._write_loop)
+            self._start_writer()
+            writer = self._writer
         if writer is not None:
             if self._close_queued:
                 writer.join(timeout=self.settings.close_timeout)
