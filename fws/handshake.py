@@ -559,13 +559,22 @@ class ConnectionHandler(WebSocketHandler):
         self.detached = True
         # The handshake reader holds a reference that would keep a closed TLS
         # socket's descriptor open until the garbage collector found it.
-        if self.rfile is not _NO_READER:
-            self.rfile.close()
+        self.rfile.close()
         return sock
 
 
-_NO_READER: Any = io.BytesIO()
-"""pywsgi's handler wants a reader at once; ours is made when pywsgi gets the request."""
+def _closed_reader() -> io.BytesIO:
+    reader = io.BytesIO()
+    reader.close()
+    return reader
+
+
+_NO_READER: Any = _closed_reader()
+"""pywsgi's handler wants a reader at once; ours is made when pywsgi gets the request.
+
+One for every handler, so closed from the start: closing it again does
+nothing, reading it raises, and no handler can change it for the next one.
+"""
 
 
 def _unquote(path: str) -> str:
