@@ -122,7 +122,7 @@ class ConnectionHandler(WebSocketHandler):
     """True once the upgraded socket belongs to a ``Connection``, not to pywsgi."""
     pending_token: Any = None
     """This connection's entry in ``server.pending_handshakes``, ended at the upgrade."""
-    _refusal: Reject | None = None
+    _refused: tuple[Request, Reject] | None = None
     """An upgrade the fast path refused: pywsgi re-reads the head, then answers this."""
     _leftover: bytes | None = None
     """What the client sent after a fast-path upgrade's head (frames sent right away)."""
@@ -212,9 +212,10 @@ class ConnectionHandler(WebSocketHandler):
                 request = _upgrade_request(
                     self.application, _unquote(path), query, head.headers, self.client_address
                 )
-                self._refusal = self._negotiate(request, head.method, head.version)
-                if self._refusal is None:
+                refusal = self._negotiate(request, head.method, head.version)
+                if refusal is None:
                     return True
+                self._refused = (request, refusal)
                 self._leftover = None
         self._replay = Replay(received, sock.makefile("rb", buffering=0), error)
         self.rfile = BoundedReader(io.BufferedReader(self._replay, _HANDSHAKE_BUFFER), limit)
@@ -324,16 +325,16 @@ class ConnectionHandler(WebSocketHandler):
 
     def _upgrade(self) -> list[bytes] | None:
         """pywsgi's path: a refusal's body, or None once the 101 is sent."""
+        if self._refused is not None:  # decided on the fast path, from the same head
+            return self._refuse(*self._refused)
         parsed = Request.from_environ(self.environ, self.client_address)
         request = _upgrade_request(
             self.application, parsed.path, parsed.query_string, parsed.headers, self.client_address
         )
-        refusal = self._refusal  # decided on the fast path
-        if refusal is None:
-            method = str(self.environ.get("REQUEST_METHOD"))
-            # pywsgi's parse: Content-Length is dropped when Transfer-Encoding is chunked.
-            has_body = bool(self.content_length) or "transfer-encoding" in self.headers
-            refusal = self._negotiate(request, method, str(self.request_version), has_body)
+        method = str(self.environ.get("REQUEST_METHOD"))
+        # pywsgi's parse: Content-Length is dropped when Transfer-Encoding is chunked.
+        has_body = bool(self.content_length) or "transfer-encoding" in self.headers
+        refusal = self._negotiate(request, method, str(self.request_version), has_body)
         return None if refusal is None else self._refuse(request, refusal)
 
     def _negotiate(
