@@ -156,10 +156,7 @@ class ConnectionHandler(WebSocketHandler):
         # the handler returns. A plain HTTP request's own time (a slow app, a
         # long download) is not bounded by it: the timer pauses once its head
         # is read.
-        timeout = self.server.application.handshake_timeout
-        if timeout:
-            self._handshake_timer = gevent.get_hub().loop.timer(timeout)
-            self._handshake_timer.start(self._handshake_expired)
+        self._start_handshake_timer()
         try:
             if self._read_head():
                 return
@@ -173,23 +170,18 @@ class ConnectionHandler(WebSocketHandler):
             self._release_place()  # killed mid-handshake (server stop)
 
     def handle_one_request(self) -> Any:
-        if self._first_request:
-            # Its head has been timed since the accept and is counted from its
-            # first byte (the fast path's bytes are replayed through the count).
-            self._first_request = False
-        else:
-            self.rfile.reset()  # keep-alive: each request head has the whole bound
+        # The first head is timed since the accept and counted from its first
+        # byte (the fast path's bytes are replayed through the count).
+        result = super().handle_one_request()
+        if result is True:  # answered, keep-alive: the next head, from now
+            self.rfile.reset()  # each request head has the whole bound
             if self._handshake_timer is not None:
                 # A new timer: libev's stop() keeps a timer's remaining time
                 # and start() resumes it, so a restarted one gave this head only
                 # what the previous head had left of its timeout.
-                self._handshake_timer.close()
-                timeout = self.server.application.handshake_timeout
-                self._handshake_timer = gevent.get_hub().loop.timer(timeout)
-                self._handshake_timer.start(self._handshake_expired)
-        return super().handle_one_request()
-
-    _first_request = True
+                self._stop_handshake_timer()
+                self._start_handshake_timer()
+        return result
 
     # -- the fast path ----------------------------------------------------------------
 
@@ -290,6 +282,12 @@ class ConnectionHandler(WebSocketHandler):
             return str(super().format_request())
         finally:
             self.requestline = requestline
+
+    def _start_handshake_timer(self) -> None:
+        timeout = self.server.application.handshake_timeout
+        if timeout:
+            self._handshake_timer = gevent.get_hub().loop.timer(timeout)
+            self._handshake_timer.start(self._handshake_expired)
 
     def _stop_handshake_timer(self) -> None:
         if self._handshake_timer is not None:
