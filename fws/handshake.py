@@ -74,7 +74,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectionHandler",
-    "answer_and_linger",
     "printable",
     "refuse_at_capacity",
 ]
