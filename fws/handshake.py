@@ -203,7 +203,8 @@ class ConnectionHandler(WebSocketHandler):
                 request = _upgrade_request(
                     self.application, _unquote(path), query, head.headers, self.client_address
                 )
-                refusal = self._negotiate(request, head.method, head.version)
+                # No body: _is_plain_upgrade left any head with a body's headers to pywsgi.
+                refusal = self._negotiate(request, head.method, head.version, has_body=False)
                 if refusal is None:
                     return True
                 self._refused = (request, refusal)
@@ -335,7 +336,7 @@ class ConnectionHandler(WebSocketHandler):
         return None if refusal is None else self._refuse(request, refusal)
 
     def _negotiate(
-        self, request: Request, method: str, version: str, has_body: bool = False
+        self, request: Request, method: str, version: str, has_body: bool
     ) -> Reject | None:
         """Check the request, run the connect pipeline, answer 101 and hand the socket over.
 
