@@ -103,7 +103,8 @@ class Request:
     path: str
     query_string: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
-    """Header names are lower case; a repeated header's values are joined with ", "."""
+    """Header names are lower case; a repeated header's values are joined with ","
+    (with "; " for a name holding ``cookie``), as a WSGI environ joins them."""
     peer: tuple[str, int] = ("", 0)
     subprotocols: tuple[str, ...] = ()
     """``Sec-WebSocket-Protocol`` as the client offered it, in its order of preference."""

@@ -74,7 +74,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectionHandler",
-    "answer_and_linger",
     "printable",
     "refuse_at_capacity",
 ]
@@ -122,7 +121,7 @@ class ConnectionHandler(WebSocketHandler):
     """True once the upgraded socket belongs to a ``Connection``, not to pywsgi."""
     pending_token: Any = None
     """This connection's entry in ``server.pending_handshakes``, ended at the upgrade."""
-    _refusal: Reject | None = None
+    _refused: tuple[Request, Reject] | None = None
     """An upgrade the fast path refused: pywsgi re-reads the head, then answers this."""
     _leftover: bytes | None = None
     """What the client sent after a fast-path upgrade's head (frames sent right away)."""
@@ -156,10 +155,7 @@ class ConnectionHandler(WebSocketHandler):
         # the handler returns. A plain HTTP request's own time (a slow app, a
         # long download) is not bounded by it: the timer pauses once its head
         # is read.
-        timeout = self.server.application.handshake_timeout
-        if timeout:
-            self._handshake_timer = gevent.get_hub().loop.timer(timeout)
-            self._handshake_timer.start(self._handshake_expired)
+        self._start_handshake_timer()
         try:
             if self._read_head():
                 return
@@ -173,23 +169,18 @@ class ConnectionHandler(WebSocketHandler):
             self._release_place()  # killed mid-handshake (server stop)
 
     def handle_one_request(self) -> Any:
-        if self._first_request:
-            # Its head has been timed since the accept and is counted from its
-            # first byte (the fast path's bytes are replayed through the count).
-            self._first_request = False
-        else:
-            self.rfile.reset()  # keep-alive: each request head has the whole bound
+        # The first head is timed since the accept and counted from its first
+        # byte (the fast path's bytes are replayed through the count).
+        result = super().handle_one_request()
+        if result is True:  # answered, keep-alive: the next head, from now
+            self.rfile.reset()  # each request head has the whole bound
             if self._handshake_timer is not None:
                 # A new timer: libev's stop() keeps a timer's remaining time
                 # and start() resumes it, so a restarted one gave this head only
                 # what the previous head had left of its timeout.
-                self._handshake_timer.close()
-                timeout = self.server.application.handshake_timeout
-                self._handshake_timer = gevent.get_hub().loop.timer(timeout)
-                self._handshake_timer.start(self._handshake_expired)
-        return super().handle_one_request()
-
-    _first_request = True
+                self._stop_handshake_timer()
+                self._start_handshake_timer()
+        return result
 
     # -- the fast path ----------------------------------------------------------------
 
@@ -212,9 +203,11 @@ class ConnectionHandler(WebSocketHandler):
                 request = _upgrade_request(
                     self.application, _unquote(path), query, head.headers, self.client_address
                 )
-                self._refusal = self._negotiate(request, head.method, head.version)
-                if self._refusal is None:
+                # No body: _is_plain_upgrade left any head with a body's headers to pywsgi.
+                refusal = self._negotiate(request, head.method, head.version, has_body=False)
+                if refusal is None:
                     return True
+                self._refused = (request, refusal)
                 self._leftover = None
         self._replay = Replay(received, sock.makefile("rb", buffering=0), error)
         self.rfile = BoundedReader(io.BufferedReader(self._replay, _HANDSHAKE_BUFFER), limit)
@@ -290,6 +283,12 @@ class ConnectionHandler(WebSocketHandler):
         finally:
             self.requestline = requestline
 
+    def _start_handshake_timer(self) -> None:
+        timeout = self.server.application.handshake_timeout
+        if timeout:
+            self._handshake_timer = gevent.get_hub().loop.timer(timeout)
+            self._handshake_timer.start(self._handshake_expired)
+
     def _stop_handshake_timer(self) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.close()
@@ -324,20 +323,20 @@ class ConnectionHandler(WebSocketHandler):
 
     def _upgrade(self) -> list[bytes] | None:
         """pywsgi's path: a refusal's body, or None once the 101 is sent."""
+        if self._refused is not None:  # decided on the fast path, from the same head
+            return self._refuse(*self._refused)
         parsed = Request.from_environ(self.environ, self.client_address)
         request = _upgrade_request(
             self.application, parsed.path, parsed.query_string, parsed.headers, self.client_address
         )
-        refusal = self._refusal  # decided on the fast path
-        if refusal is None:
-            method = str(self.environ.get("REQUEST_METHOD"))
-            # pywsgi's parse: Content-Length is dropped when Transfer-Encoding is chunked.
-            has_body = bool(self.content_length) or "transfer-encoding" in self.headers
-            refusal = self._negotiate(request, method, str(self.request_version), has_body)
+        method = str(self.environ.get("REQUEST_METHOD"))
+        # pywsgi's parse: Content-Length is dropped when Transfer-Encoding is chunked.
+        has_body = bool(self.content_length) or "transfer-encoding" in self.headers
+        refusal = self._negotiate(request, method, str(self.request_version), has_body)
         return None if refusal is None else self._refuse(request, refusal)
 
     def _negotiate(
-        self, request: Request, method: str, version: str, has_body: bool = False
+        self, request: Request, method: str, version: str, has_body: bool
     ) -> Reject | None:
         """Check the request, run the connect pipeline, answer 101 and hand the socket over.
 
@@ -559,13 +558,22 @@ class ConnectionHandler(WebSocketHandler):
         self.detached = True
         # The handshake reader holds a reference that would keep a closed TLS
         # socket's descriptor open until the garbage collector found it.
-        if self.rfile is not _NO_READER:
-            self.rfile.close()
+        self.rfile.close()
         return sock
 
 
-_NO_READER: Any = io.BytesIO()
-"""pywsgi's handler wants a reader at once; ours is made when pywsgi gets the request."""
+def _closed_reader() -> io.BytesIO:
+    reader = io.BytesIO()
+    reader.close()
+    return reader
+
+
+_NO_READER: Any = _closed_reader()
+"""pywsgi's handler wants a reader at once; ours is made when pywsgi gets the request.
+
+One for every handler, so closed from the start: closing it again does
+nothing, reading it raises, and no handler can change it for the next one.
+"""
 
 
 def _unquote(path: str) -> str:

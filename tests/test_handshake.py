@@ -484,8 +484,6 @@ class Greet(fws.WebSocketOpenFilter):
         web_socket_instance.send(f"welcome to {request.path}")
 
 
-
-
 events: list[str] = []
 
 
@@ -601,6 +599,31 @@ def masked_text(text: bytes) -> bytes:
     mask = b"\x01\x02\x03\x04"
     payload = bytes(byte ^ mask[index % 4] for index, byte in enumerate(text))
     return bytes([0x81, 0x80 | len(text)]) + mask + payload
+
+
+@pytest.mark.parametrize(
+    ("extra", "pywsgi_requests"),
+    [("", 0), ("X_Underscore: 1\r\n", 1)],
+    ids=["fast path", "pywsgi"],
+)
+def test_a_plain_upgrade_is_answered_without_pywsgi_reading_it(
+    extra, pywsgi_requests, monkeypatch
+):
+    """The fast path is taken: every other test here would pass with pywsgi doing it all."""
+    from fws.handshake import ConnectionHandler
+
+    calls = []
+    pywsgi_request = ConnectionHandler.handle_one_request
+
+    def counted(self):
+        calls.append(self)
+        return pywsgi_request(self)
+
+    monkeypatch.setattr(ConnectionHandler, "handle_one_request", counted)
+    with run_server(message=Echo) as server:
+        answer = answer_head(server.address[1], upgrade_request(extra=extra))
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    assert len(calls) == pywsgi_requests
 
 
 def test_an_upgrade_and_its_first_frame_in_one_packet_are_both_read():

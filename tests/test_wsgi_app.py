@@ -247,3 +247,37 @@ def test_each_keep_alive_request_head_gets_the_whole_handshake_timeout() -> None
             time.sleep(0.6)  # more than the first head left, less than a second
             sock.sendall(b"GET / HTTP/1.1\r\nHost: fws\r\n\r\n")
             assert answer(sock).startswith(b"HTTP/1.1 200"), "the second head was cut short"
+
+
+def test_each_keep_alive_request_head_is_counted_against_the_whole_bound() -> None:
+    """Two heads under ``max_header_bytes`` pass one after the other; one over it is 431.
+
+    The bound stops counting at a plain request's body; each next head on the
+    connection starts a new count (neither unbounded, nor added to the last).
+    """
+
+    def ok(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    def head(filler: int) -> bytes:
+        return b"GET / HTTP/1.1\r\nHost: fws\r\nX-Filler: " + b"y" * filler + b"\r\n\r\n"
+
+    def status(sock: Any) -> bytes:
+        received = b""
+        while b"\r\n\r\n" not in received or not (
+            received.endswith(b"ok") or b"Connection: close" in received
+        ):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        return received[:12]
+
+    with run_server(app=ok, max_header_bytes=1000) as server:
+        with socket.create_connection((LOOPBACK, server.address[1]), timeout=5) as sock:
+            for _ in range(2):
+                sock.sendall(head(600))
+                assert status(sock) == b"HTTP/1.1 200"
+            sock.sendall(head(1200))
+            assert status(sock) == b"HTTP/1.1 431"
