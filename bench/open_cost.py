@@ -16,50 +16,27 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
-from typing import Any
 
 import loadgen
-from procs import cpu_seconds, free_port, fws_command, rss_bytes, run_server
+from procs import free_port, fws_command, run_server
+from scenarios import Settings, idle_run
 
 
 def one_run(connections: int, info: bool, extra: list[str]) -> dict[str, float]:
+    """The bench's idle scenario against a fresh ``fws_server``; what it cost the server."""
     port = free_port()
     quiet = [] if info else ["-q"]
     command = [*fws_command(), *quiet, "--host", "127.0.0.1", "-p", str(port), "-f", "echo"]
     command += extra
-    marks: dict[str, float] = {}
     with run_server("fws", command, port) as server:
-
-        def on_event(event: dict[str, Any]) -> str | None:
-            if event["event"] == "baseline":
-                time.sleep(0.5)
-                marks["rss"] = rss_bytes(server.pid)
-                marks["cpu"] = cpu_seconds(server.pid)
-                return "go"
-            if event["event"] == "opened":
-                marks["cpu_opened"] = cpu_seconds(server.pid)
-                time.sleep(1.0)  # as the bench: let each handshake's leftovers settle
-                marks["rss_opened"] = rss_bytes(server.pid)
-                return "done"
-            return None
-
-        config = {
-            "scenario": "idle",
-            "url": f"ws://127.0.0.1:{port}/",
-            "connections": connections,
-            "concurrency": 100,
-            "timeout": 120,
-            "compression": False,
-        }
-        result = loadgen.run(config, server.pid, on_event, server_pinned=server.pinned)
-    if result["failed"]:
-        raise SystemExit(f"{result['failed']} connections failed: {result['first_error']}")
+        try:
+            result = idle_run(server, Settings(idle_connections=connections), compression=False)
+        except loadgen.LoadgenError as exc:
+            raise SystemExit(str(exc)) from None
     return {
-        "cpu_ms_per_1000": (marks["cpu_opened"] - marks["cpu"]) * 1e6 / connections,
-        "kb_per_connection": (marks["rss_opened"] - marks["rss"]) / connections / 1000,
-        "opens_per_s": connections / result["open_seconds"],
+        "cpu_ms_per_1000": result["cpu_ms_per_1000_opens"],
+        "kb_per_connection": result["kb_per_connection"],
+        "opens_per_s": result["opens_per_s"],
     }
 
 
@@ -81,10 +58,7 @@ def main() -> None:
         )
     print(
         "median: "
-        + ", ".join(
-            f"{key} {statistics.median(run[key] for run in runs):.3f}" for key in runs[0]
-        ),
-        file=sys.stdout,
+        + ", ".join(f"{key} {statistics.median(run[key] for run in runs):.3f}" for key in runs[0])
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import loadgen
-from procs import ServerProcess, rss_bytes
+from procs import ServerProcess, cpu_seconds, rss_bytes
 
 
 @dataclass(frozen=True)
@@ -197,21 +197,28 @@ def _slow_reader(server: ServerProcess, settings: Settings) -> Result:
 
 def _idle(compression: bool = False) -> Callable[..., Result]:
     def measure(server: ServerProcess, settings: Settings) -> Result:
-        return _idle_run(server, settings, compression)
+        return idle_run(server, settings, compression)
 
     return measure
 
 
-def _idle_run(server: ServerProcess, settings: Settings, compression: bool) -> Result:
-    """Open N connections that say nothing; RSS before and after, time to open."""
+def idle_run(server: ServerProcess, settings: Settings, compression: bool) -> Result:
+    """Open N connections that say nothing; RSS before and after, time and server CPU to open.
+
+    The server's CPU time from the first open to the last (``bench/open_cost.py``
+    reports it) says what an open costs whatever else the machine is doing.
+    """
     memory: dict[str, int] = {}
+    cpu: dict[str, float] = {}
 
     def on_event(event: Result) -> str | None:
         if event["event"] == "baseline":
             time.sleep(0.5)
             memory["before"] = rss_bytes(server.pid)
+            cpu["before"] = cpu_seconds(server.pid)
             return "go"
         if event["event"] == "opened":
+            cpu["opened"] = cpu_seconds(server.pid)
             time.sleep(1.0)  # let the server finish whatever each handshake left to do
             memory["after"] = rss_bytes(server.pid)
             return "done"
@@ -234,6 +241,7 @@ def _idle_run(server: ServerProcess, settings: Settings, compression: bool) -> R
     _deflated(result, count, config)
     result["kb_per_connection"] = (memory["after"] - memory["before"]) / count / 1000
     result["opens_per_s"] = count / result["open_seconds"]
+    result["cpu_ms_per_1000_opens"] = (cpu["opened"] - cpu["before"]) * 1e6 / count
     result["rss_before_mb"] = memory["before"] / 1e6
     return result
 
