@@ -134,23 +134,23 @@ def decode_envelope(raw: bytes | str, *, max_size: int | None = None) -> Envelop
     op = body.get("op")
     if op is not None and (not isinstance(op, str) or op not in KNOWN_OPS):  # [] is unhashable
         raise EnvelopeError("op", f"unknown envelope op {_shown(op)}")
+    data: str | bytes
     if isinstance(body.get("text"), str):
         text: str = body["text"]
-        data: str | bytes = text
+        data = text
         # UTF-8 takes at most 4 bytes a character: encode (per message from
         # Redis) only a text that could be over the cap.
-        over = max_size is not None and len(text) * 4 > max_size
-        size = len(text.encode("utf-8", "surrogatepass")) if over else 0
+        if max_size is not None and len(text) * 4 > max_size:
+            _check_size(len(text.encode("utf-8", "surrogatepass")), max_size)
     elif isinstance(body.get("binary"), str):
         try:
             data = base64.b64decode(body["binary"], validate=True)
         except ValueError as exc:
             raise EnvelopeError("malformed", f"bad base64: {exc}") from None
-        size = len(data)
+        if max_size is not None:
+            _check_size(len(data), max_size)
     else:
         raise EnvelopeError("malformed", 'an envelope needs "text" (a string) or "binary"')
-    if max_size is not None and size > max_size:
-        raise EnvelopeError("size", f"envelope data of {size} bytes is over {max_size}")
 
     def field(name: str) -> str | None:
         value = body.get(name)
@@ -166,6 +166,11 @@ def decode_envelope(raw: bytes | str, *, max_size: int | None = None) -> Envelop
         client=field("client"),
         op=op,
     )
+
+
+def _check_size(size: int, max_size: int) -> None:
+    if size > max_size:
+        raise EnvelopeError("size", f"envelope data of {size} bytes is over {max_size}")
 
 
 def _shown(value: Any) -> str:
