@@ -628,6 +628,90 @@ static void unmask_into(char *target, const unsigned char *source, Py_ssize_t si
     target[i] = (char)(source[i] ^ mask[i & 3]);
 }
 
+/* unmask_pieces(pieces, start, mask) -> bytes: the payload of a frame received in
+ * pieces (a list of bytes-like objects, the first holding the header), from
+ * ``start`` on, unmasked in one pass: fws.frames' join-then-unmask, one copy less. */
+static PyObject *unmask_pieces(PyObject *Py_UNUSED(module), PyObject *const *args,
+                               Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_SetString(PyExc_TypeError, "unmask_pieces(pieces, start, mask) takes 3 arguments");
+    return NULL;
+  }
+  PyObject *pieces = args[0];
+  if (!PyList_Check(pieces)) {
+    PyErr_SetString(PyExc_TypeError, "pieces must be a list");
+    return NULL;
+  }
+  Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+  if (start == -1 && PyErr_Occurred())
+    return NULL;
+  Py_buffer mask;
+  if (PyObject_GetBuffer(args[2], &mask, PyBUF_SIMPLE) < 0)
+    return NULL;
+  unsigned char key[4];
+  int mask_ok = mask.len == 4;
+  if (mask_ok)
+    memcpy(key, mask.buf, 4);
+  PyBuffer_Release(&mask);
+  if (!mask_ok) {
+    PyErr_SetString(PyExc_ValueError, "the mask is 4 bytes");
+    return NULL;
+  }
+  /* The sizes first, then the copy: only exact bytes and bytearrays, read in
+   * place, and nothing between the two passes runs Python code (a bytes object
+   * is not tracked by the garbage collector, so allocating it collects nothing). */
+  Py_ssize_t count = PyList_GET_SIZE(pieces), total = 0;
+  for (Py_ssize_t i = 0; i < count; i++) {
+    PyObject *piece = PyList_GET_ITEM(pieces, i);
+    Py_ssize_t size;
+    if (PyBytes_CheckExact(piece))
+      size = PyBytes_GET_SIZE(piece);
+    else if (PyByteArray_CheckExact(piece))
+      size = PyByteArray_GET_SIZE(piece);
+    else {
+      PyErr_SetString(PyExc_TypeError, "each piece is bytes or a bytearray");
+      return NULL;
+    }
+    if (!add_fits(total, size, &total)) {
+      PyErr_SetString(PyExc_OverflowError, "pieces too large");
+      return NULL;
+    }
+  }
+  if (start < 0 || start > total) {
+    PyErr_SetString(PyExc_ValueError, "start outside the pieces");
+    return NULL;
+  }
+  PyObject *payload = PyBytes_FromStringAndSize(NULL, total - start);
+  if (payload == NULL)
+    return NULL;
+  char *into = PyBytes_AS_STRING(payload);
+  Py_ssize_t skip = start, done = 0; /* done: payload bytes written, the mask's phase */
+  for (Py_ssize_t i = 0; i < count; i++) {
+    PyObject *piece = PyList_GET_ITEM(pieces, i);
+    const unsigned char *data = (const unsigned char *)(PyBytes_CheckExact(piece)
+                                                            ? PyBytes_AS_STRING(piece)
+                                                            : PyByteArray_AS_STRING(piece));
+    Py_ssize_t size = PyBytes_CheckExact(piece) ? PyBytes_GET_SIZE(piece)
+                                                : PyByteArray_GET_SIZE(piece);
+    if (skip >= size) {
+      skip -= size;
+      continue;
+    }
+    if (size - skip > total - start - done) { /* cannot happen: the pieces did not change */
+      Py_DECREF(payload);
+      PyErr_SetString(PyExc_RuntimeError, "pieces changed while unmasking");
+      return NULL;
+    }
+    unsigned char rotated[4];
+    for (int k = 0; k < 4; k++)
+      rotated[k] = key[(done + k) & 3];
+    unmask_into(into + done, data + skip, size - skip, rotated);
+    done += size - skip;
+    skip = 0;
+  }
+  return payload;
+}
+
 /* ``list[index] += amount``, as Python does it. */
 static int add_to_item(PyObject *list, Py_ssize_t index, Py_ssize_t amount) {
   PyObject *item = PySequence_GetItem(list, index);
@@ -861,6 +945,9 @@ static PyMethodDef methods[] = {
     {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
      "parse_messages(data, position, events, limit, frame_counts, wire_bytes) -> int: "
      "parse whole text and binary frames."},
+    {"unmask_pieces", (PyCFunction)(void (*)(void))unmask_pieces, METH_FASTCALL,
+     "unmask_pieces(pieces, start, mask) -> bytes: a frame's payload from its pieces, "
+     "unmasked."},
     {"message_encoder", message_encoder, METH_O,
      "message_encoder(fallback) -> encode_message for the common case, fallback otherwise."},
     {NULL, NULL, 0, NULL},
@@ -869,8 +956,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fws._speedups",
-    .m_doc = "The broadcast's fan-out and flush loops, the parser's common frame and the "
-             "message encoder, in C (see fws/_accel.py).",
+    .m_doc = "The broadcast's fan-out and flush loops, the parser's common frame, the "
+             "unmasking of large frames and the message encoder, in C (see fws/_accel.py).",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -40,6 +40,11 @@ OP_PONG: Final = 0xA
 
 _CONTROL_OPCODES: Final = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 _MAX_CONTROL_PAYLOAD: Final = 125
+LARGE_FRAME: Final = 65536
+"""A frame at least this large (header included) that spans reads is kept in the
+pieces it arrives in (see ``FrameParser.large_missing``), not in a growing buffer."""
+_MIN_PIECE: Final = 16384
+"""Pieces smaller than this are gathered into one ``bytearray`` (see ``_add_piece``)."""
 _EMPTY_BLOCK: Final = b"\x00\x00\xff\xff"  # RFC 7692 7.2.2: re-appended to a message
 
 
@@ -101,6 +106,17 @@ _parse_messages = None if _speedups is None else _speedups.parse_messages
 ``FrameParser.feed`` runs first; None: pure Python (``_parse`` does it all)."""
 
 
+def _unmask_pieces_portable(
+    pieces: list[bytes | bytearray], start: int, mask: bytes
+) -> bytes:
+    """The payload from ``start`` of the frame that ``pieces`` make up, unmasked."""
+    return _apply_mask(memoryview(b"".join(pieces))[start:], mask)
+
+
+_unmask_pieces = _unmask_pieces_portable if _speedups is None else _speedups.unmask_pieces
+"""In C, one pass from the pieces to the payload; in Python, a join and then an unmask."""
+
+
 def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte ``mask`` (RFC 6455 5.3)."""
     return _apply_mask(payload, mask)
@@ -151,6 +167,14 @@ class FrameParser:
         self._inflated = 0
         self.frames = 0
         """Frames parsed so far: a reader paces a client by frames, not only by bytes."""
+        # A large frame in progress, as the pieces it arrived in (the first
+        # holds its header): unmasked into one payload when whole, so its bytes
+        # are copied once, not into a growing buffer first. None: no such frame.
+        self._pieces: list[bytes | bytearray] | None = None
+        self.large_missing = 0
+        """Bytes the large frame in progress still needs (0: none). A reader can
+        ``recv`` them into ``bytes`` of their own and feed those, which the parser
+        keeps as they are, instead of copying them out of a shared read buffer."""
 
     def feed(self, data: bytes | memoryview) -> list[Event]:
         """Parse ``data`` (after what was left over) into complete events.
@@ -164,6 +188,11 @@ class FrameParser:
         events: list[Event] = []
         buffer = self._buffer
         try:
+            if self.large_missing:
+                taken = self._add_piece(data, events)
+                if taken == len(data):
+                    return events
+                data = memoryview(data)[taken:]
             if buffer:
                 # Grow the frame in progress only up to its own end: appending
                 # whole reads would make the buffer large and short-lived.
@@ -177,6 +206,7 @@ class FrameParser:
                         self._parse(buffer, events)
                         buffer.clear()
                 if buffer:
+                    self._pieces_if_large()
                     return events
             position = 0
             if _parse_messages is not None and self._opcode is None:
@@ -192,10 +222,65 @@ class FrameParser:
             consumed = self._parse(data, events, position)
             if consumed < len(data):
                 buffer += data[consumed:]
+                self._pieces_if_large()
         except ProtocolError as exc:
             exc.events = list(events)
             raise
         return events
+
+    def _pieces_if_large(self) -> None:
+        """Keep the frame begun in the buffer as the first of its pieces if it is large."""
+        buffer = self._buffer
+        if len(buffer) < 2:
+            return
+        frame_size = self._extent(buffer, 0)[1]
+        if frame_size >= LARGE_FRAME:
+            # The buffer itself becomes the first piece: not even its bytes are copied.
+            self._pieces, self._buffer = [buffer], bytearray()
+            self.large_missing = frame_size - len(buffer)
+
+    def _add_piece(self, data: bytes | memoryview, events: list[Event]) -> int:
+        """Add what the large frame in progress still needs of ``data``; return how much.
+
+        ``bytes`` are immutable, so a piece the reader received on its own is
+        kept as it is. Small pieces are gathered into a ``bytearray``: a client
+        trickling a megabyte byte by byte must not make a million objects.
+        """
+        pieces = self._pieces
+        assert pieces is not None
+        size = len(data)
+        taken = self.large_missing if self.large_missing < size else size
+        if taken >= _MIN_PIECE:
+            pieces.append(data if taken == size and type(data) is bytes else bytes(data[:taken]))
+        elif type(pieces[-1]) is bytearray:
+            pieces[-1] += data[:taken]
+        else:
+            pieces.append(bytearray(data[:taken]))
+        self.large_missing -= taken
+        if not self.large_missing:
+            self._end_pieces(events)
+        return taken
+
+    def _end_pieces(self, events: list[Event]) -> None:
+        """Unmask the whole large frame in one pass over its pieces and handle it."""
+        pieces = self._pieces
+        assert pieces is not None
+        self._pieces = None
+        head = pieces[0]
+        first, length = head[0], head[1] & 0x7F
+        header_size = 8 if length == 126 else 14 if length == 127 else 6
+        payload = _unmask_pieces(pieces, header_size, bytes(head[header_size - 4 : header_size]))
+        opcode = first & 0x0F
+        self.frames += 1
+        if self.wire_bytes is not None:
+            self.frame_counts[opcode] += 1  # type: ignore[index]
+            self.wire_bytes[opcode] += header_size + len(payload)
+        if first & 0x40:  # _check_header let RSV1 through: a compressed message
+            event = self._compressed_frame(opcode, bool(first & 0x80), payload)
+        else:
+            event = self._frame(opcode, bool(first & 0x80), payload)
+        if event is not None:
+            events.append(event)
 
     def _extent(self, data: bytes | bytearray | memoryview, position: int) -> tuple[int, int]:
         """(header size, frame size) of the frame at ``position``; frame size 0 until known.

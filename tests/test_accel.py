@@ -40,6 +40,7 @@ PURE_PATH = (
     "tests/test_server.py::test_messages_stay_in_order_while_a_filter_blocks",
     "tests/test_server.py::test_a_client_streaming_without_pause_gets_every_echo_and_is_not_called_slow",
     "tests/test_server.py::test_slow_reader_is_cut_off_while_sender_and_fast_readers_go_on",
+    "tests/test_server.py::test_a_large_message_sent_in_parts_is_read_into_pieces_and_echoed_whole",
     "tests/test_server.py::test_one_frame_larger_than_the_outbound_limit_still_goes_to_a_reading_client",
     "tests/test_compression.py::test_a_broadcast_compresses_once_for_every_client_that_keeps_no_context",
     "tests/test_limits.py::test_a_client_flooding_pings_without_reading_is_closed_not_buffered_for",
@@ -54,6 +55,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         assert fws.connection.fan_out is fws.connection._pure_fan_out
         assert fws.connection._flush_each is fws.connection._pure_flush_each
         assert fws.frames._parse_messages is None
+        assert fws.frames._unmask_pieces is fws.frames._unmask_pieces_portable
         assert fws.frames.encode_message is fws.frames._pure_encode_message
     elif _accel.speedups is None:
         if os.environ.get("CI") == "true":
@@ -63,6 +65,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         assert _accel.IMPLEMENTATION == "C (fws._speedups)"
         assert fws.connection.fan_out is _accel.speedups.fan_out
         assert fws.frames._parse_messages is _accel.speedups.parse_messages
+        assert fws.frames._unmask_pieces is _accel.speedups.unmask_pieces
         assert fws.frames.encode_message is not fws.frames._pure_encode_message
         assert fws.connection._flush_each is _accel.speedups.flush_each
 

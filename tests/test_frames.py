@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -350,3 +351,109 @@ def test_frame_counts_and_wire_bytes_by_opcode_across_runs_reads_and_errors():
         texts[0]
     ) + len(bad_text)
     assert counts[OP_PING] == 2
+
+
+# --- Large frames: kept in the pieces they arrive in, unmasked once whole ---
+
+
+def _feed_through_one_buffer(parser: FrameParser, stream: bytes, cuts: list[int]) -> list:
+    """Feed ``stream`` cut at ``cuts``, each part a view of one buffer overwritten after
+    each feed, as the reader's shared read buffer is: whatever the parser kept it copied."""
+    buffer = bytearray(len(stream))
+    events: list = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        buffer[: end - start] = stream[start:end]
+        events += parser.feed(memoryview(buffer)[: end - start])
+        buffer[:] = b"\xee" * len(buffer)
+    return events
+
+
+@pytest.mark.parametrize("cut", [1, 2, 9, 14, 15, 5000, 70_000, 200_013])
+def test_a_large_frame_cut_anywhere_arrives_whole_through_a_reused_buffer(cut):
+    payload = bytes(range(256)) * 800  # 204,800 bytes: over LARGE_FRAME
+    frame = client_frame(OP_BINARY, payload)
+    counts, sizes = [0] * 16, [0] * 16
+    parser = FrameParser(frame_counts=counts, wire_bytes=sizes)
+    small = client_frame(OP_TEXT, b"after")
+    events = _feed_through_one_buffer(parser, frame + small, sorted({cut, 100_000}))
+    assert events == [payload, "after"]
+    assert parser.large_missing == 0 and parser._pieces is None and not parser._buffer
+    assert (counts[OP_BINARY], sizes[OP_BINARY]) == (1, len(frame))
+    assert parser.frames == 2
+
+
+def test_the_rest_of_a_large_frame_is_asked_for_and_kept_as_the_bytes_fed():
+    payload = b"\x07" * 300_000
+    frame = client_frame(OP_BINARY, payload)
+    parser = FrameParser()
+    assert parser.large_missing == 0
+    assert parser.feed(frame[:1000]) == []
+    assert parser.large_missing == len(frame) - 1000  # the header is in: the size is known
+    rest = frame[1000:100_000]
+    assert parser.feed(rest) == []
+    assert parser._pieces is not None and parser._pieces[-1] is rest  # kept, not copied
+    assert parser.large_missing == len(frame) - 100_000
+    assert parser.feed(frame[100_000:]) == [payload]
+    assert parser.large_missing == 0
+
+
+def test_a_large_frame_trickled_byte_by_byte_is_not_kept_as_a_million_objects():
+    import tracemalloc
+
+    payload = bytes(range(256)) * 512  # 128 KiB
+    frame = client_frame(OP_BINARY, payload)
+    parser = FrameParser()
+    tracemalloc.start()
+    try:
+        events = [event for i in range(len(frame)) for event in parser.feed(frame[i : i + 1])]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert events == [payload]
+    # One bytes object per byte would be 34 bytes of memory for each (4.5 MB here).
+    assert peak < 4 * len(frame), f"peak {peak} bytes for a {len(frame)}-byte frame"
+
+
+def test_large_text_frames_are_decoded_and_invalid_utf8_refused_after_the_good_ones():
+    text = "é€😀" * 20_000
+    good = client_frame(OP_TEXT, text.encode())
+    parser = FrameParser()
+    assert _feed_through_one_buffer(parser, good, [70_000]) == [text]
+    bad = client_frame(OP_TEXT, b"\xff" + b"a" * 100_000)
+    with pytest.raises(ProtocolError) as info:
+        _feed_through_one_buffer(FrameParser(), client_frame(OP_BINARY, b"ok") + bad, [50_000])
+    assert (info.value.code, info.value.events) == (1007, [])  # b"ok" came in an earlier feed
+
+
+def test_a_fragmented_message_with_large_fragments_and_a_control_frame_between():
+    one, two = b"a" * 100_000, b"b" * 150_000
+    stream = (
+        client_frame(OP_BINARY, one, fin=False)
+        + client_frame(OP_PING, b"hi")
+        + client_frame(OP_CONTINUATION, two)
+    )
+    parser = FrameParser(max_message_size=300_000)
+    events = _feed_through_one_buffer(parser, stream, [70_000, 100_010, 180_000])
+    assert events == [Ping(b"hi"), one + two]
+
+
+def test_a_large_compressed_frame_in_pieces_is_inflated():
+    import zlib
+
+    from fws.deflate import DeflateSettings, negotiate, parse_offers
+
+    negotiated = negotiate(parse_offers(["permessage-deflate"]), DeflateSettings())
+    assert negotiated is not None
+    payload = os.urandom(100_000)  # incompressible: the frame stays over LARGE_FRAME
+    compressor = zlib.compressobj(wbits=-15)
+    body = (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    frame = client_frame(OP_BINARY, body, rsv=4)
+    parser = FrameParser(deflate=negotiated[1])
+    assert _feed_through_one_buffer(parser, frame, [20, 66_000]) == [payload]
+
+
+def test_a_large_frame_over_the_limit_is_refused_from_its_header_before_any_piece():
+    parser = FrameParser(max_message_size=100_000)
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(client_frame(OP_BINARY, b"", length=200_000)[:14])
+    assert info.value.code == 1009 and parser.large_missing == 0

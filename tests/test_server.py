@@ -28,6 +28,7 @@ from helpers import (
 from websockets.exceptions import ConnectionClosed
 
 import fws
+import fws.frames
 from fws import DROP, Pipeline, Reject, WebSocketConnectFilter, WebSocketMessageFilter
 from fws.filters.broadcast_messages import BroadcastMessages
 from fws.filters.echo import Echo
@@ -365,6 +366,39 @@ def test_a_client_streaming_without_pause_gets_every_echo_and_is_not_called_slow
         assert echoes == [(OP_BINARY, payload)] * count
         assert len(server.users) == 1
         sock.close()
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_a_large_message_sent_in_parts_is_read_into_pieces_and_echoed_whole(
+    scheme, tmp_path, monkeypatch
+):
+    # The reader receives the rest of a large frame into bytes of its own, which
+    # the parser keeps uncopied.
+    fed: list[tuple[type, int]] = []
+    add_piece = fws.frames.FrameParser._add_piece
+
+    def recording(parser, data, events):
+        fed.append((type(data), len(data)))
+        return add_piece(parser, data, events)
+
+    monkeypatch.setattr(fws.frames.FrameParser, "_add_piece", recording)
+    tls = TLSFiles(tmp_path) if scheme == "wss" else None
+    settings = tls.server_settings if tls is not None else {}
+    payload = bytes(range(256)) * 3000  # 768,000 bytes
+    frame = client_frame(OP_BINARY, payload)
+    with run_server(message=Echo, **settings) as server:
+        sock = raw_upgrade(server.address[1], tls=tls and tls.client_context)
+        sock.settimeout(10)
+        for start, end in [(0, 1000), (1000, 300_000), (300_000, len(frame))]:
+            sock.sendall(frame[start:end])
+            time.sleep(0.05)  # each part arrives on its own
+        assert read_server_frame(sock) == (OP_BINARY, payload)
+        sock.sendall(client_frame(OP_TEXT, b"and then a small one"))
+        assert read_server_frame(sock) == (OP_TEXT, b"and then a small one")
+        sock.close()
+    # Most of the frame was read straight into pieces (bytes), not copied out of
+    # the shared read buffer (a memoryview).
+    assert sum(size for kind, size in fed if kind is bytes) > len(frame) // 2, fed
 
 
 def test_oversized_message_is_refused_from_the_header_with_1009():

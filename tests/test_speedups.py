@@ -666,7 +666,9 @@ def _run_parser(stream: bytes, cuts: list[int], limit: int | None) -> list[Any]:
         buffer[:] = b"\xee" * len(buffer)
         if failure is not None:
             break
-    outcome.append((parser.frames, counts, sizes, bytes(parser._buffer), parser._opcode))
+    pieces = b"".join(parser._pieces or [])
+    kept = (bytes(parser._buffer), pieces, parser.large_missing)
+    outcome.append((parser.frames, counts, sizes, kept, parser._opcode))
     return outcome
 
 
@@ -680,8 +682,10 @@ def test_the_compiled_frame_loop_parses_as_the_pure_parser(seed, monkeypatch):
     cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(4))))
     limit = rng.choice([None, 2**20, 125, 126, 200, 0, 2**70, -(2**70)])
     monkeypatch.setattr(fws.frames, "_parse_messages", compiled.parse_messages)
+    monkeypatch.setattr(fws.frames, "_unmask_pieces", compiled.unmask_pieces)
     with_c = _run_parser(stream, cuts, limit)
     monkeypatch.setattr(fws.frames, "_parse_messages", None)
+    monkeypatch.setattr(fws.frames, "_unmask_pieces", fws.frames._unmask_pieces_portable)
     assert _run_parser(stream, cuts, limit) == with_c
 
 
@@ -730,6 +734,33 @@ def test_the_compiled_loop_takes_a_buffer_from_any_position_and_stops_at_a_parti
     data.extend(b"x")  # the buffer was released: the bytearray can grow
     with pytest.raises(ValueError):
         compiled.parse_messages(data, len(data) + 1, events, None, None, None)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_compiled_unmask_of_pieces_matches_join_then_unmask(seed):
+    compiled = _compiled()
+    rng = random.Random(seed)
+    pieces: list[bytes | bytearray] = [
+        rng.choice([bytes, bytearray])(rng.randbytes(rng.choice([0, 1, 3, 7, 8, 9, 4096, 70_001])))
+        for _ in range(rng.randrange(1, 6))
+    ]
+    total = sum(len(piece) for piece in pieces)
+    mask = rng.randbytes(4)
+    for start in {0, min(total, rng.randrange(15)), total // 2, total}:
+        expected = fws.frames._unmask_pieces_portable(pieces, start, mask)
+        assert compiled.unmask_pieces(pieces, start, mask) == expected
+
+
+def test_the_compiled_unmask_of_pieces_refuses_what_it_cannot_read():
+    compiled = _compiled()
+    with pytest.raises(ValueError, match="4 bytes"):
+        compiled.unmask_pieces([b"abcdef"], 0, b"abc")
+    with pytest.raises(ValueError, match="start"):
+        compiled.unmask_pieces([b"abcdef"], 7, b"abcd")
+    with pytest.raises(TypeError, match="bytes or a bytearray"):
+        compiled.unmask_pieces([b"ab", memoryview(b"cd")], 0, b"abcd")
+    with pytest.raises(TypeError, match="list"):
+        compiled.unmask_pieces((b"ab",), 0, b"abcd")
 
 
 class _StubDeflate:
