@@ -527,19 +527,21 @@ _SHORT_HEADERS: Final = {
 """Headers of uncompressed frames under 126 bytes, by opcode and size: looked up, not packed."""
 
 
-def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
-    """One unfragmented, unmasked frame (servers never mask); ``rsv1``: compressed."""
-    size = len(payload)
+def frame_header(opcode: int, size: int, rsv1: bool = False) -> bytes:
+    """The header of an unfragmented, unmasked frame of ``size`` payload bytes."""
     if size < 126 and not rsv1:
-        return _SHORT_HEADERS[opcode][size] + payload
+        return _SHORT_HEADERS[opcode][size]
     first = 0xC0 | opcode if rsv1 else 0x80 | opcode
     if size < 126:
-        header = struct.pack("!BB", first, size)
-    elif size < 65536:
-        header = struct.pack("!BBH", first, 126, size)
-    else:
-        header = struct.pack("!BBQ", first, 127, size)
-    return header + payload
+        return struct.pack("!BB", first, size)
+    if size < 65536:
+        return struct.pack("!BBH", first, 126, size)
+    return struct.pack("!BBQ", first, 127, size)
+
+
+def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
+    """One unfragmented, unmasked frame (servers never mask); ``rsv1``: compressed."""
+    return frame_header(opcode, len(payload), rsv1) + payload
 
 
 _TEXT_HEADERS: Final = _SHORT_HEADERS[OP_TEXT]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import gevent
 import gevent.event
 import gevent.queue
@@ -164,3 +166,38 @@ def test_an_answer_leaves_while_the_filter_that_sent_it_still_blocks():
     assert not unblocked.is_set()  # both arrived while the filter still blocked
     release.set()
     connection.abort()
+
+
+def test_a_large_binary_message_is_queued_uncopied_behind_its_own_header():
+    from fws.connection import UNCOPIED_PAYLOAD
+    from fws.deflate import DeflateSettings, negotiate, parse_offers
+
+    server = fws.Server(host="127.0.0.1", port=0, registry=fws.Registry(), ping_interval=None)
+    server.start()
+    try:
+        ours, theirs = gevent.socket.socketpair()
+        theirs.settimeout(5)
+        connection = fws.Connection(
+            fws.Request("/"), server.connection_settings, server.table, server
+        )
+        connection.open(ours)
+        large, small = b"\x01" * UNCOPIED_PAYLOAD, b"\x02" * (UNCOPIED_PAYLOAD - 1)
+        assert connection.send(large) and connection.send(small)
+        header = bytes([0x82, 126]) + struct.pack("!H", len(large))
+        assert connection._outbox[:2] == [header, large] and connection._outbox[1] is large
+        assert len(connection._outbox) == 3  # the smaller one: one frame, header and all
+        assert connection.outbound_bytes == 4 + len(large) + 4 + len(small)
+        received = b""
+        while len(received) < connection.outbound_bytes + connection.bytes_out:
+            received += theirs.recv(65536)
+        assert received == header + large + bytes([0x82, 126, 0x3F, 0xFF]) + small
+        assert connection.messages_out == 2
+        # Compression, when negotiated and due, still applies: one compressed frame.
+        negotiated = negotiate(parse_offers(["permessage-deflate"]), DeflateSettings())
+        assert negotiated is not None
+        connection.deflate = negotiated[1]
+        assert connection.send(large)
+        assert len(connection._outbox) == 1 and connection._outbox[0][0] == 0xC2
+        theirs.close()
+    finally:
+        server.stop()

@@ -288,14 +288,17 @@ def test_a_pipeline_set_after_start_runs_untimed():
         client.close()
 
 
-@pytest.mark.parametrize("opcode", [OP_PING, OP_TEXT])
-def test_a_slow_client_cut_is_counted(opcode: int):
-    # Pongs and echoed messages take different send paths (the message path
-    # inlines the limit test): both must cut and count a client that does not read.
+@pytest.mark.parametrize(("opcode", "size"), [(OP_PING, 125), (OP_TEXT, 125), (OP_BINARY, 20_000)])
+def test_a_slow_client_cut_is_counted(opcode: int, size: int):
+    # Pongs, echoed messages and large binary echoes (queued as a header and the
+    # payload itself) take different send paths (the message path inlines the
+    # limit test): each must cut and count a client that does not read.
+    from frame_builder import client_frame
+
     with run_server(message=Echo, max_outbound_bytes=64 * 1024, close_timeout=0.5) as server:
         sock = raw_upgrade(server.address[1], receive_buffer=4096)
         wait_for(lambda: server.users)
-        frames = bytes([0x80 | opcode, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
+        frames = client_frame(opcode, b"p" * size)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # bounded: at most 20 s of frames
             try:
@@ -305,8 +308,8 @@ def test_a_slow_client_cut_is_counted(opcode: int):
         sock.close()
         wait_for(lambda: not server.users and not server.finishing, 5)
         samples = scrape(server.address[1])
-    name = "ping" if opcode == OP_PING else "text"
-    answer = "pong" if opcode == OP_PING else "text"
+    name = {OP_PING: "ping", OP_TEXT: "text", OP_BINARY: "binary"}[opcode]
+    answer = "pong" if opcode == OP_PING else name
     assert value(samples, "fws_disconnects_total", reason="slow_client") == 1
     assert value(samples, "fws_close_codes_sent_total", code="1008") == 1
     assert value(samples, "fws_messages_received_total", opcode=name) >= 100

@@ -373,7 +373,7 @@ def test_a_large_message_sent_in_parts_is_read_into_pieces_and_echoed_whole(
     scheme, tmp_path, monkeypatch
 ):
     # The reader receives the rest of a large frame into bytes of its own, which
-    # the parser keeps uncopied.
+    # the parser keeps uncopied; the echo leaves as a header and the payload.
     fed: list[tuple[type, int]] = []
     add_piece = fws.frames.FrameParser._add_piece
 
