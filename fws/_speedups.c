@@ -3,7 +3,7 @@
  * the encoding of a message in C, for CPython.
  *
  * Optional: setup.py builds it when it can, and fws/_accel.py falls back to
- * the pure-Python code of fws/connection.py (_pure_fan_out, _pure_flush_each)
+ * the pure-Python code of fws/outbound.py (_pure_fan_out, _pure_flush_each)
  * and fws/frames.py (FrameParser._parse, _pure_encode_message) when it is
  * missing or FWS_NO_SPEEDUPS=1. Both must behave alike; the tests
  * run the same inputs through both (tests/test_speedups.py).

@@ -15,6 +15,8 @@ from .stats import ServerStats
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .inbound import Inbound
+    from .outbound import Outbound
     from .pipeline import Pipeline
     from .storage.base import Storage
 
@@ -75,12 +77,12 @@ class ConnectionTable:
     ) -> None:
         self.users: dict[str, Connection] = {}
         """Every open connection, by id."""
-        self.reading: set[Connection] = set()
+        self.reading: set[Inbound] = set()
         """Connections whose reader greenlet runs; the others wait on a watcher."""
         self.finishing: set[Connection] = set()
         """Connections out of ``users`` whose disconnect pipeline and storage clean-up run."""
-        self.to_flush: list[Connection] = []
-        """Connections with frames queued for the flusher's next turn (``fws.connection``)."""
+        self.to_flush: list[Outbound] = []
+        """Connections with frames queued for the flusher's next turn (``fws.outbound``)."""
         self.flusher: Any = None
         """The flusher's hub callback while it is due or running; None otherwise."""
         self.read_buffer = bytearray(READ_SIZE)

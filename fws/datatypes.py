@@ -7,6 +7,7 @@ these types live apart from ``fws.events`` (which imports the registry).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import NoReturn
@@ -17,6 +18,7 @@ __all__ = [
     "CloseInfo",
     "ExtensionOffer",
     "Request",
+    "State",
     "TextMessage",
     "bearer_token",
 ]
@@ -31,6 +33,15 @@ def bearer_token(subprotocol: str) -> str | None:
     if subprotocol[: len(BEARER_PREFIX)].lower() == BEARER_PREFIX:
         return subprotocol[len(BEARER_PREFIX) :]
     return None
+
+
+class State(enum.Enum):
+    """Where a connection is in its life (``Connection.state``)."""
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 class TextMessage(str):

@@ -26,7 +26,7 @@ import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
 from ._accel import IMPLEMENTATION
-from .connection import PARK_AFTER, Connection, fan_out
+from .connection import PARK_AFTER, Connection
 from .consumer import ConsumerQueue
 from .context import BACKLOG, ConnectionSettings, ConnectionTable
 from .datatypes import ExtensionOffer
@@ -38,6 +38,7 @@ from .frames import encode_message
 from .handshake import ConnectionHandler, refuse_at_capacity
 from .http import WSGIApp, route, route_metrics_port
 from .metrics import FLUSH_INTERVAL, Metrics
+from .outbound import fan_out
 from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
 from .proxies import ProxyNetworks
@@ -716,7 +717,7 @@ class Server:
         compressed frame), or per client where the client's codec keeps context.
         The connection whose id is ``exclude`` (usually the sender) is
         skipped. Returns how many connections it was queued for. The loop
-        is ``fws.connection.fan_out``: compiled where ``fws._speedups`` is
+        is ``fws.outbound.fan_out``: compiled where ``fws._speedups`` is
         built (see ``fws._accel``).
         """
         frame = encode_message(data)

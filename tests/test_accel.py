@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-import fws.connection
 import fws.frames
+import fws.outbound
 from fws import _accel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +52,8 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
     if os.environ.get(_accel.SWITCH):
         assert _accel.speedups is None
         assert _accel.IMPLEMENTATION == f"pure Python ({_accel.SWITCH} is set)"
-        assert fws.connection.fan_out is fws.connection._pure_fan_out
-        assert fws.connection._flush_each is fws.connection._pure_flush_each
+        assert fws.outbound.fan_out is fws.outbound._pure_fan_out
+        assert fws.outbound._flush_each is fws.outbound._pure_flush_each
         assert fws.frames._parse_messages is None
         assert fws.frames._unmask_pieces is fws.frames._unmask_pieces_portable
         assert fws.frames.encode_message is fws.frames._pure_encode_message
@@ -63,11 +63,11 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         pytest.skip(_accel.IMPLEMENTATION)
     else:
         assert _accel.IMPLEMENTATION == "C (fws._speedups)"
-        assert fws.connection.fan_out is _accel.speedups.fan_out
+        assert fws.outbound.fan_out is _accel.speedups.fan_out
         assert fws.frames._parse_messages is _accel.speedups.parse_messages
         assert fws.frames._unmask_pieces is _accel.speedups.unmask_pieces
         assert fws.frames.encode_message is not fws.frames._pure_encode_message
-        assert fws.connection._flush_each is _accel.speedups.flush_each
+        assert fws.outbound._flush_each is _accel.speedups.flush_each
 
 
 @pytest.mark.parametrize("value, pure", [("1", True), ("yes", True), ("0", False), ("", False)])

@@ -60,7 +60,7 @@ def test_a_connection_runs_its_events_with_only_a_table_and_settings():
 
 
 def test_a_flush_that_raises_leaves_the_other_connections_their_turn():
-    from fws.connection import _flush_connections
+    from fws.outbound import _flush_connections
 
     class Due:
         def __init__(self, name: str, flushed: list[str], fail: bool = False) -> None:
@@ -169,8 +169,8 @@ def test_an_answer_leaves_while_the_filter_that_sent_it_still_blocks():
 
 
 def test_a_large_binary_message_is_queued_uncopied_behind_its_own_header():
-    from fws.connection import UNCOPIED_PAYLOAD
     from fws.deflate import DeflateSettings, negotiate, parse_offers
+    from fws.outbound import UNCOPIED_PAYLOAD
 
     server = fws.Server(host="127.0.0.1", port=0, registry=fws.Registry(), ping_interval=None)
     server.start()

@@ -30,7 +30,7 @@ from helpers import connect, raw_upgrade, read_server_frame, run_server, url, wa
 import fws
 import fws.frames
 from fws import ProtocolError, TextMessage, _accel
-from fws.connection import State, _pure_fan_out, _pure_flush_each
+from fws.connection import State
 from fws.context import ConnectionSettings, ConnectionTable
 from fws.frames import (
     OP_BINARY,
@@ -42,6 +42,7 @@ from fws.frames import (
     FrameParser,
     encode_message,
 )
+from fws.outbound import _pure_fan_out, _pure_flush_each
 from fws.storage.memory import MemoryStorage
 
 EVENTS = ("connect", "open", "data", "message", "disconnect", "consumer")

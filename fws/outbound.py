@@ -1,0 +1,315 @@
+"""What a connection sends: its outbound queue, the flusher that writes it, and its writer.
+
+Frames are queued, never written by the greenlet that sends them: other
+connections' greenlets only ever append to a connection's queue, so sending
+never blocks the sender and two greenlets never write to one socket (gevent
+raises ``ConcurrentObjectUseError`` if they do). The flusher, a callback the
+hub runs, writes every queue with frames since its last turn in one
+non-blocking send each; what a socket cannot take at once goes to a writer
+greenlet of that connection's own, started on demand.
+
+``Outbound`` is the sending half of ``fws.connection.Connection``, which
+holds the state (its slots). The broadcast's hot loops are here in pure
+Python too: ``fws._speedups`` does the same in C when it is built (see
+``fws._accel``), reading those slots, and the loops here are the reference
+the compiled ones must agree with.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import gevent
+
+from . import _accel
+from .connection_state import ConnectionState
+from .datatypes import State
+from .frames import OP_BINARY, frame_header
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .context import ConnectionTable
+
+__all__ = ["UNCOPIED_PAYLOAD", "Outbound", "fan_out"]
+
+log = logging.getLogger("fws.connection")
+
+UNCOPIED_PAYLOAD = 16384
+"""A binary message at least this large is queued behind a header of its own, uncopied:
+past this size a copy costs more than the send's extra iovec."""
+
+_OPEN = State.OPEN
+"""For the per-message paths: on Python 3.11, ``State.OPEN`` goes through the
+``__getattr__`` hook of Enum's metaclass, about 80 ns a read; a global, 8."""
+
+
+def _schedule_flush(table: ConnectionTable) -> None:
+    table.flusher = gevent.get_hub().loop.run_callback(_flush_connections, table)
+
+
+def _flush_connections(table: ConnectionTable) -> None:
+    """The flusher: write every connection with frames queued since the hub's last turn.
+
+    A callback the hub runs, not a greenlet: a broadcast to 1,000 clients
+    costs 1,000 non-blocking sends and no greenlet at all, and an echo leaves
+    without a greenlet created and switched to (in process, a round trip took
+    42 µs with a flusher greenlet, 24 µs with this callback). Nothing here may
+    block or switch: sends are non-blocking, and whatever would wait goes to
+    a writer greenlet.
+    """
+    due: list[Outbound] = []
+    try:
+        while table.to_flush:
+            due, table.to_flush = table.to_flush, []
+            _flush_each(due)  # leaves in due only what it did not flush
+    finally:
+        table.flusher = None
+        if due:  # a bug raised in _flush: the others still get their turn
+            table.to_flush.extend(due)
+            _schedule_flush(table)
+
+
+class Outbound(ConnectionState):
+    """The sending half of ``Connection``: queueing, counting, flushing and the writer.
+
+    A mixin with no slots of its own: ``ConnectionState`` declares them, and
+    ``Connection.__init__`` sets them.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:  # what it calls of the other half and of Connection
+
+        def _cut(self, why: str, reason: str) -> None: ...
+        def _abort_transport(self) -> None: ...
+
+    def _send_uncopied(self, payload: bytes) -> bool:
+        """Queue a large binary message as its header and then the payload itself.
+
+        Copying a megabyte behind its header cost a tenth of a 1 MiB echo;
+        the flush sends both from where they are (``sendmsg``, an iovec each).
+        """
+        header = frame_header(OP_BINARY, len(payload))
+        if not self._has_room(len(header) + len(payload)):
+            return False
+        if self._sent_counts is not None and header[0] != self._run_first:
+            self._new_sent_run(header[0])
+        self._queue(header)
+        self._queue(payload)
+        self.messages_out += 1
+        return True
+
+    def send_frame(self, frame: bytes, *, message: bool = True) -> bool:
+        """Queue an already encoded frame (a broadcast encodes once for everyone).
+
+        ``message=False``: a control frame (a pong), not a message for the
+        end-of-connection line.
+        """
+        if message:
+            return self.send_message_frame(frame, frame[0])
+        if not self._has_room(len(frame)):
+            return False
+        self._queue_counted(frame)
+        return True
+
+    def send_message_frame(self, frame: bytes, first: int) -> bool:
+        """Queue an encoded message frame whose first byte is ``first``: the hot path.
+
+        ``Server.broadcast`` reads ``first`` once for every recipient, so that
+        counting messages for metrics costs a delivery one comparison.
+        ``fws/_speedups.c`` (``queue_common``) does this and ``_queue`` in C
+        for a broadcast's common case: a change here belongs there too.
+        """
+        # _has_room's test, inlined: a method call per delivery would cost more
+        # than everything metrics add to it.
+        if self.state is not _OPEN:
+            return False
+        limit = self.settings.max_outbound_bytes
+        if limit is not None and self._outbox_bytes and self._outbox_bytes + len(frame) > limit:
+            self._close_too_slow()
+            return False
+        if self._sent_counts is not None and first != self._run_first:
+            self._new_sent_run(first)
+        self._queue(frame)
+        self.messages_out += 1
+        return True
+
+    def _has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes may be queued; a client too slow for them is closed."""
+        if self.state is not _OPEN:
+            return False
+        limit = self.settings.max_outbound_bytes
+        if limit is not None and self._outbox_bytes and self._outbox_bytes + size > limit:
+            self._close_too_slow()
+            return False
+        return True
+
+    def _close_too_slow(self) -> None:
+        log.warning(
+            "connection %s: client too slow, %d bytes waiting; closing it",
+            self.id,
+            self._outbox_bytes,
+        )
+        self._cut("slow_client", "client too slow: outbound queue full")
+
+    def flush_sent_counts(self) -> None:
+        """Add the messages sent since the last count to the metrics (each metrics flush)."""
+        self._new_sent_run(self._run_first)
+
+    def _new_sent_run(self, first: int = -1) -> None:
+        """Count the run of sent messages so far; the next run's frames start with ``first``.
+
+        ``-1``: no run until the next message (a control frame is queued, or
+        the connection ends).
+        """
+        sent = self._sent_counts
+        if sent is None:
+            return
+        queued = self.bytes_out + self._outbox_bytes
+        if self._run_first >= 0:
+            opcode = self._run_first & 0x0F
+            sent[opcode] += self.messages_out - self._run_messages
+            self._sent_bytes[opcode] += queued - self._run_queued
+        self._run_first, self._run_messages, self._run_queued = first, self.messages_out, queued
+
+    def _queue_counted(self, frame: bytes) -> None:
+        """Queue a control frame of our own (ping, pong, close) and count it."""
+        self._new_sent_run()  # a run's bytes are its messages' only
+        self._queue(frame)
+        self.table.stats.count_sent(frame)
+
+    def _queue(self, frame: bytes) -> None:
+        self._outbox_bytes += len(frame)
+        if self._opening is not None:
+            opener, held = self._opening
+            # The open pipeline's frames go first; the writer waits for its end.
+            (self._outbox if gevent.getcurrent() is opener else held).append(frame)
+            return
+        self._outbox.append(frame)
+        if self._writer is None and not self._flush_due:
+            # The flusher runs on the hub's next turn, so every frame queued
+            # until then (a whole batch of echoes, say) leaves in one send, and
+            # one greenlet writes for every connection a broadcast reached.
+            self._flush_due = True
+            table = self.table
+            table.to_flush.append(self)
+            if table.flusher is None:
+                _schedule_flush(table)
+
+    def _flush(self) -> None:
+        """Send the queue in one non-blocking call (in the hub); a writer takes the rest.
+
+        A write that would block (a slow client, a full socket buffer) is left
+        to a writer greenlet of this connection's own, which waits for the
+        socket; so is a failed write, which the writer reports (logging is no
+        job for the hub). Over TLS, and once a close is queued, the writer
+        does it all. ``fws/_speedups.c`` (``flush_one``) does the same in C:
+        a change here belongs there too.
+        """
+        self._flush_due = False
+        outbox = self._outbox
+        if self._writer is not None or not outbox:
+            return
+        raw = self._raw_socket
+        if raw is None or self._close_queued:
+            self._start_writer()
+            return
+        chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        try:
+            sent = raw.send(chunk)
+        except OSError:  # would block, or failed: the writer waits, or reports it
+            sent = 0
+        self._outbox_bytes -= sent
+        self.bytes_out += sent
+        if sent < len(chunk):
+            outbox.append(chunk[sent:])  # nothing was queued meanwhile: no yield since clear
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        """Leave the queue to a writer greenlet (the compiled flusher calls this too)."""
+        self._writer = gevent.spawn(self._write_loop)
+
+    def _write_loop(self) -> None:
+        """Writer greenlet: send everything queued, many frames per system call.
+
+        It exits when the queue is empty, so an idle connection holds no writer.
+        """
+        assert self._socket is not None
+        outbox = self._outbox
+        try:
+            while outbox:
+                chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+                outbox.clear()
+                self._socket.sendall(chunk)
+                self._outbox_bytes -= len(chunk)
+                self.bytes_out += len(chunk)
+            if self._close_queued and self._failed:
+                # After a protocol error the client's close reply cannot be parsed
+                # out of the broken stream; end our side instead, so the client
+                # sees EOF at once rather than waiting for close_timeout.
+                self._socket.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            log.debug("connection %s: write failed: %s", self.id, exc)
+            self._abort_transport()
+        finally:
+            self._writer = None
+
+
+# -- the broadcast's hot loops --------------------------------------------------
+# Pure Python here; fws._speedups does the same in C when it is built (see
+# fws._accel). These two are the reference: the compiled ones must agree.
+
+
+def _pure_fan_out(
+    recipients: Sequence[Connection | None],
+    frame: bytes,
+    first: int,
+    exclude: str | None,
+    deliver: Callable[[Connection], bool],
+) -> int:
+    """Queue ``frame`` (first byte ``first``) for each recipient; how many it was queued for.
+
+    ``None`` entries (ids not connected here) and the connection whose id is
+    ``exclude`` are skipped. ``deliver`` queues for one recipient whatever
+    its case: here it gets the compressed ones, which need a frame of their
+    own; the compiled loop also hands it every recipient that is not the
+    common case (the slow-client limit, a new metrics run, ``_opening``).
+    """
+    sent = 0
+    for connection in recipients:
+        if connection is None or connection.id == exclude:
+            continue
+        if connection.deflate is None:
+            sent += connection.send_message_frame(frame, first)
+        else:
+            sent += deliver(connection)
+    return sent
+
+
+def _pure_flush_each(due: list[Outbound]) -> None:
+    """``_flush`` each connection of ``due``; ``due`` keeps only the ones not flushed.
+
+    Empty when it returns; after a ``_flush`` raised (a bug), the flusher
+    gives the rest their turn on the hub's next turn.
+    """
+    done = 0
+    try:
+        for connection in due:
+            done += 1
+            connection._flush()
+    finally:
+        del due[:done]
+
+
+if _accel.speedups is not None:
+    fan_out: Callable[
+        [Sequence[Connection | None], bytes, int, str | None, Callable[[Connection], bool]], int
+    ] = _accel.speedups.fan_out
+    _flush_each: Callable[[list[Outbound]], None] = _accel.speedups.flush_each
+else:
+    fan_out = _pure_fan_out
+    _flush_each = _pure_flush_each
