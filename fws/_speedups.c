@@ -29,8 +29,8 @@
  * parse_messages(data, position, events, limit, frame_counts, wire_bytes) -> int
  *     FrameParser.feed's common case: from ``position`` in ``data`` (any
  *     buffer), append the event of each whole, unfragmented, masked text or
- *     binary frame with no RSV bit and a payload under 64 KiB (7- or 16-bit
- *     length) to the list ``events``: its payload unmasked, as bytes, or as
+ *     binary frame with no RSV bit (any of the three length forms) to the
+ *     list ``events``: its payload unmasked, as bytes, or as
  *     a TextMessage for text. Stops at the first frame it does not handle
  *     (anything else, a frame not yet whole, one over ``limit`` bytes
  *     (None: no limit), text that is not UTF-8) and returns its position:
@@ -66,6 +66,9 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -610,7 +613,9 @@ static int load_text_message_type(void) {
   return text_message_type == NULL ? -1 : 0;
 }
 
-/* XOR ``size`` bytes of ``source`` with the 4-byte ``mask`` into ``target``. */
+/* XOR ``size`` bytes of ``source`` with the 4-byte ``mask`` into ``target``:
+ * 16 bytes at a time with SSE2 (every x86-64 has it), as websockets' speedups.c
+ * does, which unmasks 1 MiB in about half the time of 8 bytes at a time. */
 static void unmask_into(char *target, const unsigned char *source, Py_ssize_t size,
                         const unsigned char *mask) {
   uint64_t wide;
@@ -618,6 +623,13 @@ static void unmask_into(char *target, const unsigned char *source, Py_ssize_t si
   memcpy(&narrow, mask, 4);
   wide = ((uint64_t)narrow << 32) | narrow;
   Py_ssize_t i = 0;
+#ifdef __SSE2__
+  __m128i vector = _mm_set1_epi64x((long long)wide);
+  for (; i + 16 <= size; i += 16) {
+    __m128i chunk = _mm_loadu_si128((const __m128i *)(source + i));
+    _mm_storeu_si128((__m128i *)(target + i), _mm_xor_si128(chunk, vector));
+  }
+#endif
   for (; i + 8 <= size; i += 8) {
     uint64_t chunk;
     memcpy(&chunk, source + i, 8);
@@ -791,7 +803,15 @@ static PyObject *parse_messages(PyObject *Py_UNUSED(module), PyObject *const *ar
       length = (Py_ssize_t)bytes[position + 2] << 8 | bytes[position + 3];
       header = 8;
     } else if (length == 127) {
-      break;
+      if (end - position < 10)
+        break;
+      uint64_t wide = 0;
+      for (int k = 0; k < 8; k++)
+        wide = wide << 8 | bytes[position + 2 + k];
+      if (wide > (uint64_t)PY_SSIZE_T_MAX - 14)
+        break; /* the most significant bit set: Python refuses it */
+      length = (Py_ssize_t)wide;
+      header = 14;
     }
     if (length > limit || end - position < header + length)
       break; /* over the limit (Python refuses it), or not whole yet */

@@ -725,6 +725,19 @@ def test_the_compiled_loop_leaves_other_frames_to_python_after_the_good_ones(fra
     assert outcomes[0][2][:2] == events
 
 
+def test_the_compiled_loop_takes_whole_frames_in_each_length_form():
+    compiled = _compiled()
+    sizes = (0, 125, 126, 65535, 65536, 200_001)  # 7-, 16- and 64-bit lengths
+    payloads = [bytes([size % 251]) * size for size in sizes]
+    data = b"".join(client_frame(OP_BINARY, payload) for payload in payloads)
+    events: list[Any] = []
+    assert compiled.parse_messages(data, 0, events, None, None, None) == len(data)
+    assert events == payloads
+    # A 64-bit length with its most significant bit set stops it: Python refuses that.
+    huge = client_frame(OP_BINARY, b"", length=1 << 63 | 5)[:14] + b"x" * 5
+    assert compiled.parse_messages(data + huge, 0, [], None, None, None) == len(data)
+
+
 def test_the_compiled_loop_takes_a_buffer_from_any_position_and_stops_at_a_partial_frame():
     compiled = _compiled()
     frame = client_frame(OP_BINARY, b"abc" * 50)
