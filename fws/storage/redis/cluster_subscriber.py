@@ -30,7 +30,8 @@ whole session down and raises ``redis.ConnectionError``. The storage then
 subscribes again (the topology is refreshed first) and resyncs, and counts
 the outage: at most once, but never silently less. A shard primary that
 hangs instead of closing is caught per node connection by :mod:`.liveness`
-(silent for ``PUBSUB_SILENCE`` s); the refresh then asks that node last.
+(silent for ``PUBSUB_SILENCE`` s) and reported to the link
+(``ClusterLink.node_failed``): every later refresh asks that node last.
 
 No gevent here: the storage's greenlets call these blocking methods in a
 monkey-patched process; the Publisher uses them in a plain one.
@@ -91,7 +92,7 @@ class ClusterSubscriber:
         self._stale = False
         self._closed = False
         self._heard = Heard()
-        self._suspect: str | None = None  # the node that failed last: asked last
+        self._raw_node: str | None = None  # the node of the raw subscriptions
 
     # -- sessions ----------------------------------------------------------------
 
@@ -104,7 +105,9 @@ class ClusterSubscriber:
             self._stale = False
         elif self._stale:
             try:
-                self._cluster.nodes_manager.initialize(last_failed_node_name=self._suspect)
+                self._cluster.nodes_manager.initialize(
+                    last_failed_node_name=self._link.failed_node
+                )
             except RedisClusterException as exc:
                 raise cluster_error(exc) from exc
             self._stale = False
@@ -114,10 +117,13 @@ class ClusterSubscriber:
 
     def _lost(self, exc: BaseException) -> redis.ConnectionError:
         """Drop every subscription; the exception to raise for the storage."""
+        raw_node = self._raw_node
         self._teardown()
         self._stale = True
-        if isinstance(exc, Silent) and exc.key != "raw":
-            self._suspect = str(exc.key)
+        if isinstance(exc, Silent):
+            failed = raw_node if exc.key == "raw" else str(exc.key)
+            if failed is not None:
+                self._link.node_failed(failed)
         if isinstance(exc, redis.ConnectionError):
             return exc
         error = redis.ConnectionError(f"Redis Cluster pub/sub lost: {exc}")
@@ -133,6 +139,7 @@ class ClusterSubscriber:
                     pass
         self._sharded = None
         self._raw = None
+        self._raw_node = None
         self._channels.clear()
         self._unsubscribing.clear()
         self._heard.clear()
@@ -188,6 +195,7 @@ class ClusterSubscriber:
                     pubsub.reset()
                     continue
                 self._raw = pubsub
+                self._raw_node = node.name
                 self._heard.start("raw")
                 return
             raise self._lost(failure or redis.ConnectionError("no cluster node"))
