@@ -118,7 +118,8 @@ class Link(Protocol):
         Called by the listener when it loses its session and when it has a new
         one: commands blocked on a hung or demoted primary are released at once
         instead of after ``COMMAND_TIMEOUT``, and no connection opened before
-        a failover serves a command after it.
+        a failover serves a command after it. A cluster link also refreshes
+        its slot table then: the old one may still name a hung primary.
         """
 
     def close(self) -> None: ...
