@@ -15,12 +15,12 @@ Pub/sub is another matter: see :mod:`.cluster_subscriber`.
 A primary that hangs (SIGSTOP, a stuck host) fails no command by itself:
 the kernel still accepts connections to it, so a command sent there waits
 ``COMMAND_TIMEOUT`` before redis-py refreshes its slot table. Hence
-:meth:`ClusterLink.reset` (the listener calls it when it loses its session
-and when it has a new one) also refreshes the command client's slot table,
-and the node a subscriber found silent (:meth:`ClusterLink.node_failed`) is
-asked last by every refresh and left out of a new client's seeds: after the
-promotion, the first write (the snapshot that ends the outage) goes to the
-new primary instead of waiting 5 s, once 10 s, on the hung one.
+``ClusterLink.reset(refresh=True)`` (the listener calls it when it has a
+new session after an outage) also refreshes the command client's slot
+table, and the node a subscriber found silent (:meth:`ClusterLink.node_failed`)
+is asked last by every refresh and left out of a new client's seeds: after
+the promotion, the first write (the snapshot that ends the outage) goes to
+the new primary instead of waiting 5 s, once 10 s, on the hung one.
 
 No gevent here: the storage's greenlets call these blocking methods in a
 monkey-patched process; the Publisher uses them in a plain one.
@@ -98,10 +98,15 @@ class ClusterLink:
     def node_failed(self, name: str) -> None:
         """A subscriber found ``name`` (``host:port``) silent: slot-table refreshes ask it last.
 
-        It stays the last one asked (harmless once it is healthy again)
-        until another node fails.
+        Until it answers a subscriber again (:meth:`node_answered`) or
+        another node fails.
         """
         self._failed_node = name
+
+    def node_answered(self, name: str) -> None:
+        """A subscriber heard from ``name``: it is no longer :attr:`failed_node`."""
+        if self._failed_node == name:
+            self._failed_node = None
 
     def new_client(self, name: str, *, pubsub: bool = False) -> RedisCluster:
         """A ``RedisCluster`` with fws's timeouts; ConnectionError if no seed answers.
@@ -168,15 +173,17 @@ class ClusterLink:
         """A new pub/sub session with its own ``RedisCluster`` (see the module docstring)."""
         return ClusterSubscriber(self, f"{self.name}-pubsub")
 
-    def reset(self) -> None:
-        """Cut every node's command connections, in use or not (see ``Link.reset``), and
-        refresh the slot table, asking :attr:`failed_node` last.
+    def reset(self, *, refresh: bool = False) -> None:
+        """Cut every node's command connections, in use or not (see ``Link.reset``);
+        with ``refresh``, re-read the slot table too, asking :attr:`failed_node` last.
 
         Waiting for a command to fail before refreshing is not enough: one
         sent to a hung primary fails only after ``COMMAND_TIMEOUT``, and
         redis-py would keep routing the slot there until then (measured: the
         snapshot that ends an outage took 5.0 s, once 10.0 s, after a SIGSTOP).
-        Raises ``redis.ConnectionError`` if no node answers.
+        Not on a loss (the table would be no newer, and with every node hung
+        each would cost ``COMMAND_TIMEOUT``). Raises ``redis.ConnectionError``
+        if no node answers.
         """
         with self._lock:
             client = self._client
@@ -185,6 +192,8 @@ class ClusterLink:
         for node in list(client.nodes_manager.nodes_cache.values()):
             if node.redis_connection is not None:
                 cut_connections(node.redis_connection.connection_pool)
+        if not refresh:
+            return
         try:
             client.nodes_manager.initialize(last_failed_node_name=self._failed_node)
         except RedisClusterException as exc:

@@ -31,7 +31,8 @@ subscribes again (the topology is refreshed first) and resyncs, and counts
 the outage: at most once, but never silently less. A shard primary that
 hangs instead of closing is caught per node connection by :mod:`.liveness`
 (silent for ``PUBSUB_SILENCE`` s) and reported to the link
-(``ClusterLink.node_failed``): every later refresh asks that node last.
+(``ClusterLink.node_failed``): every later refresh asks that node last,
+until it answers a subscriber again.
 
 Until its replica is promoted, the slot table still names the hung node,
 and the kernel still accepts connections to it: a subscription sent there
@@ -310,6 +311,9 @@ class ClusterSubscriber:
                 message = self._sharded.get_sharded_message(timeout=0.0, target_node=node)
             if message is not None:
                 self._heard.heard("raw" if node is None else node.name)
+                name = self._raw_node if node is None else node.name
+                if name is not None and name == self._link.failed_node:
+                    self._link.node_answered(name)  # alive after all: no longer avoided
                 self._check(message)
                 return message
         return None

@@ -186,14 +186,16 @@ class Listener:
             self._handle(message)
         self._failures = 0
         if self.health.down:
-            self._release_commands()  # none opened during the outage serves after it
+            # None opened during the outage serves after it; a cluster's slot
+            # table is re-read (the old one may name a hung primary).
+            self._release_commands(refresh=True)
         self.health.set_subscribed(True, since=started)
         self._on_connected()
 
-    def _release_commands(self) -> None:
+    def _release_commands(self, *, refresh: bool = False) -> None:
         """Close the link's command connections (see ``Link.reset``): none stays stuck."""
         try:
-            self.link.reset()
+            self.link.reset(refresh=refresh)
         except REDIS_ERRORS as exc:
             log.debug("closing the command connections: %s", exc)
 
