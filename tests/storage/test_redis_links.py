@@ -27,6 +27,7 @@ from redis_topologies import RedisClusterProcesses, RedisSentinelProcesses
 
 from fws.errors import ConfigurationError
 from fws.storage.redis.cluster_link import ClusterLink
+from fws.storage.redis.cluster_subscriber import failover_pending
 from fws.storage.redis.sentinel_link import SentinelLink
 from fws.storage.redis.urls import parse_cluster_url, parse_sentinel_url
 
@@ -178,6 +179,30 @@ def test_malformed_urls_are_configuration_errors_without_the_password(url: str) 
 
 # -- cluster ----------------------------------------------------------------------
 
+_FAILED = "aaaa 127.0.0.1:7000@17000,host-a {flags} - 0 1 1 connected{slots}"
+_REPLICA = "bbbb 127.0.0.1:7001@17001 slave aaaa 0 1 1 connected"
+_PROMOTED = "bbbb 127.0.0.1:7001@17001 master - 0 1 3 connected 0-8191"
+_OTHER = "cccc 127.0.0.1:7002@17002 myself,master - 0 0 2 connected 8192-16383"
+
+
+@pytest.mark.parametrize(
+    ("flags", "slots", "replica", "pending"),
+    [
+        ("master,fail", " 0-8191", _REPLICA, True),  # flagged, a replica to promote
+        ("master,fail", "", _PROMOTED, True),  # promoted already: no slots left
+        ("master,fail?", " 0-8191", _REPLICA, False),  # one node's suspicion only
+        ("master", " 0-8191", _REPLICA, False),
+        ("master,fail", " 0-8191", _REPLICA.replace("slave", "slave,fail"), False),
+        ("master,fail", " 0-8191", "", False),  # no replica: no failover coming
+    ],
+)
+def test_failover_pending_reads_cluster_nodes(
+    flags: str, slots: str, replica: str, pending: bool
+) -> None:
+    nodes = "\n".join([_FAILED.format(flags=flags, slots=slots), _OTHER, replica]) + "\n"
+    assert failover_pending(nodes, "127.0.0.1:7000") is pending
+    assert failover_pending(nodes, "127.0.0.1:7009") is False  # not in the cluster
+
 
 @pytest.fixture
 def cluster_link(redis_cluster: RedisClusterProcesses) -> Iterator[ClusterLink]:
@@ -271,6 +296,36 @@ def test_cluster_primary_sigkill_subscriber_resumes_on_promoted_replica(
     finally:
         subscriber.close()
         publisher_link.close()
+        redis_cluster.restart(victim)
+
+
+def test_cluster_reset_refreshes_the_command_slot_table_past_a_hung_primary(
+    redis_cluster: RedisClusterProcesses, cluster_link: ClusterLink
+) -> None:
+    """After a promotion, no command waits COMMAND_TIMEOUT on the hung primary it replaced.
+
+    The hung node still accepts connections (the kernel does), so a command
+    routed by the old slot table would only fail after 5 s. The listener
+    resets the link when it has a new session; from then on the table is
+    the promoted one.
+    """
+    key = channels_on_distinct_shards(redis_cluster, 1)[0] + ":key"
+    victim = redis_cluster.node_for_key(key)
+    client = cluster_link.commands()
+    client.set(key, "before")  # the slot table names the victim
+    try:
+        redis_cluster.kill(victim, pause=True)
+        redis_cluster.wait_for_failover(victim)
+        cluster_link.node_failed(victim.name)  # as its subscriber reports it
+        started = time.monotonic()
+        cluster_link.reset(refresh=True)
+        client.set(key, "after")
+        took = time.monotonic() - started
+        print(f"\ncluster: reset and a write after a promotion took {took:.3f} s")
+        assert took < 2.0  # COMMAND_TIMEOUT (5 s) without the refresh
+        assert cluster_link.failed_node == victim.name
+        assert client.get(key) == b"after"
+    finally:
         redis_cluster.restart(victim)
 
 
@@ -439,6 +494,7 @@ monkey.patch_all()
 import sys, time
 import gevent
 from fws.storage.redis.cluster_link import ClusterLink
+from fws.storage.redis.cluster_subscriber import failover_pending
 from fws.storage.redis.sentinel_link import SentinelLink
 
 def run(link, channels, kind):

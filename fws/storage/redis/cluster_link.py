@@ -12,6 +12,16 @@ table (``NodesManager.initialize``) and is then retried
 ``retry.get_retries()`` times *without* backoff (``CLUSTER_RETRIES``).
 Pub/sub is another matter: see :mod:`.cluster_subscriber`.
 
+A primary that hangs (SIGSTOP, a stuck host) fails no command by itself:
+the kernel still accepts connections to it, so a command sent there waits
+``COMMAND_TIMEOUT`` before redis-py refreshes its slot table. Hence
+``ClusterLink.reset(refresh=True)`` (the listener calls it when it has a
+new session after an outage) also refreshes the command client's slot
+table, and the node a subscriber found silent (:meth:`ClusterLink.node_failed`)
+is asked last by every refresh and left out of a new client's seeds: after
+the promotion, the first write (the snapshot that ends the outage) goes to
+the new primary instead of waiting 5 s, once 10 s, on the hung one.
+
 No gevent here: the storage's greenlets call these blocking methods in a
 monkey-patched process; the Publisher uses them in a plain one.
 """
@@ -78,36 +88,70 @@ class ClusterLink:
         self._lock = threading.Lock()
         self._client: RedisCluster | None = None
         self._closed = False
+        self._failed_node: str | None = None  # "host:port" that went silent last
+
+    @property
+    def failed_node(self) -> str | None:
+        """The node a subscriber found silent or failing last (``host:port``), if any."""
+        return self._failed_node
+
+    def node_failed(self, name: str) -> None:
+        """A subscriber found ``name`` (``host:port``) silent: slot-table refreshes ask it last.
+
+        Until it answers a subscriber again (:meth:`node_answered`) or
+        another node fails.
+        """
+        self._failed_node = name
+
+    def node_answered(self, name: str) -> None:
+        """A subscriber heard from ``name``: it is no longer :attr:`failed_node`."""
+        if self._failed_node == name:
+            self._failed_node = None
 
     def new_client(self, name: str, *, pubsub: bool = False) -> RedisCluster:
-        """A ``RedisCluster`` with fws's timeouts; ConnectionError if no seed answers."""
+        """A ``RedisCluster`` with fws's timeouts; ConnectionError if no seed answers.
+
+        The slot table comes from the seeds but :attr:`failed_node` (a hung
+        seed would cost a read timeout first); from that one too only if no
+        other seed answers.
+        """
         kwargs = connection_kwargs(name, pubsub=pubsub)
         del kwargs["retry"]  # the cluster-level retry below; node connections get none
         kwargs.update(self.settings.credentials())
+        seeds = list(self.settings.nodes)
+        others = [seed for seed in seeds if f"{seed[0]}:{seed[1]}" != self._failed_node]
+        attempts = [others, seeds] if others and len(others) < len(seeds) else [seeds]
+        for attempt, nodes in enumerate(attempts, 1):
+            try:
+                return self._new_client(nodes, kwargs)
+            except RedisClusterException as exc:
+                if attempt == len(attempts):
+                    raise cluster_error(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _new_client(self, seeds: list[tuple[str, int]], kwargs: dict[str, Any]) -> RedisCluster:
+        kwargs = dict(kwargs)
         # redis-py builds a node's pool from connection_pool_class only for a
         # client made from a URL (NodesManager.create_redis_node); otherwise
         # each node gets a plain ConnectionPool, which past max_connections
         # fails with "Too many connections" (fws would take that for an
         # outage, and lose messages under load). Hence the first seed as a URL,
         # its scheme choosing TLS instead of the ``ssl`` flag.
-        host, port = self.settings.nodes[0]
+        host, port = seeds[0]
         scheme = "rediss" if kwargs.pop("ssl", False) else "redis"
-        try:
-            return RedisCluster(
-                url=f"{scheme}://{_bracketed(host)}:{port}",
-                startup_nodes=[ClusterNode(host, port) for host, port in self.settings.nodes[1:]],
-                retry=Retry(NoBackoff(), CLUSTER_RETRIES),
-                # As on one node: at most pool_size connections per node, and a
-                # command waits for a free one instead of failing at once.
-                connection_pool_class=_WaitingPool,
-                max_connections=self.pool_size,
-                # Keep the seeds the user gave: they are the way back in after
-                # the nodes redis-py discovered have all changed.
-                dynamic_startup_nodes=False,
-                **kwargs,
-            )
-        except RedisClusterException as exc:
-            raise cluster_error(exc) from exc
+        return RedisCluster(
+            url=f"{scheme}://{_bracketed(host)}:{port}",
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds[1:]],
+            retry=Retry(NoBackoff(), CLUSTER_RETRIES),
+            # As on one node: at most pool_size connections per node, and a
+            # command waits for a free one instead of failing at once.
+            connection_pool_class=_WaitingPool,
+            max_connections=self.pool_size,
+            # Keep the seeds the user gave: they are the way back in after
+            # the nodes redis-py discovered have all changed.
+            dynamic_startup_nodes=False,
+            **kwargs,
+        )
 
     def commands(self) -> RedisCluster:
         """The shared ``RedisCluster`` for keys, pipelines and scripts (one hash tag each)."""
@@ -129,11 +173,17 @@ class ClusterLink:
         """A new pub/sub session with its own ``RedisCluster`` (see the module docstring)."""
         return ClusterSubscriber(self, f"{self.name}-pubsub")
 
-    def reset(self) -> None:
-        """Cut every node's command connections, in use or not (see ``Link.reset``).
+    def reset(self, *, refresh: bool = False) -> None:
+        """Cut every node's command connections, in use or not (see ``Link.reset``);
+        with ``refresh``, re-read the slot table too, asking :attr:`failed_node` last.
 
-        The slot table is kept: redis-py refreshes it when the next command
-        fails, asking the node that failed last.
+        Waiting for a command to fail before refreshing is not enough: one
+        sent to a hung primary fails only after ``COMMAND_TIMEOUT``, and
+        redis-py would keep routing the slot there until then (measured: the
+        snapshot that ends an outage took 5.0 s, once 10.0 s, after a SIGSTOP).
+        Not on a loss (the table would be no newer, and with every node hung
+        each would cost ``COMMAND_TIMEOUT``). Raises ``redis.ConnectionError``
+        if no node answers.
         """
         with self._lock:
             client = self._client
@@ -142,6 +192,12 @@ class ClusterLink:
         for node in list(client.nodes_manager.nodes_cache.values()):
             if node.redis_connection is not None:
                 cut_connections(node.redis_connection.connection_pool)
+        if not refresh:
+            return
+        try:
+            client.nodes_manager.initialize(last_failed_node_name=self._failed_node)
+        except RedisClusterException as exc:
+            raise cluster_error(exc) from exc
 
     def close(self) -> None:
         with self._lock:

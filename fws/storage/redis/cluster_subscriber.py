@@ -30,7 +30,18 @@ whole session down and raises ``redis.ConnectionError``. The storage then
 subscribes again (the topology is refreshed first) and resyncs, and counts
 the outage: at most once, but never silently less. A shard primary that
 hangs instead of closing is caught per node connection by :mod:`.liveness`
-(silent for ``PUBSUB_SILENCE`` s); the refresh then asks that node last.
+(silent for ``PUBSUB_SILENCE`` s) and reported to the link
+(``ClusterLink.node_failed``): every later refresh asks that node last,
+until it answers a subscriber again.
+
+Until its replica is promoted, the slot table still names the hung node,
+and the kernel still accepts connections to it: a subscription sent there
+would give up only after ``PUBSUB_SILENCE`` (measured: 2.0 s lost in half
+the reconnections, plus a backoff). So when the primary of a channel to
+subscribe is the node that failed, the subscriber first asks another node
+whether the cluster flags it ``fail`` with a replica to take over; if so it
+raises :class:`~.liveness.FailoverPending` at once, and the listener tries
+again a moment later.
 
 No gevent here: the storage's greenlets call these blocking methods in a
 monkey-patched process; the Publisher uses them in a plain one.
@@ -52,12 +63,12 @@ from redis.client import PubSub
 from redis.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException
 
-from .liveness import Heard, Silent
+from .liveness import FailoverPending, Heard, Silent
 
 if TYPE_CHECKING:
     from .cluster_link import ClusterLink
 
-__all__ = ["ClusterSubscriber", "cluster_error"]
+__all__ = ["ClusterSubscriber", "cluster_error", "failover_pending"]
 
 
 def cluster_error(exc: Exception) -> redis.ConnectionError:
@@ -69,6 +80,41 @@ def cluster_error(exc: Exception) -> redis.ConnectionError:
     error = redis.ConnectionError(str(exc))  # callers name the URL
     error.__cause__ = exc
     return error
+
+
+def failover_pending(nodes: str, name: str) -> bool:
+    """Whether ``CLUSTER NODES`` output ``nodes`` says primary ``name`` failed and is replaced.
+
+    That is: ``name`` is flagged ``fail`` (a majority of primaries agreed,
+    not one node's ``fail?`` suspicion), and either a replica of it that is
+    not failing too will be promoted, or it serves no slot any more (its
+    replica was promoted already; the caller's slot table is older). A
+    failed primary with no replica and its slots is no failover: waiting
+    for one would be pointless. ``name`` is ``host:port``, as in redis-py's
+    node names.
+    """
+    failed_id: str | None = None
+    owns_slots = False
+    replicas_of: dict[str, list[set[str]]] = {}
+    for line in nodes.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        node_id, address, primary = fields[0], fields[1], fields[3]
+        flags = set(fields[2].split(","))
+        if address.split("@", 1)[0] == name:
+            if "master" not in flags or "fail" not in flags:
+                return False
+            failed_id, owns_slots = node_id, len(fields) > 8
+        elif primary != "-":
+            replicas_of.setdefault(primary, []).append(flags)
+    if failed_id is None:
+        return False
+    if not owns_slots:
+        return True
+    return any(
+        "fail" not in flags and "fail?" not in flags for flags in replicas_of.get(failed_id, [])
+    )
 
 
 class ClusterSubscriber:
@@ -91,7 +137,7 @@ class ClusterSubscriber:
         self._stale = False
         self._closed = False
         self._heard = Heard()
-        self._suspect: str | None = None  # the node that failed last: asked last
+        self._raw_node: str | None = None  # the node of the raw subscriptions
 
     # -- sessions ----------------------------------------------------------------
 
@@ -104,7 +150,9 @@ class ClusterSubscriber:
             self._stale = False
         elif self._stale:
             try:
-                self._cluster.nodes_manager.initialize(last_failed_node_name=self._suspect)
+                self._cluster.nodes_manager.initialize(
+                    last_failed_node_name=self._link.failed_node
+                )
             except RedisClusterException as exc:
                 raise cluster_error(exc) from exc
             self._stale = False
@@ -114,10 +162,13 @@ class ClusterSubscriber:
 
     def _lost(self, exc: BaseException) -> redis.ConnectionError:
         """Drop every subscription; the exception to raise for the storage."""
+        raw_node = self._raw_node
         self._teardown()
         self._stale = True
-        if isinstance(exc, Silent) and exc.key != "raw":
-            self._suspect = str(exc.key)
+        if isinstance(exc, Silent):
+            failed = raw_node if exc.key == "raw" else str(exc.key)
+            if failed is not None:
+                self._link.node_failed(failed)
         if isinstance(exc, redis.ConnectionError):
             return exc
         error = redis.ConnectionError(f"Redis Cluster pub/sub lost: {exc}")
@@ -133,6 +184,7 @@ class ClusterSubscriber:
                     pass
         self._sharded = None
         self._raw = None
+        self._raw_node = None
         self._channels.clear()
         self._unsubscribing.clear()
         self._heard.clear()
@@ -145,6 +197,7 @@ class ClusterSubscriber:
             return
         try:
             session = self._session()
+            self._check_failed_owner(channels)
             session.ssubscribe(*channels)
         except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as exc:
             raise self._lost(exc) from None
@@ -152,6 +205,39 @@ class ClusterSubscriber:
         self._unsubscribing.difference_update(channels)
         for name in list(session.node_pubsub_mapping):
             self._heard.start(name)  # a new node's clock starts with its first command
+
+    def _check_failed_owner(self, channels: tuple[str, ...]) -> None:
+        """FailoverPending if a channel's primary is the failed node, about to be replaced."""
+        failed = self._link.failed_node
+        assert self._cluster is not None
+        if failed is None or all(
+            self._cluster.get_node_from_key(channel).name != failed for channel in channels
+        ):
+            return
+        if self._cluster_flags_failover(failed):
+            raise FailoverPending(
+                f"the cluster flags {failed} failed; waiting for its replica's promotion"
+            )
+
+    def _cluster_flags_failover(self, failed: str) -> bool:
+        """Whether another node's ``CLUSTER NODES`` says ``failed`` is being replaced.
+
+        The first node other than ``failed`` that answers decides; if none
+        does, False (subscribe as usual and let the read timeout decide).
+        """
+        assert self._cluster is not None
+        for node in self._cluster.get_nodes():
+            if node.name == failed:
+                continue
+            try:
+                reply = self._cluster.get_redis_connection(node).execute_command(
+                    "CLUSTER", "NODES"
+                )
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+            text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+            return failover_pending(text, failed)
+        return False
 
     def unsubscribe(self, *channels: str) -> None:
         """SUNSUBSCRIBE on the node that holds the subscription."""
@@ -169,7 +255,8 @@ class ClusterSubscriber:
         """Classic SUBSCRIBE on one node, any node: a classic PUBLISH reaches them all.
 
         Nodes are tried in random order (spreading servers over the cluster),
-        so a dead node that the slot table still lists is simply skipped.
+        the node that failed last at the end, so a dead node that the slot
+        table still lists is simply skipped.
         """
         if not channels:
             return
@@ -178,6 +265,7 @@ class ClusterSubscriber:
             assert self._cluster is not None
             nodes = self._cluster.get_nodes()
             random.shuffle(nodes)
+            nodes.sort(key=lambda node: node.name == self._link.failed_node)
             failure: BaseException | None = None
             for node in nodes:
                 pubsub = self._cluster.get_redis_connection(node).pubsub()
@@ -188,6 +276,7 @@ class ClusterSubscriber:
                     pubsub.reset()
                     continue
                 self._raw = pubsub
+                self._raw_node = node.name
                 self._heard.start("raw")
                 return
             raise self._lost(failure or redis.ConnectionError("no cluster node"))
@@ -222,6 +311,9 @@ class ClusterSubscriber:
                 message = self._sharded.get_sharded_message(timeout=0.0, target_node=node)
             if message is not None:
                 self._heard.heard("raw" if node is None else node.name)
+                name = self._raw_node if node is None else node.name
+                if name is not None and name == self._link.failed_node:
+                    self._link.node_answered(name)  # alive after all: no longer avoided
                 self._check(message)
                 return message
         return None

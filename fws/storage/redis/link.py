@@ -112,13 +112,15 @@ class Link(Protocol):
     def subscriber(self) -> Subscriber:
         """A new pub/sub session."""
 
-    def reset(self) -> None:
+    def reset(self, *, refresh: bool = False) -> None:
         """Cut the command connections, also those in use (their callers get a ConnectionError).
 
         Called by the listener when it loses its session and when it has a new
         one: commands blocked on a hung or demoted primary are released at once
         instead of after ``COMMAND_TIMEOUT``, and no connection opened before
-        a failover serves a command after it.
+        a failover serves a command after it. ``refresh`` (when the session is
+        new): the topology that session found is the one to use; a cluster
+        link re-reads its slot table, which may still name a hung primary.
         """
 
     def close(self) -> None: ...
@@ -170,7 +172,7 @@ class SingleLink:
     def subscriber(self) -> Subscriber:
         return ClassicSubscriber(self._pubsub_pool)
 
-    def reset(self) -> None:
+    def reset(self, *, refresh: bool = False) -> None:
         cut_connections(self._pool)
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ import redis
 __all__ = [
     "PUBSUB_PING",
     "PUBSUB_SILENCE",
+    "FailoverPending",
     "Heard",
     "PrimarySwitched",
     "Silent",
@@ -61,6 +62,17 @@ class PrimarySwitched(redis.ConnectionError):
 
     A ConnectionError, so every caller treats it as a loss; the listener
     also reconnects at once instead of backing off, as the new primary is up.
+    """
+
+
+class FailoverPending(redis.ConnectionError):
+    """The cluster flags the primary of a needed slot as failed; no replica is promoted yet.
+
+    A hung primary still accepts connections (the kernel does), so
+    subscribing there would only give up after the read timeout, and the
+    promotion usually follows the flag within a second or two. So the
+    session fails at once instead, and the listener tries again soon
+    instead of backing off.
     """
 
 

@@ -99,8 +99,11 @@ class SentinelLink:
         host, port = self.sentinel.discover_master(self.settings.service)
         return str(host), int(port)
 
-    def reset(self) -> None:
-        """Cut every command connection, in use or not (see ``Link.reset``)."""
+    def reset(self, *, refresh: bool = False) -> None:
+        """Cut every command connection, in use or not (see ``Link.reset``).
+
+        Nothing to refresh: a connection asks the sentinels when it opens.
+        """
         cut_connections(self._commands.connection_pool)
 
     def close(self) -> None:

@@ -13,8 +13,10 @@ The session is PINGed every ``PUBSUB_PING`` s and dropped when a connection
 stays silent (:mod:`.liveness`). When the session fails, the listener logs
 (through :class:`Health`), closes the command connections (callers blocked
 on a hung primary get their error now, not after ``COMMAND_TIMEOUT``), waits
-with redis-py's ``EqualJitterBackoff`` (0.1 s doubling to 2 s, times 0.5 to 1),
-opens a new session, resubscribes everything and asks for a snapshot.
+with redis-py's ``EqualJitterBackoff`` (0.1 s doubling to 2 s, times 0.5 to 1;
+the first step again after ``PrimarySwitched`` or ``FailoverPending``, when a
+new primary is up or about to be), opens a new session, resubscribes
+everything and asks for a snapshot.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from redis.backoff import EqualJitterBackoff
 
 from .health import BACKOFF_CAP, BACKOFF_FIRST, Health
 from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link, Subscriber
-from .liveness import PUBSUB_PING, PrimarySwitched
+from .liveness import PUBSUB_PING, FailoverPending, PrimarySwitched
 from .scripts import text
 
 __all__ = ["POLL", "Listener"]
@@ -128,8 +130,9 @@ class Listener:
                         break
                     self.health.failed(exc)
                     self._release_commands()
-                    if isinstance(exc, PrimarySwitched):
-                        self._failures = 0  # the new primary is up: no reason to wait
+                    if isinstance(exc, PrimarySwitched | FailoverPending):
+                        # The new primary is up, or about to be: no reason to wait.
+                        self._failures = 0
                     self._pause()
                 except Exception:
                     if self.closing.is_set():
@@ -183,14 +186,16 @@ class Listener:
             self._handle(message)
         self._failures = 0
         if self.health.down:
-            self._release_commands()  # none opened during the outage serves after it
+            # None opened during the outage serves after it; a cluster's slot
+            # table is re-read (the old one may name a hung primary).
+            self._release_commands(refresh=True)
         self.health.set_subscribed(True, since=started)
         self._on_connected()
 
-    def _release_commands(self) -> None:
+    def _release_commands(self, *, refresh: bool = False) -> None:
         """Close the link's command connections (see ``Link.reset``): none stays stuck."""
         try:
-            self.link.reset()
+            self.link.reset(refresh=refresh)
         except REDIS_ERRORS as exc:
             log.debug("closing the command connections: %s", exc)
 
