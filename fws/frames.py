@@ -275,12 +275,15 @@ class FrameParser:
         if self.wire_bytes is not None:
             self.frame_counts[opcode] += 1  # type: ignore[index]
             self.wire_bytes[opcode] += header_size + len(payload)
-        if first & 0x40:  # _check_header let RSV1 through: a compressed message
-            event = self._compressed_frame(opcode, bool(first & 0x80), payload)
-        else:
-            event = self._frame(opcode, bool(first & 0x80), payload)
+        event = self._event(first, payload)
         if event is not None:
             events.append(event)
+
+    def _event(self, first: int, payload: bytes) -> Event | None:
+        """The event of a whole frame with first byte ``first`` (None: a fragment)."""
+        if first & 0x40:  # _check_header let RSV1 through: a compressed message
+            return self._compressed_frame(first & 0x0F, bool(first & 0x80), payload)
+        return self._frame(first & 0x0F, bool(first & 0x80), payload)
 
     def _extent(self, data: bytes | bytearray | memoryview, position: int) -> tuple[int, int]:
         """(header size, frame size) of the frame at ``position``; frame size 0 until known.
@@ -359,10 +362,7 @@ class FrameParser:
                         except UnicodeDecodeError:
                             raise ProtocolError(1007, "text message is not valid UTF-8") from None
                     continue
-                if first & 0x40:  # _check_header let RSV1 through: a compressed message
-                    event = self._compressed_frame(opcode, bool(first & 0x80), payload)
-                else:
-                    event = self._frame(opcode, bool(first & 0x80), payload)
+                event = self._event(first, payload)
                 if event is not None:
                     events.append(event)
             return position
