@@ -139,6 +139,25 @@ class FrameParser:
     metrics; ``None``: not counted.
     """
 
+    # Every connection holds one, idle or not: slots keep it small.
+    __slots__ = (
+        "max_message_size",
+        "frame_counts",
+        "wire_bytes",
+        "deflate",
+        "_buffer",
+        "_opcode",
+        "_fragments",
+        "_text",
+        "_size",
+        "_decoder",
+        "_inflater",
+        "_inflated",
+        "frames",
+        "_pieces",
+        "large_missing",
+    )
+
     def __init__(
         self,
         *,
@@ -153,11 +172,13 @@ class FrameParser:
         self.frame_counts = frame_counts
         self.wire_bytes = wire_bytes
         self.deflate = deflate
-        self._buffer = bytearray()
+        # The start of a frame not yet whole; None when there is none, as on
+        # almost every idle connection (an empty bytearray is 56 bytes).
+        self._buffer: bytearray | None = None
         self._opcode: int | None = None  # of the fragmented message in progress
         # The fragmented message in progress, in one buffer: a message sent as
         # 500,000 one-byte fragments kept as 500,000 bytes objects took 66 MB.
-        self._fragments = bytearray()
+        self._fragments: bytearray | None = None
         self._text: io.StringIO | None = None  # of a fragmented text message, decoded
         self._size = 0  # bytes on the wire of the fragmented message in progress
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -208,6 +229,7 @@ class FrameParser:
                 if buffer:
                     self._pieces_if_large()
                     return events
+                self._buffer = None
             position = 0
             if _parse_messages is not None and self._opcode is None:
                 # Whole text and binary messages in C, up to the first other frame.
@@ -221,7 +243,7 @@ class FrameParser:
             # In place; only a partial frame is kept.
             consumed = self._parse(data, events, position)
             if consumed < len(data):
-                buffer += data[consumed:]
+                self._buffer = bytearray(data[consumed:])
                 self._pieces_if_large()
         except ProtocolError as exc:
             exc.events = list(events)
@@ -231,12 +253,12 @@ class FrameParser:
     def _pieces_if_large(self) -> None:
         """Keep the frame begun in the buffer as the first of its pieces if it is large."""
         buffer = self._buffer
-        if len(buffer) < 2:
+        if buffer is None or len(buffer) < 2:
             return
         frame_size = self._extent(buffer, 0)[1]
         if frame_size >= LARGE_FRAME:
             # The buffer itself becomes the first piece: not even its bytes are copied.
-            self._pieces, self._buffer = [buffer], bytearray()
+            self._pieces, self._buffer = [buffer], None
             self.large_missing = frame_size - len(buffer)
 
     def _add_piece(self, data: bytes | memoryview, events: list[Event]) -> int:
@@ -443,9 +465,11 @@ class FrameParser:
         return self._fragment(payload, fin)
 
     def _begin_fragmented(self, opcode: int) -> None:
-        """A message comes in fragments: text gets its decoder and text buffer."""
+        """A message comes in fragments: binary gets its buffer, text a decoder and a buffer."""
         self._opcode = opcode
-        if opcode == OP_TEXT:
+        if opcode == OP_BINARY:
+            self._fragments = bytearray()
+        else:
             self._decoder = codecs.getincrementaldecoder("utf-8")()
             self._text = io.StringIO()
 
@@ -459,6 +483,7 @@ class FrameParser:
             # one text buffer: each fragment is decoded once.
             self._text.write(self._decode(payload, final=fin))
         else:
+            assert self._fragments is not None
             self._fragments += payload
         if not fin:
             return None
@@ -467,7 +492,8 @@ class FrameParser:
         self._inflater, self._inflated = None, 0  # a per-message inflater is freed here
         if text is not None:
             return TextMessage(text.getvalue())
-        fragments, self._fragments = self._fragments, bytearray()
+        fragments, self._fragments = self._fragments, None
+        assert fragments is not None
         return bytes(fragments)
 
     def _inflate(self, inflater: Inflater, data: bytes, *, final: bool) -> bytes:

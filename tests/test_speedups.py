@@ -668,7 +668,7 @@ def _run_parser(stream: bytes, cuts: list[int], limit: int | None) -> list[Any]:
         if failure is not None:
             break
     pieces = b"".join(parser._pieces or [])
-    kept = (bytes(parser._buffer), pieces, parser.large_missing)
+    kept = (bytes(parser._buffer or b""), pieces, parser.large_missing)
     outcome.append((parser.frames, counts, sizes, kept, parser._opcode))
     return outcome
 
