@@ -88,6 +88,30 @@ def test_the_switch_leaves_the_extension_unloaded(value, pure):
         assert result.stdout.split() == ["False", "True"]
 
 
+def test_an_extension_built_from_an_older_source_is_left_for_pure_python():
+    # A stale in-place build (another checkout's) has the module but not every
+    # function: fws must import, and run on the pure loops, not fail at import.
+    probe = (
+        "import sys, types\n"
+        "old = types.ModuleType('fws._speedups')\n"
+        "old.fan_out = old.flush_each = old.parse_messages = print\n"
+        "sys.modules['fws._speedups'] = old\n"
+        "import fws, fws.frames, fws.outbound\n"
+        "from fws import _accel\n"
+        "print(_accel.speedups is None, fws.frames._parse_messages is None,\n"
+        "      fws.outbound.fan_out is fws.outbound._pure_fan_out)\n"
+        "print(_accel.IMPLEMENTATION)\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != _accel.SWITCH}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first.split() == ["True", "True", "True"]
+    assert "out of date, without bind, unmask_pieces, message_encoder" in second
+
+
 @pytest.mark.timeout(300)
 def test_the_pure_python_loops_pass_the_fan_out_and_flush_tests():
     if os.environ.get(_accel.SWITCH):
