@@ -70,6 +70,9 @@
 #include <emmintrin.h>
 #endif
 #include <sys/socket.h>
+#ifndef MSG_NOSIGNAL /* macOS, the BSDs: Python ignores SIGPIPE anyway */
+#define MSG_NOSIGNAL 0
+#endif
 #include <sys/uio.h>
 
 #ifndef IOV_MAX
