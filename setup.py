@@ -1,8 +1,8 @@
 """The optional C accelerator; the metadata lives in setup.cfg.
 
-``fws._speedups`` (``fws/_speedups.c``: a broadcast's fan-out, the
-flusher's sends, the parser's common frame and the encoding of a message, see
-``fws/_accel.py``) is built where it can be: a failed compile only prints a
+``fws._speedups`` (``fws/_speedups*.c``: a broadcast's fan-out, the
+flusher's sends, the parser's common frame, the unmasking of large frames and
+the encoding of a message, see ``fws/_accel.py``) is built where it can be: a failed compile only prints a
 warning and fws runs on its pure-Python code, as websockets does with its
 ``speedups.c``. ``FWS_BUILD_EXTENSION=yes`` makes a
 failed compile an error (CI, to know the accelerator was built and tested);
@@ -22,7 +22,12 @@ if build != "no":
     ext_modules.append(
         Extension(
             "fws._speedups",
-            sources=["fws/_speedups.c"],
+            sources=[
+                "fws/_speedups.c",
+                "fws/_speedups_outbound.c",
+                "fws/_speedups_frames.c",
+            ],
+            depends=["fws/_speedups.h"],
             optional=build != "yes",
         )
     )

@@ -5,7 +5,7 @@ receives) and ``fws.outbound.Outbound`` (what it sends) all read and set
 this state; ``Connection.__init__`` gives every slot its first value and
 says what each public one is for. Slots keep an idle connection small;
 ``__dict__`` stays for filters' own attributes, as the seed's set them.
-``fws/_speedups.c`` reads some of these slots at their offsets: it checks
+``fws/_speedups_outbound.c`` reads some of these slots at their offsets: it checks
 their names when it binds, at import.
 """
 

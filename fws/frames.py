@@ -102,7 +102,7 @@ except ImportError:  # a platform without the compiled extension
 
 
 _parse_messages = None if _speedups is None else _speedups.parse_messages
-"""The C extension's loop over whole text and binary frames (``fws/_speedups.c``), which
+"""The C extension's loop over whole text and binary frames (``fws/_speedups_frames.c``), which
 ``FrameParser.feed`` runs first; None: pure Python (``_parse`` does it all)."""
 
 

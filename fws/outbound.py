@@ -120,7 +120,7 @@ class Outbound(ConnectionState):
 
         ``Server.broadcast`` reads ``first`` once for every recipient, so that
         counting messages for metrics costs a delivery one comparison.
-        ``fws/_speedups.c`` (``queue_common``) does this and ``_queue`` in C
+        ``fws/_speedups_outbound.c`` (``queue_common``) does this and ``_queue`` in C
         for a broadcast's common case: a change here belongs there too.
         """
         # _has_room's test, inlined: a method call per delivery would cost more
@@ -206,7 +206,7 @@ class Outbound(ConnectionState):
         to a writer greenlet of this connection's own, which waits for the
         socket; so is a failed write, which the writer reports (logging is no
         job for the hub). Over TLS, and once a close is queued, the writer
-        does it all. ``fws/_speedups.c`` (``flush_one``) does the same in C:
+        does it all. ``fws/_speedups_outbound.c`` (``flush_one``) does the same in C:
         a change here belongs there too.
         """
         self._flush_due = False
