@@ -173,7 +173,11 @@ class Connection(Inbound, Outbound):
         Returns at once; returns False when the connection is not open (the
         message is dropped: a client that is leaving cannot receive it).
         """
-        if len(data) >= UNCOPIED_PAYLOAD and type(data) is bytes:  # the rare case: one test
+        try:
+            large = len(data) >= UNCOPIED_PAYLOAD  # the rare case first: one test
+        except TypeError:  # no message at all (None, 42): encode_message says so
+            large = False
+        if large and type(data) is bytes:
             deflate = self.deflate
             if deflate is None or len(data) < deflate.compress_min_size:
                 return self._send_uncopied(data)
