@@ -253,7 +253,9 @@ class FrameParser:
     def _pieces_if_large(self) -> None:
         """Keep the frame begun in the buffer as the first of its pieces if it is large."""
         buffer = self._buffer
-        if buffer is None or len(buffer) < 2:
+        # A frame of LARGE_FRAME bytes has a 16- or 64-bit length: most kept
+        # starts (short frames cut by a read) are told apart by their 2nd byte.
+        if buffer is None or len(buffer) < 2 or buffer[1] & 0x7F < 126:
             return
         frame_size = self._extent(buffer, 0)[1]
         if frame_size >= LARGE_FRAME:

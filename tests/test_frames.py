@@ -302,7 +302,7 @@ def test_a_message_of_many_fragments_is_kept_in_one_buffer():
     assert len(parser._fragments) == 10_001
     (message,) = parser.feed(client_frame(OP_CONTINUATION, b"c"))
     assert message == b"a" + b"b" * 10_000 + b"c"
-    assert not parser._fragments  # the next message starts afresh
+    assert parser._fragments is None  # the next message starts afresh, and none is held
 
 
 def test_a_character_split_across_fragments_is_decoded_once_whole():
@@ -365,7 +365,7 @@ def test_a_large_frame_cut_anywhere_arrives_whole_through_a_reused_buffer(cut):
     small = client_frame(OP_TEXT, b"after")
     events = _feed_through_one_reused_buffer(parser, frame + small, sorted({cut, 100_000}))
     assert events == [payload, "after"]
-    assert parser.large_missing == 0 and parser._pieces is None and not parser._buffer
+    assert parser.large_missing == 0 and parser._pieces is None and parser._buffer is None
     assert (counts[OP_BINARY], sizes[OP_BINARY]) == (1, len(frame))
     assert parser.frames == 2
 
@@ -446,3 +446,13 @@ def test_a_large_frame_over_the_limit_is_refused_from_its_header_before_any_piec
     with pytest.raises(ProtocolError) as info:
         parser.feed(client_frame(OP_BINARY, b"", length=200_000)[:14])
     assert info.value.code == 1009 and parser.large_missing == 0
+
+
+def test_a_parser_holds_no_buffer_unless_a_frame_or_message_is_in_progress():
+    # Every connection holds a parser: an idle one must not hold empty buffers.
+    parser = FrameParser()
+    assert parser._buffer is None and parser._fragments is None
+    frame = client_frame(OP_TEXT, b"split in two")
+    assert parser.feed(frame[:5]) == [] and parser._buffer is not None
+    assert parser.feed(frame[5:]) == ["split in two"]
+    assert parser._buffer is None
