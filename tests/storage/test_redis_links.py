@@ -194,6 +194,7 @@ _OTHER = "cccc 127.0.0.1:7002@17002 myself,master - 0 0 2 connected 8192-16383"
         ("master", " 0-8191", _REPLICA, False),
         ("master,fail", " 0-8191", _REPLICA.replace("slave", "slave,fail"), False),
         ("master,fail", " 0-8191", "", False),  # no replica: no failover coming
+        ("master,fail", " 0-8191", _REPLICA.replace("slave", "slave,nofailover"), False),
     ],
 )
 def test_failover_pending_reads_cluster_nodes(
@@ -494,7 +495,6 @@ monkey.patch_all()
 import sys, time
 import gevent
 from fws.storage.redis.cluster_link import ClusterLink
-from fws.storage.redis.cluster_subscriber import failover_pending
 from fws.storage.redis.sentinel_link import SentinelLink
 
 def run(link, channels, kind):

@@ -119,15 +119,18 @@ class ClusterLink:
         del kwargs["retry"]  # the cluster-level retry below; node connections get none
         kwargs.update(self.settings.credentials())
         seeds = list(self.settings.nodes)
-        others = [seed for seed in seeds if f"{seed[0]}:{seed[1]}" != self._failed_node]
-        attempts = [others, seeds] if others and len(others) < len(seeds) else [seeds]
-        for attempt, nodes in enumerate(attempts, 1):
+        # Named as redis-py names nodes (localhost is 127.0.0.1 there); seeds
+        # given as other host names than the cluster announces never match.
+        others = [seed for seed in seeds if ClusterNode(*seed).name != self._failed_node]
+        if others and len(others) < len(seeds):
             try:
-                return self._new_client(nodes, kwargs)
-            except RedisClusterException as exc:
-                if attempt == len(attempts):
-                    raise cluster_error(exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                return self._new_client(others, kwargs)
+            except RedisClusterException:
+                pass  # only the failed node answers, perhaps: all of them, then
+        try:
+            return self._new_client(seeds, kwargs)
+        except RedisClusterException as exc:
+            raise cluster_error(exc) from exc
 
     def _new_client(self, seeds: list[tuple[str, int]], kwargs: dict[str, Any]) -> RedisCluster:
         kwargs = dict(kwargs)

@@ -89,8 +89,9 @@ def failover_pending(nodes: str, name: str) -> bool:
     not one node's ``fail?`` suspicion), and either a replica of it that is
     not failing too will be promoted, or it serves no slot any more (its
     replica was promoted already; the caller's slot table is older). A
-    failed primary with no replica and its slots is no failover: waiting
-    for one would be pointless. ``name`` is ``host:port``, as in redis-py's
+    failed primary with no replica and its slots is no failover (nor is one
+    whose replicas are flagged ``nofailover``): waiting for one would be
+    pointless. ``name`` is ``host:port``, as in redis-py's
     node names.
     """
     failed_id: str | None = None
@@ -113,7 +114,7 @@ def failover_pending(nodes: str, name: str) -> bool:
     if not owns_slots:
         return True
     return any(
-        "fail" not in flags and "fail?" not in flags for flags in replicas_of.get(failed_id, [])
+        not flags & {"fail", "fail?", "nofailover"} for flags in replicas_of.get(failed_id, [])
     )
 
 
@@ -233,7 +234,7 @@ class ClusterSubscriber:
                 reply = self._cluster.get_redis_connection(node).execute_command(
                     "CLUSTER", "NODES"
                 )
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.RedisError:  # down, or refused (an ACL without CLUSTER NODES)
                 continue
             text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
             return failover_pending(text, failed)

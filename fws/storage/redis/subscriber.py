@@ -35,7 +35,11 @@ from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link, Subscriber
 from .liveness import PUBSUB_PING, FailoverPending, PrimarySwitched
 from .scripts import text
 
-__all__ = ["POLL", "Listener"]
+__all__ = ["POLL", "QUICK_RETRIES", "Listener"]
+
+QUICK_RETRIES = 50
+"""How many times in a row FailoverPending retries at the first backoff step (0.05-0.1 s):
+a few seconds for the promotion, then the usual backoff, should none come."""
 
 log = logging.getLogger("fws.storage.redis")
 
@@ -86,6 +90,7 @@ class Listener:
         self._session: Subscriber | None = None
         self._backoff = EqualJitterBackoff(cap=BACKOFF_CAP, base=BACKOFF_FIRST)
         self._failures = 0
+        self._pending = 0  # FailoverPending retries without backoff since the last session
         self._retry_at = 0.0
         # Group channels: what the storage wants, and what this session has.
         self._lock = threading.Lock()
@@ -130,8 +135,12 @@ class Listener:
                         break
                     self.health.failed(exc)
                     self._release_commands()
-                    if isinstance(exc, PrimarySwitched | FailoverPending):
-                        # The new primary is up, or about to be: no reason to wait.
+                    if isinstance(exc, PrimarySwitched):
+                        self._failures = 0  # the new primary is up: no reason to wait
+                    elif isinstance(exc, FailoverPending) and self._pending < QUICK_RETRIES:
+                        # About to be, unless no replica is ever promoted: then,
+                        # after QUICK_RETRIES, the usual backoff.
+                        self._pending += 1
                         self._failures = 0
                     self._pause()
                 except Exception:
@@ -184,7 +193,7 @@ class Listener:
                     pending.discard(channel)
                     continue
             self._handle(message)
-        self._failures = 0
+        self._failures = self._pending = 0
         if self.health.down:
             # None opened during the outage serves after it; a cluster's slot
             # table is re-read (the old one may name a hung primary).
