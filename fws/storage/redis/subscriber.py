@@ -14,8 +14,9 @@ stays silent (:mod:`.liveness`). When the session fails, the listener logs
 (through :class:`Health`), closes the command connections (callers blocked
 on a hung primary get their error now, not after ``COMMAND_TIMEOUT``), waits
 with redis-py's ``EqualJitterBackoff`` (0.1 s doubling to 2 s, times 0.5 to 1;
-the first step again after ``PrimarySwitched`` or ``FailoverPending``, when a
-new primary is up or about to be), opens a new session, resubscribes
+the first step again after ``PrimarySwitched``, when a new primary is up, and
+after ``FailoverPending``, when one is about to be, ``QUICK_RETRIES`` times in
+a row at most), opens a new session, resubscribes
 everything and asks for a snapshot.
 """
 
