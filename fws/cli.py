@@ -243,6 +243,10 @@ LIMITS: tuple[tuple[str, type, str], ...] = (
     ("max_consumer_queue", int, "Items (pub/sub messages) waiting for the consumer pipeline; "
      "when it is full new items are dropped, counted and logged, never left to grow "
      "memory or to stall the pub/sub listener."),
+    # Not a limit, but the same kind of option: a number from Server, 0 for off.
+    ("busy_poll_us", int, "Microseconds the server keeps polling, without sleeping, after "
+     "a client's reader starts to wait, while clients' next messages keep coming that soon: "
+     "lower latency for chatty clients for some CPU; it stops by itself when they pause."),
 )
 
 

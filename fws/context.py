@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .stats import ServerStats
 
 if TYPE_CHECKING:
+    from .busy_poll import BusyPoll
     from .connection import Connection
     from .inbound import Inbound
     from .outbound import Outbound
@@ -94,5 +95,7 @@ class ConnectionTable:
         self.dispatch = dispatch
         self.stopping = False
         """True once the server stops: a connection upgraded now is closed with 1001."""
+        self.busy_poll: BusyPoll | None = None
+        """The hub's spinning after a reader waits (``fws.busy_poll``); None: off."""
         self.stats = ServerStats()
         """Counters for metrics; bump them, never read them on a hot path."""

@@ -141,6 +141,7 @@ class Inbound(ConnectionState):
         recv_into, recv = reading.recv_into, reading.recv
         wait = gevent.get_hub().wait if raw is not None else None
         watcher = self._watcher
+        busy_poll = self.table.busy_poll
         # One read buffer for the whole server: the parser copies only what an
         # incomplete frame needs, so idle connections hold none, and a chunk
         # is parsed before this greenlet can yield to another reader. The rest
@@ -161,7 +162,9 @@ class Inbound(ConnectionState):
         # the loop cost a 32-byte echo 0.3 % more instructions (callgrind).
         while True:
             if wait is None or not ready:
-                self._last_read_at = time.monotonic()
+                self._last_read_at = since = time.monotonic()
+                if busy_poll is not None:
+                    busy_poll.waiting(since)
                 self._in_recv = True
                 try:
                     if wait is not None:
@@ -172,6 +175,8 @@ class Inbound(ConnectionState):
                     else:
                         size = recv_into(buffer, read_size)
                         chunk = view[:size]
+                    if busy_poll is not None:  # over TLS, recv was the wait
+                        busy_poll.woke(since)
                 except _Park:
                     return False
                 except BlockingIOError:  # woken with nothing to read after all

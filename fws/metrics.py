@@ -55,7 +55,13 @@ _LABELLED = (
     "filter_errors",
     "redis_envelopes_dropped",
 )
-_SCALARS = ("consumer_dropped", "redis_outages", "redis_messages_lost")
+_SCALARS = (
+    "consumer_dropped",
+    "redis_outages",
+    "redis_messages_lost",
+    "busy_poll_windows",
+    "busy_poll_misses",
+)
 
 _OPCODES = {
     0x0: "continuation",
@@ -205,6 +211,16 @@ class Metrics:
             "fws_redis_envelopes_dropped_total",
             "Envelopes from Redis dropped undelivered, by reason (version, op, size, malformed).",
             ["reason"],
+        )
+        self.busy_poll_windows = counter(
+            "fws_busy_poll_windows_total",
+            "Times the server began to poll without sleeping after a client's message "
+            "(see --busy-poll-us).",
+        )
+        self.busy_poll_misses = counter(
+            "fws_busy_poll_misses_total",
+            "Busy-polling windows that ran out with nothing read; each spent up to "
+            "--busy-poll-us of CPU for nothing.",
         )
         # Series a dashboard expects to see at 0 before anything happened.
         for opcode in ("text", "binary"):

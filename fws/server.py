@@ -26,6 +26,7 @@ import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
 from ._accel import IMPLEMENTATION
+from .busy_poll import BusyPoll
 from .connection import PARK_AFTER, Connection
 from .consumer import ConsumerQueue
 from .context import BACKLOG, ConnectionSettings, ConnectionTable
@@ -302,9 +303,15 @@ class Server:
         metrics: bool = True,
         metrics_port: int | None = None,
         metrics_host: str | None = None,
+        # Busy polling (see fws.busy_poll): after a reader starts to wait, the
+        # hub polls without sleeping for up to this many microseconds, while
+        # clients' next messages keep arriving that soon. None or 0: never.
+        busy_poll_us: int | None = 50,
     ) -> None:
         if close_timeout <= 0:
             raise ValueError("close_timeout must be more than 0 seconds")
+        if busy_poll_us is not None and busy_poll_us < 0:
+            raise ValueError("busy_poll_us must be 0 (off) or more microseconds")
         if drain_delay < 0:
             raise ValueError("drain_delay must be 0 or more seconds")
         if app is not None and not callable(app):
@@ -316,6 +323,7 @@ class Server:
             )
         self.host = host
         self.port = port
+        self.busy_poll_us = busy_poll_us or 0
         self._listener = listener
         self._explicit: dict[str, Any] = {
             "connect": connect,
@@ -446,6 +454,11 @@ class Server:
         Raises ``OSError`` if the address cannot be bound.
         """
         self._fit_pending_to_descriptors()
+        if self.busy_poll_us and self.table.busy_poll is None:
+            # The hub of the thread that serves: created here, not in __init__.
+            self.table.busy_poll = BusyPoll(
+                gevent.get_hub().loop, self.busy_poll_us * 1e-6, self.table.stats
+            )
         registry = self._registry if self._registry is not None else active_registry()
         for event, root in EVENTS.items():
             explicit = self._explicit[event]
@@ -681,6 +694,9 @@ class Server:
         finally:
             for timer in self._rearm.values():
                 timer.stop()
+            if self.table.busy_poll is not None:
+                self.table.busy_poll.close()
+                self.table.busy_poll = None
             self._stopped.set()
 
     def _drain_consumer(self, deadline: float) -> None:

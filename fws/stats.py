@@ -94,6 +94,8 @@ class ServerStats:
     __slots__ = (
         "bytes_received",
         "bytes_sent",
+        "busy_poll_misses",
+        "busy_poll_windows",
         "close_codes_received",
         "close_codes_sent",
         "consumer_dropped",
@@ -140,6 +142,10 @@ class ServerStats:
         """Times the Redis storage lost Redis (one per outage, however many failures it saw)."""
         self.redis_messages_lost = 0
         """Messages for other servers that could not be published during Redis outages."""
+        self.busy_poll_windows = 0
+        """Times the hub began to poll without sleeping (``fws.busy_poll``)."""
+        self.busy_poll_misses = 0
+        """Busy-polling windows that ran out with nothing read: CPU spent for nothing."""
         self.redis_envelopes_dropped: Counter[str] = Counter()
         """Envelopes from Redis refused undelivered, by reason (a fixed set: ``version``,
         ``op``, ``size``, ``malformed``; see ``fws.storage.redis.envelope``)."""

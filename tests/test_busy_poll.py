@@ -1,0 +1,144 @@
+"""Busy polling (fws.busy_poll): spins while clients send back to back, stops by itself.
+
+Real servers and real clients. The windows here are milliseconds, not the
+default 50 microseconds, so that a Python client in the test thread, with its
+slower turnaround, counts as a client that sends back to back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+
+import pytest
+import websocket
+from helpers import (
+    LOOPBACK,
+    ServerProcess,
+    TLSFiles,
+    connect,
+    run_fws_server,
+    run_server,
+    url,
+    wait_for,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+import fws
+from fws.busy_poll import MISSES_TO_STOP
+from fws.filters.echo import Echo
+
+WINDOW_US = 20_000
+
+
+def echo_back_to_back(client: websocket.WebSocket, count: int = 50) -> None:
+    for number in range(count):
+        client.send_binary(b"%d" % number)
+        assert client.recv() == b"%d" % number
+
+
+def loop_iterations_over(server: fws.Server, seconds: float) -> int:
+    """How many times the server's hub went round its loop in ``seconds`` of no traffic."""
+    loop = server.hub.loop  # type: ignore[attr-defined]
+    before = loop.iteration
+    time.sleep(seconds)
+    return loop.iteration - before
+
+
+def test_back_to_back_messages_make_the_hub_poll_without_sleeping_until_they_stop():
+    with run_server(message=Echo, busy_poll_us=200_000) as server:
+        busy = server.table.busy_poll
+        assert busy is not None and not busy.enabled
+        client = connect(server)
+        echo_back_to_back(client)
+        assert busy.enabled and busy.spinning
+        # Spinning: the loop goes round on its own, with nothing to do.
+        assert loop_iterations_over(server, 0.05) > 1000
+        # The window runs out with nothing read: a miss, and the hub sleeps again.
+        wait_for(lambda: not busy.spinning, 2, "the spinning did not stop")
+        assert busy.misses == 1
+        assert loop_iterations_over(server, 0.1) < 50
+        # A message after a long pause is no hit: its window is the second miss in a
+        # row, and spinning is off until clients send back to back again.
+        client.send_binary(b"late")
+        assert client.recv() == b"late"
+        wait_for(lambda: not busy.enabled, 2, "spinning was not turned off")
+        assert busy.misses == MISSES_TO_STOP and not busy.spinning
+        client.send_binary(b"later")
+        assert client.recv() == b"later"
+        assert not busy.spinning  # off: a wait after a long pause starts no window
+        echo_back_to_back(client)
+        assert busy.enabled and busy.misses == 0
+        # The metrics count windows and misses: two misses so far, three windows
+        # (the first burst's, the late message's, the last burst's).
+        stats = server.table.stats
+        assert (stats.busy_poll_windows, stats.busy_poll_misses) == (3, 2)
+        metrics = metric_values(server)
+        assert metrics["fws_busy_poll_windows_total"] == 3
+        assert metrics["fws_busy_poll_misses_total"] == 2
+        client.close()
+    assert server.table.busy_poll is None  # stopping the server closed its watcher
+
+
+def metric_values(server: fws.Server) -> dict[str, float]:
+    """The unlabelled samples of the server's /metrics."""
+    with urllib.request.urlopen(url(server, "/metrics", scheme="http"), timeout=5) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    return {sample.name: sample.value for family in families for sample in family.samples}
+
+
+def test_busy_polling_over_tls_turns_on_the_same_way(tmp_path):
+    tls = TLSFiles(tmp_path)
+    with run_server(message=Echo, busy_poll_us=WINDOW_US, **tls.server_settings) as server:
+        busy = server.table.busy_poll
+        client = websocket.create_connection(
+            url(server, scheme="wss"), timeout=5, sslopt={"context": tls.client_context}
+        )
+        echo_back_to_back(client)
+        assert busy.enabled
+        wait_for(lambda: not busy.spinning, 2, "the spinning did not stop")
+        client.close()
+
+
+def test_busy_poll_off_never_spins():
+    with run_server(message=Echo, busy_poll_us=0) as server:
+        assert server.table.busy_poll is None
+        client = connect(server)
+        echo_back_to_back(client)
+        assert loop_iterations_over(server, 0.1) < 50
+        client.close()
+
+
+def test_a_negative_window_is_refused():
+    with pytest.raises(ValueError, match="busy_poll_us"):
+        fws.Server(busy_poll_us=-1)
+    result = run_fws_server(["-f", "echo", "--busy-poll-us", "-1"])
+    assert result.returncode == 2
+    assert "--busy-poll-us" in result.stderr
+
+
+def process_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+def test_a_quiet_server_uses_no_cpu_after_a_burst():
+    """The option on the command line; after the burst, the process sleeps.
+
+    With 20 ms windows, at most two are wasted after the burst (40 ms of CPU);
+    a server that kept spinning would use the whole second.
+    """
+    args = ["-f", "echo", "--host", LOOPBACK, "-p", "0", "--no-metrics"]
+    with ServerProcess([*args, "--busy-poll-us", str(WINDOW_US)]) as server:
+        client = connect(server.url)
+        echo_back_to_back(client, 200)
+        client.send_binary(b"one more after the burst")
+        client.recv()
+        time.sleep(0.2)  # the burst's windows run out
+        before = process_cpu_seconds(server.process.pid)
+        time.sleep(1.0)
+        assert process_cpu_seconds(server.process.pid) - before < 0.15
+        client.close()
