@@ -59,6 +59,10 @@ def _fws_no_metrics(port: int, mode: str) -> list[str]:
     return [*_fws(port, mode), "--no-metrics"]
 
 
+def _fws_no_busy_poll(port: int, mode: str) -> list[str]:
+    return [*_fws(port, mode), "--busy-poll-us", "0"]
+
+
 def _fws_pure(port: int, mode: str) -> list[str]:
     # env execs fws_server: the process measured is the server itself.
     return ["env", "FWS_NO_SPEEDUPS=1", *_fws(port, mode)]
@@ -148,6 +152,13 @@ def all_targets() -> list[Target]:
         Target(
             "fws-no-metrics",
             _fws_no_metrics,
+            scenarios=("echo-latency", "echo-100x10", "broadcast-100", "broadcast-1000"),
+        ),
+        # What busy polling (fws.busy_poll, on by default) buys and costs: fws
+        # with it off, where a client keeps sending as soon as it can.
+        Target(
+            "fws-no-busy-poll",
+            _fws_no_busy_poll,
             scenarios=("echo-latency", "echo-100x10", "broadcast-100", "broadcast-1000"),
         ),
         Target(
