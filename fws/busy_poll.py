@@ -45,10 +45,14 @@ _monotonic = time.monotonic
 class BusyPoll:
     """One server's spinning: an idle watcher on its hub and the rule that starts it.
 
-    ``waiting(now)`` is called as a reader begins to wait (``now`` from
-    ``time.monotonic()``); ``woke(since)`` when it returns from the wait it
-    began at ``since``. Both run for every message a waiting reader gets, so
-    they do as little as they can.
+    ``waiting(now)`` is called, when ``enabled``, as a reader begins to wait
+    (``now`` from ``time.monotonic()``); ``woke(since)`` when the wait it
+    began at ``since`` brought data. Both run for every message a waiting
+    reader gets, so they do as little as they can.
+
+    The state is the server's, not a connection's: one client sending back to
+    back turns spinning on for every reader's waits. That still wastes at
+    most two windows per hit, since only hits reset the misses.
     """
 
     __slots__ = ("window", "enabled", "misses", "until", "_stats", "_watcher")
@@ -71,12 +75,14 @@ class BusyPoll:
         return bool(self._watcher.active)
 
     def waiting(self, now: float) -> None:
-        """A reader begins to wait: poll without sleeping until ``now + window``."""
-        if self.enabled:
-            self.until = now + self.window
-            if not self._watcher.active:
-                self._watcher.start(self._poll)
-                self._stats.busy_poll_windows += 1
+        """A reader begins to wait: poll without sleeping until ``now + window``.
+
+        The caller checks ``enabled`` first (a method call saved per wait while off).
+        """
+        self.until = now + self.window
+        if not self._watcher.active:
+            self._watcher.start(self._poll)
+            self._stats.busy_poll_windows += 1
 
     def woke(self, since: float) -> None:
         """A reader's wait that began at ``since`` is over: was it short enough to spin for?"""
@@ -95,7 +101,12 @@ class BusyPoll:
                 self.enabled = False
 
     def close(self) -> None:
-        """Stop spinning for good (the server stops)."""
+        """Stop spinning for good (the server stops).
+
+        A reader still running holds this object: a negative window makes every
+        wait too long to turn spinning on again, at no cost to ``woke``.
+        """
         self.enabled = False
+        self.window = -1.0
         self._watcher.stop()
         self._watcher.close()

@@ -163,8 +163,16 @@ class Inbound(ConnectionState):
         while True:
             if wait is None or not ready:
                 self._last_read_at = since = time.monotonic()
-                if busy_poll is not None:
-                    busy_poll.waiting(since)
+                # Whether this read waits for the client, for busy polling: over
+                # TCP always, here; over TLS not when it reads bytes already there
+                # (a burst's first read, or a record gevent has decrypted).
+                timing = None
+                if busy_poll is not None and (
+                    wait is not None or not (ready or reading.pending())  # type: ignore[attr-defined]
+                ):
+                    timing = busy_poll
+                    if busy_poll.enabled:
+                        busy_poll.waiting(since)
                 self._in_recv = True
                 try:
                     if wait is not None:
@@ -175,8 +183,8 @@ class Inbound(ConnectionState):
                     else:
                         size = recv_into(buffer, read_size)
                         chunk = view[:size]
-                    if busy_poll is not None:  # over TLS, recv was the wait
-                        busy_poll.woke(since)
+                    if timing is not None and size:  # over TLS, recv was the wait
+                        timing.woke(since)
                 except _Park:
                     return False
                 except BlockingIOError:  # woken with nothing to read after all

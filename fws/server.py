@@ -454,11 +454,6 @@ class Server:
         Raises ``OSError`` if the address cannot be bound.
         """
         self._fit_pending_to_descriptors()
-        if self.busy_poll_us and self.table.busy_poll is None:
-            # The hub of the thread that serves: created here, not in __init__.
-            self.table.busy_poll = BusyPoll(
-                gevent.get_hub().loop, self.busy_poll_us * 1e-6, self.table.stats
-            )
         registry = self._registry if self._registry is not None else active_registry()
         for event, root in EVENTS.items():
             explicit = self._explicit[event]
@@ -518,11 +513,17 @@ class Server:
             if self._metrics_wsgi is not None:
                 self._metrics_wsgi.close()
             raise
+        if self.busy_poll_us:
+            # On the hub of the thread that serves, once nothing can fail any more.
+            self.table.busy_poll = BusyPoll(
+                gevent.get_hub().loop, self.busy_poll_us * 1e-6, self.table.stats
+            )
         try:
             self._wsgi.start()
             if self._metrics_wsgi is not None:
                 self._metrics_wsgi.start()
         except BaseException:
+            self._close_busy_poll()
             self._wsgi.close()
             if self._metrics_wsgi is not None:
                 self._metrics_wsgi.close()
@@ -553,6 +554,11 @@ class Server:
             metrics_host = self.metrics_host
             metrics_host = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
             log.info("metrics at http://%s:%d/metrics", metrics_host, self.metrics_address[1])
+
+    def _close_busy_poll(self) -> None:
+        if self.table.busy_poll is not None:
+            self.table.busy_poll.close()
+            self.table.busy_poll = None
 
     def _fit_pending_to_descriptors(self) -> None:
         pending = self.pending_handshakes
@@ -694,9 +700,7 @@ class Server:
         finally:
             for timer in self._rearm.values():
                 timer.stop()
-            if self.table.busy_poll is not None:
-                self.table.busy_poll.close()
-                self.table.busy_poll = None
+            self._close_busy_poll()
             self._stopped.set()
 
     def _drain_consumer(self, deadline: float) -> None:
