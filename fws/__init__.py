@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports on 
     from .registry import active_registry as active_registry
     from .registry import isolated_registry as isolated_registry
     from .server import Server as Server
-    from .server import serve as serve
+    from .serving import serve as serve
 
 __version__ = "0.5.0"
 
@@ -71,7 +71,7 @@ _ORIGINS = {
     "active_registry": "registry",
     "isolated_registry": "registry",
     "Server": "server",
-    "serve": "server",
+    "serve": "serving",
 }
 
 __all__ = [

@@ -671,7 +671,9 @@ def _serve(
     listener: socket.socket | None = None,
     on_ready: Callable[[Any], None] | None = None,
 ) -> None:
-    from .server import Server, serve_until_signalled, tls_context
+    from .listeners import tls_context
+    from .server import Server
+    from .serving import serve_until_signalled
 
     _configure_logging(options)
     log_hub_errors()

@@ -549,7 +549,7 @@ class ConnectionHandler(WebSocketHandler):
     def _detach_socket(self) -> socket.socket:
         """Take the socket from pywsgi, which closes its own on return.
 
-        The socket itself, not a new one on its descriptor: fws's _WSGIServer
+        The socket itself, not a new one on its descriptor: fws.listeners._WSGIServer
         closes the socket of a detached handler neither after a TLS handshake
         nor after a plain one (``_WSGIServer.handle``), and a new gevent socket
         cost three getsockopt calls and two libev watchers per connection.

@@ -478,7 +478,7 @@ class Supervisor:
 
         A SIGINT while waiting (Ctrl-C twice) kills the workers at once, exit
         status 130; a repeated SIGTERM changes nothing (see
-        ``fws.server.serve_until_signalled``).
+        ``fws.serving.serve_until_signalled``).
         """
         self._restart_at.clear()
         for worker in self.workers.values():

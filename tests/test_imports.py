@@ -40,3 +40,14 @@ def test_public_names_are_listed():
     assert set(fws.__all__) <= set(dir(fws))
     for name in ("Pipeline", "DROP", "Server", "serve", "Reject", "WebSocketMessageFilter"):
         assert name in fws.__all__
+
+
+def test_server_module_still_exports_what_moved_out_of_it():
+    """Scripts and the docs import these from fws.server; they live in fws.serving/listeners."""
+    import fws.listeners
+    import fws.server
+    import fws.serving
+
+    assert fws.server.serve is fws.serving.serve is fws.serve
+    assert fws.server.serve_until_signalled is fws.serving.serve_until_signalled
+    assert fws.server.tls_context is fws.listeners.tls_context

@@ -21,7 +21,7 @@ import fws  # noqa: E402
 from fws.allocator import tune_for_server  # noqa: E402
 from fws.deflate import DeflateSettings  # noqa: E402
 from fws.modules import load_filter_module  # noqa: E402
-from fws.server import serve_until_signalled  # noqa: E402
+from fws.serving import serve_until_signalled  # noqa: E402
 
 TAKEOVER = DeflateSettings(server_no_context_takeover=False, client_no_context_takeover=False)
 
