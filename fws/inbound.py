@@ -28,9 +28,6 @@ from .datatypes import CloseInfo, State, TextMessage
 from .errors import ProtocolError
 from .frames import OP_PONG, Close, Ping, Pong, encode_frame
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = ["FRAME_BUDGET", "PARK_AFTER", "Inbound"]
 
 log = logging.getLogger("fws.connection")
