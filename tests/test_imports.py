@@ -51,3 +51,22 @@ def test_server_module_still_exports_what_moved_out_of_it():
     assert fws.server.serve is fws.serving.serve is fws.serve
     assert fws.server.serve_until_signalled is fws.serving.serve_until_signalled
     assert fws.server.tls_context is fws.listeners.tls_context
+
+
+def test_cli_module_still_exports_what_moved_out_of_it():
+    """The tests import these from fws.cli; they live in fws.cli_config."""
+    import fws.cli
+    import fws.cli_config
+
+    assert fws.cli.choose_storage is fws.cli_config.choose_storage
+    assert fws.cli.choose_workers is fws.cli_config.choose_workers
+    assert fws.cli.spread_multiple_values is fws.cli_config.spread_multiple_values
+
+
+def test_cli_options_and_config_import_no_gevent():
+    """Only fws.cli runs the server; its helpers must not drag gevent in."""
+    probe = "import sys, fws.cli_config, fws.cli_options; print('gevent' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
