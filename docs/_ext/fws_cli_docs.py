@@ -3,7 +3,7 @@
 ``fws.cli`` builds its command at run time, because the chosen storage adds
 options; sphinx-click needs ``module:object``. These are built by the same
 ``build_command`` the console script calls, so the CLI reference can never
-drift from the real options: an option added to ``fws.cli_options`` appears
+drift from the real options: an option added to ``fws.cli.options`` appears
 here.
 """
 

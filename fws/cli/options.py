@@ -22,14 +22,14 @@ from typing import Any
 
 import click
 
-from .cli_config import WorkersType, _load_config
-from .deflate import COMPRESSION_CHOICES, DeflateSettings
-from .errors import ConfigurationError
-from .events import WebSocketConnectFilter
-from .logformat import LOG_FORMATS
-from .modules import builtin_filter_names
-from .registry import Registry
-from .storage.base import Storage
+from ..deflate import COMPRESSION_CHOICES, DeflateSettings
+from ..errors import ConfigurationError
+from ..events import WebSocketConnectFilter
+from ..logformat import LOG_FORMATS
+from ..modules import builtin_filter_names
+from ..registry import Registry
+from ..storage.base import Storage
+from .inputs import WorkersType, _load_config
 
 __all__ = ["DEFAULT_FILTERS", "LIMITS", "LOG_LEVELS", "command_params"]
 
@@ -90,7 +90,7 @@ LIMITS: tuple[tuple[str, type, str], ...] = (
 
 
 def _server_default(name: str) -> Any:
-    from .server import Server
+    from ..server import Server
 
     return inspect.signature(Server).parameters[name].default
 
@@ -179,7 +179,7 @@ def command_params(storage_name: str, storage_class: type[Storage]) -> list[clic
     """Every option of ``fws_server``, in ``--help`` order, with the chosen storage's.
 
     ``storage_name`` is ``--storage``'s default, as the pre-scan found it
-    (``fws.cli_config.choose_storage``), so that ``--help`` shows the storage
+    (``fws.cli.inputs.choose_storage``), so that ``--help`` shows the storage
     whose options it lists.
     """
     return [

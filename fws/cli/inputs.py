@@ -8,7 +8,7 @@ few options (``--storage``, ``--workers``) are read before parsing at all,
 because they decide which options exist and whether the process patches
 gevent (``WorkersType`` lives here for that: the pre-scan reads
 ``--workers`` as click will). That is one job, the inputs' plumbing, apart from the options
-themselves (``fws.cli_options``) and from running the command
+themselves (``fws.cli.options``) and from running the command
 (``fws.cli``): it needs neither gevent nor the server, only click and the
 config reader, and can be tested on plain lists and dicts.
 """
@@ -21,9 +21,9 @@ from typing import Any
 
 import click
 
-from .config import read_config
-from .errors import ConfigurationError
-from .supervisor import resolve_workers
+from ..config import read_config
+from ..errors import ConfigurationError
+from ..supervisor import resolve_workers
 
 __all__ = [
     "STORAGE_ENVVARS",

@@ -1,4 +1,4 @@
-"""``fws_server``: the command line (click lives only here and in its two helpers).
+"""``fws_server``: the command line; click lives only in this package (``fws.cli``).
 
 Precedence, highest first: command line, environment (``FWS_PORT``,
 ``FWS_FILTERS``..., and the seed's ``STORAGE_OBJECT_MODULE``), config file
@@ -11,9 +11,9 @@ The seed's spellings keep working: several modules after one ``-f``
 
 This module builds the command and runs it (one server, or the supervisor of
 ``--workers N``), and is the console script's entry point: the one place
-gevent is patched. The options themselves are ``fws.cli_options``; the
+gevent is patched. The options themselves are ``fws.cli.options``; the
 config file and the pre-scan of ``--storage`` and ``--workers`` are
-``fws.cli_config``. ``choose_storage``, ``choose_workers`` and
+``fws.cli.inputs``. ``choose_storage``, ``choose_workers`` and
 ``spread_multiple_values`` are still importable from here, where the tests
 import them.
 """
@@ -29,20 +29,19 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .allocator import tune_for_server
-from .cli_config import choose_storage, choose_workers, spread_multiple_values
-from .cli_options import LIMITS, _jwt_keywords, command_params
-from .deflate import DeflateSettings
-from .errors import BackgroundTaskFailed, ConfigurationError
-from .hub_errors import log_hub_errors
-from .logformat import configure_logging
-from .modules import load_filter_module, load_storage_class, load_wsgi_app
-from .pending import raise_descriptor_limit
-from .registry import Registry, filters_defined_in
-from .storage.base import Storage
-from .storage.memory import MemoryStorage
-from .supervisor import resolve_workers
+from .. import __version__
+from ..allocator import tune_for_server
+from ..deflate import DeflateSettings
+from ..errors import BackgroundTaskFailed, ConfigurationError
+from ..logformat import configure_logging
+from ..modules import load_filter_module, load_storage_class, load_wsgi_app
+from ..pending import raise_descriptor_limit
+from ..registry import Registry, filters_defined_in
+from ..storage.base import Storage
+from ..storage.memory import MemoryStorage
+from ..supervisor import resolve_workers
+from .inputs import choose_storage, choose_workers, spread_multiple_values
+from .options import LIMITS, _jwt_keywords, command_params
 
 __all__ = ["build_command", "main"]
 
@@ -136,7 +135,7 @@ def _supervise(
     supervisor imports none); the rest, such as a filter module that does not
     load, stops the first worker, and the supervisor with its status.
     """
-    from .supervisor import Supervisor, bind_listener, worker_command
+    from ..supervisor import Supervisor, bind_listener, worker_command
 
     _configure_logging(options)
     if issubclass(storage_class, MemoryStorage):
@@ -174,9 +173,10 @@ def _serve(
     listener: socket.socket | None = None,
     on_ready: Callable[[Any], None] | None = None,
 ) -> None:
-    from .listeners import tls_context
-    from .server import Server
-    from .serving import serve_until_signalled
+    from ..hub_errors import log_hub_errors  # gevent: imported once it is patched
+    from ..listeners import tls_context
+    from ..server import Server
+    from ..serving import serve_until_signalled
 
     _configure_logging(options)
     log_hub_errors()
