@@ -582,7 +582,9 @@ class Server:
         codec setting (clients whose server side keeps no context share one
         compressed frame), or per client where the client's codec keeps context.
         The connection whose id is ``exclude`` (usually the sender) is
-        skipped. Returns how many connections it was queued for. The loop
+        skipped, and an id named twice in ``to`` gets the message once (a set
+        is taken as it is; any other iterable is deduplicated, in its order).
+        Returns how many connections it was queued for. The loop
         is ``fws.outbound.fan_out``: compiled where ``fws._speedups`` is
         built (see ``fws._accel``).
         """
@@ -591,7 +593,11 @@ class Server:
         if to is None:
             recipients: Sequence[Connection | None] = tuple(self.users.values())
         else:
-            recipients = [self.users.get(connection_id) for connection_id in to]
+            if type(to) is not set and type(to) is not frozenset:
+                to = dict.fromkeys(to)  # each id once, in order
+            users = self.users
+            # Taken at once: a send cannot change ``to`` (a live group) mid-way.
+            recipients = [users.get(connection_id) for connection_id in to]
         first = frame[0]
 
         def deliver(connection: Connection) -> bool:

@@ -728,3 +728,25 @@ def test_stdlib_ssl_context_is_refused_with_a_clear_error():
 
     with pytest.raises(TypeError, match="gevent.ssl.SSLContext"):
         fws.Server(ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+
+
+def test_broadcast_to_an_id_named_twice_delivers_once():
+    class ToTwice(WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            ids = [web_socket_instance.id] * 2
+            if data == "set":
+                queued = web_socket_instance.server.broadcast("to a set", to={ids[0]})
+            else:
+                queued = web_socket_instance.server.broadcast("to a list", to=ids)
+            web_socket_instance.send(f"queued {queued}")
+
+    with run_server(message=ToTwice) as server:
+        client = connect(server)
+        client.send("list")
+        assert [client.recv(), client.recv()] == ["to a list", "queued 1"]
+        client.send("set")
+        assert [client.recv(), client.recv()] == ["to a set", "queued 1"]
+        client.close()

@@ -56,7 +56,7 @@ class Inbound:
         elif envelope.group is not None:
             members = self._members.groups.get(envelope.group)
             if members:
-                server.broadcast(envelope.data, exclude=envelope.sender, to=tuple(members))
+                server.broadcast(envelope.data, exclude=envelope.sender, to=members)
         elif envelope.client is not None:
             server.broadcast(envelope.data, to=(envelope.client,))
         else:

@@ -197,7 +197,7 @@ class RedisStorage(Storage):
     def send_to_group(self, key: str, data: str | bytes, *, sender: str | None = None) -> None:
         local = self._groups.get(key)
         if local and self._server is not None:
-            self._server.broadcast(data, exclude=sender, to=tuple(local))
+            self._server.broadcast(data, exclude=sender, to=local)
         payload = encode_envelope(data, origin=self.server_id, sender=sender, group=key)
         self._publish(lambda: self.link.publish(self.keys.group_channel(key), payload))
 
