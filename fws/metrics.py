@@ -35,7 +35,7 @@ from .errors import ConfigurationError
 from .http import respond
 from .stats import FILTER_TIME_BUCKETS, ServerStats
 
-__all__ = ["FLUSH_INTERVAL", "MULTIPROC_ENV", "Metrics", "opcode_name"]
+__all__ = ["FLUSH_INTERVAL", "MULTIPROC_ENV", "Metrics", "metrics_settings_problem", "opcode_name"]
 
 log = logging.getLogger("fws.metrics")
 
@@ -73,6 +73,19 @@ _OPCODES = {
 }
 
 _TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def metrics_settings_problem(metrics: bool, port: int | None, host: str | None) -> str | None:
+    """What is contradictory in these metrics settings, or None.
+
+    One wording for ``Server`` (a ConfigurationError) and ``fws_server``
+    (a usage error, before any worker starts).
+    """
+    if port is not None and not metrics:
+        return "--metrics-port needs metrics on (drop --no-metrics)"
+    if host is not None and port is None:
+        return "--metrics-host needs --metrics-port"
+    return None
 
 
 def opcode_name(opcode: int) -> str:

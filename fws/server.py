@@ -41,7 +41,7 @@ from .frames import encode_message
 from .handshake import ConnectionHandler
 from .http import WSGIApp, route, route_metrics_port
 from .listeners import _http_logs, _metrics_listener, _MetricsServer, _WSGIServer, tls_context
-from .metrics import FLUSH_INTERVAL, Metrics
+from .metrics import FLUSH_INTERVAL, Metrics, metrics_settings_problem
 from .outbound import fan_out
 from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
@@ -254,10 +254,9 @@ class Server:
             """TCP connections accepted and not yet upgraded; see ``fws.pending``."""
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
-        if metrics_port is not None and not metrics:
-            raise ConfigurationError("--metrics-port needs metrics on (drop --no-metrics)")
-        if metrics_host is not None and metrics_port is None:
-            raise ConfigurationError("--metrics-host needs --metrics-port")
+        problem = metrics_settings_problem(metrics, metrics_port, metrics_host)
+        if problem is not None:
+            raise ConfigurationError(problem)
         self.metrics: Metrics | None = None
         if metrics:
             self.metrics = Metrics(

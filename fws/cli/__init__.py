@@ -34,6 +34,7 @@ from ..allocator import tune_for_server
 from ..deflate import DeflateSettings
 from ..errors import BackgroundTaskFailed, ConfigurationError
 from ..logformat import configure_logging
+from ..metrics import metrics_settings_problem
 from ..modules import load_filter_module, load_storage_class, load_wsgi_app
 from ..pending import raise_descriptor_limit
 from ..registry import Registry, filters_defined_in
@@ -120,10 +121,11 @@ def _check_options(options: dict[str, Any]) -> None:
         )
     if options["message_burst"] and not options["max_messages_per_second"]:
         raise click.UsageError("--message-burst needs --max-messages-per-second RATE")
-    if options["metrics_port"] is not None and not options["metrics"]:
-        raise click.UsageError("--metrics-port needs metrics on (drop --no-metrics)")
-    if options["metrics_host"] is not None and options["metrics_port"] is None:
-        raise click.UsageError("--metrics-host needs --metrics-port")
+    problem = metrics_settings_problem(
+        options["metrics"], options["metrics_port"], options["metrics_host"]
+    )
+    if problem is not None:
+        raise click.UsageError(problem)
 
 
 def _supervise(
