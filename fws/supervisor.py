@@ -553,8 +553,41 @@ def describe_status(code: int) -> str:
 
 
 def worker_command() -> list[str]:
-    """How to start one worker: this Python running ``fws.worker``."""
+    """How to start one worker: this Python running ``fws.worker`` of this fws."""
     # -P: ``-m`` would put the current directory first on sys.path, where a
     # ./json.py would shadow the standard library; fws appends it instead
     # (``-f ./x.py``, see fws.modules).
-    return [sys.executable, "-P", "-m", "fws.worker"]
+    root = _root_unseen_by_workers()
+    if root is None:
+        return [sys.executable, "-P", "-m", "fws.worker"]
+    # This fws runs from a directory that only ``python -m`` put on sys.path
+    # (a checkout, not installed): a worker is told where it is, first, as
+    # the supervisor had it, or it would load another fws or none at all.
+    bootstrap = (
+        f"import sys, runpy; sys.path.insert(0, {root!r}); "
+        "runpy.run_module('fws.worker', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-P", "-c", bootstrap]
+
+
+def _root_unseen_by_workers() -> str | None:
+    """The directory holding this ``fws`` package if ``python -P`` would not import it."""
+    import importlib.machinery
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cwd = os.getcwd()
+    # What a -P interpreter searches: sys.path without the current directory
+    # (``""`` or its absolute path, which ``-m`` put first).
+    path = [p for p in sys.path if p and os.path.abspath(p) != cwd]
+    found = None
+    for finder in sys.meta_path:  # in import order: an editable install's finder too
+        if finder is importlib.machinery.PathFinder:
+            found = finder.find_spec("fws", path)
+        elif (find_spec := getattr(finder, "find_spec", None)) is not None:
+            found = find_spec("fws", None)
+        if found is not None:
+            break
+    origin = found.origin if found is not None else None
+    if origin is not None and os.path.dirname(os.path.dirname(os.path.abspath(origin))) == here:
+        return None
+    return here

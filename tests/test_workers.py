@@ -13,6 +13,8 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -646,3 +648,38 @@ def test_metrics_are_summed_over_workers_and_survive_a_killed_worker(redis, tmp_
         assert received() >= before + 10
         first.close()
         second.close()
+
+
+def test_python_m_fws_workers_runs_from_a_checkout_no_interpreter_installed(redis, tmp_path):
+    """``python -m fws --workers 2`` in a source tree: the workers find that fws too.
+
+    A venv holds fws's dependencies (the base interpreter's site-packages as a
+    plain path: its .pth files, an editable install of fws among them, are
+    not run) but not fws itself; only the checkout, the current directory,
+    has it. Workers start with ``python -P``, which leaves that out.
+    """
+    import sysconfig
+
+    import fws
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site_packages,) = (venv / "lib").glob("python3*/site-packages")
+    (site_packages / "base.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = str(venv / "bin" / "python")
+    not_installed = subprocess.run([python, "-P", "-c", "import fws"], capture_output=True)
+    assert not_installed.returncode != 0, "fws is importable in the venv: the test proves nothing"
+    checkout = Path(fws.__file__).resolve().parent.parent
+    args = ["--workers", "2", "--storage", "redis", "--redis-url", redis.url]
+    args += ["-p", "0", "--host", LOOPBACK, "--close-timeout", "1", "-f", "echo"]
+    server = ServerProcess(args, cwd=checkout, command=[python, "-m", "fws"])
+    server.start()
+    try:
+        wait_for(lambda: "with 2 workers" in server.output, 20, server.output)
+        with ws_sync.connect(server.url) as client:
+            client.send("from the checkout")
+            assert client.recv(timeout=5) == "from the checkout"
+        assert server.stop(timeout=20) == 0
+    finally:
+        server.__exit__()
+    assert "No module named" not in server.output
