@@ -138,6 +138,10 @@ class Server:
         static: str | os.PathLike[str] | None = None,
         app: WSGIApp | None = None,
         health: bool = True,
+        # Whether /ready answers 503 "storage unavailable" while the storage
+        # (Redis) is out of reach; False: only draining and not listening count,
+        # so a shared Redis going down does not take every server out of rotation.
+        ready_needs_storage: bool = True,
         # Shutdown: seconds between "stop" and closing the listener, during which
         # /ready answers 503 "draining" and new upgrades get 503, so a load
         # balancer takes this server out of rotation first. 0: no drain.
@@ -244,6 +248,7 @@ class Server:
         self.static = StaticFiles(static) if static is not None else None
         self.app = app
         self.health = health
+        self.ready_needs_storage = ready_needs_storage
         self.drain_delay = drain_delay
         self.draining = False
         """True from the moment ``stop()`` is called: /ready says 503, upgrades get 503."""
@@ -430,7 +435,7 @@ class Server:
             return "draining"
         if self._wsgi is None or not self._wsgi.started:
             return "not listening"
-        if not self.pubsub_live:
+        if self.ready_needs_storage and not self.pubsub_live:
             return "storage unavailable"
         return None
 

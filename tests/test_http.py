@@ -109,6 +109,29 @@ def test_ready_turns_503_when_redis_stops_and_200_when_it_returns(
         assert server.stop() == 0
 
 
+
+def test_ready_without_storage_stays_200_through_a_redis_outage(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """--ready-without-storage: a Redis outage leaves the server in rotation."""
+    args = ["--host", LOOPBACK, "-p", "0", "--storage", "redis", "--redis-url", redis_server.url]
+    with ServerProcess([*args, "--ready-without-storage"]) as server:
+        port = server.port
+        assert get(port, "/ready")[0] == 200
+        redis_server.stop()
+        # The server has noticed: its pub/sub is down (the gauge /ready would follow).
+        wait_for(
+            lambda: b"\nfws_pubsub_live 0.0" in get(port, "/metrics")[2],
+            timeout=20,
+            message="the server did not notice that Redis stopped",
+        )
+        status, _, body = get(port, "/ready")
+        assert (status, json.loads(body)) == (200, {"status": "ready"})
+        with ws_sync.connect(f"ws://{LOOPBACK}:{port}/") as client:  # still taking clients
+            client.send("still here")
+        redis_server.start()
+        assert server.stop() == 0
+
 # -- the drain ---------------------------------------------------------------------
 
 

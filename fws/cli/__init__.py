@@ -223,6 +223,7 @@ def _serve(
             static=options["static"],
             app=app,
             health=options["health"],
+            ready_needs_storage=options["ready_needs_storage"],
             drain_delay=options["drain_delay"],
             metrics=options["metrics"],
             metrics_port=options["metrics_port"],

@@ -306,6 +306,14 @@ def command_params(storage_name: str, storage_class: type[Storage]) -> list[clic
             "--no-health leaves those paths to --app or --static.",
         ),
         click.Option(
+            ["--ready-needs-storage/--ready-without-storage"],
+            default=_server_default("ready_needs_storage"),
+            show_default=True,
+            help="Whether GET /ready answers 503 'storage unavailable' while Redis is out of "
+            "reach. --ready-without-storage keeps servers in rotation through a Redis outage "
+            "(each then serves its own clients only).",
+        ),
+        click.Option(
             ["--drain-delay"],
             type=click.FloatRange(min=0),
             default=_server_default("drain_delay"),
