@@ -1,0 +1,90 @@
+"""What the cluster link remembers of a failed node, and what it does with it.
+
+A subscriber that finds a shard primary silent reports it
+(``ClusterLink.node_failed``): new clients leave it out of their seeds,
+refreshes ask it last, and a subscription whose channel it serves raises
+``FailoverPending`` while the cluster flags it failed and a replica is
+about to take over; the listener then retries quickly, ``QUICK_RETRIES``
+times at most. Pure logic is tested directly; the rest against the
+module-scoped ``redis_cluster`` (a test that stops a node restarts it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from redis_topologies import RedisClusterProcesses
+
+from fws.storage.redis.cluster_link import ClusterLink, seed_lists
+
+SEEDS = [("127.0.0.1", 7000), ("127.0.0.1", 7001), ("127.0.0.1", 7002)]
+
+
+@pytest.fixture
+def cluster_link(redis_cluster: RedisClusterProcesses) -> Iterator[ClusterLink]:
+    link = ClusterLink(redis_cluster.url, name="fws-test")
+    yield link
+    link.close()
+
+
+# -- pure logic -------------------------------------------------------------------
+
+
+def test_a_failed_node_is_remembered_until_it_answers_or_another_fails() -> None:
+    link = ClusterLink("redis+cluster://127.0.0.1:7000")  # connects on first use only
+    assert link.failed_node is None
+    link.node_failed("127.0.0.1:7000")
+    link.node_answered("127.0.0.1:7001")  # another node answering changes nothing
+    assert link.failed_node == "127.0.0.1:7000"
+    link.node_failed("127.0.0.1:7001")  # only the last failure is remembered
+    assert link.failed_node == "127.0.0.1:7001"
+    link.node_answered("127.0.0.1:7001")
+    assert link.failed_node is None
+
+
+@pytest.mark.parametrize(
+    ("failed", "lists"),
+    [
+        (None, [SEEDS]),
+        ("127.0.0.1:7009", [SEEDS]),  # not a seed
+        ("127.0.0.1:7001", [[SEEDS[0], SEEDS[2]], SEEDS]),  # left out, then asked last
+    ],
+)
+def test_seed_lists_leave_the_failed_node_out_of_the_first_try(
+    failed: str | None, lists: list[list[tuple[str, int]]]
+) -> None:
+    assert seed_lists(SEEDS, failed) == lists
+
+
+def test_seed_lists_keep_a_failed_node_that_is_the_only_seed() -> None:
+    assert seed_lists(SEEDS[:1], "127.0.0.1:7000") == [SEEDS[:1]]
+
+
+def test_seed_lists_name_seeds_as_redis_py_does() -> None:
+    seeds = [("localhost", 7000), ("127.0.0.1", 7001)]  # localhost is 127.0.0.1 in redis-py
+    assert seed_lists(seeds, "127.0.0.1:7000") == [[("127.0.0.1", 7001)], seeds]
+
+
+# -- against the cluster ----------------------------------------------------------
+
+
+def test_a_new_client_leaves_the_failed_node_out_of_its_seeds(
+    redis_cluster: RedisClusterProcesses, cluster_link: ClusterLink
+) -> None:
+    failed = redis_cluster.nodes[0].name
+    cluster_link.node_failed(failed)
+    client = cluster_link.new_client("fws-test-seeds")
+    try:
+        assert client.ping()
+        assert set(client.nodes_manager.startup_nodes) == {
+            node.name for node in redis_cluster.nodes[1:]
+        }
+    finally:
+        client.close()
+    alone = ClusterLink("redis+cluster://" + failed, name="fws-test-alone")
+    alone.node_failed(failed)  # the only seed: asked all the same
+    try:
+        assert alone.commands().ping()
+    finally:
+        alone.close()
