@@ -17,6 +17,9 @@ import pytest
 from redis_topologies import RedisClusterProcesses
 
 from fws.storage.redis.cluster_link import ClusterLink, seed_lists
+from fws.storage.redis.health import BACKOFF_FIRST, Health
+from fws.storage.redis.liveness import FailoverPending, PrimarySwitched
+from fws.storage.redis.subscriber import QUICK_RETRIES, Listener
 
 SEEDS = [("127.0.0.1", 7000), ("127.0.0.1", 7001), ("127.0.0.1", 7002)]
 
@@ -26,6 +29,17 @@ def cluster_link(redis_cluster: RedisClusterProcesses) -> Iterator[ClusterLink]:
     link = ClusterLink(redis_cluster.url, name="fws-test")
     yield link
     link.close()
+
+
+def listener(link: ClusterLink) -> Listener:
+    """A listener on ``link`` that does nothing with what it hears."""
+
+    def nothing(*_args: object) -> None:
+        pass
+
+    return Listener(link, Health(link.url, lambda: None), fixed=("fws:{broadcast}",), raw=(),
+                    interval=60, on_message=nothing, on_connected=nothing,
+                    on_beat=nothing, on_dirty=nothing)  # fmt: skip
 
 
 # -- pure logic -------------------------------------------------------------------
@@ -66,7 +80,34 @@ def test_seed_lists_name_seeds_as_redis_py_does() -> None:
     assert seed_lists(seeds, "127.0.0.1:7000") == [[("127.0.0.1", 7001)], seeds]
 
 
+def test_failover_pending_retries_at_the_first_step_quick_retries_times_at_most() -> None:
+    quick = listener(ClusterLink("redis+cluster://127.0.0.1:7000"))  # never connects
+    pending = FailoverPending("flagged failed")
+    for attempt in range(QUICK_RETRIES):
+        assert quick.pause_after(pending) <= BACKOFF_FIRST, attempt
+    # No promotion came: the usual backoff, doubling (with jitter, 0.5-1 times the step).
+    assert quick.pause_after(pending) >= BACKOFF_FIRST
+    assert quick.pause_after(pending) >= 2 * BACKOFF_FIRST
+    assert quick.pause_after(PrimarySwitched("a new primary")) <= BACKOFF_FIRST  # it is up
+
+
 # -- against the cluster ----------------------------------------------------------
+
+
+def test_a_session_that_connects_allows_quick_retries_again(
+    redis_cluster: RedisClusterProcesses, cluster_link: ClusterLink
+) -> None:
+    quick = listener(cluster_link)
+    pending = FailoverPending("flagged failed")
+    for _ in range(QUICK_RETRIES + 2):
+        quick.pause_after(pending)
+    assert quick.pause_after(pending) > BACKOFF_FIRST
+    try:
+        quick.connect()  # a session: the next failover may be waited for quickly again
+        for attempt in range(3):  # past the first, the usual backoff would be above it
+            assert quick.pause_after(pending) <= BACKOFF_FIRST, attempt
+    finally:
+        quick.drop()
 
 
 def test_a_new_client_leaves_the_failed_node_out_of_its_seeds(
