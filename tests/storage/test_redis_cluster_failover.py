@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from redis_topologies import RedisClusterProcesses
+from helpers import wait_for
+from redis_topologies import RedisClusterProcesses, RedisProcess
+from test_redis_links import channels_on_distinct_shards, confirmations
 
 from fws.storage.redis.cluster_link import ClusterLink, seed_lists
 from fws.storage.redis.health import BACKOFF_FIRST, Health
@@ -129,3 +131,71 @@ def test_a_new_client_leaves_the_failed_node_out_of_its_seeds(
         assert alone.commands().ping()
     finally:
         alone.close()
+
+
+def test_a_failed_node_that_answers_again_is_subscribed_on_and_forgotten(
+    redis_cluster: RedisClusterProcesses, cluster_link: ClusterLink
+) -> None:
+    """No FailoverPending for a healthy primary, however it was reported before.
+
+    A hung primary that was replaced and rejoined (as a replica) stays the
+    link's failed node: no subscriber hears from a replica. That only
+    orders seeds and raw subscriptions; if it is promoted again, the cluster
+    does not flag it ``fail``, so its channels are subscribed on as usual,
+    and its first answer makes the link forget it.
+    """
+    (channel,) = channels_on_distinct_shards(redis_cluster, 1)
+    owner = redis_cluster.node_for_key(channel)
+    cluster_link.node_failed(owner.name)  # e.g. it hung, then came back
+    subscriber = cluster_link.subscriber()
+    try:
+        subscriber.subscribe(channel)
+        assert confirmations(subscriber, 1) == [channel]
+        assert cluster_link.failed_node is None  # its confirmation was an answer
+    finally:
+        subscriber.close()
+
+
+def _flagged_failed_everywhere(redis_cluster: RedisClusterProcesses, node: RedisProcess) -> bool:
+    """Whether every live node's ``CLUSTER NODES`` flags ``node`` ``fail``."""
+    for other in redis_cluster.nodes:
+        if other is node or not other.alive or other.paused:
+            continue
+        with other.client(decode_responses=True) as client:
+            nodes = str(client.execute_command("CLUSTER", "NODES"))
+        line = next(line for line in nodes.splitlines() if f" {node.name}@" in line)
+        if "fail" not in line.split()[2].split(","):
+            return False
+    return True
+
+
+def test_failover_pending_for_a_channel_on_the_hung_primary_then_the_promoted_one(
+    redis_cluster: RedisClusterProcesses, cluster_link: ClusterLink
+) -> None:
+    """The slot table still names the hung primary: FailoverPending at once, not a wait.
+
+    The subscriber's table is read before the SIGSTOP and not refreshed
+    (its only subscription is on another shard), so its channel's owner is
+    the hung node whether or not the replica was promoted yet; either way
+    the cluster flags it ``fail`` with a successor, which is all it asks.
+    """
+    victim_channel, other_channel = channels_on_distinct_shards(redis_cluster, 2)
+    victim = redis_cluster.node_for_key(victim_channel)
+    subscriber = cluster_link.subscriber()
+    try:
+        subscriber.subscribe(other_channel)
+        confirmations(subscriber, 1)
+        redis_cluster.kill(victim, pause=True)
+        wait_for(lambda: _flagged_failed_everywhere(redis_cluster, victim), 10,
+                 f"{victim.name} not flagged fail by every live node")  # fmt: skip
+        cluster_link.node_failed(victim.name)  # as the subscriber of its channels reports it
+        with pytest.raises(FailoverPending):
+            subscriber.subscribe(victim_channel)
+        # Once promoted, the next try (from a refreshed table) subscribes there.
+        promoted, _ = redis_cluster.wait_for_failover(victim)
+        subscriber.subscribe(victim_channel, other_channel)
+        assert sorted(confirmations(subscriber, 2)) == sorted([victim_channel, other_channel])
+        assert redis_cluster.shard_subscribers(victim_channel)[promoted.name] == 1
+    finally:
+        subscriber.close()
+        redis_cluster.restart(victim)
