@@ -41,7 +41,13 @@ from .cluster_subscriber import ClusterSubscriber, cluster_error
 from .liveness import cut_connections
 from .urls import POOL_SIZE, POOL_WAIT, connection_kwargs, parse_cluster_url
 
-__all__ = ["CLUSTER_RETRIES", "ClusterLink", "ClusterSubscriber", "parse_cluster_url"]
+__all__ = [
+    "CLUSTER_RETRIES",
+    "ClusterLink",
+    "ClusterSubscriber",
+    "parse_cluster_url",
+    "seed_lists",
+]
 
 CLUSTER_RETRIES = 1
 """Immediate re-tries of a cluster command after a ConnectionError/TimeoutError.
@@ -64,6 +70,24 @@ class _WaitingPool(redis.BlockingConnectionPool):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", POOL_WAIT)
         super().__init__(**kwargs)
+
+
+def seed_lists(
+    seeds: list[tuple[str, int]], failed: str | None
+) -> list[list[tuple[str, int]]]:
+    """The seed lists a new client tries in turn: without ``failed``, then all of them.
+
+    ``failed`` (``host:port``, a redis-py node name; None: no node failed) is
+    left out of the first list, and only then: when it is not among the
+    seeds, or is the only one, there is a single list, every seed. Seeds are
+    named as redis-py names nodes (localhost is 127.0.0.1 there); seeds given
+    as other host names than the cluster announces never match.
+    """
+    everyone = list(seeds)
+    others = [seed for seed in everyone if ClusterNode(*seed).name != failed]
+    if others and len(others) < len(everyone):
+        return [others, everyone]
+    return [everyone]
 
 
 def _bracketed(host: str) -> str:
@@ -118,17 +142,14 @@ class ClusterLink:
         kwargs = connection_kwargs(name, pubsub=pubsub)
         del kwargs["retry"]  # the cluster-level retry below; node connections get none
         kwargs.update(self.settings.credentials())
-        seeds = list(self.settings.nodes)
-        # Named as redis-py names nodes (localhost is 127.0.0.1 there); seeds
-        # given as other host names than the cluster announces never match.
-        others = [seed for seed in seeds if ClusterNode(*seed).name != self._failed_node]
-        if others and len(others) < len(seeds):
+        *first, every = seed_lists(self.settings.nodes, self._failed_node)
+        for seeds in first:
             try:
-                return self._new_client(others, kwargs)
+                return self._new_client(seeds, kwargs)
             except RedisClusterException:
                 pass  # only the failed node answers, perhaps: all of them, then
         try:
-            return self._new_client(seeds, kwargs)
+            return self._new_client(every, kwargs)
         except RedisClusterException as exc:
             raise cluster_error(exc) from exc
 

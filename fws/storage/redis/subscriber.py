@@ -136,27 +136,34 @@ class Listener:
                         break
                     self.health.failed(exc)
                     self._release_commands()
-                    if isinstance(exc, PrimarySwitched):
-                        self._failures = 0  # the new primary is up: no reason to wait
-                    elif isinstance(exc, FailoverPending) and self._pending < QUICK_RETRIES:
-                        # About to be, unless no replica is ever promoted: then,
-                        # after QUICK_RETRIES, the usual backoff.
-                        self._pending += 1
-                        self._failures = 0
-                    self._pause()
+                    self.closing.wait(self.pause_after(exc))
                 except Exception:
                     if self.closing.is_set():
                         break  # close() disconnected the pools under a command
                     # Our bug, not Redis's: say so loudly, but keep the link.
                     log.exception("redis listener failed; reconnecting")
                     self.drop()
-                    self._pause()
+                    self.closing.wait(self.pause_after(None))
         finally:
             self.drop()
 
-    def _pause(self) -> None:
-        self.closing.wait(self._backoff.compute(self._failures))
+    def pause_after(self, exc: BaseException | None) -> float:
+        """Seconds to wait before the next session after ``exc`` (None: our bug); counts it.
+
+        The backoff grows with each failure since the last session that
+        connected; it starts over after ``PrimarySwitched`` (the new primary
+        is up) and after ``FailoverPending`` (one is about to be), that one
+        ``QUICK_RETRIES`` times in a row at most: should no replica ever be
+        promoted, the usual backoff then.
+        """
+        if isinstance(exc, PrimarySwitched):
+            self._failures = 0
+        elif isinstance(exc, FailoverPending) and self._pending < QUICK_RETRIES:
+            self._pending += 1
+            self._failures = 0
+        delay = self._backoff.compute(self._failures)
         self._failures += 1
+        return float(delay)
 
     def connect(self) -> None:
         """Open a session, subscribe everything, and wait until Redis confirms it all.
