@@ -28,23 +28,19 @@ a traceback; so is a client that breaks off mid-request. The request head is
 bounded as a whole (``max_header_bytes``), not only line by line.
 
 The reading itself (the fast path's read, the replay to pywsgi, the bound,
-the lingering refusal) is ``fws.head_reader``'s; whom a proxy's
-``X-Forwarded-For`` names, ``fws.proxies``'s.
+the lingering refusal) is ``fws.head_reader``'s; the rules a request alone
+decides (the checks of step 2 that need no server, the accept key, the
+subprotocol), ``fws.handshake_rules``'s; whom a proxy's ``X-Forwarded-For``
+names, ``fws.proxies``'s.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import io
 import logging
 import socket
-import sys
 import time
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import gevent
 import gevent.ssl
@@ -54,9 +50,19 @@ from geventwebsocket.handler import WebSocketHandler
 
 from .connection import Connection, State
 from .datatypes import Request, bearer_token
-from .deflate import parse_offers
 from .errors import FilterError, Reject
 from .escape import format_peer, printable
+from .handshake_rules import (
+    accept_key,
+    check_upgrade,
+    first_offered,
+    header_tokens,
+    is_header_safe,
+    is_plain_upgrade,
+    loggable_subprotocol,
+    path_info,
+    upgrade_request,
+)
 from .head_reader import (
     HEAD_READ,
     BoundedReader,
@@ -74,6 +80,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectionHandler",
+    "accept_key",
     "printable",
     "refuse_at_capacity",
 ]
@@ -82,17 +89,6 @@ log = logging.getLogger("fws.handshake")
 
 _HANDSHAKE_BUFFER = 1024
 """pywsgi's read buffer: the handshake needs little."""
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def _tokens(value: str) -> list[str]:
-    """A comma-separated header value as lower-case tokens: ``keep-alive, Upgrade``."""
-    return [token.strip().lower() for token in value.split(",") if token.strip()]
-
-
-def accept_key(key: str) -> str:
-    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
 
 
 def refuse_at_capacity(sock: Any, address: Any) -> None:
@@ -197,13 +193,17 @@ class ConnectionHandler(WebSocketHandler):
         received, length, error = read_get_head(sock, limit)
         if length is not None:
             head = parse_head(received[:length])
-            if head is not None and _is_plain_upgrade(head.method, head.version, head.headers):
+            if head is not None and is_plain_upgrade(head.method, head.version, head.headers):
                 self._leftover = bytes(received[length:])
                 path, _, query = head.target.partition("?")
-                request = _upgrade_request(
-                    self.application, _unquote(path), query, head.headers, self.client_address
+                request = upgrade_request(
+                    self.application.trusted_proxies,
+                    path_info(path),
+                    query,
+                    head.headers,
+                    self.client_address,
                 )
-                # No body: _is_plain_upgrade left any head with a body's headers to pywsgi.
+                # No body: is_plain_upgrade left any head with a body's headers to pywsgi.
                 refusal = self._negotiate(request, head.method, head.version, has_body=False)
                 if refusal is None:
                     return True
@@ -309,7 +309,7 @@ class ConnectionHandler(WebSocketHandler):
 
     def run_application(self) -> None:
         upgrade = self.environ.get("HTTP_UPGRADE", "")
-        if "websocket" not in _tokens(upgrade):
+        if "websocket" not in header_tokens(upgrade):
             # Plain HTTP (a browser fetching the page, a health probe): the app,
             # with as long as it needs, and its body unbounded by the head's limit.
             if self._handshake_timer is not None:
@@ -326,8 +326,12 @@ class ConnectionHandler(WebSocketHandler):
         if self._refused is not None:  # decided on the fast path, from the same head
             return self._refuse(*self._refused)
         parsed = Request.from_environ(self.environ, self.client_address)
-        request = _upgrade_request(
-            self.application, parsed.path, parsed.query_string, parsed.headers, self.client_address
+        request = upgrade_request(
+            self.application.trusted_proxies,
+            parsed.path,
+            parsed.query_string,
+            parsed.headers,
+            self.client_address,
         )
         method = str(self.environ.get("REQUEST_METHOD"))
         # pywsgi's parse: Content-Length is dropped when Transfer-Encoding is chunked.
@@ -361,7 +365,7 @@ class ConnectionHandler(WebSocketHandler):
 
     def _accept(self, server: Server, connection: Connection, request: Request) -> Reject | None:
         """Run the connect pipeline, then refuse, or answer 101 and hand the socket over."""
-        connection.subprotocol = _first_offered(server.subprotocols, request.subprotocols)
+        connection.subprotocol = first_offered(server.subprotocols, request.subprotocols)
         stats = server.table.stats
         started = time.perf_counter()  # once per handshake: cheap next to the handshake
         try:
@@ -402,33 +406,13 @@ class ConnectionHandler(WebSocketHandler):
     ) -> Reject | None:
         """Every refusal decided from the request alone, before any connect filter runs.
 
-        ``has_body``: a Content-Length above 0 or a Transfer-Encoding. The
-        body's bytes would follow the head, where the connection reads frames:
-        a proxy and this server would disagree on where the request ends.
+        The RFC's (``check_upgrade``, which says what ``has_body`` is), then
+        the server's own: they read its state of the moment.
         """
-        if method != "GET":
-            return Reject(405, "a WebSocket upgrade must be a GET request")
-        if version in ("HTTP/0.9", "HTTP/1.0"):
-            return Reject(400, "a WebSocket upgrade needs HTTP/1.1 or later")
-        if has_body:
-            return Reject(400, "a WebSocket upgrade has no body")
+        rfc_refusal = check_upgrade(request, method, version, has_body)
+        if rfc_refusal is not None:
+            return rfc_refusal
         headers = request.headers
-        host = headers.get("host", "").strip()
-        if not host:
-            return Reject(400, "Host header is missing")
-        if "," in host:  # repeated Host lines, joined (RFC 9112 3.2: 400)
-            return Reject(400, "more than one Host header")
-        if "upgrade" not in _tokens(headers.get("connection", "")):
-            return Reject(400, "Connection header must include 'Upgrade'")
-        key = headers.get("sec-websocket-key", "").strip()
-        try:
-            key_is_valid = len(base64.b64decode(key, validate=True)) == 16
-        except (binascii.Error, ValueError):
-            key_is_valid = False
-        if not key_is_valid:
-            return Reject(400, "Sec-WebSocket-Key header is missing or not 16 base64 bytes")
-        if headers.get("sec-websocket-version", "").strip() != "13":
-            return Reject(426, "only WebSocket version 13 is supported")
         if server.stopping or server.draining:
             return Reject(503, "server is shutting down")
         if server.origins is not None:
@@ -437,7 +421,7 @@ class ConnectionHandler(WebSocketHandler):
                 return Reject(403, f"origin {printable(origin, 100)} is not allowed")
         if server.at_connection_limit():
             return Reject(503, "server is at its connection limit")
-        if server.require_subprotocol and not _first_offered(
+        if server.require_subprotocol and not first_offered(
             server.subprotocols, request.subprotocols
         ):
             wanted = ", ".join(server.subprotocols)
@@ -461,8 +445,8 @@ class ConnectionHandler(WebSocketHandler):
                 log.error(
                     "connection %s: subprotocol %r chosen, but the client offered %r%s",
                     connection.id,
-                    _loggable_subprotocol(chosen),
-                    [_loggable_subprotocol(offer) for offer in request.subprotocols],
+                    loggable_subprotocol(chosen),
+                    [loggable_subprotocol(offer) for offer in request.subprotocols],
                     " (a bearer token is never echoed)" * is_token,
                 )
                 return Reject(500, "internal server error")
@@ -472,7 +456,7 @@ class ConnectionHandler(WebSocketHandler):
             connection.deflate = deflate
             lines.append("Sec-WebSocket-Extensions: " + deflate.response)
         for name, value in connection.take_response_headers():
-            if not _is_header_safe(name, value):
+            if not is_header_safe(name, value):
                 log.error("connection %s: response header %r is not sendable", connection.id, name)
                 return Reject(500, "internal server error")
             lines.append(f"{name}: {value}")
@@ -574,77 +558,6 @@ _NO_READER: Any = _closed_reader()
 One for every handler, so closed from the start: closing it again does
 nothing, reading it raises, and no handler can change it for the next one.
 """
-
-
-def _unquote(path: str) -> str:
-    """``PATH_INFO`` from a target's path, as pywsgi decodes it (latin-1)."""
-    return unquote(path, encoding="latin-1") if "%" in path else path
-
-
-def _is_plain_upgrade(method: str, version: str, headers: Mapping[str, str]) -> bool:
-    """A GET asking for ``Upgrade: websocket`` and nothing a WSGI environ treats apart.
-
-    A body's headers (``Content-Length``, ``Transfer-Encoding``), and
-    ``Content-Type``, which a WSGI environ does not list among the headers:
-    such a request goes to pywsgi, whose checks and environ it was always
-    read by.
-    """
-    return (
-        method == "GET"
-        and version == "HTTP/1.1"
-        and "websocket" in _tokens(headers.get("upgrade", ""))
-        and "content-length" not in headers
-        and "transfer-encoding" not in headers
-        and "content-type" not in headers
-    )
-
-
-def _upgrade_request(
-    server: Server, path: str, query: str, headers: Mapping[str, str], address: Any
-) -> Request:
-    """The ``Request`` connect filters see, built once, for either path."""
-    # One string per client address, not one per connection: many connections
-    # come from few addresses (a proxy, a NAT, a load generator), and each kept
-    # its own copy of the host for as long as it was open.
-    peer = (sys.intern(str(address[0])), int(address[1])) if address else ("", 0)
-    return Request(
-        path=path,
-        query_string=query,
-        headers=headers,
-        peer=server.trusted_proxies.client_of(peer, headers),
-        subprotocols=tuple(
-            entry.strip()
-            for entry in headers.get("sec-websocket-protocol", "").split(",")
-            if entry.strip()
-        ),
-        extensions=parse_offers([headers.get("sec-websocket-extensions", "")]),
-    )
-
-
-def _loggable_subprotocol(offer: str) -> str:
-    """A subprotocol as a log line may show it: never the token of a ``bearer.`` entry."""
-    return "bearer.<token>" if bearer_token(offer) is not None else printable(offer, 60)
-
-
-def _first_offered(ours: Sequence[str], offered: Sequence[str]) -> str | None:
-    """The first of our subprotocols, in our order, that the client offered."""
-    for name in ours:
-        if name in offered:
-            return name
-    return None
-
-
-def _is_header_safe(name: object, value: object) -> bool:
-    """A header a filter added is sendable: ASCII strings, no line breaks or NULs, a name."""
-    return (
-        isinstance(name, str)
-        and isinstance(value, str)
-        and name.isascii()
-        and value.isascii()
-        and name.strip() != ""
-        and not any(c in text for text in (name, value) for c in "\r\n\0")
-        and ":" not in name
-    )
 
 
 _AT_CAPACITY_RESPONSE = plain_response(

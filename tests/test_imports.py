@@ -70,3 +70,23 @@ def test_the_cli_package_imports_no_gevent():
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_handshake_rules_import_no_gevent():
+    """The opening handshake's rules are plain Python; only fws.handshake does its I/O."""
+    probe = (
+        "import json, sys, fws.handshake_rules;"
+        " print(json.dumps(sorted(m for m in sys.modules if m.startswith('gevent'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(result.stdout) == []  # neither gevent, its pywsgi, nor geventwebsocket
+
+
+def test_handshake_module_still_exports_what_moved_out_of_it():
+    """The tests import accept_key from fws.handshake; it lives in fws.handshake_rules."""
+    import fws.handshake
+    import fws.handshake_rules
+
+    assert fws.handshake.accept_key is fws.handshake_rules.accept_key
