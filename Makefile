@@ -11,9 +11,10 @@ install:
 test:
 	$(PYTHON) -m pytest -q
 
-## lint: ruff and mypy
+## lint: ruff (checks and formatting) and mypy
 lint:
 	$(PYTHON) -m ruff check fws tests bench examples
+	$(PYTHON) -m ruff format --check fws tests bench examples
 	$(PYTHON) -m mypy
 
 ## docs: the documentation site (Sphinx), warnings as errors, into docs/_build/html

@@ -89,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         from fws import _accel  # what the server runs: compiled or pure
+
         implementation = _accel.IMPLEMENTATION
     except ImportError:
         implementation = "pure Python (no accelerator)"

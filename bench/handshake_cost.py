@@ -70,9 +70,7 @@ def _open(port: int, number: int, sockets: list[gevent.socket.socket]) -> None:
 
 def _server_only(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
     """Leave out what the client side of this script allocated (its sockets, its list)."""
-    return snapshot.filter_traces(
-        [tracemalloc.Filter(False, __file__, all_frames=True)]
-    )
+    return snapshot.filter_traces([tracemalloc.Filter(False, __file__, all_frames=True)])
 
 
 def _server_bytes(snapshot: tracemalloc.Snapshot) -> int:

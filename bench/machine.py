@@ -40,9 +40,11 @@ def _node_version() -> str:
 def _output(command: list[str]) -> str:
     """The first line ``command`` prints, or "absent"."""
     try:
-        return subprocess.run(
-            command, capture_output=True, text=True, check=True
-        ).stdout.splitlines()[0].strip()
+        return (
+            subprocess.run(command, capture_output=True, text=True, check=True)
+            .stdout.splitlines()[0]
+            .strip()
+        )
     except (OSError, subprocess.CalledProcessError, IndexError):
         return "absent"
 

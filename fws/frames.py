@@ -106,9 +106,7 @@ _parse_messages = None if _speedups is None else _speedups.parse_messages
 ``FrameParser.feed`` runs first; None: pure Python (``_parse`` does it all)."""
 
 
-def _unmask_pieces_portable(
-    pieces: list[bytes | bytearray], start: int, mask: bytes
-) -> bytes:
+def _unmask_pieces_portable(pieces: list[bytes | bytearray], start: int, mask: bytes) -> bytes:
     """The payload from ``start`` of the frame that ``pieces`` make up, unmasked."""
     return _apply_mask(memoryview(b"".join(pieces))[start:], mask)
 

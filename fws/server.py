@@ -317,7 +317,8 @@ class Server:
             # index the dict without a KeyError for a pipeline set after start.
             stats = self.table.stats
             self._timed = {
-                event: stats.filter_time(event) for event, pipeline in self.pipelines.items()
+                event: stats.filter_time(event)
+                for event, pipeline in self.pipelines.items()
                 if pipeline
             }
             self._filter_times.update(self._timed)

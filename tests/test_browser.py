@@ -28,7 +28,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 
-CHAT_MODULE = '''
+CHAT_MODULE = """
 from fws import WebSocketMessageFilter
 
 
@@ -37,7 +37,7 @@ class ChatServer(WebSocketMessageFilter):
     def filter(cls, web_socket_instance, data):
         for client_id, client in web_socket_instance.users.items():
             client.sendMessage(bytes(data))
-'''
+"""
 
 PAGE = """<html><head><meta charset="utf-8"></head><body><script>
 const a = new WebSocket("URL"), b = new WebSocket("URL");

@@ -99,15 +99,29 @@ def test_seed_storage_variable_lists_the_redis_options() -> None:
         [*fws_server_command(), "-h"], env=env, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
-    for option in ("--redis_host", "--redis_port", "--redis_channels", "--redis_key",
-                   "--redis-url"):
+    for option in (
+        "--redis_host",
+        "--redis_port",
+        "--redis_channels",
+        "--redis_key",
+        "--redis-url",
+    ):
         assert option in result.stdout
 
 
 def test_seed_pubsub_command_and_redis_cli_publish(redis_server: RedisServer) -> None:  # noqa: F811
     env = {"STORAGE_OBJECT_MODULE": "filtered_websocket.storage_objects.redis"}
-    args = [*BASE, "-f", "filtered_websocket.filters.broadcast_pubsub", "--redis_channels",
-            "global", "--redis_host", LOOPBACK, "--redis_port", str(redis_server.port)]
+    args = [
+        *BASE,
+        "-f",
+        "filtered_websocket.filters.broadcast_pubsub",
+        "--redis_channels",
+        "global",
+        "--redis_host",
+        LOOPBACK,
+        "--redis_port",
+        str(redis_server.port),
+    ]
     with ServerProcess(args, env=env) as server, ServerProcess(args, env=env) as other:
         check_raw_publish_reaches_clients(
             [server, other], redis_server.port, redis_server.client().publish
@@ -141,17 +155,21 @@ def test_json_config_with_redis_options(redis_server: RedisServer, tmp_path: Pat
     config = tmp_path / "config.json"
     config.write_text(
         "# a comment line\n"
-        + json.dumps({
-            "storage": "redis",
-            "host": LOOPBACK,
-            "port": "0",
-            "filters": ["filtered_websocket.filters.broadcast_messages_by_token",
-                        "filtered_websocket.filters.stdout_messages"],
-            "redis_host": LOOPBACK,
-            "redis_port": str(redis_server.port),
-            "redis_channels": ["global", "news"],
-            "redis_key": "cfg",
-        })
+        + json.dumps(
+            {
+                "storage": "redis",
+                "host": LOOPBACK,
+                "port": "0",
+                "filters": [
+                    "filtered_websocket.filters.broadcast_messages_by_token",
+                    "filtered_websocket.filters.stdout_messages",
+                ],
+                "redis_host": LOOPBACK,
+                "redis_port": str(redis_server.port),
+                "redis_channels": ["global", "news"],
+                "redis_key": "cfg",
+            }
+        )
     )
     with ServerProcess(["-c", str(config)]) as a, ServerProcess(["-c", str(config)]) as b:
         first, second = connect(a.url), connect(b.url)
@@ -166,8 +184,11 @@ def test_json_config_with_redis_options(redis_server: RedisServer, tmp_path: Pat
 
 
 def test_modern_spellings_and_environment(redis_server: RedisServer) -> None:  # noqa: F811
-    env = {"FWS_REDIS_URL": redis_server.url, "FWS_REDIS_CHANNELS": "alpha beta",
-           "FWS_REDIS_KEY": "envkey"}
+    env = {
+        "FWS_REDIS_URL": redis_server.url,
+        "FWS_REDIS_CHANNELS": "alpha beta",
+        "FWS_REDIS_KEY": "envkey",
+    }
     with ServerProcess([*BASE, "--storage", "redis", "-f", "broadcast_pubsub"], env=env) as server:
         client = connect(server.url)
         time.sleep(0.2)
@@ -403,7 +424,9 @@ def test_start_up_fails_clearly_without_redis() -> None:
                          ("http://nowhere/0", "invalid Redis URL")):  # fmt: skip
         result = subprocess.run(
             [*fws_server_command(), *BASE, "--storage", "redis", "--redis-url", url],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         output = assert_clean_failure(result, 2, message)
         # One short line: not the reprs of redis-py's clients, not the URL twice.

@@ -74,8 +74,10 @@ def test_steady_overload_is_one_burst_with_every_drop_counted(caplog):
     while queue.qsize() > 50:
         queue.get()
     queue.put("room again")  # drained to half: the burst ends, with its total
-    assert caplog.records[-1].getMessage().startswith(
-        f"consumer queue: {server.table.stats.consumer_dropped} items dropped in all"
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .startswith(f"consumer queue: {server.table.stats.consumer_dropped} items dropped in all")
     )
 
 

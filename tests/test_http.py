@@ -109,7 +109,6 @@ def test_ready_turns_503_when_redis_stops_and_200_when_it_returns(
         assert server.stop() == 0
 
 
-
 def test_ready_without_storage_stays_200_through_a_redis_outage(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
@@ -131,6 +130,7 @@ def test_ready_without_storage_stays_200_through_a_redis_outage(
             client.send("still here")
         redis_server.start()
         assert server.stop() == 0
+
 
 # -- the drain ---------------------------------------------------------------------
 

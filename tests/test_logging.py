@@ -169,9 +169,7 @@ def test_refusals_escape_a_hostile_origin_and_path(caplog):
 
 
 def test_formatters_escape_a_message_that_was_not_escaped_at_the_source():
-    record = logging.LogRecord(
-        "fws.test", logging.INFO, __file__, 1, "path %s", (HOSTILE,), None
-    )
+    record = logging.LogRecord("fws.test", logging.INFO, __file__, 1, "path %s", (HOSTILE,), None)
     record.peer = "127.0.0.1:1"
     text = TextFormatter().format(record)
     assert text.endswith("INFO fws.test: path " + printable(HOSTILE, None))

@@ -640,11 +640,17 @@ def test_metrics_are_summed_over_workers_and_survive_a_killed_worker(redis, tmp_
         assert value(scrape(server.port), "fws_connections") == 2
         victim = next(iter(by_pid))
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(worker_pids(server)) == 2 and victim not in worker_pids(server),
-                 10, server.output)
+        wait_for(
+            lambda: len(worker_pids(server)) == 2 and victim not in worker_pids(server),
+            10,
+            server.output,
+        )
         # The dead worker's connection no longer counts; its counted messages do.
-        wait_for(lambda: value(scrape(server.port), "fws_connections") == 1, 10,
-                 "the killed worker's live gauge was not removed")
+        wait_for(
+            lambda: value(scrape(server.port), "fws_connections") == 1,
+            10,
+            "the killed worker's live gauge was not removed",
+        )
         assert received() >= before + 10
         first.close()
         second.close()

@@ -65,27 +65,53 @@ def _storage_click_options(storage_class: type[Storage]) -> list[click.Option]:
 LIMITS: tuple[tuple[str, type, str], ...] = (
     ("max_message_size", int, "Largest message a client may send, in bytes (close 1009)."),
     ("max_outbound_bytes", int, "Bytes queued for a client before it is closed as too slow."),
-    ("max_connections", int, "Open connections above which new clients get HTTP 503, "
-     "before their request is read."),
-    ("max_pending_handshakes", int, "Connections accepted but not yet upgraded; a new one "
-     "beyond it cuts the oldest, so silent connections cannot use up descriptors."),
-    ("max_header_bytes", int, "Largest HTTP request head (request line and headers), in "
-     "bytes (HTTP 431)."),
+    (
+        "max_connections",
+        int,
+        "Open connections above which new clients get HTTP 503, before their request is read.",
+    ),
+    (
+        "max_pending_handshakes",
+        int,
+        "Connections accepted but not yet upgraded; a new one "
+        "beyond it cuts the oldest, so silent connections cannot use up descriptors.",
+    ),
+    (
+        "max_header_bytes",
+        int,
+        "Largest HTTP request head (request line and headers), in bytes (HTTP 431).",
+    ),
     ("handshake_timeout", float, "Seconds a client has to complete the HTTP upgrade."),
-    ("max_messages_per_second", float, "Messages (pings count too) each client may send per "
-     "second, on average; a client over it is closed with 1008 'rate limit'."),
-    ("message_burst", int, "Messages a client may send at once within "
-     "--max-messages-per-second (the token bucket's size). 0: twice the rate."),
+    (
+        "max_messages_per_second",
+        float,
+        "Messages (pings count too) each client may send per "
+        "second, on average; a client over it is closed with 1008 'rate limit'.",
+    ),
+    (
+        "message_burst",
+        int,
+        "Messages a client may send at once within "
+        "--max-messages-per-second (the token bucket's size). 0: twice the rate.",
+    ),
     ("ping_interval", float, "Seconds between keepalive pings."),
     ("ping_timeout", float, "Seconds to wait for a pong before closing with 1011."),
     ("idle_timeout", float, "Close clients that send no message for this many seconds."),
-    ("max_consumer_queue", int, "Items (pub/sub messages) waiting for the consumer pipeline; "
-     "when it is full new items are dropped, counted and logged, never left to grow "
-     "memory or to stall the pub/sub listener."),
+    (
+        "max_consumer_queue",
+        int,
+        "Items (pub/sub messages) waiting for the consumer pipeline; "
+        "when it is full new items are dropped, counted and logged, never left to grow "
+        "memory or to stall the pub/sub listener.",
+    ),
     # Not a limit, but the same kind of option: a number from Server, 0 for off.
-    ("busy_poll_us", int, "Microseconds the server keeps polling, without sleeping, after "
-     "a client's reader starts to wait, while clients' next messages keep coming that soon: "
-     "lower latency for chatty clients for some CPU; it stops by itself when they pause."),
+    (
+        "busy_poll_us",
+        int,
+        "Microseconds the server keeps polling, without sleeping, after "
+        "a client's reader starts to wait, while clients' next messages keep coming that soon: "
+        "lower latency for chatty clients for some CPU; it stops by itself when they pause.",
+    ),
 )
 
 

@@ -63,6 +63,7 @@ _EC_DEFAULTS = {
     "secp521r1": "ES512",
 }
 
+
 def load_public_key(path: str | Path) -> PublicKeyTypes:
     """The public key in a PEM file (a public key or a certificate).
 

@@ -121,7 +121,9 @@ def test_invalid_url_is_a_configuration_error() -> None:
 
 def test_refused_connection_at_start_up_is_a_configuration_error() -> None:
     port = free_port()
-    with pytest.raises(ConfigurationError, match=f"cannot reach Redis at redis://{LOOPBACK}:{port}"):
+    with pytest.raises(
+        ConfigurationError, match=f"cannot reach Redis at redis://{LOOPBACK}:{port}"
+    ):
         RedisStorage(redis_url=f"redis://{LOOPBACK}:{port}/0")
 
 
@@ -136,7 +138,8 @@ def test_password_is_not_shown_in_errors() -> None:
 
 
 def test_groups_are_per_server_redis_sets_with_a_ttl(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     node = running(redis_key="app", redis_ttl=30)
     storage = node.storage
@@ -167,7 +170,8 @@ def test_groups_are_per_server_redis_sets_with_a_ttl(
 
 
 def test_each_script_and_pipeline_key_of_a_group_shares_one_hash_tag(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     from redis.crc import key_slot
 
@@ -225,7 +229,9 @@ def test_removing_a_member_whose_join_is_not_written_yet(
 
 
 def test_a_failed_write_still_deletes_the_groups_it_left(
-    running: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The last member leaves, that pipeline fails: the snapshot after it deletes the group.
 
@@ -313,7 +319,8 @@ def test_group_message_reaches_only_servers_with_members_once(
 
 
 def test_broadcast_reaches_every_server_once_and_skips_the_origin(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     a = running("a1")
     b = running("b1")
@@ -329,7 +336,8 @@ def test_broadcast_reaches_every_server_once_and_skips_the_origin(
 
 
 def test_configured_channels_feed_the_consumer_queue(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     node = running(redis_channels=("global", "news"))
     redis_server.client().publish("news", b"hello")
@@ -352,7 +360,8 @@ def test_publisher_close_leaves_a_given_client_connected(
 
 
 def test_publisher_targets_a_group_or_one_client(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     a = running("a1", "a2")
     b = running("b1")
@@ -381,7 +390,9 @@ def test_publisher_targets_a_group_or_one_client(
 
 
 def test_outage_flags_health_defers_writes_and_resyncs(
-    running: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("INFO", logger="fws.storage.redis")
     node = running("c1", "c2")
@@ -428,7 +439,9 @@ def test_one_pool_and_one_pubsub_connection(running: Any, redis_server: RedisSer
 
 
 def test_a_failed_publish_while_pubsub_stays_up_recovers_by_itself(
-    running: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("INFO", logger="fws.storage.redis")
     node = running("c1")
@@ -447,7 +460,8 @@ def test_a_failed_publish_while_pubsub_stays_up_recovers_by_itself(
 
 
 def test_dead_server_ids_are_pruned_from_the_server_set(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     node = running("c1", redis_ttl=1)
     admin = redis_server.client()
@@ -461,7 +475,8 @@ def test_dead_server_ids_are_pruned_from_the_server_set(
 
 
 def test_every_server_follows_broadcasts_from_the_start(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     admin = redis_server.client()
     empty, busy = running(), running("c1")
@@ -509,7 +524,9 @@ def test_envelope_size_cap_is_the_message_size_limit() -> None:
 
 
 def test_refused_envelopes_are_dropped_with_one_warning_per_kind(
-    running: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("INFO", logger="fws.storage.redis")
     node = running("c1")
@@ -627,9 +644,7 @@ def test_single_node_subscriber_raises_once_then_holds_no_subscriptions(
                 subscriber.get_message(0.1)
         redis_server.client().publish("fws:{broadcast}", "after the loss")
         assert subscriber.get_message(0.3) is None
-        assert redis_server.client().pubsub_numsub("fws:{broadcast}") == [
-            (b"fws:{broadcast}", 0)
-        ]
+        assert redis_server.client().pubsub_numsub("fws:{broadcast}") == [(b"fws:{broadcast}", 0)]
     finally:
         subscriber.close()
         link.close()
@@ -659,7 +674,8 @@ def redis_groups(redis_server: RedisServer, storage: RedisStorage) -> dict[str, 
 
 
 def test_writes_reach_redis_in_the_order_they_were_made(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     storage = running().storage
     storage.add("room", "anchor")  # the group stays hosted: no join waits below
@@ -676,7 +692,8 @@ def test_writes_reach_redis_in_the_order_they_were_made(
 
 
 def test_a_resync_during_a_storm_of_joins_and_leaves_completes_and_converges(
-    running: Any, redis_server: RedisServer  # noqa: F811
+    running: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     storage = running(redis_ttl=30).storage
     stop = threading.Event()

@@ -72,9 +72,7 @@ class _WaitingPool(redis.BlockingConnectionPool):
         super().__init__(**kwargs)
 
 
-def seed_lists(
-    seeds: list[tuple[str, int]], failed: str | None
-) -> list[list[tuple[str, int]]]:
+def seed_lists(seeds: list[tuple[str, int]], failed: str | None) -> list[list[tuple[str, int]]]:
     """The seed lists a new client tries in turn: without ``failed``, then all of them.
 
     ``failed`` (``host:port``, a redis-py node name; None: no node failed) is
