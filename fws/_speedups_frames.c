@@ -6,6 +6,47 @@
  */
 #include "_speedups.h"
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+/* XOR ``size`` bytes of ``source`` with the 4-byte ``mask`` into ``target``:
+ * 16 bytes at a time with SSE2 (every x86-64 has it), as websockets' speedups.c
+ * does, which unmasks 1 MiB in about half the time of 8 bytes at a time. */
+static inline void unmask_into(char *target, const unsigned char *source, Py_ssize_t size,
+                        const unsigned char *mask) {
+  uint64_t wide;
+  uint32_t narrow;
+  memcpy(&narrow, mask, 4);
+  wide = ((uint64_t)narrow << 32) | narrow;
+  Py_ssize_t i = 0;
+#ifdef __SSE2__
+  __m128i vector = _mm_set1_epi64x((long long)wide);
+  for (; i + 16 <= size; i += 16) {
+    __m128i chunk = _mm_loadu_si128((const __m128i *)(source + i));
+    _mm_storeu_si128((__m128i *)(target + i), _mm_xor_si128(chunk, vector));
+  }
+#endif
+  for (; i + 8 <= size; i += 8) {
+    uint64_t chunk;
+    memcpy(&chunk, source + i, 8);
+    chunk ^= wide;
+    memcpy(target + i, &chunk, 8);
+  }
+  for (; i < size; i++)
+    target[i] = (char)(source[i] ^ mask[i & 3]);
+}
+
+/* A piece of unmask_pieces (bytes or a bytearray, checked already): where its bytes are. */
+static inline Py_ssize_t piece_span(PyObject *piece, const unsigned char **data) {
+  if (PyBytes_CheckExact(piece)) {
+    *data = (const unsigned char *)PyBytes_AS_STRING(piece);
+    return PyBytes_GET_SIZE(piece);
+  }
+  *data = (const unsigned char *)PyByteArray_AS_STRING(piece);
+  return PyByteArray_GET_SIZE(piece);
+}
+
 /* --- Parsing: fws.frames.FrameParser's common frame --- */
 
 static PyObject *text_message_type; /* fws.datatypes.TextMessage, imported on first use */
@@ -57,15 +98,12 @@ PyObject *speedups_unmask_pieces(PyObject *Py_UNUSED(module), PyObject *const *a
   Py_ssize_t count = PyList_GET_SIZE(pieces), total = 0;
   for (Py_ssize_t i = 0; i < count; i++) {
     PyObject *piece = PyList_GET_ITEM(pieces, i);
-    Py_ssize_t size;
-    if (PyBytes_CheckExact(piece))
-      size = PyBytes_GET_SIZE(piece);
-    else if (PyByteArray_CheckExact(piece))
-      size = PyByteArray_GET_SIZE(piece);
-    else {
+    if (!PyBytes_CheckExact(piece) && !PyByteArray_CheckExact(piece)) {
       PyErr_SetString(PyExc_TypeError, "each piece is bytes or a bytearray");
       return NULL;
     }
+    const unsigned char *data;
+    Py_ssize_t size = piece_span(piece, &data);
     if (!add_fits(total, size, &total)) {
       PyErr_SetString(PyExc_OverflowError, "pieces too large");
       return NULL;
@@ -81,20 +119,11 @@ PyObject *speedups_unmask_pieces(PyObject *Py_UNUSED(module), PyObject *const *a
   char *into = PyBytes_AS_STRING(payload);
   Py_ssize_t skip = start, done = 0; /* done: payload bytes written, the mask's phase */
   for (Py_ssize_t i = 0; i < count; i++) {
-    PyObject *piece = PyList_GET_ITEM(pieces, i);
-    const unsigned char *data = (const unsigned char *)(PyBytes_CheckExact(piece)
-                                                            ? PyBytes_AS_STRING(piece)
-                                                            : PyByteArray_AS_STRING(piece));
-    Py_ssize_t size = PyBytes_CheckExact(piece) ? PyBytes_GET_SIZE(piece)
-                                                : PyByteArray_GET_SIZE(piece);
+    const unsigned char *data;
+    Py_ssize_t size = piece_span(PyList_GET_ITEM(pieces, i), &data);
     if (skip >= size) {
       skip -= size;
       continue;
-    }
-    if (size - skip > total - start - done) { /* cannot happen: the pieces did not change */
-      Py_DECREF(payload);
-      PyErr_SetString(PyExc_RuntimeError, "pieces changed while unmasking");
-      return NULL;
     }
     unsigned char rotated[4];
     for (int k = 0; k < 4; k++)

@@ -173,13 +173,10 @@ class Connection(Inbound, Outbound):
         Returns at once; returns False when the connection is not open (the
         message is dropped: a client that is leaving cannot receive it).
         """
-        try:
-            large = len(data) >= UNCOPIED_PAYLOAD  # the rare case first: one test
-        except TypeError:  # no message at all (None, 42): encode_message says so
-            large = False
-        if large and type(data) is bytes:
+        # Anything else (a str, None, 42) goes to encode_message, which says so.
+        if type(data) is bytes and len(data) >= UNCOPIED_PAYLOAD:
             deflate = self.deflate
-            if deflate is None or len(data) < deflate.compress_min_size:
+            if deflate is None or not deflate.compresses(len(data)):
                 return self._send_uncopied(data)
         frame = encode_message(data, self.deflate)
         return self.send_message_frame(frame, frame[0])

@@ -11,10 +11,11 @@ their names when it binds, at import.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import socket
+
     import gevent
 
     from .context import ConnectionSettings, ConnectionTable

@@ -168,6 +168,14 @@ class PerMessageDeflate:
     def __repr__(self) -> str:
         return f"PerMessageDeflate({self.response!r})"
 
+    def compresses(self, size: int) -> bool:
+        """Whether a message payload of ``size`` bytes is sent compressed.
+
+        The one rule: ``encode_message`` compresses by it, and
+        ``Connection.send`` sends a large payload uncopied only when it does not.
+        """
+        return size >= self.compress_min_size
+
     def compress(self, payload: bytes) -> bytes:
         """Deflate one whole message payload, without the 00 00 ff ff tail."""
         compressor = self._compressor

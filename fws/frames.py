@@ -106,12 +106,12 @@ _parse_messages = None if _speedups is None else _speedups.parse_messages
 ``FrameParser.feed`` runs first; None: pure Python (``_parse`` does it all)."""
 
 
-def _unmask_pieces_portable(pieces: list[bytes | bytearray], start: int, mask: bytes) -> bytes:
+def _pure_unmask_pieces(pieces: list[bytes | bytearray], start: int, mask: bytes) -> bytes:
     """The payload from ``start`` of the frame that ``pieces`` make up, unmasked."""
     return _apply_mask(memoryview(b"".join(pieces))[start:], mask)
 
 
-_unmask_pieces = _unmask_pieces_portable if _speedups is None else _speedups.unmask_pieces
+_unmask_pieces = _pure_unmask_pieces if _speedups is None else _speedups.unmask_pieces
 """In C, one pass from the pieces to the payload; in Python, a join and then an unmask."""
 
 
@@ -289,8 +289,8 @@ class FrameParser:
         assert pieces is not None
         self._pieces = None
         head = pieces[0]
-        first, length = head[0], head[1] & 0x7F
-        header_size = 8 if length == 126 else 14 if length == 127 else 6
+        first = head[0]
+        header_size = self._extent(head, 0)[0]  # checked once already: passes again
         payload = _unmask_pieces(pieces, header_size, bytes(head[header_size - 4 : header_size]))
         opcode = first & 0x0F
         self.frames += 1
@@ -595,7 +595,7 @@ def encode_message(
     else:  # bytes(42) would silently send 42 zero bytes.
         raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
     size = len(payload)
-    if deflate is not None and size >= deflate.compress_min_size:
+    if deflate is not None and deflate.compresses(size):
         return encode_frame(opcode, deflate.compress(payload), rsv1=True)
     if size < 126:
         return headers[size] + payload

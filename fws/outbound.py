@@ -90,7 +90,10 @@ class Outbound(ConnectionState):
         """Queue a large binary message as its header and then the payload itself.
 
         Copying a megabyte behind its header cost a tenth of a 1 MiB echo;
-        the flush sends both from where they are (``sendmsg``, an iovec each).
+        the compiled flusher sends both from where they are (``sendmsg``, an
+        iovec each) when the socket takes them whole. The pure-Python flush and
+        the writer greenlet join the queue first, and a partial send copies
+        what is left: those paths copy the payload once, as before.
         """
         header = frame_header(OP_BINARY, len(payload))
         if not self._has_room(len(header) + len(payload)):

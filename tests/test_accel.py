@@ -55,7 +55,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         assert fws.outbound.fan_out is fws.outbound._pure_fan_out
         assert fws.outbound._flush_each is fws.outbound._pure_flush_each
         assert fws.frames._parse_messages is None
-        assert fws.frames._unmask_pieces is fws.frames._unmask_pieces_portable
+        assert fws.frames._unmask_pieces is fws.frames._pure_unmask_pieces
         assert fws.frames.encode_message is fws.frames._pure_encode_message
     elif _accel.speedups is None:
         if os.environ.get("CI") == "true":

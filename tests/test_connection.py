@@ -214,3 +214,12 @@ def test_send_of_something_that_is_no_message_says_so():
             assert str(exc) == f"a message is str or bytes, not {type(value).__name__}"
         else:
             raise AssertionError(f"send({value!r}) was accepted")
+
+
+def test_connection_state_declares_each_slot_once_with_its_type():
+    """``__slots__`` and the annotations list the same names: one cannot drift from the other."""
+    from fws.connection_state import ConnectionState
+
+    slots = set(ConnectionState.__slots__) - {"__dict__", "__weakref__"}
+    assert slots == set(ConnectionState.__annotations__)
+    assert len(ConnectionState.__slots__) == len(set(ConnectionState.__slots__))

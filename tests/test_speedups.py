@@ -686,7 +686,7 @@ def test_the_compiled_frame_loop_parses_as_the_pure_parser(seed, monkeypatch):
     monkeypatch.setattr(fws.frames, "_unmask_pieces", compiled.unmask_pieces)
     with_c = _run_parser(stream, cuts, limit)
     monkeypatch.setattr(fws.frames, "_parse_messages", None)
-    monkeypatch.setattr(fws.frames, "_unmask_pieces", fws.frames._unmask_pieces_portable)
+    monkeypatch.setattr(fws.frames, "_unmask_pieces", fws.frames._pure_unmask_pieces)
     assert _run_parser(stream, cuts, limit) == with_c
 
 
@@ -761,7 +761,7 @@ def test_the_compiled_unmask_of_pieces_matches_join_then_unmask(seed):
     total = sum(len(piece) for piece in pieces)
     mask = rng.randbytes(4)
     for start in {0, min(total, rng.randrange(15)), total // 2, total}:
-        expected = fws.frames._unmask_pieces_portable(pieces, start, mask)
+        expected = fws.frames._pure_unmask_pieces(pieces, start, mask)
         assert compiled.unmask_pieces(pieces, start, mask) == expected
 
 
@@ -781,6 +781,9 @@ class _StubDeflate:
     """Enough of PerMessageDeflate for encode_message: compresses from 10 bytes."""
 
     compress_min_size = 10
+
+    def compresses(self, size: int) -> bool:
+        return size >= self.compress_min_size
 
     def compress(self, payload: bytes) -> bytes:
         return payload[::-1]
