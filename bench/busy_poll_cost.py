@@ -25,9 +25,7 @@ import statistics
 import time
 
 import websocket
-from procs import SERVER_CPU, cpu_seconds, free_port, fws_command, run_server
-
-CLIENT_CPU = 1 - SERVER_CPU
+from procs import CLIENT_CPU, cpu_seconds, free_port, fws_command, run_server
 
 
 def one_cell(rate: int, window_us: int, seconds: float) -> tuple[float, float, float]:

@@ -364,22 +364,22 @@ class Server:
             if self._metrics_wsgi is not None:
                 self._metrics_wsgi.close()
             raise
-        if self.busy_poll_us:
-            # On the hub of the thread that serves, once nothing can fail any more.
-            self.table.busy_poll = BusyPoll(
-                gevent.get_hub().loop, self.busy_poll_us * 1e-6, self.table.stats
-            )
         try:
             self._wsgi.start()
             if self._metrics_wsgi is not None:
                 self._metrics_wsgi.start()
         except BaseException:
-            self._close_busy_poll()
             self._wsgi.close()
             if self._metrics_wsgi is not None:
                 self._metrics_wsgi.close()
             self.storage_object.close()
             raise
+        if self.busy_poll_us:
+            # On the hub of the thread that serves, once nothing can fail any more
+            # (nothing yields before this: no reader can have run yet).
+            self.table.busy_poll = BusyPoll(
+                gevent.get_hub().loop, self.busy_poll_us * 1e-6, self.table.stats
+            )
         self._greenlets = [
             supervised("consumer", self._consume, self._give_up),
             supervised("parking", self._park_quiet_readers, self._give_up),
@@ -405,11 +405,6 @@ class Server:
             metrics_host = self.metrics_host
             metrics_host = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
             log.info("metrics at http://%s:%d/metrics", metrics_host, self.metrics_address[1])
-
-    def _close_busy_poll(self) -> None:
-        if self.table.busy_poll is not None:
-            self.table.busy_poll.close()
-            self.table.busy_poll = None
 
     def _fit_pending_to_descriptors(self) -> None:
         pending = self.pending_handshakes
@@ -551,7 +546,9 @@ class Server:
         finally:
             for timer in self._rearm.values():
                 timer.stop()
-            self._close_busy_poll()
+            if self.table.busy_poll is not None:
+                self.table.busy_poll.close()
+                self.table.busy_poll = None
             self._stopped.set()
 
     def _drain_consumer(self, deadline: float) -> None:

@@ -328,7 +328,8 @@ def command_params(storage_name: str, storage_class: type[Storage]) -> list[clic
             default=_server_default("health"),
             show_default=True,
             help="Answer GET /health (200 while the process serves) and GET /ready (200 when "
-            "listening, storage live and not draining, else 503 with a JSON reason). "
+            "listening, storage live (unless --ready-without-storage) and not draining, "
+            "else 503 with a JSON reason). "
             "--no-health leaves those paths to --app or --static.",
         ),
         click.Option(
