@@ -2,7 +2,8 @@
 
 A JSON object whose keys are long option names (``port``, ``filters``,
 ``redis_host``; dashes and underscores are the same); a list value stands for
-several values; the key ``flags`` lists boolean options to switch on. Lines
+several values; the key ``flags`` lists boolean options to switch on (or off,
+by a flag's second spelling: ``no-health``). Lines
 whose first non-blank character is ``#`` are comments.
 """
 

@@ -439,3 +439,19 @@ def test_options_read_before_parsing_take_the_last_value_as_click_does(tmp_path)
     config = tmp_path / "fws.json"
     config.write_text('{"workers": 2}')
     assert choose_workers(["-c", str(tmp_path / "none.json"), "-c", str(config)], {}) == 2
+
+
+def test_config_flags_can_name_a_flags_off_spelling(tmp_path):
+    """'flags' turns a boolean option on by its name and off by its second one."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    config = tmp_path / "fws.json"
+    settings = {"port": port, "host": LOOPBACK, "filters": ["echo"]}
+    config.write_text(json.dumps({**settings, "flags": ["--no-health", "no-metrics"]}))
+    with ServerProcess(["-c", str(config)], env={"FWS_PORT": ""}).start(port=port):
+        for path in ("/health", "/metrics"):  # neither answered: plain HTTP gets 426
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=5)
+            assert refused.value.code == 426

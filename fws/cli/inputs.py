@@ -86,13 +86,25 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
             flags = [value] if isinstance(value, str) else value
             if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
                 raise click.BadParameter(f"{path}: 'flags' must be a list of option names")
+            # A flag's second spelling turns it off: "no-health" as --no-health.
+            turning_off = {
+                opt[2:].replace("-", "_"): param
+                for param in options.values()
+                if param.is_flag
+                for opt in param.secondary_opts
+                if opt.startswith("--")
+            }
             for flag in flags:
-                option = options.get(flag.lstrip("-").replace("-", "_"))
-                if option is None or not option.is_flag:
+                name = flag.lstrip("-").replace("-", "_")
+                option = options.get(name)
+                if option is not None and option.is_flag:
+                    defaults[option.name] = True
+                elif name in turning_off:
+                    defaults[turning_off[name].name] = False
+                else:
                     raise click.BadParameter(
                         f"{path}: 'flags' names {flag!r}, which is not a boolean option"
                     )
-                defaults[option.name] = True
         elif key == "storage":
             continue  # already used to choose the storage options (see choose_storage)
         elif key not in options:
