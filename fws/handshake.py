@@ -80,7 +80,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectionHandler",
-    "accept_key",
     "printable",
     "refuse_at_capacity",
 ]

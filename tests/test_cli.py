@@ -24,7 +24,8 @@ from helpers import (
 from websockets.exceptions import ConnectionClosed
 
 import fws
-from fws.cli import build_command, choose_storage, choose_workers, spread_multiple_values
+from fws.cli import build_command
+from fws.cli.inputs import choose_storage, choose_workers, spread_multiple_values
 from fws.storage.memory import MemoryStorage
 
 # The seed's commands carry no port; these variables keep them verbatim while

@@ -36,7 +36,8 @@ from helpers import (
 
 import fws
 from fws.filters.echo import Echo
-from fws.handshake import accept_key, printable
+from fws.handshake import printable
+from fws.handshake_rules import accept_key
 from fws.proxies import ProxyNetworks
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="

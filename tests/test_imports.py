@@ -53,16 +53,6 @@ def test_server_module_still_exports_what_moved_out_of_it():
     assert fws.server.tls_context is fws.listeners.tls_context
 
 
-def test_cli_module_still_exports_what_moved_out_of_it():
-    """The tests import these from fws.cli; they live in fws.cli.inputs."""
-    import fws.cli
-    import fws.cli.inputs
-
-    assert fws.cli.choose_storage is fws.cli.inputs.choose_storage
-    assert fws.cli.choose_workers is fws.cli.inputs.choose_workers
-    assert fws.cli.spread_multiple_values is fws.cli.inputs.spread_multiple_values
-
-
 def test_the_cli_package_imports_no_gevent():
     """gevent is imported once main() has patched it, never by importing the CLI."""
     probe = "import sys, fws.cli, fws.cli.inputs, fws.cli.options; print('gevent' in sys.modules)"
@@ -82,11 +72,3 @@ def test_the_handshake_rules_import_no_gevent():
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(result.stdout) == []  # neither gevent, its pywsgi, nor geventwebsocket
-
-
-def test_handshake_module_still_exports_what_moved_out_of_it():
-    """The tests import accept_key from fws.handshake; it lives in fws.handshake_rules."""
-    import fws.handshake
-    import fws.handshake_rules
-
-    assert fws.handshake.accept_key is fws.handshake_rules.accept_key

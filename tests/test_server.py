@@ -737,8 +737,8 @@ def test_broadcast_to_an_id_named_twice_delivers_once():
         @classmethod
         def filter(cls, web_socket_instance, data):
             ids = [web_socket_instance.id] * 2
-            if data == "set":
-                queued = web_socket_instance.server.broadcast("to a set", to={ids[0]})
+            if data == "generator":  # any iterable, not only a list
+                queued = web_socket_instance.server.broadcast("to a generator", to=iter(ids))
             else:
                 queued = web_socket_instance.server.broadcast("to a list", to=ids)
             web_socket_instance.send(f"queued {queued}")
@@ -747,6 +747,6 @@ def test_broadcast_to_an_id_named_twice_delivers_once():
         client = connect(server)
         client.send("list")
         assert [client.recv(), client.recv()] == ["to a list", "queued 1"]
-        client.send("set")
-        assert [client.recv(), client.recv()] == ["to a set", "queued 1"]
+        client.send("generator")
+        assert [client.recv(), client.recv()] == ["to a generator", "queued 1"]
         client.close()

@@ -674,7 +674,10 @@ def test_python_m_fws_workers_runs_from_a_checkout_no_interpreter_installed(redi
     (site_packages / "base.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     python = str(venv / "bin" / "python")
     not_installed = subprocess.run([python, "-P", "-c", "import fws"], capture_output=True)
-    assert not_installed.returncode != 0, "fws is importable in the venv: the test proves nothing"
+    if not_installed.returncode == 0:  # fws installed normally, not editable: nothing to prove
+        if os.environ.get("CI") == "true":  # CI installs it editable (make install)
+            pytest.fail("fws is importable in the venv: the test proves nothing")
+        pytest.skip("fws is installed into the base site-packages, not editable")
     checkout = Path(fws.__file__).resolve().parent.parent
     args = ["--workers", "2", "--storage", "redis", "--redis-url", redis.url]
     args += ["-p", "0", "--host", LOOPBACK, "--close-timeout", "1", "-f", "echo"]

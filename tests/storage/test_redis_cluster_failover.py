@@ -11,8 +11,6 @@ module-scoped ``redis_cluster`` (a test that stops a node restarts it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from helpers import wait_for
 from redis_topologies import RedisClusterProcesses, RedisProcess
@@ -24,13 +22,6 @@ from fws.storage.redis.liveness import FailoverPending, PrimarySwitched
 from fws.storage.redis.subscriber import QUICK_RETRIES, Listener
 
 SEEDS = [("127.0.0.1", 7000), ("127.0.0.1", 7001), ("127.0.0.1", 7002)]
-
-
-@pytest.fixture
-def cluster_link(redis_cluster: RedisClusterProcesses) -> Iterator[ClusterLink]:
-    link = ClusterLink(redis_cluster.url, name="fws-test")
-    yield link
-    link.close()
 
 
 def listener(link: ClusterLink) -> Listener:

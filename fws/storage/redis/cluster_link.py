@@ -135,7 +135,10 @@ class ClusterLink:
 
         The slot table comes from the seeds but :attr:`failed_node` (a hung
         seed would cost a read timeout first); from that one too only if no
-        other seed answers.
+        other seed answers. The client keeps the seeds it was made from: one
+        made while a node was failed keeps it out of its seeds for good, which
+        matters only if the whole topology changes. When no seed answers, the
+        healthy ones are asked twice (their timeouts too): the outage path only.
         """
         kwargs = connection_kwargs(name, pubsub=pubsub)
         del kwargs["retry"]  # the cluster-level retry below; node connections get none

@@ -312,9 +312,11 @@ class ClusterSubscriber:
                 message = self._sharded.get_sharded_message(timeout=0.0, target_node=node)
             if message is not None:
                 self._heard.heard("raw" if node is None else node.name)
-                name = self._raw_node if node is None else node.name
-                if name is not None and name == self._link.failed_node:
-                    self._link.node_answered(name)  # alive after all: no longer avoided
+                failed = self._link.failed_node  # almost always None: one read a message
+                if failed is not None and failed == (
+                    self._raw_node if node is None else node.name
+                ):
+                    self._link.node_answered(failed)  # alive after all: no longer avoided
                 self._check(message)
                 return message
         return None

@@ -15,8 +15,8 @@ stays silent (:mod:`.liveness`). When the session fails, the listener logs
 on a hung primary get their error now, not after ``COMMAND_TIMEOUT``), waits
 with redis-py's ``EqualJitterBackoff`` (0.1 s doubling to 2 s, times 0.5 to 1;
 the first step again after ``PrimarySwitched``, when a new primary is up, and
-after ``FailoverPending``, when one is about to be, ``QUICK_RETRIES`` times in
-a row at most), opens a new session, resubscribes
+after ``FailoverPending``, when one is about to be, ``QUICK_RETRIES`` times at
+most since the last session that connected), opens a new session, resubscribes
 everything and asks for a snapshot.
 """
 
@@ -39,8 +39,9 @@ from .scripts import text
 __all__ = ["POLL", "QUICK_RETRIES", "Listener"]
 
 QUICK_RETRIES = 50
-"""How many times in a row FailoverPending retries at the first backoff step (0.05-0.1 s):
-a few seconds for the promotion, then the usual backoff, should none come."""
+"""How many times FailoverPending retries at the first backoff step (0.05-0.1 s) since
+the last session that connected: a few seconds for the promotion, then the usual
+backoff, should none come."""
 
 log = logging.getLogger("fws.storage.redis")
 
