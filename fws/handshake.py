@@ -532,9 +532,9 @@ class ConnectionHandler(WebSocketHandler):
     def _detach_socket(self) -> socket.socket:
         """Take the socket from pywsgi, which closes its own on return.
 
-        The socket itself, not a new one on its descriptor: fws.listeners._WSGIServer
+        The socket itself, not a new one on its descriptor: fws.listeners.WebSocketPort
         closes the socket of a detached handler neither after a TLS handshake
-        nor after a plain one (``_WSGIServer.handle``), and a new gevent socket
+        nor after a plain one (``WebSocketPort.handle``), and a new gevent socket
         cost three getsockopt calls and two libev watchers per connection.
         """
         sock, self.socket = self.socket, None

@@ -2,11 +2,11 @@
 
 ``fws.server.Server`` decides what happens to a client once accepted; this
 module is the plumbing that accepts one. ``tls_context`` makes the server's
-TLS context; ``_WSGIServer`` is the WebSocket port (the TLS handshake under
+TLS context; ``WebSocketPort`` is the WebSocket port (the TLS handshake under
 a deadline, the pending-handshake bound, sockets handed over to open
-connections); ``_MetricsServer`` and its handler are the metrics port (a
-deadline for reading each request), ``_metrics_listener`` its socket, and
-``_http_logs`` routes pywsgi's logs. It is apart from ``Server`` because it
+connections); ``MetricsPort`` and its handler are the metrics port (a
+deadline for reading each request), ``metrics_listener`` its socket, and
+``http_logs`` routes pywsgi's logs. It is apart from ``Server`` because it
 follows gevent's pywsgi internals (it overrides ``do_handle``, ``do_close``
 and ``wrap_socket_and_handle``), which change for other reasons than the
 server's life cycle and pipelines do.
@@ -31,7 +31,14 @@ from .errors import ConfigurationError
 from .escape import format_peer
 from .handshake import refuse_at_capacity
 
-__all__ = ["tls_context"]
+__all__ = [
+    "MetricsHandler",
+    "MetricsPort",
+    "WebSocketPort",
+    "http_logs",
+    "metrics_listener",
+    "tls_context",
+]
 
 
 log = logging.getLogger("fws.server")
@@ -61,7 +68,7 @@ def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     return context
 
 
-class _WSGIServer(WSGIServer):
+class WebSocketPort(WSGIServer):
     """pywsgi's server, with the TLS handshake under ``handshake_timeout`` too.
 
     gevent performs the TLS handshake before any handler exists, on a socket
@@ -138,7 +145,7 @@ class _WSGIServer(WSGIServer):
         return handler.detached
 
 
-class _MetricsHandler(WSGIHandler):
+class MetricsHandler(WSGIHandler):
     """pywsgi's handler, with a deadline for reading each request (the metrics port).
 
     Without it a client that sends half a request line, or nothing, or
@@ -183,10 +190,10 @@ class _MetricsHandler(WSGIHandler):
             self._deadline = None
 
 
-class _MetricsServer(WSGIServer):
+class MetricsPort(WSGIServer):
     """The ``metrics_port`` listener; ``read_timeout`` bounds reading a request."""
 
-    handler_class = _MetricsHandler
+    handler_class = MetricsHandler
 
     def __init__(
         self, listener: Any, application: Any, *, read_timeout: float | None, **kwargs: Any
@@ -195,7 +202,7 @@ class _MetricsServer(WSGIServer):
         self.read_timeout = read_timeout
 
 
-def _http_logs() -> dict[str, LoggingLogAdapter]:
+def http_logs() -> dict[str, LoggingLogAdapter]:
     """pywsgi's access log (DEBUG) and error log (ERROR), both through ``fws.http``."""
     http_log = logging.getLogger("fws.http")
     return {
@@ -204,7 +211,7 @@ def _http_logs() -> dict[str, LoggingLogAdapter]:
     }
 
 
-def _metrics_listener(host: str, port: int, shared: bool) -> Any:
+def metrics_listener(host: str, port: int, shared: bool) -> Any:
     """The metrics port's listening socket; ``shared``: workers bind it together.
 
     With workers (multi-process mode) every worker binds the port with

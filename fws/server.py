@@ -40,7 +40,7 @@ from .events import EVENTS
 from .frames import encode_message
 from .handshake import ConnectionHandler
 from .http import WSGIApp, route, route_metrics_port
-from .listeners import _http_logs, _metrics_listener, _MetricsServer, _WSGIServer, tls_context
+from .listeners import MetricsPort, WebSocketPort, http_logs, metrics_listener, tls_context
 from .metrics import FLUSH_INTERVAL, Metrics, metrics_settings_problem
 from .outbound import fan_out
 from .pending import PendingHandshakes, fit_to_descriptors
@@ -327,12 +327,12 @@ class Server:
             kwargs["ssl_context"] = self.ssl_context
         if self._listener is None:
             kwargs["backlog"] = BACKLOG  # a given listener already has its own
-        self._wsgi = _WSGIServer(
+        self._wsgi = WebSocketPort(
             self._listener if self._listener is not None else (self.host, self.port),
             self,
             handler_class=ConnectionHandler,
             spawn=gevent.pool.Pool(),
-            **_http_logs(),
+            **http_logs(),
             **kwargs,
         )
         if self._listener is not None:
@@ -342,7 +342,7 @@ class Server:
             self._wsgi.max_accept = 1
         if self.metrics is not None and self.metrics_port is not None:
             try:
-                listener = _metrics_listener(
+                listener = metrics_listener(
                     self.metrics_host, self.metrics_port, self.metrics.multiprocess
                 )
             except OSError as exc:
@@ -350,11 +350,11 @@ class Server:
                     f"cannot listen on {self.metrics_host}:{self.metrics_port} for metrics: "
                     f"{exc.strerror or exc}"
                 ) from None
-            self._metrics_wsgi = _MetricsServer(
+            self._metrics_wsgi = MetricsPort(
                 listener,
                 self._serve_metrics_port,
                 read_timeout=self.handshake_timeout,
-                **_http_logs(),
+                **http_logs(),
             )
         # The storage is ready (subscribed, state written) before the first
         # client can arrive; if it fails, nothing is bound yet.
