@@ -164,7 +164,8 @@ def measure(target: Any, port: int, receivers: int, seconds: float, record: bool
 def _checkout(name: str, directory: str) -> Target:
     def command(port: int, mode: str) -> list[str]:
         fws = all_targets()[0].command(port, mode)
-        return ["env", f"PYTHONPATH={directory}", sys.executable, "-m", "fws", *fws[-7:]]
+        # -P: without it ``-m`` puts the working directory (this checkout) first.
+        return ["env", f"PYTHONPATH={directory}", sys.executable, "-P", "-m", "fws", *fws[-7:]]
 
     return Target(name, command)
 
