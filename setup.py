@@ -26,6 +26,7 @@ if build != "no":
                 "fws/_speedups.c",
                 "fws/_speedups_outbound.c",
                 "fws/_speedups_frames.c",
+                "fws/_speedups_send.c",
             ],
             depends=["fws/_speedups.h"],
             optional=build != "yes",

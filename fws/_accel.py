@@ -26,7 +26,15 @@ from types import ModuleType
 
 __all__ = ["FUNCTIONS", "IMPLEMENTATION", "SWITCH", "speedups"]
 
-FUNCTIONS = ("bind", "fan_out", "flush_each", "parse_messages", "unmask_pieces", "message_encoder")
+FUNCTIONS = (
+    "bind",
+    "fan_out",
+    "flush_each",
+    "send_broadcasts",
+    "parse_messages",
+    "unmask_pieces",
+    "message_encoder",
+)
 """What fws uses of the extension: one built from an older source may lack some."""
 
 SWITCH = "FWS_NO_SPEEDUPS"

@@ -2,11 +2,13 @@
  * fws._speedups: the broadcast's two hot loops, the parser's common frame, the
  * unmasking of large frames and the encoding of a message in C, for CPython.
  * This file is the module; the code is in fws/_speedups_outbound.c (fan_out,
- * flush_each, bind) and fws/_speedups_frames.c (parse_messages,
- * unmask_pieces, message_encoder), which share fws/_speedups.h.
+ * flush_each, send_broadcasts, bind), fws/_speedups_send.c (their system
+ * call) and fws/_speedups_frames.c (parse_messages, unmask_pieces,
+ * message_encoder), which share fws/_speedups.h.
  *
  * Optional: setup.py builds it when it can, and fws/_accel.py falls back to
- * the pure-Python code of fws/outbound.py (_pure_fan_out, _pure_flush_each)
+ * the pure-Python code of fws/outbound.py (_pure_fan_out, _pure_flush_each,
+ * _pure_send_broadcasts)
  * and fws/frames.py (FrameParser._parse, _pure_encode_message) when it is
  * missing or FWS_NO_SPEEDUPS=1. Both must behave alike; the tests
  * run the same inputs through both (tests/test_speedups.py).
@@ -23,11 +25,24 @@
  *
  * flush_each(due) -> None
  *     The flusher's loop: Connection._flush for each connection of the list
- *     ``due``: one non-blocking sendmsg() of its queued frames (no join: an
- *     iovec per frame). What would block, a partial or failed send, TLS and
- *     a queued close go back to Python (``_start_writer``, ``_flush``). When
- *     one raises (a bug), ``due`` is left holding the connections not yet
- *     flushed, as the pure loop leaves it.
+ *     ``due``: one non-blocking send of its queued frames (small ones copied
+ *     side by side, large ones an iovec each: fws/_speedups_send.c). What
+ *     would block, a partial or failed send, TLS and a queued close go back
+ *     to Python (``_start_writer``, ``_flush``). When one raises (a bug),
+ *     ``due`` is left holding the connections not yet flushed, as the pure
+ *     loop leaves it.
+ *
+ * send_broadcasts(connections, broadcasts) -> None
+ *     The flusher's send of a turn's deferred broadcasts (fws.outbound.
+ *     defer_broadcast): ``broadcasts`` is a list of (frame, first, exclude,
+ *     deliver), fan_out's arguments but the recipients. For each connection
+ *     in the common case (fan_out's, with no writer running, no close
+ *     queued and a plain socket), its queue and every broadcast not
+ *     excluded for it go in one non-blocking send, never queued: what
+ *     fan_out then flush_each would do, with one visit to the connection
+ *     instead of one per broadcast. Any other connection gets each
+ *     broadcast as fan_out gives it (queue_common, or ``deliver``), listed
+ *     for the flusher.
  *
  * parse_messages(data, position, events, limit, frame_counts, wire_bytes) -> int
  *     FrameParser.feed's common case: from ``position`` in ``data`` (any
@@ -76,6 +91,8 @@ static PyMethodDef methods[] = {
      "fan_out(recipients, frame, first, exclude, deliver) -> int: queue a broadcast's frame."},
     {"flush_each", speedups_flush_each, METH_O,
      "flush_each(due): one non-blocking send of each listed connection's queue."},
+    {"send_broadcasts", (PyCFunction)(void (*)(void))speedups_send_broadcasts, METH_FASTCALL,
+     "send_broadcasts(connections, broadcasts): deferred broadcasts, straight to each socket."},
     {"parse_messages", (PyCFunction)(void (*)(void))speedups_parse_messages, METH_FASTCALL,
      "parse_messages(data, position, events, limit, frame_counts, wire_bytes) -> int: "
      "parse whole text and binary frames."},

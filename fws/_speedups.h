@@ -16,6 +16,30 @@ int speedups_outbound_init(void);
 PyObject *speedups_bind(PyObject *module, PyObject *args);
 PyObject *speedups_fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *speedups_flush_each(PyObject *module, PyObject *due);
+PyObject *speedups_send_broadcasts(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* fws/_speedups_send.c: one non-blocking send of many frames, small ones gathered. */
+#include <sys/uio.h>
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+typedef struct {
+  size_t iovecs;    /* iovecs the send has */
+  size_t copied;    /* bytes of the gathering buffer in use */
+  int tail_copied;  /* its last iovec ends where the gathering buffer is free */
+  Py_ssize_t bytes; /* all the bytes of the send */
+} Gather;
+
+/* Add ``frame`` (exact bytes) to the send: 0 when it cannot (IOV_MAX iovecs). */
+int gather_add(Gather *out, PyObject *frame);
+/* Send it on ``fd``, non-blocking: how many bytes went (0 if it would block or
+ * failed: the writer greenlet waits, or reports the error). */
+Py_ssize_t gather_send(const Gather *out, int fd);
+/* Whether the send's last iovec is ``frame`` itself, whole and uncopied. */
+int gather_ends_with(const Gather *out, PyObject *frame);
+/* What the send left, from byte ``sent`` on, as one new bytes object. */
+PyObject *gather_rest(const Gather *out, Py_ssize_t sent);
 
 /* fws/_speedups_frames.c: parsing, unmasking and encoding frames. */
 PyObject *speedups_parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -1,24 +1,14 @@
 /*
- * fws._speedups, outbound: Server.broadcast's fan-out, the flusher's sends,
- * and bind(), which records where Connection keeps what they use. The module
+ * fws._speedups, outbound: Server.broadcast's fan-out, the flusher's sends
+ * (of queues, and of a turn's deferred broadcasts; the system call itself is
+ * fws/_speedups_send.c's), and bind(), which records where Connection keeps
+ * what they use. The module
  * (fws/_speedups.c) documents each function; fws/outbound.py has the Python
  * loops they must agree with.
  */
 #include "_speedups.h"
 
 #include <structmember.h>
-
-#include <errno.h>
-#include <limits.h>
-#include <sys/socket.h>
-#ifndef MSG_NOSIGNAL /* macOS, the BSDs: Python ignores SIGPIPE anyway */
-#define MSG_NOSIGNAL 0
-#endif
-#include <sys/uio.h>
-
-#ifndef IOV_MAX
-#define IOV_MAX 1024
-#endif
 
 /* What bind() recorded. */
 static PyTypeObject *connection_type;
@@ -249,6 +239,23 @@ static int list_for_flush(PyObject *connection) {
   return 0;
 }
 
+/* Whether connection id ``id`` is ``exclude`` (None: no one is): 1 it is, 0 not,
+ * -1 not known here (not two exact str: Python's == decides). */
+static inline int is_excluded(PyObject *id, PyObject *exclude) {
+  if (exclude == Py_None)
+    return 0;
+  if (id == exclude)
+    return 1;
+  if (!PyUnicode_CheckExact(id) || !PyUnicode_CheckExact(exclude) || !PyUnicode_IS_READY(id) ||
+      !PyUnicode_IS_READY(exclude))
+    return -1;
+  /* str == str, for two canonical strings: same length, kind and code units. */
+  Py_ssize_t length = PyUnicode_GET_LENGTH(id);
+  int kind = PyUnicode_KIND(id);
+  return length == PyUnicode_GET_LENGTH(exclude) && kind == PyUnicode_KIND(exclude) &&
+         memcmp(PyUnicode_DATA(id), PyUnicode_DATA(exclude), (size_t)length * (size_t)kind) == 0;
+}
+
 /*
  * Queue ``frame`` for ``connection`` if it is the common case: 1 queued,
  * 0 not queued (not open), 2 not the common case (nothing changed: the
@@ -261,19 +268,9 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
   PyObject *id = SLOT(connection, off_id);
   if (id == NULL)
     return 2;
-  if (exclude != Py_None) {
-    if (id == exclude)
-      return 0;
-    if (!PyUnicode_CheckExact(id) || !PyUnicode_CheckExact(exclude) ||
-        !PyUnicode_IS_READY(id) || !PyUnicode_IS_READY(exclude))
-      return 2;
-    /* str == str, for two canonical strings: same length, kind and code units. */
-    Py_ssize_t length = PyUnicode_GET_LENGTH(id);
-    int kind = PyUnicode_KIND(id);
-    if (length == PyUnicode_GET_LENGTH(exclude) && kind == PyUnicode_KIND(exclude) &&
-        memcmp(PyUnicode_DATA(id), PyUnicode_DATA(exclude), (size_t)length * (size_t)kind) == 0)
-      return 0;
-  }
+  int excluded = is_excluded(id, exclude);
+  if (excluded)
+    return excluded < 0 ? 2 : 0;
   if (SLOT(connection, off_deflate) != Py_None)
     return 2; /* compressed: encoded for it in Python (and NULL: unset) */
   PyObject *state = SLOT(connection, off_state);
@@ -343,6 +340,23 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
   return 1;
 }
 
+/* One recipient of fan_out: queue_common, or ``deliver(connection)`` for any
+ * other case; how many it was queued for (0 or 1, or what ``deliver``
+ * returned), -1 on an error. */
+static Py_ssize_t deliver_one(PyObject *connection, PyObject *frame, long first,
+                              PyObject *exclude, PyObject *deliver, PyObject **settings_seen,
+                              Py_ssize_t *limit_seen) {
+  int queued = queue_common(connection, frame, first, exclude, settings_seen, limit_seen);
+  if (queued != 2)
+    return queued;
+  PyObject *result = PyObject_CallOneArg(deliver, connection);
+  if (result == NULL)
+    return -1;
+  Py_ssize_t counted = PyLong_AsSsize_t(result);
+  Py_DECREF(result);
+  return counted == -1 && PyErr_Occurred() ? -1 : counted;
+}
+
 PyObject *speedups_fan_out(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
   if (nargs != 5) {
     PyErr_SetString(PyExc_TypeError,
@@ -372,27 +386,15 @@ PyObject *speedups_fan_out(PyObject *Py_UNUSED(module), PyObject *const *args, P
     if (connection == Py_None)
       continue;
     Py_INCREF(connection);
-    int queued = queue_common(connection, frame, first, exclude, &settings_seen, &limit_seen);
-    if (queued == 2) {
-      PyObject *result = PyObject_CallOneArg(deliver, connection);
-      queued = -1;
-      if (result != NULL) {
-        Py_ssize_t counted = PyLong_AsSsize_t(result);
-        Py_DECREF(result);
-        if (!(counted == -1 && PyErr_Occurred())) {
-          sent += counted;
-          queued = 0;
-        }
-      }
-    } else if (queued > 0) {
-      sent += queued;
-    }
+    Py_ssize_t queued =
+        deliver_one(connection, frame, first, exclude, deliver, &settings_seen, &limit_seen);
     Py_DECREF(connection);
     if (queued < 0) {
       Py_XDECREF(settings_seen);
       Py_DECREF(recipients);
       return NULL;
     }
+    sent += queued;
   }
   Py_XDECREF(settings_seen);
   Py_DECREF(recipients);
@@ -407,34 +409,70 @@ static int call_method(PyObject *connection, PyObject *name) {
   return 0;
 }
 
-static struct iovec iov[IOV_MAX];
+/*
+ * The descriptor of ``connection``'s plain socket, in *fd (-1: closed; the
+ * writer's send fails and reports it): 1; 0 when Python must send (TLS: no
+ * plain socket, an unset slot, a socket of another type, one replaced while
+ * fileno() ran). fileno() is a method call, and Python code (a socket
+ * subclass's fileno) may change the queue or the slots, so every other slot
+ * is read after this.
+ */
+static int plain_socket_fd(PyObject *connection, int *fd) {
+  PyObject *raw = SLOT(connection, off_raw_socket);
+  if (raw == NULL || raw == Py_None || !PyObject_TypeCheck(raw, socket_type))
+    return 0;
+  Py_INCREF(raw);
+  *fd = PyObject_AsFileDescriptor(raw);
+  if (*fd < 0)
+    PyErr_Clear();
+  int replaced = SLOT(connection, off_raw_socket) != raw;
+  Py_DECREF(raw);
+  return !replaced;
+}
+
+/* After a send of ``send`` that took ``sent`` bytes: the queue emptied of its
+ * first ``emptied`` frames, the counters moved (``queued``: _outbox_bytes
+ * with the send's new frames; ``messages``: messages_out with them), and
+ * what is left queued as one frame for a writer greenlet. */
+static int after_send(PyObject *connection, PyObject *outbox, Py_ssize_t emptied,
+                      const Gather *out, Py_ssize_t sent, Py_ssize_t queued, Py_ssize_t written,
+                      Py_ssize_t messages) {
+  PyObject *rest = NULL;
+  if (sent < out->bytes) {
+    /* The last frame whole, as it is: a large payload is not copied again. */
+    PyObject *last = emptied ? PyList_GET_ITEM(outbox, emptied - 1) : NULL;
+    if (last != NULL && out->bytes - sent == PyBytes_GET_SIZE(last) && gather_ends_with(out, last)) {
+      rest = last;
+      Py_INCREF(rest);
+    } else if ((rest = gather_rest(out, sent)) == NULL)
+      return -1;
+  }
+  if ((emptied && PyList_SetSlice(outbox, 0, emptied, NULL) < 0) ||
+      slot_set_size(connection, off_outbox_bytes, queued - sent) < 0 ||
+      slot_set_size(connection, off_bytes_out, written + sent) < 0 ||
+      (messages >= 0 && slot_set_size(connection, off_messages_out, messages) < 0)) {
+    Py_XDECREF(rest);
+    return -1;
+  }
+  if (rest == NULL)
+    return 0;
+  int failed = PyList_Append(outbox, rest);
+  Py_DECREF(rest);
+  if (failed)
+    return -1;
+  return call_method(connection, str_start_writer);
+}
 
 /* Connection._flush for one connection; -1 when Python code it called raised. */
 static int flush_one(PyObject *connection) {
   if (!Py_IS_TYPE(connection, connection_type) || !layout_intact())
     return call_method(connection, str_flush);
-  /* _flush_due first, as _flush; then the descriptor: fileno() is a method
-   * call, and Python code (a socket subclass's fileno) may change the queue
-   * or the slots, so every other slot is read after it, and nothing from
-   * there to sendmsg() runs Python code. */
+  /* _flush_due first, as _flush; then the descriptor. */
   Py_INCREF(Py_False);
   slot_set(connection, off_flush_due, Py_False);
-  PyObject *raw = SLOT(connection, off_raw_socket);
-  if (raw == NULL)
-    return call_method(connection, str_flush);
   int fd = -1;
-  if (raw != Py_None) {
-    if (!PyObject_TypeCheck(raw, socket_type))
-      return call_method(connection, str_flush); /* _flush calls its send() */
-    Py_INCREF(raw);
-    fd = PyObject_AsFileDescriptor(raw);
-    if (fd < 0)
-      PyErr_Clear(); /* closed: the writer's send fails and reports it */
-    int replaced = SLOT(connection, off_raw_socket) != raw;
-    Py_DECREF(raw);
-    if (replaced)
-      return call_method(connection, str_flush);
-  }
+  if (!plain_socket_fd(connection, &fd))
+    return call_method(connection, str_flush); /* _flush starts the writer, or sends */
   PyObject *outbox = SLOT(connection, off_outbox);
   PyObject *writer = SLOT(connection, off_writer);
   PyObject *close_queued = SLOT(connection, off_close_queued);
@@ -446,63 +484,165 @@ static int flush_one(PyObject *connection) {
   Py_ssize_t count = PyList_GET_SIZE(outbox);
   if (writer != Py_None || count == 0)
     return 0;
-  if (raw == Py_None || close_queued != Py_False || count > IOV_MAX)
-    return call_method(connection, str_flush); /* TLS, a close: the writer; or a long queue */
-  Py_ssize_t total = 0;
+  if (close_queued != Py_False)
+    return call_method(connection, str_flush); /* a close: the writer */
+  Gather out = {0};
   for (Py_ssize_t i = 0; i < count; i++) {
     PyObject *frame = PyList_GET_ITEM(outbox, i);
-    if (!PyBytes_CheckExact(frame))
-      return call_method(connection, str_flush);
-    iov[i].iov_base = PyBytes_AS_STRING(frame);
-    iov[i].iov_len = (size_t)PyBytes_GET_SIZE(frame);
-    total += PyBytes_GET_SIZE(frame);
+    if (!PyBytes_CheckExact(frame) || !gather_add(&out, frame))
+      return call_method(connection, str_flush); /* not bytes; or a long queue */
   }
   Py_ssize_t unused;
-  if (!add_fits(written, total, &unused) || !add_fits(queued, -total, &unused))
+  if (!add_fits(written, out.bytes, &unused) || !add_fits(queued, -out.bytes, &unused))
     return call_method(connection, str_flush); /* counters too large for C */
-  Py_ssize_t sent = 0;
-  if (fd >= 0) {
-    struct msghdr message = {.msg_iov = iov, .msg_iovlen = (size_t)count};
-    ssize_t result;
-    do
-      result = sendmsg(fd, &message, MSG_DONTWAIT | MSG_NOSIGNAL);
-    while (result < 0 && errno == EINTR);
-    sent = result < 0 ? 0 : result; /* would block, or failed: the writer waits, or reports */
+  Py_ssize_t sent = fd >= 0 ? gather_send(&out, fd) : 0;
+  return after_send(connection, outbox, count, &out, sent, queued, written, -1);
+}
+
+/* A deferred broadcast, as send_broadcasts reads it from its 4-tuple. */
+typedef struct {
+  PyObject *frame; /* exact bytes */
+  long first;
+  PyObject *exclude; /* a connection id, or None */
+  PyObject *deliver; /* fan_out's ``deliver`` for it */
+} Deferred;
+
+/*
+ * ``connection``'s queue and every deferred broadcast not excluded for it, in
+ * one non-blocking send: what fan_out's queue_common and flush_one would do
+ * one after the other, without queueing. 1 done; 2 not the common case
+ * (nothing changed: the caller queues each broadcast as fan_out does); -1
+ * an error.
+ */
+static int send_with_broadcasts(PyObject *connection, const Deferred *deferred, Py_ssize_t count,
+                                PyObject **settings_seen, Py_ssize_t *limit_seen) {
+  if (!Py_IS_TYPE(connection, connection_type) || !layout_intact())
+    return 2;
+  int fd = -1;
+  if (!plain_socket_fd(connection, &fd) || fd < 0)
+    return 2;
+  PyObject *id = SLOT(connection, off_id);
+  PyObject *outbox = SLOT(connection, off_outbox);
+  PyObject *flush_due = SLOT(connection, off_flush_due);
+  PyObject *counts = SLOT(connection, off_sent_counts);
+  PyObject *settings = SLOT(connection, off_settings);
+  Py_ssize_t queued, messages, written, run_first = -1;
+  if (id == NULL || SLOT(connection, off_deflate) != Py_None ||
+      SLOT(connection, off_state) != open_state || SLOT(connection, off_opening) != Py_None ||
+      SLOT(connection, off_writer) != Py_None || SLOT(connection, off_close_queued) != Py_False ||
+      (flush_due != Py_True && flush_due != Py_False) || outbox == NULL ||
+      !PyList_CheckExact(outbox) || counts == NULL || settings == NULL ||
+      !slot_size(connection, off_outbox_bytes, &queued) ||
+      !slot_size(connection, off_messages_out, &messages) ||
+      !slot_size(connection, off_bytes_out, &written) ||
+      (counts != Py_None && !slot_size(connection, off_run_first, &run_first)))
+    return 2;
+  if (settings != *settings_seen) {
+    Py_ssize_t limit = outbound_limit(settings);
+    if (limit == -2)
+      return 2;
+    Py_INCREF(settings);
+    Py_XSETREF(*settings_seen, settings);
+    *limit_seen = limit;
   }
-  PyObject *rest = NULL;
-  if (sent < total) {
-    /* What is left, as one bytes object (the pure loop's chunk[sent:]). */
-    Py_ssize_t index = 0, skip = sent;
-    while (skip >= PyBytes_GET_SIZE(PyList_GET_ITEM(outbox, index)))
-      skip -= PyBytes_GET_SIZE(PyList_GET_ITEM(outbox, index++));
-    if (index == count - 1 && skip == 0) {
-      rest = PyList_GET_ITEM(outbox, index);
-      Py_INCREF(rest);
-    } else {
-      rest = PyBytes_FromStringAndSize(NULL, total - sent);
-      if (rest == NULL)
-        return -1;
-      char *into = PyBytes_AS_STRING(rest);
-      for (; index < count; index++, skip = 0) {
-        PyObject *frame = PyList_GET_ITEM(outbox, index);
-        memcpy(into, PyBytes_AS_STRING(frame) + skip, (size_t)(PyBytes_GET_SIZE(frame) - skip));
-        into += PyBytes_GET_SIZE(frame) - skip;
-      }
+  Gather out = {0};
+  Py_ssize_t emptied = PyList_GET_SIZE(outbox);
+  for (Py_ssize_t i = 0; i < emptied; i++) {
+    PyObject *frame = PyList_GET_ITEM(outbox, i);
+    if (!PyBytes_CheckExact(frame) || !gather_add(&out, frame))
+      return 2;
+  }
+  Py_ssize_t after = queued, delivered = 0;
+  for (Py_ssize_t i = 0; i < count; i++) {
+    int excluded = is_excluded(id, deferred[i].exclude);
+    if (excluded)
+      continue;
+    if (excluded < 0 || (counts != Py_None && deferred[i].first != run_first))
+      return 2; /* Python's == decides; a new metrics run */
+    Py_ssize_t size = PyBytes_GET_SIZE(deferred[i].frame);
+    if (*limit_seen >= 0 && after && after + size > *limit_seen)
+      return 2; /* too slow: Python closes it */
+    if (!add_fits(after, size, &after) || !gather_add(&out, deferred[i].frame))
+      return 2;
+    delivered++;
+  }
+  Py_ssize_t unused;
+  if (!add_fits(written, out.bytes, &unused) || !add_fits(messages, delivered, &unused))
+    return 2; /* counters too large for C */
+  Py_INCREF(Py_False);
+  slot_set(connection, off_flush_due, Py_False);
+  if (out.bytes == 0)
+    return 1;
+  Py_ssize_t sent = gather_send(&out, fd);
+  return after_send(connection, outbox, emptied, &out, sent, after, written,
+                    messages + delivered) < 0
+             ? -1
+             : 1;
+}
+
+PyObject *speedups_send_broadcasts(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                   Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError,
+                    "send_broadcasts(connections, broadcasts) takes 2 arguments");
+    return NULL;
+  }
+  if (connection_type == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "fws._speedups.bind() was not called");
+    return NULL;
+  }
+  /* A tuple of tuples: what Python code run meanwhile does cannot change them. */
+  PyObject *broadcasts = PySequence_Tuple(args[1]);
+  if (broadcasts == NULL)
+    return NULL;
+  Py_ssize_t count = PyTuple_GET_SIZE(broadcasts);
+  Deferred *deferred = PyMem_New(Deferred, (size_t)(count ? count : 1));
+  if (deferred == NULL) {
+    Py_DECREF(broadcasts);
+    return PyErr_NoMemory();
+  }
+  PyObject *connections = NULL, *settings_seen = NULL;
+  for (Py_ssize_t i = 0; i < count; i++) {
+    PyObject *item = PyTuple_GET_ITEM(broadcasts, i);
+    if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
+        PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 0)) == 0) {
+      PyErr_SetString(PyExc_TypeError,
+                      "each broadcast is a tuple (frame, first, exclude, deliver)");
+      goto done;
     }
+    deferred[i].frame = PyTuple_GET_ITEM(item, 0);
+    deferred[i].first = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+    if (deferred[i].first == -1 && PyErr_Occurred())
+      goto done;
+    deferred[i].exclude = PyTuple_GET_ITEM(item, 2);
+    deferred[i].deliver = PyTuple_GET_ITEM(item, 3);
   }
-  if (PyList_SetSlice(outbox, 0, count, NULL) < 0 ||
-      slot_set_size(connection, off_outbox_bytes, queued - sent) < 0 ||
-      slot_set_size(connection, off_bytes_out, written + sent) < 0) {
-    Py_XDECREF(rest);
-    return -1;
+  connections = PySequence_Fast(args[0], "connections must be a sequence");
+  if (connections == NULL)
+    goto done;
+  Py_ssize_t limit_seen = -1;
+  int failed = 0;
+  for (Py_ssize_t i = 0; !failed && i < PySequence_Fast_GET_SIZE(connections); i++) {
+    PyObject *connection = PySequence_Fast_GET_ITEM(connections, i);
+    Py_INCREF(connection);
+    int done = send_with_broadcasts(connection, deferred, count, &settings_seen, &limit_seen);
+    failed = done < 0;
+    for (Py_ssize_t k = 0; !failed && done == 2 && k < count; k++)
+      failed = deliver_one(connection, deferred[k].frame, deferred[k].first, deferred[k].exclude,
+                           deferred[k].deliver, &settings_seen, &limit_seen) < 0;
+    Py_DECREF(connection);
   }
-  if (rest == NULL)
-    return 0;
-  int failed = PyList_Append(outbox, rest);
-  Py_DECREF(rest);
   if (failed)
-    return -1;
-  return call_method(connection, str_start_writer);
+    Py_CLEAR(connections);
+done:
+  PyMem_Free(deferred);
+  Py_DECREF(broadcasts);
+  Py_XDECREF(settings_seen);
+  if (connections == NULL)
+    return NULL;
+  Py_DECREF(connections);
+  Py_RETURN_NONE;
 }
 
 PyObject *speedups_flush_each(PyObject *Py_UNUSED(module), PyObject *due) {

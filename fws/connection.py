@@ -39,7 +39,7 @@ from .frames import (
 )
 from .groups import check_group_name
 from .inbound import PARK_AFTER, Inbound
-from .outbound import UNCOPIED_PAYLOAD, Outbound, _schedule_flush
+from .outbound import UNCOPIED_PAYLOAD, Outbound, _schedule_flush, deliver_deferred
 
 if TYPE_CHECKING:
     from .server import Server
@@ -306,6 +306,8 @@ class Connection(Inbound, Outbound):
     def _start_close(self, code: int, reason: str) -> None:
         if self.state is not State.OPEN:
             return
+        if self.table.deferred:  # broadcasts made while it was open go before the close
+            deliver_deferred(self.table)
         self.state = State.CLOSING
         self.close_info = CloseInfo(code, reason)
         self._queue_close(code, reason)
@@ -352,9 +354,13 @@ class Connection(Inbound, Outbound):
         if counting:
             self._sent_counts, self._sent_bytes = stats.messages_sent, stats.bytes_sent
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        table = self.table
+        if table.deferred:  # broadcasts made before it opened are not for it
+            deliver_deferred(table)
         self.state = State.OPEN
         self._opening = (gevent.getcurrent(), [])
-        self.table.users[self.id] = self
+        table.opening += 1  # no broadcast is deferred while it opens: see _queue
+        table.users[self.id] = self
         self.opened_at = time.monotonic()
         if log.isEnabledFor(logging.INFO):  # at -q, not even the arguments are made
             peer, path = format_peer(self.peer), self._log_path()
@@ -388,6 +394,7 @@ class Connection(Inbound, Outbound):
         assert self._opening is not None
         _, held = self._opening
         self._opening = None
+        self.table.opening -= 1
         self._outbox.extend(held)
         if self._outbox and self._writer is None:
             self._start_writer()

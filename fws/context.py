@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .busy_poll import BusyPoll
     from .connection import Connection
     from .inbound import Inbound
-    from .outbound import Outbound
+    from .outbound import Deferred, Outbound
     from .pipeline import Pipeline
     from .storage.base import Storage
 
@@ -86,6 +86,11 @@ class ConnectionTable:
         """Connections with frames queued for the flusher's next turn (``fws.outbound``)."""
         self.flusher: Any = None
         """The flusher's hub callback while it is due or running; None otherwise."""
+        self.deferred: list[Deferred] = []
+        """Broadcasts to every connection, queued for nobody yet: the flusher sends each
+        connection its share with its queue (``fws.outbound.defer_broadcast``)."""
+        self.opening = 0
+        """Connections whose open pipeline runs: while any does, no broadcast is deferred."""
         self.read_buffer = bytearray(READ_SIZE)
         """Every reader's recv_into target; a chunk is parsed before its reader yields."""
         self.storage = storage

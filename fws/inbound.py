@@ -27,6 +27,7 @@ from .context import READ_SIZE
 from .datatypes import CloseInfo, State, TextMessage
 from .errors import ProtocolError
 from .frames import OP_PONG, Close, Ping, Pong, encode_frame
+from .outbound import deliver_deferred
 
 __all__ = ["FRAME_BUDGET", "PARK_AFTER", "Inbound"]
 
@@ -287,7 +288,10 @@ class Inbound(ConnectionState):
                 self.table.stats.close_codes_received[event.code] += 1
                 self._close_received = True
                 if self.state is _OPEN:
-                    # The client started the closing handshake: answer with its code.
+                    # The client started the closing handshake: answer with its code,
+                    # after the broadcasts made while it was open.
+                    if self.table.deferred:
+                        deliver_deferred(self.table)
                     self._client_closed_first = True
                     self.state = State.CLOSING
                     self.close_info = CloseInfo(event.code, event.reason)

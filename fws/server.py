@@ -42,7 +42,7 @@ from .handshake import ConnectionHandler
 from .http import WSGIApp, route, route_metrics_port
 from .listeners import MetricsPort, WebSocketPort, http_logs, metrics_listener, tls_context
 from .metrics import FLUSH_INTERVAL, Metrics, metrics_settings_problem
-from .outbound import fan_out
+from .outbound import defer_broadcast, deliver_deferred, fan_out
 from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
 from .proxies import ProxyNetworks
@@ -586,21 +586,20 @@ class Server:
         The connection whose id is ``exclude`` (usually the sender) is
         skipped, and an id named twice in ``to`` gets the message once (a set
         is taken as it is; any other iterable is deduplicated, in its order).
-        Returns how many connections it was queued for. The loop
-        is ``fws.outbound.fan_out``: compiled where ``fws._speedups`` is
-        built (see ``fws._accel``).
+        Returns how many connections it was queued for.
+
+        A broadcast to every connection is queued for nobody at once: the
+        flusher, on the hub's next turn, sends each connection its share of
+        the turn's broadcasts with the rest of its queue, in one call
+        (``fws.outbound.defer_broadcast``; nothing queued meanwhile overtakes
+        it). It returns how many open connections it is for, the ``exclude``
+        one not counted. The loop that queues is ``fws.outbound.fan_out``:
+        compiled, as the flusher's, where ``fws._speedups`` is built (see
+        ``fws._accel``).
         """
         frame = encode_message(data)
-        compressed: dict[Any, bytes] = {}  # one deflated frame per shared codec setting
-        if to is None:
-            recipients: Sequence[Connection | None] = tuple(self.users.values())
-        else:
-            if type(to) is not set and type(to) is not frozenset:
-                to = dict.fromkeys(to)  # each id once, in order
-            users = self.users
-            # Taken at once: a send cannot change ``to`` (a live group) mid-way.
-            recipients = [users.get(connection_id) for connection_id in to]
         first = frame[0]
+        compressed: dict[Any, bytes] = {}  # one deflated frame per shared codec setting
 
         def deliver(connection: Connection) -> bool:
             # Any one recipient: the fan-out's own loop does only the common case.
@@ -616,6 +615,20 @@ class Server:
                 shared = compressed[deflate.shared_key] = encode_message(data, deflate)
             return connection.send_frame(shared)
 
+        table = self.table
+        users = self.users
+        if to is None and not table.opening:
+            defer_broadcast(table, frame, first, exclude, deliver)
+            return len(users) - (exclude is not None and exclude in users)
+        if table.deferred:  # they go first
+            deliver_deferred(table)
+        if to is None:
+            recipients: Sequence[Connection | None] = tuple(users.values())
+        else:
+            if type(to) is not set and type(to) is not frozenset:
+                to = dict.fromkeys(to)  # each id once, in order
+            # Taken at once: a send cannot change ``to`` (a live group) mid-way.
+            recipients = [users.get(connection_id) for connection_id in to]
         return fan_out(recipients, frame, first, exclude, deliver)
 
     def at_connection_limit(self) -> bool:

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PURE_PATH = (
     "tests/test_connection.py",
+    "tests/test_deferred_broadcast.py",
     "tests/test_frames.py",
     "tests/test_speedups.py",
     "tests/test_accel.py::test_the_accelerator_is_the_one_in_use_unless_switched_off",
@@ -54,6 +55,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         assert _accel.IMPLEMENTATION == f"pure Python ({_accel.SWITCH} is set)"
         assert fws.outbound.fan_out is fws.outbound._pure_fan_out
         assert fws.outbound._flush_each is fws.outbound._pure_flush_each
+        assert fws.outbound._send_broadcasts is fws.outbound._pure_send_broadcasts
         assert fws.frames._parse_messages is None
         assert fws.frames._unmask_pieces is fws.frames._pure_unmask_pieces
         assert fws.frames.encode_message is fws.frames._pure_encode_message
@@ -68,6 +70,7 @@ def test_the_accelerator_is_the_one_in_use_unless_switched_off():
         assert fws.frames._unmask_pieces is _accel.speedups.unmask_pieces
         assert fws.frames.encode_message is not fws.frames._pure_encode_message
         assert fws.outbound._flush_each is _accel.speedups.flush_each
+        assert fws.outbound._send_broadcasts is _accel.speedups.send_broadcasts
 
 
 @pytest.mark.parametrize("value, pure", [("1", True), ("yes", True), ("0", False), ("", False)])
@@ -109,7 +112,7 @@ def test_an_extension_built_from_an_older_source_is_left_for_pure_python():
     assert result.returncode == 0, result.stderr
     first, second = result.stdout.splitlines()
     assert first.split() == ["True", "True", "True"]
-    assert "out of date, without bind, unmask_pieces, message_encoder" in second
+    assert "out of date, without bind, send_broadcasts, unmask_pieces, message_encoder" in second
 
 
 @pytest.mark.timeout(300)

@@ -29,6 +29,7 @@ import fws
 from fws.deflate import DeflateSettings
 from fws.filters.echo import Echo
 from fws.frames import OP_CLOSE
+from fws.outbound import deliver_deferred
 
 OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 LARGE = json.dumps([{"id": n, "user": f"user{n}", "text": "hello " * 8} for n in range(200)])
@@ -198,6 +199,7 @@ class BroadcastAndInspect(fws.WebSocketMessageFilter):
     def filter(cls, web_socket_instance, data):
         server = web_socket_instance.server
         server.broadcast(LARGE, exclude=web_socket_instance.id)
+        deliver_deferred(server.table)  # queued now, not by the flusher's next turn
         # No greenlet switch since: the frames are still the last in each outbox.
         queued = [c._outbox[-1] for c in server.users.values() if c is not web_socket_instance]
         compressed = [frame for frame in queued if frame[0] & 0x40]

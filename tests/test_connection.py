@@ -74,6 +74,7 @@ def test_a_flush_that_raises_leaves_the_other_connections_their_turn():
     class Table:
         to_flush: list[Due]
         flusher: object = None
+        deferred: tuple[()] = ()
 
     flushed: list[str] = []
     table = Table()

@@ -42,7 +42,7 @@ from fws.frames import (
     FrameParser,
     encode_message,
 )
-from fws.outbound import _pure_fan_out, _pure_flush_each
+from fws.outbound import _pure_fan_out, _pure_flush_each, _pure_send_broadcasts
 from fws.storage.memory import MemoryStorage
 
 EVENTS = ("connect", "open", "data", "message", "disconnect", "consumer")
@@ -829,3 +829,223 @@ def test_the_compiled_encoder_makes_the_bytes_and_errors_of_the_pure_one(data, d
     assert outcomes[0] == outcomes[1]
     if fws.frames.encode_message is not fws.frames._pure_encode_message:
         assert fws.frames.encode_message.__self__ is fws.frames._pure_encode_message
+
+
+# -- deferred broadcasts: send_broadcasts, the flusher's send of a turn's broadcasts
+
+
+def both_deferred(run: Callable[[Callable[..., None], Callable[..., None]], Any]) -> None:
+    """``run(send_broadcasts, flush_each)`` gives the same result with both implementations."""
+    compiled = _compiled()
+    pure = run(_pure_send_broadcasts, _pure_flush_each)
+    assert run(compiled.send_broadcasts, compiled.flush_each) == pure
+
+
+def flush_deferred(
+    send_broadcasts: Callable[..., None],
+    flush_each: Callable[..., None],
+    world: World,
+    deferred: list[Any],
+) -> None:
+    """What the flusher does with a turn's deferred broadcasts, then with its queues."""
+    world.table.flusher = "running"  # as while the flusher runs: no other is scheduled
+    try:
+        send_broadcasts(list(world.connections), deferred)
+        due, world.table.to_flush = world.table.to_flush, []
+        flush_each(due)
+    finally:
+        world.table.flusher = None
+
+
+def deferred_of(*frames: bytes, exclude: str | None = None) -> list[Any]:
+    return [(frame, frame[0], exclude, deliver(frame)) for frame in frames]
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+@pytest.mark.parametrize("frames", [(BINARY, BINARY, BINARY), (BINARY, TEXT, BINARY)])
+def test_deferred_broadcasts_reach_the_sockets_as_if_queued_then_flushed(
+    make_world, metrics, frames
+):
+    def run(send_broadcasts, flush_each):
+        world = make_world(4, metrics=metrics)
+        # One connection already has a frame queued: it goes first.
+        world.connections[2].send_message_frame(TEXT, TEXT[0])
+        skipped = world.connections[1].id[:9] + world.connections[1].id[9:]  # equal, not same
+        flush_deferred(send_broadcasts, flush_each, world, deferred_of(*frames, exclude=skipped))
+        return world.snapshot(), world.received()
+
+    both_deferred(run)
+    # And what arrives is what was meant, not only the same both ways.
+    world = make_world(3, metrics=metrics)
+    world.connections[2].send_message_frame(TEXT, TEXT[0])
+    flush_deferred(
+        _compiled().send_broadcasts,
+        _compiled().flush_each,
+        world,
+        deferred_of(*frames, exclude=world.connections[1].id),
+    )
+    assert world.received() == [b"".join(frames), b"", TEXT + b"".join(frames)]
+
+
+def test_deferred_broadcasts_past_the_slow_client_limit_close_it_the_same_way(make_world):
+    frame = encode_message(b"x" * 1000)
+
+    def run(send_broadcasts, flush_each):
+        world = make_world(3, limit=2500)
+        world.connections[0]._outbox.append(b"\0" * 2000)  # already waiting
+        world.connections[0]._outbox_bytes = 2000
+        flush_deferred(send_broadcasts, flush_each, world, deferred_of(frame, frame, frame))
+        return world.snapshot(), world.received()
+
+    both_deferred(run)
+
+
+def test_deferred_broadcasts_a_socket_cannot_take_go_to_a_writer_in_order(make_world):
+    frames = [encode_message(b"%04d" % i + b"p" * 600) for i in range(60)]
+
+    def run(send_broadcasts, flush_each):
+        world = make_world(2, sndbuf=4096)
+        flush_deferred(send_broadcasts, flush_each, world, deferred_of(*frames))
+        after = world.snapshot()
+        assert all(c["writer"] for c in after["connections"]), "nothing was left to a writer"
+        for connection in world.connections:  # the rest, as one bytes object
+            assert len(connection._outbox) == 1
+            assert connection._outbox_bytes == len(connection._outbox[0])
+        received = [b""] * len(world.peers)
+        with gevent.Timeout(10):
+            while any(len(data) < len(b"".join(frames)) for data in received):
+                received = [old + new for old, new in zip(received, world.received(), strict=True)]
+                gevent.sleep(0.001)  # the writers go on
+        assert received == [b"".join(frames)] * len(world.peers)
+        return after, world.snapshot()
+
+    both_deferred(run)
+
+
+def test_a_deferred_broadcast_too_large_to_gather_goes_whole_and_in_order(make_world):
+    large = encode_message(b"L" * 70000)  # past the compiled send's gathering buffer
+    middle = encode_message(b"m" * 3000)  # gathered no more, sent from where it is
+
+    def run(send_broadcasts, flush_each):
+        world = make_world(2)
+        flush_deferred(
+            send_broadcasts, flush_each, world, deferred_of(BINARY, large, middle, TEXT)
+        )
+        received = [b""] * len(world.peers)
+        expected = BINARY + large + middle + TEXT
+        with gevent.Timeout(10):
+            while any(len(data) < len(expected) for data in received):
+                received = [old + new for old, new in zip(received, world.received(), strict=True)]
+                gevent.sleep(0.001)
+        assert received == [expected] * len(world.peers)
+        return world.snapshot()
+
+    both_deferred(run)
+
+
+@pytest.mark.parametrize(
+    "case", ["compressed", "closing", "opening", "tls", "writer running", "close queued"]
+)
+def test_deferred_broadcasts_to_a_connection_off_the_common_case(make_world, case):
+    # The compiled send takes only the common case; anything else is queued
+    # as fan_out queues it, and sent by the flusher or a writer, in order.
+    def run(send_broadcasts, flush_each):
+        world = make_world(3, metrics=False)
+        special = world.connections[1]
+        restore: Callable[[], None] = lambda: None  # noqa: E731
+        if case == "compressed":
+            special.deflate = object()  # type: ignore[assignment]  # only compared with None
+
+            def restore() -> None:
+                special.deflate = None
+
+        elif case == "closing":
+            special.state = State.CLOSING
+
+            def restore() -> None:
+                special.state = State.OPEN
+
+        elif case == "opening":
+            special._opening = (gevent.spawn(lambda: None), [])
+
+            def restore() -> None:
+                special._end_opening()
+                world.table.opening += 1  # it was never counted as opening
+
+        elif case == "tls":
+            raw = special._raw_socket
+            special._raw_socket = None
+
+            def restore() -> None:
+                special._raw_socket = raw
+
+        elif case == "writer running":
+            special._writer = gevent.spawn(lambda: None)
+
+            def restore() -> None:
+                special._writer = None
+
+        else:
+            special._close_queued = True
+
+            def restore() -> None:
+                special._close_queued = False
+
+        delivered: list[int] = []
+
+        def general(frame: bytes) -> Callable[[fws.Connection], bool]:
+            def one(connection: fws.Connection) -> bool:
+                delivered.append(world.connections.index(connection))
+                if connection.deflate is not None:
+                    return connection.send_frame(frame)  # as if compressed for it
+                return connection.send_message_frame(frame, frame[0])
+
+            return one
+
+        deferred = [(f, f[0], None, general(f)) for f in (BINARY, TEXT)]
+        flush_deferred(send_broadcasts, flush_each, world, deferred)
+        snapshot = world.snapshot()
+        restore()
+        gevent.sleep(0.01)  # writers, if any, send
+        # Only the compressed one must go to deliver; the compiled loops hand it
+        # an opening one too (fan_out's rule).
+        compiled = send_broadcasts is not _pure_send_broadcasts
+        assert (1 in delivered) is (case == "compressed" or (case == "opening" and compiled))
+        assert 0 not in delivered and 2 not in delivered
+        return snapshot, world.received()
+
+    both_deferred(run)
+
+
+def test_an_error_in_a_deferred_broadcast_s_deliver_propagates(make_world):
+    def broken(connection: fws.Connection) -> bool:
+        raise RuntimeError("a bug")
+
+    for send_broadcasts in (_pure_send_broadcasts, _compiled().send_broadcasts):
+        world = make_world(2)
+        world.connections[0].deflate = object()  # type: ignore[assignment]
+        with pytest.raises(RuntimeError, match="a bug"):
+            send_broadcasts(world.connections, [(BINARY, BINARY[0], None, broken)])
+        world.connections[0].deflate = None
+
+
+@pytest.mark.parametrize(
+    "broadcasts, error",
+    [
+        ([(BINARY, BINARY[0], None)], "each broadcast is a tuple"),
+        ([[BINARY, BINARY[0], None, print]], "each broadcast is a tuple"),
+        ([(bytearray(BINARY), BINARY[0], None, print)], "each broadcast is a tuple"),
+        ([(b"", 0, None, print)], "each broadcast is a tuple"),
+        ([(BINARY, "first", None, print)], "integer"),
+        (None, "not iterable"),
+    ],
+)
+def test_the_compiled_send_of_broadcasts_refuses_what_it_cannot_read(
+    make_world, broadcasts, error
+):
+    world = make_world(1)
+    with pytest.raises(TypeError, match=error):
+        _compiled().send_broadcasts(world.connections, broadcasts)
+    with pytest.raises(TypeError):
+        _compiled().send_broadcasts(world.connections)
+    assert world.connections[0]._outbox == [] and world.received() == [b""]
