@@ -249,6 +249,11 @@ static inline int is_excluded(PyObject *id, PyObject *exclude) {
   if (!PyUnicode_CheckExact(id) || !PyUnicode_CheckExact(exclude) || !PyUnicode_IS_READY(id) ||
       !PyUnicode_IS_READY(exclude))
     return -1;
+  /* Hashed strings (ids are the keys of Server.users) with different hashes
+   * differ: no memcmp for the 999 of 1000 recipients a broadcast does not skip. */
+  Py_hash_t id_hash = ((PyASCIIObject *)id)->hash, exclude_hash = ((PyASCIIObject *)exclude)->hash;
+  if (id_hash != -1 && exclude_hash != -1 && id_hash != exclude_hash)
+    return 0;
   /* str == str, for two canonical strings: same length, kind and code units. */
   Py_ssize_t length = PyUnicode_GET_LENGTH(id);
   int kind = PyUnicode_KIND(id);
