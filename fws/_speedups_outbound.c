@@ -560,7 +560,7 @@ static int send_with_broadcasts(PyObject *connection, const Deferred *deferred, 
   Py_ssize_t after = queued, delivered = 0;
   for (Py_ssize_t i = 0; i < count; i++) {
     int excluded = is_excluded(id, deferred[i].exclude);
-    if (excluded)
+    if (excluded > 0)
       continue;
     if (excluded < 0 || (counts != Py_None && deferred[i].first != run_first))
       return 2; /* Python's == decides; a new metrics run */

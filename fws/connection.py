@@ -173,6 +173,10 @@ class Connection(Inbound, Outbound):
         Returns at once; returns False when the connection is not open (the
         message is dropped: a client that is leaving cannot receive it).
         """
+        if self.table.deferred:
+            # Before compressing: with context takeover, frames must go out in
+            # the order they were compressed, and the broadcasts go first.
+            deliver_deferred(self.table)
         # Anything else (a str, None, 42) goes to encode_message, which says so.
         if type(data) is bytes and len(data) >= UNCOPIED_PAYLOAD:
             deflate = self.deflate
@@ -359,7 +363,7 @@ class Connection(Inbound, Outbound):
             deliver_deferred(table)
         self.state = State.OPEN
         self._opening = (gevent.getcurrent(), [])
-        table.opening += 1  # no broadcast is deferred while it opens: see _queue
+        table.opening += 1  # no broadcast is deferred while it opens: see Server.broadcast
         table.users[self.id] = self
         self.opened_at = time.monotonic()
         if log.isEnabledFor(logging.INFO):  # at -q, not even the arguments are made
@@ -376,7 +380,7 @@ class Connection(Inbound, Outbound):
             log.exception("connection %s: internal error", self.id)
             self._start_close(1011, "internal server error")
             failed = True
-        except gevent.GreenletExit:  # the server, stopping, killed this handshake
+        except BaseException:  # the server, stopping, killed this handshake (GreenletExit)
             self._end_opening()
             self._finish()
             raise

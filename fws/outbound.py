@@ -69,7 +69,7 @@ def defer_broadcast(
     Queueing a 66-byte frame for 1,000 connections, sixteen times a turn,
     cost more than the sends: an append, two new ints and the cache lines of
     every connection, per delivery. The flusher instead visits each
-    connection once, copies every broadcast due to it behind its queue and
+    connection once, gathers every broadcast due to it behind its queue and
     sends all in one call (``fws._speedups.send_broadcasts``; the pure-Python
     flusher queues them first, ``deliver_deferred``).
 
@@ -83,16 +83,27 @@ def defer_broadcast(
 
 
 def deliver_deferred(table: ConnectionTable) -> None:
-    """Queue the deferred broadcasts now, for the connections open now, in order."""
+    """Queue the deferred broadcasts now, for the connections open now, in order.
+
+    Whoever queues something for a connection calls it, so an error in one
+    broadcast's delivery (a bug, or no memory to compress) is logged here,
+    not raised into that unrelated caller.
+    """
     deferred, table.deferred = table.deferred, []
     recipients = tuple(table.users.values())
     for frame, first, exclude, deliver in deferred:
-        fan_out(recipients, frame, first, exclude, deliver)
+        try:
+            fan_out(recipients, frame, first, exclude, deliver)
+        except Exception:
+            log.exception("a broadcast could not be queued for every connection")
 
 
 def _send_deferred(table: ConnectionTable) -> None:
     deferred, table.deferred = table.deferred, []
-    _send_broadcasts(list(table.users.values()), deferred)
+    try:
+        _send_broadcasts(list(table.users.values()), deferred)
+    except Exception:
+        log.exception("the turn's broadcasts could not be sent to every connection")
 
 
 def _schedule_flush(table: ConnectionTable) -> None:
@@ -120,6 +131,7 @@ def _flush_connections(table: ConnectionTable) -> None:
         table.flusher = None
         if due:  # a bug raised in _flush: the others still get their turn
             table.to_flush.extend(due)
+        if table.to_flush or table.deferred:
             _schedule_flush(table)
 
 
@@ -146,8 +158,7 @@ class Outbound(ConnectionState):
         the writer greenlet join the queue first, and a partial send copies
         what is left: those paths copy the payload once, as before.
         """
-        if self.table.deferred:
-            deliver_deferred(self.table)
+        # Connection.send, its only caller, has queued the deferred broadcasts.
         header = frame_header(OP_BINARY, len(payload))
         if not self._has_room(len(header) + len(payload)):
             return False
@@ -164,8 +175,6 @@ class Outbound(ConnectionState):
         ``message=False``: a control frame (a pong), not a message for the
         end-of-connection line.
         """
-        if self.table.deferred:
-            deliver_deferred(self.table)
         if message:
             return self.send_message_frame(frame, frame[0])
         if not self._has_room(len(frame)):

@@ -579,23 +579,25 @@ class Server:
     ) -> int:
         """Send ``data`` to every open connection (or those whose id is in ``to``).
 
-        The frame is encoded once and the same bytes are queued for every
-        recipient; for permessage-deflate clients it is compressed once per
-        codec setting (clients whose server side keeps no context share one
+        The frame is encoded once and the same bytes go to every recipient;
+        for permessage-deflate clients it is compressed once per codec
+        setting (clients whose server side keeps no context share one
         compressed frame), or per client where the client's codec keeps context.
         The connection whose id is ``exclude`` (usually the sender) is
         skipped, and an id named twice in ``to`` gets the message once (a set
         is taken as it is; any other iterable is deduplicated, in its order).
-        Returns how many connections it was queued for.
+        With ``to``, returns how many connections it was queued for.
 
         A broadcast to every connection is queued for nobody at once: the
         flusher, on the hub's next turn, sends each connection its share of
         the turn's broadcasts with the rest of its queue, in one call
         (``fws.outbound.defer_broadcast``; nothing queued meanwhile overtakes
-        it). It returns how many open connections it is for, the ``exclude``
-        one not counted. The loop that queues is ``fws.outbound.fan_out``:
-        compiled, as the flusher's, where ``fws._speedups`` is built (see
-        ``fws._accel``).
+        it). It returns how many connections it is for: every one in
+        ``users`` (open, or closing and not yet gone; a closing one gets
+        nothing), the ``exclude`` one not counted. While a connection's open
+        pipeline runs, it is queued at once, as with ``to``. The loop that
+        queues is ``fws.outbound.fan_out``: compiled, as the flusher's, where
+        ``fws._speedups`` is built (see ``fws._accel``).
         """
         frame = encode_message(data)
         first = frame[0]

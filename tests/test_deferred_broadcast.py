@@ -11,6 +11,7 @@ server reads it in one turn.
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 
@@ -18,14 +19,17 @@ import gevent
 import gevent.queue
 import gevent.socket
 import pytest
+import websockets.sync.client as ws_sync
 from frame_builder import client_frame
-from helpers import connect, raw_upgrade, read_server_frame, run_server, wait_for
+from helpers import connect, raw_upgrade, read_server_frame, run_server, url, wait_for
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 import fws
 import fws.frames
 from fws import WebSocketMessageFilter, WebSocketOpenFilter
 from fws.context import ConnectionSettings, ConnectionTable
-from fws.frames import OP_CLOSE, OP_TEXT
+from fws.deflate import DeflateSettings
+from fws.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from fws.outbound import _flush_connections, defer_broadcast
 from fws.storage.memory import MemoryStorage
 
@@ -55,6 +59,79 @@ def test_a_reply_sent_after_a_broadcast_arrives_after_it():
         assert _texts(other, 5) == [f"all: m{i}" for i in range(5)]
         sender.close()
         other.close()
+
+
+def test_a_frame_queued_with_send_frame_after_a_broadcast_arrives_after_it():
+    class AnnounceThenSendFrame(WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            web_socket_instance.server.broadcast(f"all: {data}")
+            web_socket_instance.send_frame(fws.frames.encode_message(f"frame: {data}"))
+
+    with run_server(message=AnnounceThenSendFrame) as server:
+        client = raw_upgrade(server.address[1])
+        wait_for(lambda: len(server.users) == 1)
+        client.sendall(client_frame(OP_TEXT, b"a") + client_frame(OP_TEXT, b"b"))
+        assert _texts(client, 4) == ["all: a", "frame: a", "all: b", "frame: b"]
+        client.close()
+
+
+def test_a_large_binary_reply_and_a_pong_after_a_broadcast_arrive_after_it():
+    # A binary message of 16 KiB or more is queued uncopied behind a header of
+    # its own (_send_uncopied); a pong is a control frame (send_frame).
+    large = b"L" * 20000
+
+    class AnnounceThenSendLarge(WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            web_socket_instance.server.broadcast(f"all: {data}")
+            if data == "large":
+                web_socket_instance.send(large)
+
+    with run_server(message=AnnounceThenSendLarge) as server:
+        client = raw_upgrade(server.address[1])
+        wait_for(lambda: len(server.users) == 1)
+        client.sendall(client_frame(OP_TEXT, b"large") + client_frame(OP_PING, b"p"))
+        assert _texts(client, 1) == ["all: large"]
+        assert read_server_frame(client) == (OP_BINARY, large)
+        assert read_server_frame(client) == (OP_PONG, b"p")
+        # The pong alone after the broadcast a message made in the same read.
+        client.sendall(client_frame(OP_TEXT, b"small") + client_frame(OP_PING, b"q"))
+        assert _texts(client, 1) == ["all: small"]
+        assert read_server_frame(client) == (OP_PONG, b"q")
+        client.close()
+
+
+def test_a_compressed_reply_after_a_broadcast_keeps_a_context_takeover_stream_intact():
+    # With context takeover each compressed frame depends on the ones compressed
+    # before it for that client: the broadcast must be compressed, and sent,
+    # before the reply.
+    text = "compress me " * 200
+    settings = DeflateSettings(
+        server_no_context_takeover=False, client_no_context_takeover=False, compress_min_size=0
+    )
+
+    class AnnounceThenReply(WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            web_socket_instance.server.broadcast(f"all {data} {text}")
+            web_socket_instance.send(f"reply {data} {text}")
+
+    factory = ClientPerMessageDeflateFactory(client_max_window_bits=True)
+    with run_server(message=AnnounceThenReply, compression=settings) as server:
+        with ws_sync.connect(url(server), extensions=[factory], compression=None) as client:
+            (extension,) = client.protocol.extensions
+            assert not extension.remote_no_context_takeover
+            for n in range(5):
+                client.send(str(n))
+                assert client.recv(timeout=5) == f"all {n} {text}"
+                assert client.recv(timeout=5) == f"reply {n} {text}"
 
 
 def test_a_close_after_a_broadcast_goes_after_it():
@@ -100,7 +177,7 @@ def test_a_client_that_closes_gets_the_broadcasts_made_before_its_close():
         client.close()
 
 
-def test_an_open_filter_s_broadcast_reaches_everyone_and_the_newcomer_after_its_welcome():
+def test_an_open_filter_s_broadcast_reaches_everyone_and_the_newcomer_where_it_was_made():
     # While a connection opens, broadcasts are not deferred: the open pipeline's
     # own frames go first to the newcomer, then what was broadcast meanwhile.
     class Welcome(WebSocketOpenFilter):
@@ -117,6 +194,7 @@ def test_an_open_filter_s_broadcast_reaches_everyone_and_the_newcomer_after_its_
         second = connect(server)
         assert [second.recv(), second.recv()] == ["someone joined", "welcome"]
         assert first.recv() == "someone joined"
+        assert server.table.opening == 0  # both opened: broadcasts are deferred again
 
 
 def test_an_open_filter_that_yields_keeps_its_broadcast_where_it_made_it():
@@ -136,6 +214,40 @@ def test_an_open_filter_that_yields_keeps_its_broadcast_where_it_made_it():
     with run_server(open=WelcomeSlowly) as server:
         client = connect(server)
         assert [client.recv() for _ in range(3)] == ["first", "someone joined", "last"]
+
+
+def test_an_open_filter_that_lets_a_timeout_escape_does_not_stop_deferring():
+    # A gevent.Timeout is a BaseException, not an Exception: the opening must
+    # still end (and be counted as ended), or no broadcast is deferred again.
+    class Escapes(WebSocketOpenFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            if web_socket_instance.request.path == "/escape":
+                raise gevent.Timeout(0.01)
+
+    from fws.filters.broadcast_messages import BroadcastMessages
+
+    deferred: list[bool] = []
+
+    class Record(WebSocketMessageFilter):
+        registry = fws.Registry()
+
+        @classmethod
+        def filter(cls, web_socket_instance, data):
+            deferred.append(bool(web_socket_instance.table.deferred))
+
+    with run_server(open=Escapes, message=BroadcastMessages | Record) as server:
+        failing = raw_upgrade(server.address[1], path="/escape")
+        failing.settimeout(5)
+        wait_for(lambda: not server.users and server.table.opening == 0)
+        sender, receiver = connect(server), connect(server)
+        wait_for(lambda: len(server.users) == 2)
+        sender.send("still deferred")
+        assert receiver.recv() == "still deferred"
+        assert deferred == [True]  # the broadcast waited for the flusher
+        failing.close()
 
 
 def test_broadcast_returns_how_many_open_connections_it_is_for():
@@ -204,3 +316,37 @@ def test_a_broadcast_deferred_before_a_connection_opened_is_not_for_it(table):
     for peer in peers:
         peer.close()
     gevent.sleep(0.01)
+
+
+def test_a_broadcast_that_fails_in_the_flusher_is_logged_and_the_other_queues_still_go(
+    table, caplog
+):
+    settings = ConnectionSettings(ping_interval=None)
+    ours, theirs = gevent.socket.socketpair()
+    connection = fws.Connection(fws.Request("/"), settings, table)
+    connection.open(ours)
+    peer = theirs._sock  # type: ignore[attr-defined]
+    frame = fws.frames.encode_message("queued before")
+
+    def broken(_connection: fws.Connection) -> bool:
+        raise RuntimeError("a bug in one broadcast")
+
+    connection._flush_due = True  # listed, as _queue lists it
+    connection._outbox.append(frame)
+    connection._outbox_bytes += len(frame)
+    table.to_flush.append(connection)
+    connection.deflate = object()  # type: ignore[assignment]  # off the common case: deliver
+    defer_broadcast(table, b"\x81\x01x", 0x81, None, broken)
+    try:
+        with caplog.at_level(logging.ERROR, logger="fws.connection"):
+            gevent.sleep(0.01)  # the flusher runs
+        assert "could not be sent to every connection" in caplog.text
+        assert "a bug in one broadcast" in caplog.text
+        peer.settimeout(5)
+        assert peer.recv(1000) == frame  # the queue still went
+        assert table.flusher is None and table.to_flush == []
+    finally:
+        connection.deflate = None
+        connection.abort()
+        peer.close()
+        gevent.sleep(0.01)

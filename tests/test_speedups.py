@@ -887,6 +887,41 @@ def test_deferred_broadcasts_reach_the_sockets_as_if_queued_then_flushed(
     assert world.received() == [b"".join(frames), b"", TEXT + b"".join(frames)]
 
 
+class _Id(str):
+    """A connection id as a str subclass: only Python's == may compare it."""
+
+
+@pytest.mark.parametrize("kind", ["str subclass", "not a str"])
+def test_a_deferred_broadcast_whose_exclude_is_not_an_exact_str(make_world, kind):
+    # The compiled send once took "cannot tell" for "excluded" and sent the
+    # broadcast to nobody; Python's == decides, as in fan_out.
+    def run(send_broadcasts, flush_each):
+        world = make_world(3, metrics=False)
+        exclude: Any = _Id(world.connections[1].id) if kind == "str subclass" else 42
+        deferred = [(BINARY, BINARY[0], exclude, deliver_general(BINARY, exclude))]
+        flush_deferred(send_broadcasts, flush_each, world, deferred)
+        return world.snapshot(), world.received()
+
+    both_deferred(run)
+    world = make_world(3, metrics=False)
+    exclude: Any = _Id(world.connections[1].id) if kind == "str subclass" else 42
+    deferred = [(BINARY, BINARY[0], exclude, deliver_general(BINARY, exclude))]
+    flush_deferred(_compiled().send_broadcasts, _compiled().flush_each, world, deferred)
+    skipped = b"" if kind == "str subclass" else BINARY
+    assert world.received() == [BINARY, skipped, BINARY]
+
+
+def deliver_general(frame: bytes, exclude: Any) -> Callable[[fws.Connection], bool]:
+    """Server.broadcast's deliver: it skips ``exclude`` itself."""
+
+    def one(connection: fws.Connection) -> bool:
+        if connection.id == exclude:
+            return False
+        return connection.send_message_frame(frame, frame[0])
+
+    return one
+
+
 def test_deferred_broadcasts_past_the_slow_client_limit_close_it_the_same_way(make_world):
     frame = encode_message(b"x" * 1000)
 
