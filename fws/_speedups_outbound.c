@@ -202,6 +202,21 @@ static Py_ssize_t outbound_limit(PyObject *settings) {
   return value;
 }
 
+/* The queue's limit for ``settings`` in *limit_seen, read once for the
+ * connections that share them (*settings_seen); 0 when not known here. */
+static inline int limit_known(PyObject *settings, PyObject **settings_seen,
+                              Py_ssize_t *limit_seen) {
+  if (settings == *settings_seen)
+    return 1;
+  Py_ssize_t limit = outbound_limit(settings);
+  if (limit == -2)
+    return 0;
+  Py_INCREF(settings);
+  Py_XSETREF(*settings_seen, settings);
+  *limit_seen = limit;
+  return 1;
+}
+
 /* List ``connection`` for the flusher (the end of Connection._queue). */
 static int list_for_flush(PyObject *connection) {
   Py_INCREF(Py_True);
@@ -284,14 +299,8 @@ static int queue_common(PyObject *connection, PyObject *frame, long first, PyObj
   PyObject *settings = SLOT(connection, off_settings);
   if (settings == NULL)
     return 2;
-  if (settings != *settings_seen) {
-    Py_ssize_t limit = outbound_limit(settings);
-    if (limit == -2)
-      return 2;
-    Py_INCREF(settings);
-    Py_XSETREF(*settings_seen, settings);
-    *limit_seen = limit;
-  }
+  if (!limit_known(settings, settings_seen, limit_seen))
+    return 2;
   Py_ssize_t queued, messages, after, counted_after;
   if (!slot_size(connection, off_outbox_bytes, &queued) ||
       !slot_size(connection, off_messages_out, &messages) ||
@@ -362,16 +371,23 @@ static Py_ssize_t deliver_one(PyObject *connection, PyObject *frame, long first,
   return counted == -1 && PyErr_Occurred() ? -1 : counted;
 }
 
-PyObject *speedups_fan_out(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-  if (nargs != 5) {
-    PyErr_SetString(PyExc_TypeError,
-                    "fan_out(recipients, frame, first, exclude, deliver) takes 5 arguments");
-    return NULL;
+/* Whether an entry point may run: ``nargs`` is ``wanted`` (else TypeError with
+ * ``usage``) and bind() was called (else RuntimeError). */
+static int ready_to_run(Py_ssize_t nargs, Py_ssize_t wanted, const char *usage) {
+  if (nargs != wanted) {
+    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", usage, wanted);
+    return 0;
   }
   if (connection_type == NULL) {
     PyErr_SetString(PyExc_RuntimeError, "fws._speedups.bind() was not called");
-    return NULL;
+    return 0;
   }
+  return 1;
+}
+
+PyObject *speedups_fan_out(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+  if (!ready_to_run(nargs, 5, "fan_out(recipients, frame, first, exclude, deliver)"))
+    return NULL;
   PyObject *frame = args[1], *exclude = args[3], *deliver = args[4];
   if (!PyBytes_CheckExact(frame)) {
     PyErr_SetString(PyExc_TypeError, "frame must be bytes");
@@ -542,14 +558,8 @@ static int send_with_broadcasts(PyObject *connection, const Deferred *deferred, 
       !slot_size(connection, off_bytes_out, &written) ||
       (counts != Py_None && !slot_size(connection, off_run_first, &run_first)))
     return 2;
-  if (settings != *settings_seen) {
-    Py_ssize_t limit = outbound_limit(settings);
-    if (limit == -2)
-      return 2;
-    Py_INCREF(settings);
-    Py_XSETREF(*settings_seen, settings);
-    *limit_seen = limit;
-  }
+  if (!limit_known(settings, settings_seen, limit_seen))
+    return 2;
   Gather out = {0};
   Py_ssize_t emptied = PyList_GET_SIZE(outbox);
   for (Py_ssize_t i = 0; i < emptied; i++) {
@@ -587,15 +597,8 @@ static int send_with_broadcasts(PyObject *connection, const Deferred *deferred, 
 
 PyObject *speedups_send_broadcasts(PyObject *Py_UNUSED(module), PyObject *const *args,
                                    Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_SetString(PyExc_TypeError,
-                    "send_broadcasts(connections, broadcasts) takes 2 arguments");
+  if (!ready_to_run(nargs, 2, "send_broadcasts(connections, broadcasts)"))
     return NULL;
-  }
-  if (connection_type == NULL) {
-    PyErr_SetString(PyExc_RuntimeError, "fws._speedups.bind() was not called");
-    return NULL;
-  }
   /* A tuple of tuples: what Python code run meanwhile does cannot change them. */
   PyObject *broadcasts = PySequence_Tuple(args[1]);
   if (broadcasts == NULL)
