@@ -207,7 +207,7 @@ def test_a_large_binary_message_is_queued_uncopied_behind_its_own_header():
 def test_send_of_something_that_is_no_message_says_so():
     # Connection.send measures a message before it encodes it (a large one goes
     # uncopied); what has no length must still get encode_message's words.
-    connection = fws.Connection(fws.Request("/"), ConnectionSettings(), None)  # type: ignore[arg-type]
+    connection = fws.Connection(fws.Request("/"), ConnectionSettings(), _table(fws.Pipeline()))
     for value in (42, None, 3.5):
         try:
             connection.send(value)  # type: ignore[arg-type]
