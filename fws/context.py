@@ -100,6 +100,9 @@ class ConnectionTable:
         self.dispatch = dispatch
         self.stopping = False
         """True once the server stops: a connection upgraded now is closed with 1001."""
+        self.hub: Any = None
+        """The gevent hub of the thread that started the server: the flusher runs there,
+        so queueing from another thread is refused (``fws.outbound``). None: not started."""
         self.busy_poll: BusyPoll | None = None
         """The hub's spinning after a reader waits (``fws.busy_poll``); None: off."""
         self.stats = ServerStats()

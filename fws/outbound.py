@@ -37,6 +37,8 @@ __all__ = [
     "UNCOPIED_PAYLOAD",
     "Deferred",
     "Outbound",
+    "WrongThreadError",
+    "check_thread",
     "defer_broadcast",
     "deliver_deferred",
     "fan_out",
@@ -77,6 +79,8 @@ def defer_broadcast(
     connection, or changes which connections it reaches (one opening, one
     closing), first queues every deferred broadcast (``deliver_deferred``).
     """
+    if table.flusher is None:
+        check_thread(table)  # before the broadcast waits for a flusher that never runs
     table.deferred.append((frame, first, exclude, deliver))
     if table.flusher is None:
         _schedule_flush(table)
@@ -106,7 +110,30 @@ def _send_deferred(table: ConnectionTable) -> None:
         log.exception("the turn's broadcasts could not be sent to every connection")
 
 
+WRONG_THREAD = (
+    "fws sends from the thread that started the server (its gevent hub runs the "
+    "flusher); from another thread or process, publish through the storage "
+    "(fws.storage.redis.publisher) or hand the message to the server's thread"
+)
+
+
+class WrongThreadError(RuntimeError):
+    """Something was sent from a thread other than the server's."""
+
+
+def check_thread(table: ConnectionTable) -> None:
+    """Refuse to queue from another thread: its hub would never run the flusher.
+
+    Frames queued there were never sent, and every later frame for the same
+    connections waited behind them; a deferred broadcast stopped the
+    flusher for the whole server.
+    """
+    if table.hub is not None and gevent.get_hub() is not table.hub:
+        raise WrongThreadError(WRONG_THREAD)
+
+
 def _schedule_flush(table: ConnectionTable) -> None:
+    check_thread(table)
     table.flusher = gevent.get_hub().loop.run_callback(_flush_connections, table)
 
 
@@ -253,6 +280,8 @@ class Outbound(ConnectionState):
         self.table.stats.count_sent(frame)
 
     def _queue(self, frame: bytes) -> None:
+        if self.table.flusher is None:  # the turn's first frame: from the right thread?
+            check_thread(self.table)  # before the frame is queued, not after
         self._outbox_bytes += len(frame)
         if self._opening is not None:
             opener, held = self._opening

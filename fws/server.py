@@ -42,7 +42,7 @@ from .handshake import ConnectionHandler
 from .http import WSGIApp, route, route_metrics_port
 from .listeners import MetricsPort, WebSocketPort, http_logs, metrics_listener, tls_context
 from .metrics import FLUSH_INTERVAL, Metrics, metrics_settings_problem
-from .outbound import defer_broadcast, deliver_deferred, fan_out
+from .outbound import check_thread, defer_broadcast, deliver_deferred, fan_out
 from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
 from .proxies import ProxyNetworks
@@ -304,6 +304,7 @@ class Server:
         Raises ``OSError`` if the address cannot be bound.
         """
         self._fit_pending_to_descriptors()
+        self.table.hub = gevent.get_hub()
         registry = self._registry if self._registry is not None else active_registry()
         for event, root in EVENTS.items():
             explicit = self._explicit[event]
@@ -599,6 +600,7 @@ class Server:
         queues is ``fws.outbound.fan_out``: compiled, as the flusher's, where
         ``fws._speedups`` is built (see ``fws._accel``).
         """
+        check_thread(self.table)  # before anything is queued
         frame = encode_message(data)
         first = frame[0]
         compressed: dict[Any, bytes] = {}  # one deflated frame per shared codec setting

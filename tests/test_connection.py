@@ -75,6 +75,7 @@ def test_a_flush_that_raises_leaves_the_other_connections_their_turn():
         to_flush: list[Due]
         flusher: object = None
         deferred: tuple[()] = ()
+        hub: object = None
 
     flushed: list[str] = []
     table = Table()

@@ -30,7 +30,7 @@ from fws import WebSocketMessageFilter, WebSocketOpenFilter
 from fws.context import ConnectionSettings, ConnectionTable
 from fws.deflate import DeflateSettings
 from fws.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
-from fws.outbound import _flush_connections, defer_broadcast
+from fws.outbound import WrongThreadError, _flush_connections, defer_broadcast
 from fws.storage.memory import MemoryStorage
 
 
@@ -350,3 +350,22 @@ def test_a_broadcast_that_fails_in_the_flusher_is_logged_and_the_other_queues_st
         connection.abort()
         peer.close()
         gevent.sleep(0.01)
+
+
+def test_sending_from_another_thread_is_refused_and_the_server_keeps_sending():
+    # The flusher runs in the server's hub; scheduled from another thread's hub
+    # it never ran, and with a deferred broadcast nothing was sent again.
+    from fws.filters.broadcast_messages import BroadcastMessages
+
+    with run_server(message=BroadcastMessages) as server:
+        sender, receiver = connect(server), connect(server)
+        wait_for(lambda: len(server.users) == 2)
+        with pytest.raises(WrongThreadError, match="from the thread that started the server"):
+            server.broadcast("from the test's thread")
+        connection = next(iter(server.users.values()))
+        with pytest.raises(WrongThreadError):
+            connection.send("from the test's thread too")
+        sender.send("from a client")
+        assert receiver.recv() == "from a client"
+        receiver.send("and back")
+        assert sender.recv() == "and back"
