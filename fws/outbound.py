@@ -79,11 +79,9 @@ def defer_broadcast(
     connection, or changes which connections it reaches (one opening, one
     closing), first queues every deferred broadcast (``deliver_deferred``).
     """
-    if table.flusher is None:
-        check_thread(table)  # before the broadcast waits for a flusher that never runs
-    table.deferred.append((frame, first, exclude, deliver))
-    if table.flusher is None:
+    if table.flusher is None:  # scheduled first: it checks the thread before anything waits
         _schedule_flush(table)
+    table.deferred.append((frame, first, exclude, deliver))
 
 
 def deliver_deferred(table: ConnectionTable) -> None:
