@@ -26,7 +26,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 
 import fws
 import fws.frames
-from fws import WebSocketMessageFilter, WebSocketOpenFilter
+from fws import Pipeline
 from fws.context import ConnectionSettings, ConnectionTable
 from fws.deflate import DeflateSettings
 from fws.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
@@ -41,15 +41,11 @@ def _texts(sock: socket.socket, count: int) -> list[str]:
 
 
 def test_a_reply_sent_after_a_broadcast_arrives_after_it():
-    class AnnounceThenReply(WebSocketMessageFilter):
-        registry = fws.Registry()
+    def announce_then_reply(web_socket_instance, data):
+        web_socket_instance.server.broadcast(f"all: {data}")
+        web_socket_instance.send(f"reply: {data}")
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            web_socket_instance.server.broadcast(f"all: {data}")
-            web_socket_instance.send(f"reply: {data}")
-
-    with run_server(message=AnnounceThenReply) as server:
+    with run_server(message=Pipeline(announce_then_reply)) as server:
         sender = raw_upgrade(server.address[1])
         other = raw_upgrade(server.address[1])
         wait_for(lambda: len(server.users) == 2)
@@ -62,15 +58,11 @@ def test_a_reply_sent_after_a_broadcast_arrives_after_it():
 
 
 def test_a_frame_queued_with_send_frame_after_a_broadcast_arrives_after_it():
-    class AnnounceThenSendFrame(WebSocketMessageFilter):
-        registry = fws.Registry()
+    def announce_then_send_frame(web_socket_instance, data):
+        web_socket_instance.server.broadcast(f"all: {data}")
+        web_socket_instance.send_frame(fws.frames.encode_message(f"frame: {data}"))
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            web_socket_instance.server.broadcast(f"all: {data}")
-            web_socket_instance.send_frame(fws.frames.encode_message(f"frame: {data}"))
-
-    with run_server(message=AnnounceThenSendFrame) as server:
+    with run_server(message=Pipeline(announce_then_send_frame)) as server:
         client = raw_upgrade(server.address[1])
         wait_for(lambda: len(server.users) == 1)
         client.sendall(client_frame(OP_TEXT, b"a") + client_frame(OP_TEXT, b"b"))
@@ -83,16 +75,12 @@ def test_a_large_binary_reply_and_a_pong_after_a_broadcast_arrive_after_it():
     # its own (_send_uncopied); a pong is a control frame (send_frame).
     large = b"L" * 20000
 
-    class AnnounceThenSendLarge(WebSocketMessageFilter):
-        registry = fws.Registry()
+    def announce_then_send_large(web_socket_instance, data):
+        web_socket_instance.server.broadcast(f"all: {data}")
+        if data == "large":
+            web_socket_instance.send(large)
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            web_socket_instance.server.broadcast(f"all: {data}")
-            if data == "large":
-                web_socket_instance.send(large)
-
-    with run_server(message=AnnounceThenSendLarge) as server:
+    with run_server(message=Pipeline(announce_then_send_large)) as server:
         client = raw_upgrade(server.address[1])
         wait_for(lambda: len(server.users) == 1)
         client.sendall(client_frame(OP_TEXT, b"large") + client_frame(OP_PING, b"p"))
@@ -115,16 +103,12 @@ def test_a_compressed_reply_after_a_broadcast_keeps_a_context_takeover_stream_in
         server_no_context_takeover=False, client_no_context_takeover=False, compress_min_size=0
     )
 
-    class AnnounceThenReply(WebSocketMessageFilter):
-        registry = fws.Registry()
-
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            web_socket_instance.server.broadcast(f"all {data} {text}")
-            web_socket_instance.send(f"reply {data} {text}")
+    def announce_then_reply(web_socket_instance, data):
+        web_socket_instance.server.broadcast(f"all {data} {text}")
+        web_socket_instance.send(f"reply {data} {text}")
 
     factory = ClientPerMessageDeflateFactory(client_max_window_bits=True)
-    with run_server(message=AnnounceThenReply, compression=settings) as server:
+    with run_server(message=Pipeline(announce_then_reply), compression=settings) as server:
         with ws_sync.connect(url(server), extensions=[factory], compression=None) as client:
             (extension,) = client.protocol.extensions
             assert not extension.remote_no_context_takeover
@@ -135,15 +119,11 @@ def test_a_compressed_reply_after_a_broadcast_keeps_a_context_takeover_stream_in
 
 
 def test_a_close_after_a_broadcast_goes_after_it():
-    class AnnounceThenClose(WebSocketMessageFilter):
-        registry = fws.Registry()
+    def announce_then_close(web_socket_instance, data):
+        web_socket_instance.server.broadcast(f"goodbye {data}")
+        web_socket_instance.close(1000, "done")
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            web_socket_instance.server.broadcast(f"goodbye {data}")
-            web_socket_instance.close(1000, "done")
-
-    with run_server(message=AnnounceThenClose) as server:
+    with run_server(message=Pipeline(announce_then_close)) as server:
         leaving = raw_upgrade(server.address[1])
         staying = connect(server)
         wait_for(lambda: len(server.users) == 2)
@@ -158,14 +138,10 @@ def test_a_close_after_a_broadcast_goes_after_it():
 def test_a_client_that_closes_gets_the_broadcasts_made_before_its_close():
     # The message and the close arrive in one read: the broadcast the message
     # makes is for the client, which is open then; the close reply goes after it.
-    class Announce(WebSocketMessageFilter):
-        registry = fws.Registry()
+    def announce(web_socket_instance, data):
+        web_socket_instance.server.broadcast(f"heard {data}")
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            web_socket_instance.server.broadcast(f"heard {data}")
-
-    with run_server(message=Announce) as server:
+    with run_server(message=Pipeline(announce)) as server:
         client = raw_upgrade(server.address[1])
         wait_for(lambda: len(server.users) == 1)
         client.sendall(
@@ -180,15 +156,11 @@ def test_a_client_that_closes_gets_the_broadcasts_made_before_its_close():
 def test_an_open_filter_s_broadcast_reaches_everyone_and_the_newcomer_where_it_was_made():
     # While a connection opens, broadcasts are not deferred: the open pipeline's
     # own frames go first to the newcomer, then what was broadcast meanwhile.
-    class Welcome(WebSocketOpenFilter):
-        registry = fws.Registry()
+    def welcome(web_socket_instance, data):
+        web_socket_instance.server.broadcast("someone joined")
+        web_socket_instance.send("welcome")
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            web_socket_instance.server.broadcast("someone joined")
-            web_socket_instance.send("welcome")
-
-    with run_server(open=Welcome) as server:
+    with run_server(open=Pipeline(welcome)) as server:
         first = connect(server)
         assert [first.recv(), first.recv()] == ["someone joined", "welcome"]
         second = connect(server)
@@ -201,17 +173,13 @@ def test_an_open_filter_that_yields_keeps_its_broadcast_where_it_made_it():
     # Deferred, the broadcast would reach the newcomer through the flusher while
     # its open pipeline sleeps, be held as if another client had sent it, and
     # arrive after everything the pipeline sends later.
-    class WelcomeSlowly(WebSocketOpenFilter):
-        registry = fws.Registry()
+    def welcome_slowly(web_socket_instance, data):
+        web_socket_instance.send("first")
+        web_socket_instance.server.broadcast("someone joined")
+        gevent.sleep(0.05)  # the hub turns: the flusher runs meanwhile
+        web_socket_instance.send("last")
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            web_socket_instance.send("first")
-            web_socket_instance.server.broadcast("someone joined")
-            gevent.sleep(0.05)  # the hub turns: the flusher runs meanwhile
-            web_socket_instance.send("last")
-
-    with run_server(open=WelcomeSlowly) as server:
+    with run_server(open=Pipeline(welcome_slowly)) as server:
         client = connect(server)
         assert [client.recv() for _ in range(3)] == ["first", "someone joined", "last"]
 
@@ -219,26 +187,18 @@ def test_an_open_filter_that_yields_keeps_its_broadcast_where_it_made_it():
 def test_an_open_filter_that_lets_a_timeout_escape_does_not_stop_deferring():
     # A gevent.Timeout is a BaseException, not an Exception: the opening must
     # still end (and be counted as ended), or no broadcast is deferred again.
-    class Escapes(WebSocketOpenFilter):
-        registry = fws.Registry()
-
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            if web_socket_instance.request.path == "/escape":
-                raise gevent.Timeout(0.01)
+    def escapes(web_socket_instance, data):
+        if web_socket_instance.request.path == "/escape":
+            raise gevent.Timeout(0.01)
 
     from fws.filters.broadcast_messages import BroadcastMessages
 
     deferred: list[bool] = []
 
-    class Record(WebSocketMessageFilter):
-        registry = fws.Registry()
+    def record(web_socket_instance, data):
+        deferred.append(bool(web_socket_instance.table.deferred))
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            deferred.append(bool(web_socket_instance.table.deferred))
-
-    with run_server(open=Escapes, message=BroadcastMessages | Record) as server:
+    with run_server(open=Pipeline(escapes), message=BroadcastMessages | record) as server:
         failing = raw_upgrade(server.address[1], path="/escape")
         failing.settimeout(5)
         wait_for(lambda: not server.users and server.table.opening == 0)
@@ -253,17 +213,13 @@ def test_an_open_filter_that_lets_a_timeout_escape_does_not_stop_deferring():
 def test_broadcast_returns_how_many_open_connections_it_is_for():
     counts: list[int] = []
 
-    class Count(WebSocketMessageFilter):
-        registry = fws.Registry()
+    def count(web_socket_instance, data):
+        server = web_socket_instance.server
+        counts.append(server.broadcast("to all"))
+        counts.append(server.broadcast("not to the sender", exclude=web_socket_instance.id))
+        counts.append(server.broadcast("nobody skipped", exclude="no such id"))
 
-        @classmethod
-        def filter(cls, web_socket_instance, data):
-            server = web_socket_instance.server
-            counts.append(server.broadcast("to all"))
-            counts.append(server.broadcast("not to the sender", exclude=web_socket_instance.id))
-            counts.append(server.broadcast("nobody skipped", exclude="no such id"))
-
-    with run_server(message=Count) as server:
+    with run_server(message=Pipeline(count)) as server:
         clients = [connect(server) for _ in range(3)]
         wait_for(lambda: len(server.users) == 3)
         clients[0].send("go")
