@@ -26,7 +26,7 @@ import redis
 from redis_topologies import RedisClusterProcesses, RedisSentinelProcesses
 
 from fws.errors import ConfigurationError
-from fws.storage.redis.cluster_link import ClusterLink
+from fws.storage.redis.cluster_link import REFRESH_ATTEMPTS, ClusterLink
 from fws.storage.redis.cluster_subscriber import failover_pending
 from fws.storage.redis.sentinel_link import SentinelLink
 from fws.storage.redis.urls import parse_cluster_url, parse_sentinel_url
@@ -322,6 +322,37 @@ def test_cluster_reset_refreshes_the_command_slot_table_past_a_hung_primary(
         redis_cluster.restart(victim)
 
 
+def test_cluster_reset_reads_a_table_naming_a_live_failed_node_a_bounded_number_of_times(
+    redis_cluster: RedisClusterProcesses,
+    cluster_link: ClusterLink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refreshed table that still names the failed node is read again, but not for ever.
+
+    The re-reads are for a node that has not heard of a promotion yet. When
+    the node was only slow, not replaced, it is still the primary: after
+    ``REFRESH_ATTEMPTS`` reads the link says so once and commands go there.
+    """
+    key = channels_on_distinct_shards(redis_cluster, 1)[0] + ":key"
+    owner = redis_cluster.node_for_key(key)
+    client = cluster_link.commands()
+    client.set(key, "before")
+    caplog.set_level("INFO", logger="fws.storage.redis")
+    cluster_link.node_failed(owner.name)  # reported silent, yet it answers
+    try:
+        cluster_link.reset(refresh=True)
+    finally:
+        cluster_link.node_answered(owner.name)
+    gave_up = [r.getMessage() for r in caplog.records if "still names" in r.getMessage()]
+    assert gave_up == [
+        f"the slot table still names {owner.name} a primary after {REFRESH_ATTEMPTS} reads: "
+        "commands go there"
+    ]
+    client.set(key, "after")
+    assert client.get(key) == b"after"
+    assert cluster_link.commands().get_node_from_key(key).name == owner.name
+
+
 def test_cluster_raw_subscription_survives_its_node_dying(
     redis_cluster: RedisClusterProcesses, cluster_link: ClusterLink
 ) -> None:
@@ -486,7 +517,7 @@ from gevent import monkey
 monkey.patch_all()
 import sys, time
 import gevent
-from fws.storage.redis.cluster_link import ClusterLink
+from fws.storage.redis.cluster_link import REFRESH_ATTEMPTS, ClusterLink
 from fws.storage.redis.sentinel_link import SentinelLink
 
 def run(link, channels, kind):

@@ -28,7 +28,9 @@ monkey-patched process; the Publisher uses them in a plain one.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 
 import redis
@@ -43,6 +45,7 @@ from .urls import POOL_SIZE, POOL_WAIT, connection_kwargs, parse_cluster_url
 
 __all__ = [
     "CLUSTER_RETRIES",
+    "REFRESH_ATTEMPTS",
     "ClusterLink",
     "ClusterSubscriber",
     "parse_cluster_url",
@@ -58,6 +61,27 @@ already replaced by its replica succeeds on the new one instead of failing
 the whole write batch. More would only hide a shard that is really down
 (redis-py re-tries without backoff); the storage backs off itself.
 """
+
+
+REFRESH_ATTEMPTS = 4
+"""Slot-table reads in one ``reset(refresh=True)`` while the table still names the failed node.
+
+The table comes from whichever node answers first, and a node learns of a
+promotion by gossip, a few milliseconds after the new primary knows. A
+server whose subscriber just found the new primary can thus read a table
+from a node that has not heard yet, and its first write would wait
+``COMMAND_TIMEOUT`` on the hung primary (the likely cause of a CI failure
+seen once in six runs: both servers back exactly 5.00 s after the
+promotion). A table that still
+routes to the failed node is read again, ``REFRESH_PAUSE`` apart; a node
+that really is still a primary costs at most 0.15 s more, on the outage
+path only.
+"""
+
+REFRESH_PAUSE = 0.05
+"""Seconds between those reads: about what gossip needs to reach every node."""
+
+log = logging.getLogger("fws.storage.redis")
 
 
 class _WaitingPool(redis.BlockingConnectionPool):
@@ -220,9 +244,30 @@ class ClusterLink:
         if not refresh:
             return
         try:
-            client.nodes_manager.initialize(last_failed_node_name=self._failed_node)
+            self._refresh_slot_table(client)
         except RedisClusterException as exc:
             raise cluster_error(exc) from exc
+
+    def _refresh_slot_table(self, client: RedisCluster) -> None:
+        """Re-read the slot table, again while it still names :attr:`failed_node` a primary.
+
+        See ``REFRESH_ATTEMPTS``: the first node to answer may not have heard
+        of the promotion yet.
+        """
+        for attempt in range(1, REFRESH_ATTEMPTS + 1):
+            failed = self._failed_node
+            client.nodes_manager.initialize(last_failed_node_name=failed)
+            if failed is None or all(node.name != failed for node in client.get_primaries()):
+                if attempt > 1:
+                    log.info("slot table read %d times before it left out %s", attempt, failed)
+                return
+            if attempt < REFRESH_ATTEMPTS:
+                time.sleep(REFRESH_PAUSE)
+        log.info(
+            "the slot table still names %s a primary after %d reads: commands go there",
+            failed,
+            REFRESH_ATTEMPTS,
+        )
 
     def close(self) -> None:
         with self._lock:
