@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .stats import ServerStats
 
 if TYPE_CHECKING:
+    from .after_input import AfterInput
     from .busy_poll import BusyPoll
     from .connection import Connection
     from .inbound import Inbound
@@ -85,10 +86,14 @@ class ConnectionTable:
         self.to_flush: list[Outbound] = []
         """Connections with frames queued for the flusher's next turn (``fws.outbound``)."""
         self.flusher: Any = None
-        """The flusher's hub callback while it is due or running; None otherwise."""
+        """The flusher's hub callback while it is due or running (True while ``after_input``
+        runs it); None otherwise."""
         self.deferred: list[Deferred] = []
         """Broadcasts to every connection, queued for nobody yet: the flusher sends each
         connection its share with its queue (``fws.outbound.defer_broadcast``)."""
+        self.after_input: AfterInput | None = None
+        """Where deferred broadcasts wait for the hub to read what arrived (``fws.after_input``);
+        None: sent on the hub's next turn (a server not started)."""
         self.opening = 0
         """Connections whose open pipeline runs: while any does, no broadcast is deferred."""
         self.read_buffer = bytearray(READ_SIZE)

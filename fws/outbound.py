@@ -80,8 +80,25 @@ def defer_broadcast(
     closing), first queues every deferred broadcast (``deliver_deferred``).
     """
     if table.flusher is None:  # scheduled first: it checks the thread before anything waits
-        _schedule_flush(table)
+        after_input = table.after_input
+        if after_input is None:
+            _schedule_flush(table)
+        elif not after_input.pending:
+            check_thread(table)
+            after_input.start()
     table.deferred.append((frame, first, exclude, deliver))
+
+
+def flush_after_input(table: ConnectionTable) -> None:
+    """The flusher, when the hub has read what arrived (``fws.after_input``) and none is due.
+
+    Deferred broadcasts wait for it, so that a burst of messages from a
+    sender leaves in one send per connection; anything else queued in the
+    meantime schedules the flusher at once, which sends them too.
+    """
+    if table.flusher is None and (table.deferred or table.to_flush):
+        table.flusher = True  # what _queue checks: running, do not schedule another
+        _flush_connections(table)
 
 
 def deliver_deferred(table: ConnectionTable) -> None:

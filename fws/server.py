@@ -20,6 +20,7 @@ import socket
 import ssl
 import time
 from collections.abc import Collection, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import gevent
@@ -29,6 +30,7 @@ import gevent.ssl
 from gevent.pywsgi import WSGIServer
 
 from ._accel import IMPLEMENTATION
+from .after_input import AfterInput
 from .busy_poll import BusyPoll
 from .connection import PARK_AFTER, Connection
 from .consumer import ConsumerQueue
@@ -42,7 +44,13 @@ from .handshake import ConnectionHandler
 from .http import WSGIApp, route, route_metrics_port
 from .listeners import MetricsPort, WebSocketPort, http_logs, metrics_listener, tls_context
 from .metrics import FLUSH_INTERVAL, Metrics, metrics_settings_problem
-from .outbound import check_thread, defer_broadcast, deliver_deferred, fan_out
+from .outbound import (
+    check_thread,
+    defer_broadcast,
+    deliver_deferred,
+    fan_out,
+    flush_after_input,
+)
 from .pending import PendingHandshakes, fit_to_descriptors
 from .pipeline import DROP, Pipeline
 from .proxies import ProxyNetworks
@@ -381,6 +389,9 @@ class Server:
             self.table.busy_poll = BusyPoll(
                 gevent.get_hub().loop, self.busy_poll_us * 1e-6, self.table.stats
             )
+        self.table.after_input = AfterInput(
+            gevent.get_hub().loop, partial(flush_after_input, self.table)
+        )
         self._greenlets = [
             supervised("consumer", self._consume, self._give_up),
             supervised("parking", self._park_quiet_readers, self._give_up),
