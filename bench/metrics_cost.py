@@ -33,6 +33,7 @@ from typing import Any
 
 import gevent
 import gevent.socket
+from inprocess import flush_turn
 
 import fws
 from fws.filters.echo import Echo
@@ -89,8 +90,8 @@ def broadcast(server: fws.Server, rounds: int, receivers: int = 200) -> float:
     for n in range(rounds):
         server.broadcast(message)
         if n % 10 == 9:
-            gevent.sleep(0)  # writers send what was queued
-    gevent.sleep(0)
+            flush_turn(server)
+    flush_turn(server)
     elapsed = time.process_time() - started
     for connection, theirs, drainer in opened:
         drainer.kill()
