@@ -12,7 +12,11 @@ to 16 messages a turn, 11 on average, socketify.py 15.
 after a poll (a zero-timeout one, while the watcher is active) found
 nothing else to run; and a check watcher, called after every poll, which
 runs the callback anyway once ``limit`` seconds have passed, so that a hub
-that always has a reader to run still sends. (A libev timer was the first
+that always has a reader to run still sends. The check runs when libev
+polls, which gevent delays while it runs queued callbacks (up to its
+switch interval, 5 ms): ``overdue()`` lets the code that starts the wait
+see that the bound has passed (``fws.outbound.defer_broadcast`` then
+flushes on the hub's next turn). (A libev timer was the first
 bound tried: restarted each turn, it fired 14-83 µs after its start
 instead of milliseconds later, even with the loop's clock updated first.)
 
@@ -62,10 +66,20 @@ class AfterInput:
     def start(self) -> None:
         """Run the callback once no reader is ready, or ``limit`` s from now at the latest."""
         if not self.pending:
-            self.pending = True
             self._deadline = _monotonic() + self.limit
             self._idle.start(self._run)
             self._check.start(self._run_if_due)
+            self.pending = True  # only once both watch: else the next start tries again
+
+    def overdue(self) -> bool:
+        """Whether the callback waits past its bound (libev has not had the hub since).
+
+        gevent runs queued callbacks for up to its switch interval (5 ms)
+        before libev polls again, so a greenlet that loops on
+        ``gevent.sleep(0)`` keeps the check watcher from running; the caller
+        asks this instead, and runs the callback's work itself.
+        """
+        return self.pending and _monotonic() >= self._deadline
 
     def stop(self) -> None:
         """Run nothing (the server stops)."""

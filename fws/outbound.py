@@ -86,6 +86,8 @@ def defer_broadcast(
         elif not after_input.pending:
             check_thread(table)
             after_input.start()
+        elif after_input.overdue():  # a hub kept busy by callbacks: libev never polled
+            _schedule_flush(table)
     table.deferred.append((frame, first, exclude, deliver))
 
 

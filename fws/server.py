@@ -561,6 +561,11 @@ class Server:
             if self.table.busy_poll is not None:
                 self.table.busy_poll.close()
                 self.table.busy_poll = None
+            if self.table.after_input is not None:
+                # Every connection was closed above, each close sending what
+                # was deferred first (deliver_deferred): nothing waits here.
+                self.table.after_input.stop()
+                self.table.after_input = None
             self._stopped.set()
 
     def _drain_consumer(self, deadline: float) -> None:
@@ -601,10 +606,12 @@ class Server:
         With ``to``, returns how many connections it was queued for.
 
         A broadcast to every connection is queued for nobody at once: the
-        flusher, on the hub's next turn, sends each connection its share of
-        the turn's broadcasts with the rest of its queue, in one call
-        (``fws.outbound.defer_broadcast``; nothing queued meanwhile overtakes
-        it). It returns how many connections it is for: every one in
+        flusher sends each connection its share of the turn's broadcasts
+        with the rest of its queue, in one call, once the hub has read what
+        arrived meanwhile, 0.5 ms after the first at most
+        (``fws.outbound.defer_broadcast``, ``fws.after_input``; anything
+        queued meanwhile goes on the hub's next turn, and overtakes none of
+        them). It returns how many connections it is for: every one in
         ``users`` (open, or closing and not yet gone; a closing one gets
         nothing), the ``exclude`` one not counted. While a connection's open
         pipeline runs, it is queued at once, as with ``to``. The loop that

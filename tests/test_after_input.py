@@ -75,3 +75,16 @@ def test_stop_runs_nothing(ran: list[float]) -> None:
     after.start()  # and it can be used again
     gevent.sleep(0.05)
     assert len(ran) == 1
+
+
+def test_overdue_once_the_bound_passes_without_the_hub(ran: list[float]) -> None:
+    after = AfterInput(gevent.get_hub().loop, lambda: ran.append(time.monotonic()), limit=0.002)
+    assert not after.overdue()  # nothing waits
+    after.start()
+    assert not after.overdue()
+    bound = time.monotonic() + 0.004
+    while time.monotonic() < bound:  # no yield: libev cannot run the check watcher
+        pass
+    assert after.overdue() and not ran
+    gevent.sleep(0.05)
+    assert len(ran) == 1 and not after.overdue()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 
 import gevent
 import gevent.queue
@@ -227,6 +228,33 @@ def test_broadcast_returns_how_many_open_connections_it_is_for():
         assert counts == [3, 2, 3]
         for client in clients:
             client.close()
+
+
+def test_broadcasts_wait_for_an_idle_hub_but_go_on_its_next_turn_once_overdue():
+    # A filter that never lets libev poll (gevent runs queued callbacks for up
+    # to 5 ms first) must not hold the broadcasts past their bound: the next
+    # broadcast after it schedules the flusher itself (fws.after_input).
+    seen: list[tuple[bool, bool]] = []
+
+    def announce_past_the_bound(web_socket_instance, data):
+        server = web_socket_instance.server
+        table = server.table
+        server.broadcast(f"first: {data}")
+        seen.append((table.after_input.pending, table.flusher is None))
+        bound = time.monotonic() + 2 * table.after_input.limit
+        while time.monotonic() < bound:  # no yield: the hub cannot poll
+            pass
+        server.broadcast(f"second: {data}")
+        seen.append((table.after_input.pending, table.flusher is None))
+
+    with run_server(message=Pipeline(announce_past_the_bound)) as server:
+        client = connect(server)
+        wait_for(lambda: len(server.users) == 1)
+        client.send("go")
+        assert [client.recv(), client.recv()] == ["first: go", "second: go"]
+        # waiting for an idle hub, then overdue: flushed on the next turn
+        assert seen == [(True, True), (True, False)]
+        client.close()
 
 
 @pytest.fixture

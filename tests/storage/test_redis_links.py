@@ -517,7 +517,7 @@ from gevent import monkey
 monkey.patch_all()
 import sys, time
 import gevent
-from fws.storage.redis.cluster_link import REFRESH_ATTEMPTS, ClusterLink
+from fws.storage.redis.cluster_link import ClusterLink
 from fws.storage.redis.sentinel_link import SentinelLink
 
 def run(link, channels, kind):

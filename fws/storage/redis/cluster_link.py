@@ -74,8 +74,9 @@ from a node that has not heard yet, and its first write would wait
 seen once in six runs: both servers back exactly 5.00 s after the
 promotion). A table that still
 routes to the failed node is read again, ``REFRESH_PAUSE`` apart; a node
-that really is still a primary costs at most 0.15 s more, on the outage
-path only.
+that really is still a primary costs three pauses (0.15 s) and three more
+reads, on the outage path only (a read that first tries a hung seed other
+than the failed node waits for its timeout, as any refresh does).
 """
 
 REFRESH_PAUSE = 0.05
