@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import gevent
+import gevent.socket
 import pytest
 
 from fws.after_input import AfterInput
@@ -38,6 +39,26 @@ def test_runs_once_the_hub_has_nothing_else_to_run(ran: list[float]) -> None:
     gevent.sleep(0.05)
     assert len(ran) == 1  # long before the 60 s bound: the idle watcher ran it
     assert not after.pending
+
+
+def test_a_reader_with_data_waiting_runs_before_it() -> None:
+    """The point of the wait: what has arrived is read before the callback runs."""
+    order: list[str] = []
+    ours, theirs = gevent.socket.socketpair()
+
+    def reader() -> None:
+        order.append(f"read {ours.recv(100).decode()}")
+
+    after = AfterInput(gevent.get_hub().loop, lambda: order.append("callback"), limit=60)
+    waiting = gevent.spawn(reader)
+    gevent.sleep(0)  # the reader waits on its watcher
+    theirs.sendall(b"burst")  # readable before the hub polls again
+    after.start()
+    waiting.join(timeout=5)
+    gevent.sleep(0.05)
+    assert order == ["read burst", "callback"]
+    ours.close()
+    theirs.close()
 
 
 def test_a_busy_hub_still_runs_it_at_the_bound(ran: list[float]) -> None:
