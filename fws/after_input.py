@@ -18,7 +18,9 @@ switch interval, 5 ms): ``overdue()`` lets the code that starts the wait
 see that the bound has passed (``fws.outbound.defer_broadcast`` then
 flushes on the hub's next turn). (A libev timer was the first
 bound tried: restarted each turn, it fired 14-83 µs after its start
-instead of milliseconds later, even with the loop's clock updated first.)
+instead of milliseconds later. A fired one-shot timer that is started
+again fires at once, as ``Server._timed_run`` notes; a new timer
+a turn would do, but the check watcher needs no allocation.)
 
 No gevent import here: the server hands in its hub's loop.
 """
