@@ -165,11 +165,17 @@ class Server:
         # hub polls without sleeping for up to this many microseconds, while
         # clients' next messages keep arriving that soon. None or 0: never.
         busy_poll_us: int | None = 50,
+        # Broadcasts to everyone wait for the hub to read what arrived (see
+        # fws.after_input), this many microseconds at most. None or 0: they go
+        # on the hub's next turn.
+        broadcast_wait_us: int | None = 500,
     ) -> None:
         if close_timeout <= 0:
             raise ValueError("close_timeout must be more than 0 seconds")
         if busy_poll_us is not None and busy_poll_us < 0:
             raise ValueError("busy_poll_us must be 0 (off) or more microseconds")
+        if broadcast_wait_us is not None and broadcast_wait_us < 0:
+            raise ValueError("broadcast_wait_us must be 0 (off) or more microseconds")
         if drain_delay < 0:
             raise ValueError("drain_delay must be 0 or more seconds")
         if app is not None and not callable(app):
@@ -182,6 +188,7 @@ class Server:
         self.host = host
         self.port = port
         self.busy_poll_us = busy_poll_us or 0
+        self.broadcast_wait_us = broadcast_wait_us or 0
         self._listener = listener
         self._explicit: dict[str, Any] = {
             "connect": connect,
@@ -389,9 +396,12 @@ class Server:
             self.table.busy_poll = BusyPoll(
                 gevent.get_hub().loop, self.busy_poll_us * 1e-6, self.table.stats
             )
-        self.table.after_input = AfterInput(
-            gevent.get_hub().loop, partial(flush_after_input, self.table)
-        )
+        if self.broadcast_wait_us:
+            self.table.after_input = AfterInput(
+                gevent.get_hub().loop,
+                partial(flush_after_input, self.table),
+                self.broadcast_wait_us * 1e-6,
+            )
         self._greenlets = [
             supervised("consumer", self._consume, self._give_up),
             supervised("parking", self._park_quiet_readers, self._give_up),
@@ -608,7 +618,7 @@ class Server:
         A broadcast to every connection is queued for nobody at once: the
         flusher sends each connection its share of the turn's broadcasts
         with the rest of its queue, in one call, once the hub has read what
-        arrived meanwhile, 0.5 ms after the first at most
+        arrived meanwhile, ``broadcast_wait_us`` after the first at most
         (``fws.outbound.defer_broadcast``, ``fws.after_input``; anything
         queued meanwhile goes on the hub's next turn, and overtakes none of
         them). It returns how many connections it is for: every one in

@@ -22,7 +22,15 @@ import gevent.socket
 import pytest
 import websockets.sync.client as ws_sync
 from frame_builder import client_frame
-from helpers import connect, raw_upgrade, read_server_frame, run_server, url, wait_for
+from helpers import (
+    connect,
+    raw_upgrade,
+    read_server_frame,
+    run_fws_server,
+    run_server,
+    url,
+    wait_for,
+)
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 import fws
@@ -255,6 +263,36 @@ def test_broadcasts_wait_for_an_idle_hub_but_go_on_its_next_turn_once_overdue():
         # waiting for an idle hub, then overdue: flushed on the next turn
         assert seen == [(True, True), (True, False)]
         client.close()
+
+
+@pytest.mark.parametrize("wait_us", [0, 2000])
+def test_broadcast_wait_us_sets_the_wait_or_turns_it_off(wait_us):
+    flusher_due: list[bool] = []
+
+    def announce_then_reply(web_socket_instance, data):
+        server = web_socket_instance.server
+        server.broadcast(f"all: {data}")
+        flusher_due.append(server.table.flusher is not None)
+        web_socket_instance.send(f"reply: {data}")
+
+    with run_server(message=Pipeline(announce_then_reply), broadcast_wait_us=wait_us) as server:
+        after_input = server.table.after_input
+        assert (after_input is None) if wait_us == 0 else (after_input.limit == wait_us * 1e-6)
+        client = connect(server)
+        wait_for(lambda: len(server.users) == 1)
+        client.send("go")
+        assert [client.recv(), client.recv()] == ["all: go", "reply: go"]
+        # off: the flusher is due on the next turn at once; on: it waits for an idle hub
+        assert flusher_due == [wait_us == 0]
+        client.close()
+
+
+def test_a_negative_broadcast_wait_is_refused():
+    with pytest.raises(ValueError, match="broadcast_wait_us"):
+        fws.Server(broadcast_wait_us=-1)
+    result = run_fws_server(["-f", "echo", "--broadcast-wait-us", "-1"])
+    assert result.returncode == 2
+    assert "--broadcast-wait-us" in result.stderr
 
 
 @pytest.fixture

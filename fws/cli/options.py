@@ -112,6 +112,13 @@ LIMITS: tuple[tuple[str, type, str], ...] = (
         "a client's reader starts to wait, while clients' next messages keep coming that soon: "
         "lower latency for chatty clients for some CPU; it stops by itself when they pause.",
     ),
+    (
+        "broadcast_wait_us",
+        int,
+        "Microseconds at most that a broadcast to every client waits for the server to read "
+        "what has arrived meanwhile, so that a burst of messages leaves in one send per client; "
+        "0: broadcasts go at once (on the next loop turn).",
+    ),
 )
 
 
