@@ -47,6 +47,9 @@ _monotonic = time.monotonic
 class AfterInput:
     """``callback``, run in the hub once no reader is ready after ``start()``, or at the bound.
 
+    The callback gets one argument: True when the bound ran it (the hub was
+    never idle), False when the idle watcher did.
+
     ``start()`` while it is pending changes nothing: the first start's
     bound holds.
     """
@@ -54,7 +57,7 @@ class AfterInput:
     __slots__ = ("pending", "limit", "_deadline", "_callback", "_idle", "_check")
 
     def __init__(
-        self, loop: Any, callback: Callable[[], object], limit: float = AFTER_INPUT_LIMIT
+        self, loop: Any, callback: Callable[[bool], object], limit: float = AFTER_INPUT_LIMIT
     ) -> None:
         self.pending = False
         """Whether the callback waits to run."""
@@ -69,7 +72,7 @@ class AfterInput:
         """Run the callback once no reader is ready, or ``limit`` s from now at the latest."""
         if not self.pending:
             self._deadline = _monotonic() + self.limit
-            self._idle.start(self._run)
+            self._idle.start(self._run, False)
             self._check.start(self._run_if_due)
             self.pending = True  # only once both watch: else the next start tries again
 
@@ -91,8 +94,8 @@ class AfterInput:
 
     def _run_if_due(self) -> None:
         if _monotonic() >= self._deadline:
-            self._run()
+            self._run(True)
 
-    def _run(self) -> None:
+    def _run(self, bounded: bool) -> None:
         self.stop()
-        self._callback()
+        self._callback(bounded)

@@ -61,6 +61,8 @@ _SCALARS = (
     "redis_messages_lost",
     "busy_poll_windows",
     "busy_poll_misses",
+    "broadcast_waits",
+    "broadcast_waits_bounded",
 )
 
 _OPCODES = {
@@ -234,6 +236,16 @@ class Metrics:
             "fws_busy_poll_misses_total",
             "Busy-polling windows that ran out with nothing read; each spent up to "
             "--busy-poll-us of CPU for nothing.",
+        )
+        self.broadcast_waits = counter(
+            "fws_broadcast_waits_total",
+            "Times broadcasts to every client waited for the server to read what had arrived "
+            "(see --broadcast-wait-us).",
+        )
+        self.broadcast_waits_bounded = counter(
+            "fws_broadcast_waits_bounded_total",
+            "Broadcast waits that lasted the whole --broadcast-wait-us: the server always had "
+            "a client to read, and the broadcasts waited that long.",
         )
         # Series a dashboard expects to see at 0 before anything happened.
         for opcode in ("text", "binary"):

@@ -86,19 +86,24 @@ def defer_broadcast(
         elif not after_input.pending:
             check_thread(table)
             after_input.start()
+            table.stats.broadcast_waits += 1
         elif after_input.overdue():  # a hub kept busy by callbacks: libev never polled
             _schedule_flush(table)
+            table.stats.broadcast_waits_bounded += 1
     table.deferred.append((frame, first, exclude, deliver))
 
 
-def flush_after_input(table: ConnectionTable) -> None:
+def flush_after_input(table: ConnectionTable, bounded: bool = False) -> None:
     """The flusher, when the hub has read what arrived (``fws.after_input``) and none is due.
 
     Deferred broadcasts wait for it, so that a burst of messages from a
     sender leaves in one send per connection; anything else queued in the
-    meantime schedules the flusher at once, which sends them too.
+    meantime schedules the flusher at once, which sends them too. ``bounded``:
+    the wait ran out with the hub never idle (counted for the metrics).
     """
     if table.flusher is None and (table.deferred or table.to_flush):
+        if bounded:
+            table.stats.broadcast_waits_bounded += 1
         table.flusher = True  # what _queue checks: running, do not schedule another
         _flush_connections(table)
 

@@ -94,6 +94,8 @@ class ServerStats:
     __slots__ = (
         "bytes_received",
         "bytes_sent",
+        "broadcast_waits",
+        "broadcast_waits_bounded",
         "busy_poll_misses",
         "busy_poll_windows",
         "close_codes_received",
@@ -144,6 +146,10 @@ class ServerStats:
         """Messages for other servers that could not be published during Redis outages."""
         self.busy_poll_windows = 0
         """Times the hub began to poll without sleeping (``fws.busy_poll``)."""
+        self.broadcast_waits = 0
+        """Turns whose broadcasts waited for the hub to read what arrived (``fws.after_input``)."""
+        self.broadcast_waits_bounded = 0
+        """Those the bound ended, the hub never idle: broadcasts that waited the whole bound."""
         self.busy_poll_misses = 0
         """Busy-polling windows that ran out with nothing read: CPU spent for nothing."""
         self.redis_envelopes_dropped: Counter[str] = Counter()

@@ -15,6 +15,7 @@ import logging
 import socket
 import struct
 import time
+import urllib.request
 
 import gevent
 import gevent.queue
@@ -31,6 +32,7 @@ from helpers import (
     url,
     wait_for,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 import fws
@@ -262,7 +264,20 @@ def test_broadcasts_wait_for_an_idle_hub_but_go_on_its_next_turn_once_overdue():
         assert [client.recv(), client.recv()] == ["first: go", "second: go"]
         # waiting for an idle hub, then overdue: flushed on the next turn
         assert seen == [(True, True), (True, False)]
+        # one wait, which the bound ended: what the metrics say
+        stats = server.table.stats
+        assert (stats.broadcast_waits, stats.broadcast_waits_bounded) == (1, 1)
+        metrics = _metric_values(server)
+        assert metrics["fws_broadcast_waits_total"] == 1
+        assert metrics["fws_broadcast_waits_bounded_total"] == 1
         client.close()
+
+
+def _metric_values(server: fws.Server) -> dict[str, float]:
+    """The unlabelled samples of the server's /metrics."""
+    with urllib.request.urlopen(url(server, "/metrics", scheme="http"), timeout=5) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    return {sample.name: sample.value for family in families for sample in family.samples}
 
 
 @pytest.mark.parametrize("wait_us", [0, 2000])
@@ -284,6 +299,7 @@ def test_broadcast_wait_us_sets_the_wait_or_turns_it_off(wait_us):
         assert [client.recv(), client.recv()] == ["all: go", "reply: go"]
         # off: the flusher is due on the next turn at once; on: it waits for an idle hub
         assert flusher_due == [wait_us == 0]
+        assert server.table.stats.broadcast_waits == (0 if wait_us == 0 else 1)
         client.close()
 
 
