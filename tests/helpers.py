@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import gevent
 import pytest
 import websocket
+from prometheus_client.parser import text_string_to_metric_families
 
 import fws
 
@@ -132,6 +134,13 @@ def require_binary(name: str, install: str) -> str:
 
 def url(server: fws.Server, path: str = "/", scheme: str = "ws") -> str:
     return f"{scheme}://{LOOPBACK}:{server.address[1]}{path}"
+
+
+def metric_values(server: fws.Server) -> dict[str, float]:
+    """The unlabelled samples of the server's /metrics."""
+    with urllib.request.urlopen(url(server, "/metrics", scheme="http"), timeout=5) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    return {sample.name: sample.value for family in families for sample in family.samples}
 
 
 def connect(target: fws.Server | str, **kwargs: Any) -> websocket.WebSocket:

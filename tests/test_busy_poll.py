@@ -18,12 +18,12 @@ from helpers import (
     ServerProcess,
     TLSFiles,
     connect,
+    metric_values,
     run_fws_server,
     run_server,
     url,
     wait_for,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 import fws
 from fws.busy_poll import MISSES_TO_STOP
@@ -80,13 +80,6 @@ def test_back_to_back_messages_make_the_hub_poll_without_sleeping_until_they_sto
         assert busy.enabled and busy.misses == 0
         client.close()
     assert server.table.busy_poll is None  # stopping the server closed its watcher
-
-
-def metric_values(server: fws.Server) -> dict[str, float]:
-    """The unlabelled samples of the server's /metrics."""
-    with urllib.request.urlopen(url(server, "/metrics", scheme="http"), timeout=5) as response:
-        families = text_string_to_metric_families(response.read().decode())
-    return {sample.name: sample.value for family in families for sample in family.samples}
 
 
 def test_over_tls_only_back_to_back_messages_turn_it_on(tmp_path):

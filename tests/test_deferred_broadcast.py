@@ -15,7 +15,6 @@ import logging
 import socket
 import struct
 import time
-import urllib.request
 
 import gevent
 import gevent.queue
@@ -25,6 +24,7 @@ import websockets.sync.client as ws_sync
 from frame_builder import client_frame
 from helpers import (
     connect,
+    metric_values,
     raw_upgrade,
     read_server_frame,
     run_fws_server,
@@ -32,7 +32,6 @@ from helpers import (
     url,
     wait_for,
 )
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 import fws
@@ -267,17 +266,10 @@ def test_broadcasts_wait_for_an_idle_hub_but_go_on_its_next_turn_once_overdue():
         # one wait, which the bound ended: what the metrics say
         stats = server.table.stats
         assert (stats.broadcast_waits, stats.broadcast_waits_bounded) == (1, 1)
-        metrics = _metric_values(server)
+        metrics = metric_values(server)
         assert metrics["fws_broadcast_waits_total"] == 1
         assert metrics["fws_broadcast_waits_bounded_total"] == 1
         client.close()
-
-
-def _metric_values(server: fws.Server) -> dict[str, float]:
-    """The unlabelled samples of the server's /metrics."""
-    with urllib.request.urlopen(url(server, "/metrics", scheme="http"), timeout=5) as response:
-        families = text_string_to_metric_families(response.read().decode())
-    return {sample.name: sample.value for family in families for sample in family.samples}
 
 
 @pytest.mark.parametrize("wait_us", [0, 2000])
