@@ -19,7 +19,6 @@ from helpers import (
     TLSFiles,
     connect,
     metric_values,
-    run_fws_server,
     run_server,
     url,
     wait_for,
@@ -110,14 +109,6 @@ def test_busy_poll_off_never_spins():
         echo_back_to_back(client)
         assert loop_iterations_over(server, 0.1) < 50
         client.close()
-
-
-def test_a_negative_window_is_refused():
-    with pytest.raises(ValueError, match="busy_poll_us"):
-        fws.Server(busy_poll_us=-1)
-    result = run_fws_server(["-f", "echo", "--busy-poll-us", "-1"])
-    assert result.returncode == 2
-    assert "--busy-poll-us" in result.stderr
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -456,3 +456,13 @@ def test_config_flags_can_name_a_flags_off_spelling(tmp_path):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=5)
             assert refused.value.code == 426
+
+
+@pytest.mark.parametrize("keyword", ["busy_poll_us", "broadcast_wait_us"])
+def test_a_negative_hub_window_is_refused_by_the_server_and_the_cli(keyword):
+    option = "--" + keyword.replace("_", "-")
+    with pytest.raises(ValueError, match=keyword):
+        fws.Server(**{keyword: -1})
+    result = run_fws_server(["-f", "echo", option, "-1"])
+    assert result.returncode == 2
+    assert option in result.stderr
