@@ -225,12 +225,27 @@ def parse_offers(header_values: Sequence[str]) -> tuple[ExtensionOffer, ...]:
     """
     offers: list[ExtensionOffer] = []
     for value in header_values:
-        try:
-            parsed = parse_extension(value)
-        except InvalidHeader:
-            continue
-        offers.extend((name, tuple(params)) for name, params in parsed)
+        if len(value) <= _CACHED_LINE:
+            offers.extend(_parse_common_line(value))
+        else:
+            offers.extend(_parse_line(value))
     return tuple(offers)
+
+
+_CACHED_LINE = 200
+"""Lines up to this long are parsed once: browsers of one kind all send the same line."""
+
+
+def _parse_line(value: str) -> tuple[ExtensionOffer, ...]:
+    try:
+        parsed = parse_extension(value)
+    except InvalidHeader:  # also a client that offers none: parse_extension("") raises
+        return ()
+    return tuple((name, tuple(params)) for name, params in parsed)
+
+
+# At most 64 lines of 200 characters: a client sending new lines only evicts.
+_parse_common_line = lru_cache(maxsize=64)(_parse_line)
 
 
 def negotiate(
