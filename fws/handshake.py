@@ -73,7 +73,7 @@ from .head_reader import (
     read_get_head,
 )
 from .pipeline import DROP
-from .request_head import parse_head
+from .request_head import head_length, parse_head
 
 if TYPE_CHECKING:
     from .server import Server
@@ -122,13 +122,11 @@ class ConnectionHandler(WebSocketHandler):
     """What the client sent after a fast-path upgrade's head (frames sent right away)."""
     _replay: Replay | None = None
     """pywsgi's input, from the bytes the fast path received on."""
+    received_first = b""
+    """What was read off the socket at the accept (``fws.quick_upgrade``): the first read."""
 
     def __init__(self, sock: socket.socket, address: Any, server: Any) -> None:
-        # fws batches its writes itself; Nagle's algorithm would only add delay.
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not a TCP socket (a test's socketpair, a Unix socket)
+        # TCP_NODELAY is set by WebSocketPort (fws.listeners), on its listener.
         # pywsgi's reader is made only if pywsgi gets the request (_read_head).
         super().__init__(sock, address, server, rfile=_NO_READER)
         self.application = server.application  # pywsgi sets it per request; the fast path first
@@ -189,21 +187,15 @@ class ConnectionHandler(WebSocketHandler):
         """
         sock = self.socket
         limit = self.application.max_header_bytes
-        received, length, error = read_get_head(sock, limit)
+        received, length, error = read_get_head(sock, limit, self.received_first)
         if length is not None:
-            head = parse_head(received[:length])
-            if head is not None and is_plain_upgrade(head.method, head.version, head.headers):
+            request, length = plain_upgrade_request(
+                self.application, received, self.client_address
+            )
+            if request is not None:
                 self._leftover = bytes(received[length:])
-                path, _, query = head.target.partition("?")
-                request = upgrade_request(
-                    self.application.trusted_proxies,
-                    path_info(path),
-                    query,
-                    head.headers,
-                    self.client_address,
-                )
                 # No body: is_plain_upgrade left any head with a body's headers to pywsgi.
-                refusal = self._negotiate(request, head.method, head.version, has_body=False)
+                refusal = self._negotiate(request, "GET", "HTTP/1.1", has_body=False)
                 if refusal is None:
                     return True
                 self._refused = (request, refusal)
@@ -347,7 +339,7 @@ class ConnectionHandler(WebSocketHandler):
         client went away meanwhile).
         """
         server: Server = self.application
-        early = self._check(server, request, method, version, has_body)
+        early = check_request(server, request, method, version, has_body)
         if early is not None:
             return early
         # Hold a place under max_connections from now until the connection is in
@@ -384,7 +376,7 @@ class ConnectionHandler(WebSocketHandler):
         finally:
             if server.pipelines["connect"]:
                 stats.filter_time("connect").observe(time.perf_counter() - started)
-        response = self._response_headers(server, connection, request)
+        response = response_head(server, connection, request)
         if isinstance(response, Reject):
             return response
         try:
@@ -399,67 +391,6 @@ class ConnectionHandler(WebSocketHandler):
         server.table.stats.handshakes[101] += 1
         self._hand_over(connection)
         return None
-
-    def _check(
-        self, server: Server, request: Request, method: str, version: str, has_body: bool
-    ) -> Reject | None:
-        """Every refusal decided from the request alone, before any connect filter runs.
-
-        The RFC's (``check_upgrade``, which says what ``has_body`` is), then
-        the server's own: they read its state of the moment.
-        """
-        rfc_refusal = check_upgrade(request, method, version, has_body)
-        if rfc_refusal is not None:
-            return rfc_refusal
-        headers = request.headers
-        if server.stopping or server.draining:
-            return Reject(503, "server is shutting down")
-        if server.origins is not None:
-            origin = headers.get("origin")
-            if origin is not None and origin not in server.origins:
-                return Reject(403, f"origin {printable(origin, 100)} is not allowed")
-        if server.at_connection_limit():
-            return Reject(503, "server is at its connection limit")
-        if server.require_subprotocol and not first_offered(
-            server.subprotocols, request.subprotocols
-        ):
-            wanted = ", ".join(server.subprotocols)
-            return Reject(400, f"no supported subprotocol offered (this server speaks {wanted})")
-        return None
-
-    def _response_headers(
-        self, server: Server, connection: Connection, request: Request
-    ) -> bytes | Reject:
-        """The 101 response, or a 500 when a filter chose what cannot be sent (our bug)."""
-        lines = [
-            "HTTP/1.1 101 Switching Protocols",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            "Sec-WebSocket-Accept: " + accept_key(request.headers["sec-websocket-key"].strip()),
-        ]
-        chosen = connection.subprotocol
-        if chosen is not None:
-            is_token = bearer_token(chosen) is not None
-            if chosen not in request.subprotocols or is_token:
-                log.error(
-                    "connection %s: subprotocol %r chosen, but the client offered %r%s",
-                    connection.id,
-                    loggable_subprotocol(chosen),
-                    [loggable_subprotocol(offer) for offer in request.subprotocols],
-                    " (a bearer token is never echoed)" * is_token,
-                )
-                return Reject(500, "internal server error")
-            lines.append("Sec-WebSocket-Protocol: " + chosen)
-        deflate = server.negotiate_compression(request.extensions)
-        if deflate is not None:
-            connection.deflate = deflate
-            lines.append("Sec-WebSocket-Extensions: " + deflate.response)
-        for name, value in connection.take_response_headers():
-            if not is_header_safe(name, value):
-                log.error("connection %s: response header %r is not sendable", connection.id, name)
-                return Reject(500, "internal server error")
-            lines.append(f"{name}: {value}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def _hand_over(self, connection: Connection) -> None:
         """Give the socket, and what the client sent after its request, to the connection."""
@@ -543,6 +474,88 @@ class ConnectionHandler(WebSocketHandler):
         # socket's descriptor open until the garbage collector found it.
         self.rfile.close()
         return sock
+
+
+def plain_upgrade_request(
+    server: Server, received: bytes, address: Any
+) -> tuple[Request | None, int]:
+    """The request of a complete plain upgrade head at the start of ``received``.
+
+    (None, 0) when the head is incomplete, over ``max_header_bytes``, or
+    anything but a plain upgrade (``is_plain_upgrade``): pywsgi's to read.
+    Otherwise the request and the head's length (frames may follow it).
+    """
+    length = head_length(received)
+    limit = server.max_header_bytes
+    if length is None or (limit is not None and length > limit):
+        return None, 0
+    head = parse_head(received[:length])
+    if head is None or not is_plain_upgrade(head.method, head.version, head.headers):
+        return None, 0
+    path, _, query = head.target.partition("?")
+    request = upgrade_request(
+        server.trusted_proxies, path_info(path), query, head.headers, address
+    )
+    return request, length
+
+
+def check_request(
+    server: Server, request: Request, method: str, version: str, has_body: bool
+) -> Reject | None:
+    """Every refusal decided from the request alone, before any connect filter runs.
+
+    The RFC's (``check_upgrade``, which says what ``has_body`` is), then
+    the server's own: they read its state of the moment.
+    """
+    rfc_refusal = check_upgrade(request, method, version, has_body)
+    if rfc_refusal is not None:
+        return rfc_refusal
+    headers = request.headers
+    if server.stopping or server.draining:
+        return Reject(503, "server is shutting down")
+    if server.origins is not None:
+        origin = headers.get("origin")
+        if origin is not None and origin not in server.origins:
+            return Reject(403, f"origin {printable(origin, 100)} is not allowed")
+    if server.at_connection_limit():
+        return Reject(503, "server is at its connection limit")
+    if server.require_subprotocol and not first_offered(server.subprotocols, request.subprotocols):
+        wanted = ", ".join(server.subprotocols)
+        return Reject(400, f"no supported subprotocol offered (this server speaks {wanted})")
+    return None
+
+
+def response_head(server: Server, connection: Connection, request: Request) -> bytes | Reject:
+    """The 101 response, or a 500 when a filter chose what cannot be sent (our bug)."""
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Accept: " + accept_key(request.headers["sec-websocket-key"].strip()),
+    ]
+    chosen = connection.subprotocol
+    if chosen is not None:
+        is_token = bearer_token(chosen) is not None
+        if chosen not in request.subprotocols or is_token:
+            log.error(
+                "connection %s: subprotocol %r chosen, but the client offered %r%s",
+                connection.id,
+                loggable_subprotocol(chosen),
+                [loggable_subprotocol(offer) for offer in request.subprotocols],
+                " (a bearer token is never echoed)" * is_token,
+            )
+            return Reject(500, "internal server error")
+        lines.append("Sec-WebSocket-Protocol: " + chosen)
+    deflate = server.negotiate_compression(request.extensions)
+    if deflate is not None:
+        connection.deflate = deflate
+        lines.append("Sec-WebSocket-Extensions: " + deflate.response)
+    for name, value in connection.take_response_headers():
+        if not is_header_safe(name, value):
+            log.error("connection %s: response header %r is not sendable", connection.id, name)
+            return Reject(500, "internal server error")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def _closed_reader() -> io.BytesIO:

@@ -40,7 +40,9 @@ LINGER_BYTES = 4 * 2**20
 """After refusing a malformed request: how long, and how much, of the rest to discard."""
 
 
-def read_get_head(sock: Any, limit: int | None) -> tuple[bytes, int | None, OSError | None]:
+def read_get_head(
+    sock: Any, limit: int | None, received_first: bytes = b""
+) -> tuple[bytes, int | None, OSError | None]:
     """Read a request head that starts with ``GET ``: (bytes received, head length, read error).
 
     The length (through the empty line) is None when there is no complete
@@ -48,11 +50,17 @@ def read_get_head(sock: Any, limit: int | None) -> tuple[bytes, int | None, OSEr
     not a GET (reading stops at its first byte that says so), the client
     stopped or failed mid-head, or the head is too large. The bytes received,
     head and anything after it, are returned either way, for ``Replay``.
+    ``received_first``: what was read off the socket already (at the accept,
+    ``fws.quick_upgrade``), taken as the first read.
     """
     bound = UNBOUNDED_HEAD if limit is None else limit
-    received = bytearray()
+    received = bytearray(received_first)
     length = None
     error = None
+    if received:
+        if not received.startswith(b"GET "[: len(received)]):
+            return bytes(received), None, None  # not an upgrade: pywsgi reads it
+        length = head_length(received)
     while length is None and len(received) <= bound:
         try:
             chunk = sock.recv(HEAD_READ)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 from typing import Any
 
@@ -30,6 +31,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 from .errors import ConfigurationError
 from .escape import format_peer
 from .handshake import refuse_at_capacity
+from .quick_upgrade import can_upgrade_at_accept, upgrade_at_accept
 
 __all__ = [
     "MetricsHandler",
@@ -89,20 +91,60 @@ class WebSocketPort(WSGIServer):
         super().__init__(*args, **kwargs)
         self._handed_over = set()
 
-    def do_handle(self, client_socket: Any, address: Any) -> None:
-        # In the hub, as the connection is accepted: the bound holds even for
-        # connections whose greenlet has not started yet.
-        self.application.pending_handshakes.add(client_socket, client_socket.fileno())
-        super().do_handle(client_socket, address)
+    _nodelay_per_socket: bool | None = None
+    """Whether each accepted socket needs TCP_NODELAY set (None: not known before the
+    first accept). Linux copies it from the listener (``init_socket``): no call per client."""
 
-    def do_close(self, sock: Any, *args: Any) -> None:
+    def init_socket(self) -> None:
+        super().init_socket()
+        # fws batches its writes itself; Nagle's algorithm would only add delay.
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not a TCP listener: no Nagle to turn off
+
+    def do_handle(self, client_socket: Any, address: Any) -> None:
+        # In the hub, as the connection is accepted.
+        self._no_delay(client_socket)
+        server = self.application
+        received = b""
+        if can_upgrade_at_accept(server) and not server.at_connection_limit():
+            try:
+                early = upgrade_at_accept(server, client_socket, address)
+            except Exception:  # a bug: this one client is cut, the accept loop goes on
+                log.exception("upgrading %s at its accept failed", format_peer(address))
+                client_socket.close()
+                return
+            if early is None:
+                return  # upgraded, or gone: no greenlet, nothing pending
+            received = early
+        # The bound holds even for connections whose greenlet has not started yet.
+        server.pending_handshakes.add(client_socket, client_socket.fileno())
+        super().do_handle(client_socket, address, received)
+
+    def _no_delay(self, sock: Any) -> None:
+        if self._nodelay_per_socket is None:  # the first client tells
+            try:
+                self._nodelay_per_socket = not sock.getsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_NODELAY
+                )
+            except OSError:
+                self._nodelay_per_socket = False  # not TCP
+        if self._nodelay_per_socket:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP
+
+    def do_close(self, sock: Any, *args: Any) -> None:  # args: the address, what was received
         self.application.pending_handshakes.discard(sock)
         if sock in self._handed_over:  # it now belongs to an open connection
             self._handed_over.discard(sock)
             return
         super().do_close(sock, *args)
 
-    def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
+    def wrap_socket_and_handle(self, client_socket: Any, address: Any, received: bytes) -> Any:
+        # received: always empty, as nothing is read before the TLS handshake.
         # One deadline for the whole handshake: a socket timeout would restart
         # at every byte, and a client trickling its hello would never be cut.
         deadline = self.application.handshake_timeout or None
@@ -121,11 +163,12 @@ class WebSocketPort(WSGIServer):
                 tls_socket.close()
         return None
 
-    def handle(self, sock: Any, address: Any, token: object = None) -> bool:
+    def handle(self, sock: Any, address: Any, received: bytes = b"", token: object = None) -> bool:
         """Handle one client; True when its socket now belongs to an open connection.
 
-        ``token``: the connection's entry in ``pending_handshakes`` when it is
-        not ``sock`` (the accepted socket, under TLS).
+        ``received``: what was read off the socket at the accept. ``token``:
+        the connection's entry in ``pending_handshakes`` when it is not
+        ``sock`` (the accepted socket, under TLS).
         """
         server = self.application
         if server.at_connection_limit():
@@ -134,6 +177,7 @@ class WebSocketPort(WSGIServer):
             return False
         handler = self.handler_class(sock, address, self)
         handler.pending_token = sock if token is None else token
+        handler.received_first = received
         try:
             handler.handle()
         finally:

@@ -63,6 +63,7 @@ _SCALARS = (
     "busy_poll_misses",
     "broadcast_waits",
     "broadcast_waits_bounded",
+    "upgrades_at_accept",
 )
 
 _OPCODES = {
@@ -246,6 +247,12 @@ class Metrics:
             "fws_broadcast_waits_bounded_total",
             "Broadcast waits that lasted the whole --broadcast-wait-us: the server always had "
             "a client to read, and the broadcasts waited that long.",
+        )
+        self.upgrades_at_accept = counter(
+            "fws_upgrades_at_accept_total",
+            "Upgrades (of fws_handshakes_total's 101s) done as the client was accepted, with "
+            "no greenlet: the server has no connect or open filters and the client's request "
+            "had arrived.",
         )
         # Series a dashboard expects to see at 0 before anything happened.
         for opcode in ("text", "binary"):

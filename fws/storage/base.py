@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from ..server import Server
 
-__all__ = ["PubSubMessage", "Storage", "StorageOption"]
+__all__ = ["PubSubMessage", "Storage", "StorageOption", "connected_may_wait"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,16 @@ class Storage(ABC):
     """Base class of storage backends (the seed's "storage object")."""
 
     options: ClassVar[tuple[StorageOption, ...]] = ()
+
+    connected_may_wait: ClassVar[bool] = False
+    """Whether this class's own ``connected`` may wait (on I/O, or on a lock that a
+    waiting greenlet may hold); see ``connected_may_wait``, the function, for how it is read.
+
+    The base's records nothing and never waits. When no ``connected`` can wait,
+    the server upgrades clients in its accept callback, without a greenlet
+    (``fws.quick_upgrade``), and ``connected`` runs in the gevent hub, where
+    waiting is an error.
+    """
 
     @abstractmethod
     def get(self, key: str) -> set[str]:
@@ -127,3 +138,24 @@ class Storage(ABC):
 
     def close(self) -> None:
         """Release connections; called once when the server stops."""
+
+
+def connected_may_wait(storage: Storage) -> bool:
+    """Whether ``storage.connected`` may wait: True unless the class defining it says not.
+
+    Not simply inherited: a subclass that overrides ``connected`` (to write
+    to a database, say) is taken to wait unless it declares
+    ``connected_may_wait = False`` itself, next to its ``connected`` or below.
+    """
+    return _connected_may_wait(type(storage))
+
+
+@cache
+def _connected_may_wait(cls: type) -> bool:
+    for klass in cls.__mro__:
+        own = vars(klass)
+        if "connected_may_wait" in own:
+            return bool(own["connected_may_wait"])
+        if "connected" in own:  # overridden, and not said not to wait
+            return True
+    return True

@@ -180,6 +180,10 @@ class RedisStorage(Storage):
 
     # -- this server's connections (so that a backend can reach one client) ------
 
+    # Updates the mirror and queues the write under in-memory locks that nothing
+    # holds across a wait: the server may call it in its accept callback.
+    connected_may_wait = False
+
     def connected(self, connection_id: str) -> None:
         self._members.connected(connection_id)
 
