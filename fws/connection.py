@@ -102,7 +102,8 @@ class Connection(Inbound, Outbound):
         self._awaiting_pong = False
         self._rate_due = 0.0  # the rate limit's theoretical arrival time (see _over_rate)
         # While open() runs (storage registration, the open pipeline): the greenlet
-        # running it, and the frames other greenlets queued meanwhile, held back.
+        # running it (the hub, for an upgrade at the accept), and the frames other
+        # greenlets queued meanwhile, held back.
         self._opening = None
         self._deadline = None  # libev timer of close_after, if one was set
         self.claims = None
@@ -341,8 +342,11 @@ class Connection(Inbound, Outbound):
     def open(self, sock: socket.socket, received: bytes = b"") -> None:
         """Start serving the upgraded socket; returns at once, the connection lives on.
 
-        Called in the handshake's greenlet. ``received`` is what the client
-        sent right after the handshake and the HTTP parser had already buffered.
+        Called in the handshake's greenlet, or in the hub itself for an upgrade
+        done at the accept (``fws.at_accept``), where nothing may wait: then the
+        end of a connection that failed to open is left to a greenlet.
+        ``received`` is what the client sent right after the handshake and the
+        HTTP parser had already buffered.
         """
         self._socket = sock
         if type(sock) is gevent.socket.socket:  # not TLS: the flusher may send on it directly
@@ -386,7 +390,10 @@ class Connection(Inbound, Outbound):
             raise
         self._end_opening()
         if failed:
-            self._finish()
+            if gevent.getcurrent() is table.hub:  # _finish waits for the 1011 to be sent
+                gevent.spawn(self._finish)
+            else:
+                self._finish()
             return
         if received:
             self._reader = gevent.spawn(self._read_burst, received)

@@ -217,6 +217,10 @@ def _shared_key(window_bits: int, memory_level: int, compress_min_size: int) -> 
     return (EXTENSION_NAME, window_bits, memory_level, compress_min_size)
 
 
+_CACHED_LINE = 200
+"""Lines up to this long are parsed once: browsers of one kind all send the same line."""
+
+
 def parse_offers(header_values: Sequence[str]) -> tuple[ExtensionOffer, ...]:
     """The offers of ``Sec-WebSocket-Extensions`` header lines, in the client's order.
 
@@ -230,10 +234,6 @@ def parse_offers(header_values: Sequence[str]) -> tuple[ExtensionOffer, ...]:
         else:
             offers.extend(_parse_line(value))
     return tuple(offers)
-
-
-_CACHED_LINE = 200
-"""Lines up to this long are parsed once: browsers of one kind all send the same line."""
 
 
 def _parse_line(value: str) -> tuple[ExtensionOffer, ...]:

@@ -23,6 +23,11 @@ is decided in one place and in this order:
 4. permessage-deflate is negotiated, the 101 response is written, and the
    socket is handed to a ``Connection``; this greenlet and the handler end.
 
+A client whose head is in its socket when it is accepted, on a server with
+nothing in the upgrade that may wait, is upgraded in the accept callback
+instead (``fws.at_accept``), by the same steps; anything that callback does
+not upgrade comes here, with the bytes it read.
+
 Every refusal is an HTTP status with a one-line body and one log line, never
 a traceback; so is a client that breaks off mid-request. The request head is
 bounded as a whole (``max_header_bytes``), not only line by line.
@@ -30,8 +35,9 @@ bounded as a whole (``max_header_bytes``), not only line by line.
 The reading itself (the fast path's read, the replay to pywsgi, the bound,
 the lingering refusal) is ``fws.head_reader``'s; the rules a request alone
 decides (the checks of step 2 that need no server, the accept key, the
-subprotocol), ``fws.handshake_rules``'s; whom a proxy's ``X-Forwarded-For``
-names, ``fws.proxies``'s.
+subprotocol), ``fws.handshake_rules``'s; step 2 as a whole and the 101's
+bytes, shared with the upgrade at the accept, ``fws.upgrade``'s; whom a
+proxy's ``X-Forwarded-For`` names, ``fws.proxies``'s.
 """
 
 from __future__ import annotations
@@ -49,20 +55,10 @@ from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
 from .connection import Connection, State
-from .datatypes import Request, bearer_token
+from .datatypes import Request
 from .errors import FilterError, Reject
 from .escape import format_peer, printable
-from .handshake_rules import (
-    accept_key,
-    check_upgrade,
-    first_offered,
-    header_tokens,
-    is_header_safe,
-    is_plain_upgrade,
-    loggable_subprotocol,
-    path_info,
-    upgrade_request,
-)
+from .handshake_rules import first_offered, header_tokens, upgrade_request
 from .head_reader import (
     HEAD_READ,
     BoundedReader,
@@ -73,7 +69,7 @@ from .head_reader import (
     read_get_head,
 )
 from .pipeline import DROP
-from .request_head import head_length, parse_head
+from .upgrade import check_request, plain_upgrade_request, response_head
 
 if TYPE_CHECKING:
     from .server import Server
@@ -123,7 +119,7 @@ class ConnectionHandler(WebSocketHandler):
     _replay: Replay | None = None
     """pywsgi's input, from the bytes the fast path received on."""
     received_first = b""
-    """What was read off the socket at the accept (``fws.quick_upgrade``): the first read."""
+    """What was read off the socket at the accept (``fws.at_accept``): the first read."""
 
     def __init__(self, sock: socket.socket, address: Any, server: Any) -> None:
         # TCP_NODELAY is set by WebSocketPort (fws.listeners), on its listener.
@@ -474,88 +470,6 @@ class ConnectionHandler(WebSocketHandler):
         # socket's descriptor open until the garbage collector found it.
         self.rfile.close()
         return sock
-
-
-def plain_upgrade_request(
-    server: Server, received: bytes, address: Any
-) -> tuple[Request | None, int]:
-    """The request of a complete plain upgrade head at the start of ``received``.
-
-    (None, 0) when the head is incomplete, over ``max_header_bytes``, or
-    anything but a plain upgrade (``is_plain_upgrade``): pywsgi's to read.
-    Otherwise the request and the head's length (frames may follow it).
-    """
-    length = head_length(received)
-    limit = server.max_header_bytes
-    if length is None or (limit is not None and length > limit):
-        return None, 0
-    head = parse_head(received[:length])
-    if head is None or not is_plain_upgrade(head.method, head.version, head.headers):
-        return None, 0
-    path, _, query = head.target.partition("?")
-    request = upgrade_request(
-        server.trusted_proxies, path_info(path), query, head.headers, address
-    )
-    return request, length
-
-
-def check_request(
-    server: Server, request: Request, method: str, version: str, has_body: bool
-) -> Reject | None:
-    """Every refusal decided from the request alone, before any connect filter runs.
-
-    The RFC's (``check_upgrade``, which says what ``has_body`` is), then
-    the server's own: they read its state of the moment.
-    """
-    rfc_refusal = check_upgrade(request, method, version, has_body)
-    if rfc_refusal is not None:
-        return rfc_refusal
-    headers = request.headers
-    if server.stopping or server.draining:
-        return Reject(503, "server is shutting down")
-    if server.origins is not None:
-        origin = headers.get("origin")
-        if origin is not None and origin not in server.origins:
-            return Reject(403, f"origin {printable(origin, 100)} is not allowed")
-    if server.at_connection_limit():
-        return Reject(503, "server is at its connection limit")
-    if server.require_subprotocol and not first_offered(server.subprotocols, request.subprotocols):
-        wanted = ", ".join(server.subprotocols)
-        return Reject(400, f"no supported subprotocol offered (this server speaks {wanted})")
-    return None
-
-
-def response_head(server: Server, connection: Connection, request: Request) -> bytes | Reject:
-    """The 101 response, or a 500 when a filter chose what cannot be sent (our bug)."""
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        "Sec-WebSocket-Accept: " + accept_key(request.headers["sec-websocket-key"].strip()),
-    ]
-    chosen = connection.subprotocol
-    if chosen is not None:
-        is_token = bearer_token(chosen) is not None
-        if chosen not in request.subprotocols or is_token:
-            log.error(
-                "connection %s: subprotocol %r chosen, but the client offered %r%s",
-                connection.id,
-                loggable_subprotocol(chosen),
-                [loggable_subprotocol(offer) for offer in request.subprotocols],
-                " (a bearer token is never echoed)" * is_token,
-            )
-            return Reject(500, "internal server error")
-        lines.append("Sec-WebSocket-Protocol: " + chosen)
-    deflate = server.negotiate_compression(request.extensions)
-    if deflate is not None:
-        connection.deflate = deflate
-        lines.append("Sec-WebSocket-Extensions: " + deflate.response)
-    for name, value in connection.take_response_headers():
-        if not is_header_safe(name, value):
-            log.error("connection %s: response header %r is not sendable", connection.id, name)
-            return Reject(500, "internal server error")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def _closed_reader() -> io.BytesIO:

@@ -51,7 +51,7 @@ def read_get_head(
     stopped or failed mid-head, or the head is too large. The bytes received,
     head and anything after it, are returned either way, for ``Replay``.
     ``received_first``: what was read off the socket already (at the accept,
-    ``fws.quick_upgrade``), taken as the first read.
+    ``fws.at_accept``), taken as the first read.
     """
     bound = UNBOUNDED_HEAD if limit is None else limit
     received = bytearray(received_first)

@@ -7,9 +7,12 @@ a deadline, the pending-handshake bound, sockets handed over to open
 connections); ``MetricsPort`` and its handler are the metrics port (a
 deadline for reading each request), ``metrics_listener`` its socket, and
 ``http_logs`` routes pywsgi's logs. It is apart from ``Server`` because it
-follows gevent's pywsgi internals (it overrides ``do_handle``, ``do_close``
-and ``wrap_socket_and_handle``), which change for other reasons than the
-server's life cycle and pipelines do.
+follows gevent's pywsgi internals (it overrides ``init_socket``,
+``do_handle``, ``do_close`` and ``wrap_socket_and_handle``), which change
+for other reasons than the server's life cycle and pipelines do. Its
+``do_handle`` runs in the hub for each accepted client: it upgrades the
+client there when it can (``fws.at_accept``), and otherwise starts the
+handler greenlet with what was read.
 
 Its records go to the ``fws.server`` logger: to an operator a failed TLS
 handshake is the server's news, and logging set-ups name that logger.
@@ -28,10 +31,10 @@ import gevent.socket
 import gevent.ssl
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
+from .at_accept import can_upgrade_at_accept, upgrade_at_accept
 from .errors import ConfigurationError
 from .escape import format_peer
 from .handshake import refuse_at_capacity
-from .quick_upgrade import can_upgrade_at_accept, upgrade_at_accept
 
 __all__ = [
     "MetricsHandler",
@@ -78,22 +81,23 @@ class WebSocketPort(WSGIServer):
     greenlet and a descriptor forever, and a failed handshake (a scanner, or
     plain HTTP sent to a wss port) would print a traceback.
 
-    Every accepted connection is pending (``Server.pending_handshakes``) from
-    the accept until its upgrade or its end; above ``max_connections`` a
-    client gets 503 before a byte of its request is read.
+    Every accepted connection not upgraded at the accept (``fws.at_accept``)
+    is pending (``Server.pending_handshakes``) from the accept until its
+    upgrade or its end; above ``max_connections`` a client gets 503 before a
+    byte of its request is read.
     """
 
     _handed_over: set[Any]
     """Plain sockets whose handler just gave them to a connection: do_close leaves
     them open. Each is in it only from its handler's return to do_close, right after."""
 
+    _no_delay_per_socket: bool | None = None
+    """Whether each accepted socket needs TCP_NODELAY set (None: not known before the
+    first accept). Linux copies it from the listener (``init_socket``): no call per client."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handed_over = set()
-
-    _nodelay_per_socket: bool | None = None
-    """Whether each accepted socket needs TCP_NODELAY set (None: not known before the
-    first accept). Linux copies it from the listener (``init_socket``): no call per client."""
 
     def init_socket(self) -> None:
         super().init_socket()
@@ -105,32 +109,31 @@ class WebSocketPort(WSGIServer):
 
     def do_handle(self, client_socket: Any, address: Any) -> None:
         # In the hub, as the connection is accepted.
-        self._no_delay(client_socket)
+        self._set_no_delay(client_socket)
         server = self.application
-        received = b""
+        received: bytes | None = b""
         if can_upgrade_at_accept(server) and not server.at_connection_limit():
             try:
-                early = upgrade_at_accept(server, client_socket, address)
+                received = upgrade_at_accept(server, client_socket, address)
             except Exception:  # a bug: this one client is cut, the accept loop goes on
                 log.exception("upgrading %s at its accept failed", format_peer(address))
                 client_socket.close()
                 return
-            if early is None:
+            if received is None:
                 return  # upgraded, or gone: no greenlet, nothing pending
-            received = early
         # The bound holds even for connections whose greenlet has not started yet.
         server.pending_handshakes.add(client_socket, client_socket.fileno())
         super().do_handle(client_socket, address, received)
 
-    def _no_delay(self, sock: Any) -> None:
-        if self._nodelay_per_socket is None:  # the first client tells
+    def _set_no_delay(self, sock: Any) -> None:
+        if self._no_delay_per_socket is None:  # the first client tells
             try:
-                self._nodelay_per_socket = not sock.getsockopt(
+                self._no_delay_per_socket = not sock.getsockopt(
                     socket.IPPROTO_TCP, socket.TCP_NODELAY
                 )
             except OSError:
-                self._nodelay_per_socket = False  # not TCP
-        if self._nodelay_per_socket:
+                self._no_delay_per_socket = False  # not TCP
+        if self._no_delay_per_socket:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:

@@ -119,7 +119,7 @@ class ServerStats:
         """Upgrade requests by the HTTP status they got (101, 400, 401, 403, 426, 503...)."""
         self.upgrades_at_accept = 0
         """Of the 101s, those done in the accept callback, with no greenlet
-        (``fws.quick_upgrade``)."""
+        (``fws.at_accept``)."""
         self.disconnects: Counter[str] = Counter()
         """Connections the server cut, by why: ``slow_client``, ``rate_limit``..."""
         self.consumer_dropped = 0

@@ -426,3 +426,44 @@ class TLSFiles:
     def server_settings(self) -> dict[str, str]:
         """``certfile``/``keyfile`` keywords for ``fws.Server``."""
         return {"certfile": str(self.cert), "keyfile": str(self.key)}
+
+
+@contextlib.contextmanager
+def hub_held(server: fws.Server) -> Iterator[None]:
+    """Keep the server's hub from running for the block: it accepts nothing meanwhile.
+
+    A hub callback that blocks its (not monkey-patched) thread on an event,
+    set when the block ends; 10 s at most, so a failing test cannot hang.
+    """
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(10)
+
+    server.hub.loop.run_callback_threadsafe(hold)  # type: ignore[attr-defined]
+    assert holding.wait(5), "the server's hub did not run the hold"
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def head_before_accept(server: fws.Server, request: bytes) -> socket.socket:
+    """A raw client whose ``request`` is in its socket when the server accepts it.
+
+    The server's upgrade at the accept (``fws.at_accept``) depends on it.
+    """
+    with hub_held(server):
+        sock = socket.create_connection((LOOPBACK, server.address[1]), timeout=5)
+        sock.sendall(request)
+        time.sleep(0.05)  # loopback delivery, should the kernel defer it to ksoftirqd
+    return sock
+
+
+def accepted_then_send(server: fws.Server, request: bytes) -> socket.socket:
+    """A raw client that sends ``request`` only once the server has accepted it."""
+    sock = socket.create_connection((LOOPBACK, server.address[1]), timeout=5)
+    wait_for(lambda: len(server.pending_handshakes) == 1, message="not accepted")
+    sock.sendall(request)
+    return sock

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from ..server import Server
 
-__all__ = ["PubSubMessage", "Storage", "StorageOption", "connected_may_wait"]
+__all__ = ["PubSubMessage", "Storage", "StorageOption", "waits_in_connected"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,13 @@ class Storage(ABC):
 
     connected_may_wait: ClassVar[bool] = False
     """Whether this class's own ``connected`` may wait (on I/O, or on a lock that a
-    waiting greenlet may hold); see ``connected_may_wait``, the function, for how it is read.
+    waiting greenlet may hold); ``waits_in_connected`` says how it is read.
 
     The base's records nothing and never waits. When no ``connected`` can wait,
     the server upgrades clients in its accept callback, without a greenlet
-    (``fws.quick_upgrade``), and ``connected`` runs in the gevent hub, where
-    waiting is an error.
+    (``fws.at_accept``), and ``connected`` runs in the gevent hub, where
+    waiting is an error. A ``queue.Queue.put`` is fine only unbounded (or
+    ``put_nowait``).
     """
 
     @abstractmethod
@@ -140,18 +141,18 @@ class Storage(ABC):
         """Release connections; called once when the server stops."""
 
 
-def connected_may_wait(storage: Storage) -> bool:
+def waits_in_connected(storage: Storage) -> bool:
     """Whether ``storage.connected`` may wait: True unless the class defining it says not.
 
     Not simply inherited: a subclass that overrides ``connected`` (to write
     to a database, say) is taken to wait unless it declares
     ``connected_may_wait = False`` itself, next to its ``connected`` or below.
     """
-    return _connected_may_wait(type(storage))
+    return _waits_in_connected(type(storage))
 
 
-@cache
-def _connected_may_wait(cls: type) -> bool:
+@cache  # storage classes live as long as the process anyway
+def _waits_in_connected(cls: type) -> bool:
     for klass in cls.__mro__:
         own = vars(klass)
         if "connected_may_wait" in own:

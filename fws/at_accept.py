@@ -2,12 +2,12 @@
 
 Most WebSocket clients send their request head in the same instant as the
 TCP handshake completes, so by the time the server accepts the connection
-the whole head is usually in the socket's buffer. When the server has no
-connect or open filters and its storage's ``connected`` never waits, the
-upgrade is then pure computation plus two non-blocking system calls (one
-``recv``, one ``send``): ``upgrade_at_accept`` does it right there, in the
-hub, with no greenlet, no pywsgi handler and no handshake timer, which were
-most of an upgrade's CPU time.
+the whole head is usually in the socket's buffer. When nothing in the
+upgrade can wait (``can_upgrade_at_accept``), it is then pure computation
+plus two non-blocking system calls (one ``recv``, one ``send``):
+``upgrade_at_accept`` does it right there, in the hub, with no greenlet, no
+pywsgi handler and no handshake timer, which were over a third of an
+upgrade's CPU time.
 
 Anything else goes to the handler greenlet (``fws.handshake``) with the
 bytes read here, which it takes as its first read: a head not complete yet,
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from .connection import Connection
 from .errors import Reject
 from .escape import format_peer
-from .handshake import check_request, plain_upgrade_request, response_head
 from .handshake_rules import first_offered
 from .head_reader import HEAD_READ
-from .storage.base import connected_may_wait
+from .storage.base import waits_in_connected
+from .upgrade import check_request, plain_upgrade_request, response_head
 
 if TYPE_CHECKING:
     from .server import Server
@@ -37,21 +37,45 @@ __all__ = ["can_upgrade_at_accept", "upgrade_at_accept"]
 log = logging.getLogger("fws.handshake")
 
 
+_NEVER_WAITING_HANDLERS = (logging.StreamHandler, logging.NullHandler)
+"""Log handlers that write to a file (``FileHandler`` is a ``StreamHandler``) or nowhere."""
+
+_LOGGERS = (log, logging.getLogger("fws.connection"), logging.getLogger("fws.server"))
+"""What an upgrade at the accept may log to: its failures, and the connection's "opened"."""
+
+
 def can_upgrade_at_accept(server: Server) -> bool:
     """Whether an upgrade can run in the hub: nothing in it may wait.
 
     Connect and open filters may wait on I/O (a database, a token service),
     and so may a storage's ``connected`` unless it says otherwise
-    (``fws.storage.base.connected_may_wait``). TLS needs its own handshake first.
-    Read per connection: pipelines may be replaced while the server runs.
+    (``fws.storage.base.waits_in_connected``), and a log handler that
+    sends over the network (under monkey-patching it holds its lock while
+    it waits, and the hub cannot wait for the lock). TLS needs its own
+    handshake first. Read per connection: pipelines and log handlers may be
+    replaced while the server runs.
     """
     pipelines = server.pipelines
     return (
         server.ssl_context is None
         and not pipelines["connect"]
         and not pipelines["open"]
-        and not connected_may_wait(server.storage_object)
+        and not waits_in_connected(server.storage_object)
+        and _log_handlers_never_wait()
     )
+
+
+def _log_handlers_never_wait() -> bool:
+    for logger in _LOGGERS:
+        current: logging.Logger | None = logger
+        while current is not None:
+            for handler in current.handlers:
+                if not isinstance(handler, _NEVER_WAITING_HANDLERS):
+                    return False
+            if not current.propagate:
+                break
+            current = current.parent
+    return True
 
 
 def upgrade_at_accept(server: Server, sock: Any, address: Any) -> bytes | None:
@@ -64,26 +88,29 @@ def upgrade_at_accept(server: Server, sock: Any, address: Any) -> bytes | None:
     raw = sock._sock  # gevent's socket wraps a non-blocking one
     try:
         received: bytes = raw.recv(HEAD_READ)
-    except OSError:  # nothing yet (EAGAIN), or an error the handler meets again
+    except OSError:  # nothing yet (EAGAIN); or a reset, after which the handler reads an end
         return b""
     request, length = plain_upgrade_request(server, received, address)
-    if request is None or check_request(server, request, "GET", "HTTP/1.1", False) is not None:
+    if request is None:
+        return received
+    if check_request(server, request, "GET", "HTTP/1.1", has_body=False) is not None:
         return received
     connection = Connection(request, server.connection_settings, server.table, server)
     connection.subprotocol = first_offered(server.subprotocols, request.subprotocols)
     response = response_head(server, connection, request)
-    if isinstance(response, Reject):  # the handler answers it (500), as it always has
+    if isinstance(response, Reject):
+        # A --subprotocol the server may not choose (bearer.*): logged there, and
+        # once more by the handler, which decides it again and answers the 500.
         connection.abandon()
         return received
     try:
         sent = raw.send(response)
     except OSError as exc:
-        sent, failure = 0, exc.strerror or str(exc)
+        failure: object = exc
     else:
-        failure = "" if sent == len(response) else "the response did not fit its send buffer"
+        # An empty send buffer takes a few hundred bytes whole: not seen happen.
+        failure = "" if sent == len(response) else f"only {sent} bytes of the 101 were sent"
     if failure:
-        # An empty send buffer takes a few hundred bytes whole: only a client
-        # that is already gone gets here. Nothing of the connection remains.
         log.info("client %s went away during the upgrade: %s", format_peer(address), failure)
         connection.abandon()
         sock.close()

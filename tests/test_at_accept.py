@@ -1,23 +1,20 @@
 """Upgrades done in the accept callback, and everything that must still take the greenlet.
 
 Whether a client's head is in its socket when the server accepts it is a race
-a test must not leave to chance. ``head_before_accept`` decides it: it holds
-the server's hub (a real ``time.sleep`` in a hub callback, on the server's
-own thread) while the client connects and sends, so the server accepts a
-socket with the head already in it. A client that waits until it has been
-accepted before sending (``accepted_then_send``) is the other case.
+a test must not leave to chance: ``helpers.head_before_accept`` holds the
+server's hub while the client connects and sends, and
+``helpers.accepted_then_send`` sends only once the server has accepted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import logging.handlers
 import signal
 import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from frame_builder import client_frame
@@ -25,11 +22,16 @@ from helpers import (
     LOOPBACK,
     ServerProcess,
     TLSFiles,
+    accepted_then_send,
     connect,
+    head_before_accept,
+    hub_held,
     metric_values,
     read_response_head,
     read_server_frame,
+    read_until_eof,
     run_server,
+    stop_server,
     upgrade_request,
     url,
     wait_for,
@@ -37,44 +39,13 @@ from helpers import (
 from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 import fws
-import fws.quick_upgrade
+import fws.at_accept
 from fws.filters.echo import Echo
-from fws.frames import OP_TEXT
+from fws.frames import OP_CLOSE, OP_TEXT
+from fws.storage.base import waits_in_connected
 from fws.storage.memory import MemoryStorage
+from fws.storage.redis import RedisStorage
 from fws.storage.redis.publisher import Publisher
-
-HOLD = 0.3
-"""Seconds the server's hub is held: a loopback connect and send take far less."""
-
-
-@contextlib.contextmanager
-def hub_held(server: fws.Server, seconds: float = HOLD) -> Iterator[None]:
-    """Hold the server's hub for ``seconds`` from when the block starts: nothing is accepted."""
-    holding = threading.Event()
-
-    def hold() -> None:
-        holding.set()
-        time.sleep(seconds)  # a real sleep: the server's thread is not monkey-patched
-
-    server.hub.loop.run_callback_threadsafe(hold)  # type: ignore[attr-defined]
-    assert holding.wait(5), "the server's hub did not run the hold"
-    yield
-
-
-def head_before_accept(server: fws.Server, request: bytes) -> socket.socket:
-    """A raw client whose ``request`` is in its socket before the server accepts it."""
-    with hub_held(server):
-        sock = socket.create_connection((LOOPBACK, server.address[1]), timeout=5)
-        sock.sendall(request)
-    return sock
-
-
-def accepted_then_send(server: fws.Server, request: bytes) -> socket.socket:
-    """A raw client that sends ``request`` only once the server has accepted it."""
-    sock = socket.create_connection((LOOPBACK, server.address[1]), timeout=5)
-    wait_for(lambda: len(server.pending_handshakes) == 1, message="not accepted")
-    sock.sendall(request)
-    return sock
 
 
 def port_request(server: fws.Server, path: str = "/", extra_headers: str = "") -> bytes:
@@ -86,7 +57,7 @@ def echoes(sock: socket.socket, text: bytes = b"hi") -> bool:
     return read_server_frame(sock) == (OP_TEXT, text)
 
 
-# -- the quick path ------------------------------------------------------------------
+# -- the upgrade at the accept ------------------------------------------------------------------
 
 
 def test_a_head_in_the_socket_at_the_accept_is_upgraded_there():
@@ -96,7 +67,6 @@ def test_a_head_in_the_socket_at_the_accept_is_upgraded_there():
         assert echoes(sock)
         stats = server.table.stats
         assert (stats.upgrades_at_accept, stats.handshakes[101]) == (1, 1)
-        assert len(server.pending_handshakes) == 0
         sock.close()
 
 
@@ -174,7 +144,7 @@ def test_a_refusal_at_the_accept_is_answered_and_logged_once_by_the_handler(
     assert caplog.text.count("refused") == 1
 
 
-def test_at_the_connection_limit_the_accept_answers_503_without_reading():
+def test_at_the_connection_limit_a_head_at_the_accept_still_gets_503():
     with run_server(message=Echo, max_connections=1) as server:
         holder = connect(server)
         sock = head_before_accept(server, port_request(server))
@@ -182,6 +152,81 @@ def test_at_the_connection_limit_the_accept_answers_503_without_reading():
         assert server.table.stats.handshakes[503] == 1
         sock.close()
         holder.close()
+
+
+def test_a_draining_server_answers_a_head_at_the_accept_503():
+    with run_server(message=Echo, drain_delay=1.0) as server:
+        stop_server(server)  # drains for a second, /ready and upgrades answering 503
+        wait_for(lambda: server.draining, message="not draining")
+        sock = head_before_accept(server, port_request(server))
+        assert read_response_head(sock).startswith(b"HTTP/1.1 503 ")
+        assert server.table.stats.upgrades_at_accept == 0
+        sock.close()
+
+
+class ReportPeer(fws.WebSocketMessageFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, data):
+        web_socket_instance.send(web_socket_instance.request.peer[0])
+
+
+def test_a_trusted_proxys_client_address_is_the_peer_at_the_accept_too():
+    with run_server(message=ReportPeer, trusted_proxies=[LOOPBACK]) as server:
+        forwarded = "X-Forwarded-For: 203.0.113.9\r\n"
+        sock = head_before_accept(server, port_request(server, "/", forwarded))
+        assert read_response_head(sock).startswith(b"HTTP/1.1 101 ")
+        sock.sendall(client_frame(OP_TEXT, b"?"))
+        assert read_server_frame(sock) == (OP_TEXT, b"203.0.113.9")
+        assert server.table.stats.upgrades_at_accept == 1
+        sock.close()
+
+
+class Departures(fws.WebSocketDisconnectFilter):
+    seen: list[str] = []
+
+    @classmethod
+    def filter(cls, web_socket_instance, info):
+        cls.seen.append(web_socket_instance.id)
+
+
+class FailingStorage(MemoryStorage):
+    """Says its connected never waits, and then fails: a storage bug."""
+
+    connected_may_wait = False
+
+    def connected(self, connection_id: str) -> None:
+        raise RuntimeError("storage bug")
+
+
+def test_a_storage_failing_at_the_accept_closes_with_1011_and_runs_disconnect(caplog):
+    """As on the handler's path: the 1011 is sent and the end runs, in a greenlet."""
+    Departures.seen.clear()
+    with run_server(message=Echo, disconnect=Departures, storage=FailingStorage()) as server:
+        sock = head_before_accept(server, port_request(server))
+        head, _, frames = read_until_eof(sock).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert frames[0] == 0x80 | OP_CLOSE and frames[2:4] == (1011).to_bytes(2, "big")
+        sock.close()
+        wait_for(lambda: Departures.seen, message="the disconnect pipeline did not run")
+        assert not server.users and server.table.opening == 0
+        assert server.table.stats.upgrades_at_accept == 1
+    assert "RuntimeError: storage bug" in caplog.text
+    assert "at its accept failed" not in caplog.text
+
+
+def test_a_log_handler_that_may_wait_keeps_upgrades_in_greenlets():
+    """A network log handler holds its lock while it waits; the hub could not wait for it."""
+    handler = logging.handlers.MemoryHandler(capacity=1000)
+    logging.getLogger("fws").addHandler(handler)
+    try:
+        with run_server(message=Echo) as server:
+            sock = head_before_accept(server, port_request(server))
+            assert read_response_head(sock).startswith(b"HTTP/1.1 101 ")
+            assert echoes(sock)
+            assert server.table.stats.upgrades_at_accept == 0
+            sock.close()
+    finally:
+        logging.getLogger("fws").removeHandler(handler)
 
 
 # -- what keeps the greenlet ------------------------------------------------------------
@@ -250,12 +295,41 @@ def test_a_storage_subclass_says_its_connected_never_waits():
         sock.close()
 
 
+def test_whether_connected_waits_is_read_from_the_class_that_defines_it():
+    class Overrides(MemoryStorage):
+        def connected(self, connection_id: str) -> None:
+            pass
+
+    class SaysSo(Overrides):
+        connected_may_wait = False
+
+    class SaysItWaits(MemoryStorage):
+        connected_may_wait = True
+
+    assert waits_in_connected(MemoryStorage()) is False  # the base's: records nothing
+    assert waits_in_connected(Overrides()) is True  # not inherited past an override
+    assert waits_in_connected(SaysSo()) is False
+    assert waits_in_connected(SaysItWaits()) is True
+    assert waits_in_connected(RedisStorage.__new__(RedisStorage)) is False  # not connected
+
+
 def test_over_tls_the_handler_upgrades_whatever_was_sent(tmp_path):
     tls = TLSFiles(tmp_path)
     with run_server(message=Echo, **tls.server_settings) as server:
+        box = {}
+
+        def connect_over_tls() -> None:
+            box["client"] = connect(
+                url(server, scheme="wss"), sslopt={"context": tls.client_context}
+            )
+
         with hub_held(server):
             # The TLS hello is in the socket at the accept; the head cannot be yet.
-            client = connect(url(server, scheme="wss"), sslopt={"context": tls.client_context})
+            connecting = threading.Thread(target=connect_over_tls)
+            connecting.start()
+            time.sleep(0.1)
+        connecting.join(10)
+        client = box["client"]
         client.send("hi")
         assert client.recv() == "hi"
         assert server.table.stats.upgrades_at_accept == 0
@@ -279,7 +353,7 @@ def test_a_redis_storage_client_is_upgraded_at_the_accept_and_reachable_by_id(
         with urllib.request.urlopen(f"http://{LOOPBACK}:{server.port}/metrics") as response:
             assert "fws_upgrades_at_accept_total 1.0" in response.read().decode()
         redis = redis_server.client()
-        (clients,) = redis.keys("*:clients")
+        (clients,) = wait_for(lambda: redis.keys("*:clients"), message="not registered")
         (connection_id,) = redis.smembers(clients)
         backend = Publisher(redis_server.url)
         try:
@@ -311,21 +385,21 @@ def test_every_accepted_socket_has_nagle_off(path):
         assert int(answer) != 0
         assert server.table.stats.upgrades_at_accept == (path == "at-accept")
         # Linux copies it from the listener: no system call per client for it.
-        assert server._wsgi._nodelay_per_socket is False
+        assert server._wsgi._no_delay_per_socket is False
         sock.close()
 
 
 def test_a_bug_in_the_upgrade_at_the_accept_cuts_that_client_only(monkeypatch, caplog):
-    real = fws.quick_upgrade.check_request
+    real = fws.at_accept.check_request
     calls = []
 
-    def broken_once(*args):
+    def broken_once(*args, **kwargs):
         calls.append(args)
         if len(calls) == 1:
             raise RuntimeError("fws bug")
-        return real(*args)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(fws.quick_upgrade, "check_request", broken_once)
+    monkeypatch.setattr(fws.at_accept, "check_request", broken_once)
     with run_server(message=Echo) as server:
         victim = head_before_accept(server, port_request(server))
         assert victim.recv(4096) == b""  # cut, no answer
