@@ -60,23 +60,18 @@ def echoes(sock: socket.socket, text: bytes = b"hi") -> bool:
 # -- the upgrade at the accept ------------------------------------------------------------------
 
 
-def test_a_head_in_the_socket_at_the_accept_is_upgraded_there():
+@pytest.mark.parametrize(
+    ("send", "at_accept"),
+    [(head_before_accept, 1), (accepted_then_send, 0)],
+    ids=["head-there-at-the-accept", "head-sent-after-the-accept"],
+)
+def test_a_head_at_the_accept_is_upgraded_there_and_a_later_one_by_the_handler(send, at_accept):
     with run_server(message=Echo) as server:
-        sock = head_before_accept(server, port_request(server))
+        sock = send(server, port_request(server))
         assert read_response_head(sock).startswith(b"HTTP/1.1 101 ")
         assert echoes(sock)
         stats = server.table.stats
-        assert (stats.upgrades_at_accept, stats.handshakes[101]) == (1, 1)
-        sock.close()
-
-
-def test_a_head_sent_after_the_accept_is_upgraded_by_the_handler():
-    with run_server(message=Echo) as server:
-        sock = accepted_then_send(server, port_request(server))
-        assert read_response_head(sock).startswith(b"HTTP/1.1 101 ")
-        assert echoes(sock)
-        stats = server.table.stats
-        assert (stats.upgrades_at_accept, stats.handshakes[101]) == (0, 1)
+        assert (stats.upgrades_at_accept, stats.handshakes[101]) == (at_accept, 1)
         sock.close()
 
 

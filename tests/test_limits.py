@@ -206,6 +206,9 @@ def test_a_tls_hello_trickled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
                     break
             except TimeoutError:
                 pass
+            except ConnectionResetError:  # cut while a byte of ours was still unread
+                cut = True
+                break
             if time.monotonic() - started > 6:
                 break
         assert cut, "a client trickling its TLS hello was never cut"
