@@ -21,13 +21,17 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .connection import Connection
 from .errors import Reject
 from .escape import format_peer
-from .handshake_rules import first_offered
 from .head_reader import HEAD_READ
 from .storage.base import waits_in_connected
-from .upgrade import check_request, plain_upgrade_request, response_head
+from .upgrade import (
+    check_request,
+    new_connection,
+    open_upgraded,
+    plain_upgrade_request,
+    response_head,
+)
 
 if TYPE_CHECKING:
     from .server import Server
@@ -95,8 +99,7 @@ def upgrade_at_accept(server: Server, sock: Any, address: Any) -> bytes | None:
         return received
     if check_request(server, request, "GET", "HTTP/1.1", has_body=False) is not None:
         return received
-    connection = Connection(request, server.connection_settings, server.table, server)
-    connection.subprotocol = first_offered(server.subprotocols, request.subprotocols)
+    connection = new_connection(server, request)
     response = response_head(server, connection, request)
     if isinstance(response, Reject):
         # A --subprotocol the server may not choose (bearer.*): logged there, and
@@ -115,9 +118,6 @@ def upgrade_at_accept(server: Server, sock: Any, address: Any) -> bytes | None:
         connection.abandon()
         sock.close()
         return None
-    stats = server.table.stats
-    stats.handshakes[101] += 1
-    stats.upgrades_at_accept += 1
-    connection.request = request.without_headers()  # as the handler's hand-over does
-    connection.open(sock, received[length:])
+    server.table.stats.upgrades_at_accept += 1
+    open_upgraded(server, connection, sock, received[length:])
     return None

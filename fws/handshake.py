@@ -58,7 +58,7 @@ from .connection import Connection, State
 from .datatypes import Request
 from .errors import FilterError, Reject
 from .escape import format_peer, printable
-from .handshake_rules import first_offered, header_tokens, upgrade_request
+from .handshake_rules import header_tokens, upgrade_request
 from .head_reader import (
     HEAD_READ,
     BoundedReader,
@@ -69,7 +69,13 @@ from .head_reader import (
     read_get_head,
 )
 from .pipeline import DROP
-from .upgrade import check_request, plain_upgrade_request, response_head
+from .upgrade import (
+    check_request,
+    new_connection,
+    open_upgraded,
+    plain_upgrade_request,
+    response_head,
+)
 
 if TYPE_CHECKING:
     from .server import Server
@@ -342,7 +348,7 @@ class ConnectionHandler(WebSocketHandler):
         # server.users: connect filters may wait on I/O while others arrive.
         server.upgrades_in_progress += 1
         self._holds_place = True
-        connection = Connection(request, server.connection_settings, server.table, server)
+        connection = new_connection(server, request)
         try:
             return self._accept(server, connection, request)
         finally:
@@ -352,7 +358,6 @@ class ConnectionHandler(WebSocketHandler):
 
     def _accept(self, server: Server, connection: Connection, request: Request) -> Reject | None:
         """Run the connect pipeline, then refuse, or answer 101 and hand the socket over."""
-        connection.subprotocol = first_offered(server.subprotocols, request.subprotocols)
         stats = server.table.stats
         started = time.perf_counter()  # once per handshake: cheap next to the handshake
         try:
@@ -384,7 +389,6 @@ class ConnectionHandler(WebSocketHandler):
             return None
         self.status = "101 Switching Protocols"
         self.headers_sent = True
-        server.table.stats.handshakes[101] += 1
         self._hand_over(connection)
         return None
 
@@ -400,8 +404,7 @@ class ConnectionHandler(WebSocketHandler):
         sock = self._detach_socket()
         self.close_connection = True
         self.environ = {}
-        connection.request = connection.request.without_headers()
-        connection.open(sock, received)
+        open_upgraded(self.application, connection, sock, received)
 
     def _release_place(self) -> None:
         if self._holds_place:

@@ -4,9 +4,11 @@ A client is upgraded either by the handler greenlet (``fws.handshake``,
 pywsgi's handler) or, when nothing in the upgrade can wait, in the accept
 callback itself (``fws.at_accept``). Both take the request from the same
 strict parse (``plain_upgrade_request``), refuse by the same rules in the
-same order (``check_request``) and answer with the same bytes
-(``response_head``), so a client cannot tell which way it went. Nothing
-here reads or writes a socket, and nothing here imports gevent.
+same order (``check_request``), make the connection the same way
+(``new_connection``), answer with the same bytes (``response_head``) and
+start serving it the same way (``open_upgraded``), so a client cannot tell
+which way it went. Nothing here reads or writes a socket: each way does
+its own I/O.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .connection import Connection
 from .datatypes import Request, bearer_token
 from .errors import Reject
 from .escape import printable
@@ -30,10 +33,15 @@ from .handshake_rules import (
 from .request_head import head_length, parse_head
 
 if TYPE_CHECKING:
-    from .connection import Connection
     from .server import Server
 
-__all__ = ["check_request", "plain_upgrade_request", "response_head"]
+__all__ = [
+    "check_request",
+    "new_connection",
+    "open_upgraded",
+    "plain_upgrade_request",
+    "response_head",
+]
 
 log = logging.getLogger("fws.handshake")
 
@@ -118,3 +126,26 @@ def response_head(server: Server, connection: Connection, request: Request) -> b
             return Reject(500, "internal server error")
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def new_connection(server: Server, request: Request) -> Connection:
+    """The connection an accepted request becomes, with the server's subprotocol chosen.
+
+    The first of ``--subprotocol``'s names that the client offered; a
+    connect filter may choose another before ``response_head`` writes it.
+    """
+    connection = Connection(request, server.connection_settings, server.table, server)
+    connection.subprotocol = first_offered(server.subprotocols, request.subprotocols)
+    return connection
+
+
+def open_upgraded(server: Server, connection: Connection, sock: Any, received: bytes) -> None:
+    """The 101 is sent: count it, and serve ``sock`` from now on, headers dropped.
+
+    ``received``: what the client sent after its request head. The
+    connection keeps its request without the header dict (a browser's is a
+    kilobyte or more per connection).
+    """
+    server.table.stats.handshakes[101] += 1
+    connection.request = connection.request.without_headers()
+    connection.open(sock, received)
