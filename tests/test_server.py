@@ -526,6 +526,8 @@ def test_stop_cuts_a_connection_whose_filter_never_returns():
         wait_for(lambda: server.users)
         stop_server(server)
         wait_for(lambda: not server.users, timeout=10, message="the stuck connection was kept")
+        # Its disconnect pipeline runs once its socket is closed, after it leaves users.
+        wait_for(lambda: closed, message="the disconnect pipeline did not run")
         assert closed == [1001]  # the close it was sent, never answered: not clean
         client.close()
 
