@@ -15,6 +15,7 @@ from helpers import (
     LOOPBACK,
     ServerProcess,
     TLSFiles,
+    WssClient,
     assert_clean_failure,
     connect,
     free_port,
@@ -151,7 +152,7 @@ def test_tls_with_single_dash_key_and_cert(tmp_path):
         ["-f", "echo", "-key", str(key), "-cert", str(cert)], env=LOOPBACK_ANY_PORT
     ) as server:
         assert server.scheme == "wss"
-        with ws_sync.connect(server.url, ssl=context) as client:
+        with WssClient(server.url, context) as client:
             client.send("over tls")
             assert client.recv(timeout=5) == "over tls"
 

@@ -12,6 +12,7 @@ import websocket
 import websockets.sync.client as ws_sync
 from helpers import (
     TLSFiles,
+    WssClient,
     connect,
     raw_upgrade,
     read_server_frame,
@@ -179,7 +180,7 @@ def test_slowloris_over_tls_is_cut_and_bad_tls_leaves_no_traceback(tmp_path, cap
         plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # http:// to a wss port
         with contextlib.suppress(ConnectionResetError):  # EOF or a reset: refused either way
             read_until_eof(plain)
-        with ws_sync.connect(f"wss://127.0.0.1:{port}/", ssl=context) as client:
+        with WssClient(f"wss://127.0.0.1:{port}/", context) as client:
             client.send("still fine")
             assert client.recv(timeout=5) == "still fine"
     assert "Traceback" not in caplog.text
@@ -219,11 +220,11 @@ def test_handshake_timeout_off_still_serves_tls(tmp_path):
     tls = TLSFiles(tmp_path)
     files, context = tls.server_settings, tls.client_context
     with run_server(message=Echo, handshake_timeout=None, **files) as server:
-        with ws_sync.connect(url(server, scheme="wss"), ssl=context) as client:
+        with WssClient(url(server, scheme="wss"), context) as client:
             client.send("no deadline")
             assert client.recv(timeout=5) == "no deadline"
     with run_server(message=Echo, handshake_timeout=0, **files) as server:
-        with ws_sync.connect(url(server, scheme="wss"), ssl=context) as client:
+        with WssClient(url(server, scheme="wss"), context) as client:
             client.send("zero means off")
             assert client.recv(timeout=5) == "zero means off"
 

@@ -25,6 +25,7 @@ from helpers import (
     LOOPBACK,
     ServerProcess,
     TLSFiles,
+    WssClient,
     raw_upgrade,
     run_fws_server,
     run_server,
@@ -97,7 +98,7 @@ def workers(
         server.__exit__()
 
 
-def whoami(client: ws_sync.ClientConnection) -> tuple[str, int]:
+def whoami(client: ws_sync.ClientConnection | WssClient) -> tuple[str, int]:
     """(filter version, pid) of the worker serving ``client``."""
     client.send("pid?")
     version, _, pid = str(client.recv(timeout=5)).partition(":")
@@ -450,16 +451,16 @@ def test_sighup_loads_new_tls_certificates(redis, tmp_path):
     with workers(redis, tmp_path, "--cert", str(cert), "--key", str(key)) as server:
         assert server.scheme == "wss"
         assert "fws listening on wss://" in server.output
-        with ws_sync.connect(server.url, ssl=old.client_context, open_timeout=5) as client:
+        with WssClient(server.url, old.client_context, open_timeout=5) as client:
             assert whoami(client)[0] == "v1"
         cert.write_bytes(new.cert.read_bytes())  # the operator renews the certificate
         key.write_bytes(new.key.read_bytes())
         server.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload done" in server.output, 60, server.output)
-        with ws_sync.connect(server.url, ssl=new.client_context, open_timeout=5) as client:
+        with WssClient(server.url, new.client_context, open_timeout=5) as client:
             assert whoami(client)[0] == "v1"
         with pytest.raises(ssl.SSLCertVerificationError):
-            ws_sync.connect(server.url, ssl=old.client_context, open_timeout=5)
+            WssClient(server.url, old.client_context, open_timeout=5)
 
 
 def _mkdir(path: Path) -> Path:
