@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -405,8 +406,6 @@ class TLSFiles:
     """A CA and a certificate for 127.0.0.1 made for one test, written as PEM files."""
 
     def __init__(self, directory: Path) -> None:
-        import ssl
-
         import trustme
 
         ca = trustme.CA()
@@ -444,11 +443,9 @@ class WssClient:
     the tests use: ``send``, ``recv(timeout=)``, ``close`` and ``with``.
     """
 
-    def __init__(self, url: str, context: Any, open_timeout: float = 10) -> None:
+    def __init__(self, url: str, context: ssl.SSLContext, open_timeout: float = 10) -> None:
         # Raises ssl.SSLError (SSLCertVerificationError) for a certificate not trusted.
-        self._client = websocket.create_connection(
-            url, timeout=open_timeout, sslopt={"context": context}
-        )
+        self._client = connect(url, timeout=open_timeout, sslopt={"context": context})
 
     def send(self, message: str | bytes) -> None:
         if isinstance(message, str):
