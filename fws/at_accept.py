@@ -18,6 +18,7 @@ gets the same answer either way; only the time to get it differs.
 
 from __future__ import annotations
 
+import _socket
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -82,16 +83,15 @@ def _log_handlers_never_wait() -> bool:
     return True
 
 
-def upgrade_at_accept(server: Server, sock: Any, address: Any) -> bytes | None:
+def upgrade_at_accept(server: Server, sock: _socket.socket, address: Any) -> bytes | None:
     """Upgrade ``sock`` now if its whole head is here and it is accepted: None.
 
     Otherwise the bytes read off the socket (perhaps none), for the handler
-    greenlet to take as its first read. Never waits: the socket is gevent's,
-    non-blocking underneath, and this runs in the hub.
+    greenlet to take as its first read. Never waits: ``sock`` is a plain
+    non-blocking socket (``WebSocketPort.do_read``), and this runs in the hub.
     """
-    raw = sock._sock  # gevent's socket wraps a non-blocking one
     try:
-        received: bytes = raw.recv(HEAD_READ)
+        received: bytes = sock.recv(HEAD_READ)
     except OSError:  # nothing yet (EAGAIN); or a reset, after which the handler reads an end
         return b""
     request, length = plain_upgrade_request(server, received, address)
@@ -107,7 +107,7 @@ def upgrade_at_accept(server: Server, sock: Any, address: Any) -> bytes | None:
         connection.abandon()
         return received
     try:
-        sent = raw.send(response)
+        sent = sock.send(response)
     except OSError as exc:
         failure: object = exc
     else:

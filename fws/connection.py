@@ -15,6 +15,7 @@ writer). Together they are the only code that touches a client's socket.
 
 from __future__ import annotations
 
+import _socket
 import logging
 import socket
 import time
@@ -92,11 +93,15 @@ class Connection(Inbound, Outbound):
         self._close_received = False
         self._writer = None
         """A greenlet writing for this connection: one that waits for a slow client."""
+        self._write_watcher = None
+        """The libev write watcher the writer waits on over TCP, made the first time it waits."""
         self._flush_due = False
         """Queued in the table's ``to_flush``: the flusher writes this connection's queue."""
         self._raw_socket = None
-        """The plain socket under a TCP connection's gevent socket (None over TLS):
-        the flusher sends on it without blocking, in its own greenlet."""
+        """The plain socket of a TCP connection (None over TLS): the reader, the
+        flusher and the writer use it without blocking, each waiting on its own
+        watcher. It is ``_socket`` itself for a client upgraded at the accept,
+        and the one under gevent's socket object for one upgraded by a handler."""
         self._close_timer = None
         self._last_message_at = self._last_ping_at = time.monotonic()
         self._awaiting_pong = False
@@ -349,7 +354,9 @@ class Connection(Inbound, Outbound):
         HTTP parser had already buffered.
         """
         self._socket = sock
-        if type(sock) is gevent.socket.socket:  # not TLS: the flusher may send on it directly
+        if type(sock) is _socket.socket:  # accepted plain (WebSocketPort.do_read)
+            self._raw_socket = sock
+        elif type(sock) is gevent.socket.socket:  # not TLS: the flusher may send on it directly
             self._raw_socket = sock._sock  # type: ignore[attr-defined]  # gevent's own
         stats = self.table.stats
         counting = stats.count_messages
@@ -442,6 +449,11 @@ class Connection(Inbound, Outbound):
             if self._close_queued:
                 writer.join(timeout=self.settings.close_timeout)
             writer.kill(block=False)
+        if self._write_watcher is not None:
+            # Not left active on a descriptor about to close (the killed writer,
+            # if it still waits, stops it again: harmless).
+            self._write_watcher.close()
+            self._write_watcher = None
         if self._close_timer is not None:
             self._close_timer.kill(block=False)
         if self._deadline is not None:

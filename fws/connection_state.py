@@ -51,6 +51,7 @@ class ConnectionState:
         "_failed",
         "_close_received",
         "_writer",
+        "_write_watcher",
         "_flush_due",
         "_raw_socket",
         "_close_timer",
@@ -123,6 +124,7 @@ class ConnectionState:
     _outbox_bytes: int
     _close_queued: bool
     _writer: gevent.Greenlet | None
+    _write_watcher: Any
     _flush_due: bool
     messages_out: int
     bytes_out: int

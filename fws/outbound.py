@@ -362,11 +362,15 @@ class Outbound(ConnectionState):
         """
         assert self._socket is not None
         outbox = self._outbox
+        raw = self._raw_socket
         try:
             while outbox:
                 chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
                 outbox.clear()
-                self._socket.sendall(chunk)
+                if raw is None:  # TLS: gevent's socket encrypts and waits
+                    self._socket.sendall(chunk)
+                else:
+                    self._send_all(raw, chunk)
                 self._outbox_bytes -= len(chunk)
                 self.bytes_out += len(chunk)
             if self._close_queued and self._failed:
@@ -379,6 +383,25 @@ class Outbound(ConnectionState):
             self._abort_transport()
         finally:
             self._writer = None
+
+    def _send_all(self, raw: socket.socket, chunk: bytes) -> None:
+        """Send all of ``chunk`` on the plain socket, waiting for room as gevent's sendall does.
+
+        The connection's own write watcher, made on its first wait: a client
+        upgraded at the accept has no gevent socket object (and its watchers)
+        to wait on, and most connections never wait to write at all.
+        """
+        view = memoryview(chunk)
+        while view:
+            try:
+                sent = raw.send(view)
+            except BlockingIOError:
+                watcher = self._write_watcher
+                if watcher is None:
+                    watcher = self._write_watcher = gevent.get_hub().loop.io(raw.fileno(), 2)
+                gevent.get_hub().wait(watcher)
+                continue
+            view = view[sent:]
 
 
 # -- the broadcast's hot loops --------------------------------------------------

@@ -346,9 +346,12 @@ class RedisClusterProcesses:
             raise LookupError(f"{killed.name} served no slots when it was killed")
 
         def promoted() -> RedisProcess | None:
-            owners = {
-                self.primary_for_slot(slot, via=node).name for node in self.nodes if node.alive
-            }
+            try:
+                owners = {
+                    self.primary_for_slot(slot, via=node).name for node in self.nodes if node.alive
+                }
+            except LookupError:  # a node's table mid-failover may not list the slot yet
+                return None
             if len(owners) == 1 and killed.name not in owners:
                 owner = self.node(owners.pop())
                 with owner.client() as client:

@@ -8,10 +8,12 @@ server's hub while the client connects and sends, and
 
 from __future__ import annotations
 
+import _socket
 import logging
 import logging.handlers
 import signal
 import socket
+import struct
 import threading
 import time
 import urllib.request
@@ -41,7 +43,7 @@ from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 import fws
 import fws.at_accept
 from fws.filters.echo import Echo
-from fws.frames import OP_CLOSE, OP_TEXT
+from fws.frames import OP_BINARY, OP_CLOSE, OP_TEXT
 from fws.storage.base import waits_in_connected
 from fws.storage.memory import MemoryStorage
 from fws.storage.redis import RedisStorage
@@ -430,3 +432,69 @@ def test_upgrades_at_the_accept_are_on_metrics():
         assert echoes(sock)
         assert metric_values(server)["fws_upgrades_at_accept_total"] == 1
         sock.close()
+
+
+# -- the plain socket of a connection upgraded at the accept -----------------------------------
+
+FLOOD_PAYLOAD = bytes(range(256)) * 1024  # 256 KiB
+
+
+class Flood(fws.WebSocketMessageFilter):
+    """Answers a message "N" with N binary messages of 256 KiB."""
+
+    @classmethod
+    def filter(cls, web_socket_instance, data):
+        for _ in range(int(data)):
+            web_socket_instance.send(FLOOD_PAYLOAD)
+
+
+def slow_client_at_the_accept(server: fws.Server) -> socket.socket:
+    """A client upgraded at the accept with a small receive window: its writes must wait."""
+    with hub_held(server):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+        sock.settimeout(5)
+        sock.connect((LOOPBACK, server.address[1]))
+        sock.sendall(port_request(server))
+        time.sleep(0.05)
+    assert read_response_head(sock).startswith(b"HTTP/1.1 101 ")
+    return sock
+
+
+def only_connection(server: fws.Server) -> fws.Connection:
+    """The server's one open connection (the 101 may reach the client before it is listed)."""
+    wait_for(lambda: len(server.table.users) == 1, message="no open connection")
+    (connection,) = server.table.users.values()
+    return connection
+
+
+def test_a_connection_upgraded_at_the_accept_waits_for_a_slow_client_on_its_plain_socket():
+    """No gevent socket object (WebSocketPort.do_read): the writer waits on its own watcher."""
+    with run_server(message=Flood) as server:
+        sock = slow_client_at_the_accept(server)
+        sock.sendall(client_frame(OP_TEXT, b"12"))  # 3 MiB, under the 4 MiB outbound limit
+        connection = only_connection(server)
+        assert type(connection._socket) is _socket.socket
+        wait_for(lambda: connection._write_watcher is not None, message="the writer never waited")
+        for _ in range(12):
+            assert read_server_frame(sock) == (OP_BINARY, FLOOD_PAYLOAD)
+        assert server.table.stats.upgrades_at_accept == 1
+        sock.close()
+
+
+def test_a_slow_client_gone_while_its_writer_waits_ends_that_connection_only():
+    with run_server(message=Flood, close_timeout=0.5) as server:
+        sock = slow_client_at_the_accept(server)
+        sock.sendall(client_frame(OP_TEXT, b"12"))
+        connection = only_connection(server)
+        wait_for(lambda: connection._write_watcher is not None, message="the writer never waited")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset: the waiting writer's next send fails
+        wait_for(lambda: not server.table.users, message="the connection did not end")
+        assert connection._write_watcher is None  # closed before its descriptor was
+        # The next client (likely on the same descriptor) is served as usual.
+        after = head_before_accept(server, port_request(server))
+        assert read_response_head(after).startswith(b"HTTP/1.1 101 ")
+        after.sendall(client_frame(OP_TEXT, b"1"))
+        assert read_server_frame(after) == (OP_BINARY, FLOOD_PAYLOAD)
+        after.close()
