@@ -31,6 +31,7 @@ import click
 
 from .. import __version__
 from ..allocator import tune_for_server
+from ..collector import tune_collector
 from ..deflate import DeflateSettings
 from ..errors import BackgroundTaskFailed, ConfigurationError
 from ..logformat import configure_logging
@@ -241,6 +242,7 @@ def _serve(
     except OSError as exc:
         storage.close()
         raise _cannot_listen(options, exc) from None
+    tune_collector()  # everything made so far lives as long as the process
     if on_ready is not None:
         on_ready(server)
     try:
