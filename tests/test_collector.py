@@ -7,7 +7,7 @@ import sys
 
 from helpers import LOOPBACK, ServerProcess, connect
 
-from fws.collector import FIRST_GENERATION
+from fws.collector import OLDEST_GENERATION
 
 LOOPBACK_ANY_PORT = {"FWS_HOST": LOOPBACK, "FWS_PORT": "0"}
 
@@ -25,12 +25,12 @@ class ReportGC(WebSocketMessageFilter):
 """
 
 
-def test_fws_server_freezes_its_start_up_objects_and_raises_the_first_threshold(tmp_path):
+def test_fws_server_freezes_its_start_up_objects_and_raises_the_oldest_threshold(tmp_path):
     (tmp_path / "report_gc.py").write_text(REPORT_GC)
     with ServerProcess(["-f", "report_gc"], cwd=tmp_path, env=LOOPBACK_ANY_PORT) as server:
         client = connect(server.url)
         client.send("?")
-        assert client.recv() == f"({FIRST_GENERATION}, 10, 10) frozen=True"
+        assert client.recv() == f"(700, 10, {OLDEST_GENERATION}) frozen=True"
         client.close()
 
 
@@ -51,7 +51,7 @@ def _probe(before: str = "") -> str:
 
 
 def test_tuning_applies_over_cpythons_defaults():
-    assert _probe() == f"True ({FIRST_GENERATION}, 10, 10) True True"
+    assert _probe() == f"True (700, 10, {OLDEST_GENERATION}) True True"
 
 
 def test_the_operators_collector_settings_win():
