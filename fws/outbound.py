@@ -336,9 +336,16 @@ class Outbound(ConnectionState):
         if self._writer is not None or not outbox:
             return
         raw = self._raw_socket
-        if raw is None or self._close_queued:
+        if raw is None or self._close_queued or not self._send_queued(raw):
             self._start_writer()
-            return
+
+    def _send_queued(self, raw: socket.socket) -> bool:
+        """Send the whole queue in one non-blocking call; True if the socket took it all.
+
+        What it did not take stays queued, as one frame, for a writer, which
+        also reports a failed send (a reset): never waits, so the hub may call it.
+        """
+        outbox = self._outbox
         chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
         outbox.clear()
         try:
@@ -349,7 +356,8 @@ class Outbound(ConnectionState):
         self.bytes_out += sent
         if sent < len(chunk):
             outbox.append(chunk[sent:])  # nothing was queued meanwhile: no yield since clear
-            self._start_writer()
+            return False
+        return True
 
     def _start_writer(self) -> None:
         """Leave the queue to a writer greenlet (the compiled flusher calls this too)."""

@@ -42,6 +42,7 @@ from redis_helpers import RedisServer, redis_server  # noqa: F401  (fixture)
 
 import fws
 import fws.at_accept
+import fws.connection
 from fws.filters.echo import Echo
 from fws.frames import OP_BINARY, OP_CLOSE, OP_TEXT
 from fws.storage.base import waits_in_connected
@@ -498,3 +499,25 @@ def test_a_slow_client_gone_while_its_writer_waits_ends_that_connection_only():
         after.sendall(client_frame(OP_TEXT, b"1"))
         assert read_server_frame(after) == (OP_BINARY, FLOOD_PAYLOAD)
         after.close()
+
+
+def test_a_close_reply_the_socket_takes_whole_needs_no_writer_greenlet(monkeypatch):
+    """The connection's end sends it itself: a writer is a spawn and two switches per close."""
+    started = []
+    real = fws.connection.Connection._start_writer
+
+    def counting(self):
+        started.append(self.id)
+        real(self)
+
+    monkeypatch.setattr(fws.connection.Connection, "_start_writer", counting)
+    with run_server(message=Echo) as server:
+        sock = head_before_accept(server, port_request(server))
+        assert read_response_head(sock).startswith(b"HTTP/1.1 101 ")
+        assert echoes(sock)
+        sock.sendall(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        assert read_server_frame(sock) == (OP_CLOSE, struct.pack("!H", 1000))
+        wait_for(lambda: not server.table.users, message="the connection did not end")
+        assert read_until_eof(sock) == b""
+        assert started == []
+        sock.close()

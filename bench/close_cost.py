@@ -1,0 +1,81 @@
+"""The CPU time fws_server spends per connection the client closes, over the close phase only.
+
+Usage: ``python3 bench/close_cost.py [--runs 3] [--connections 5000]``
+
+Opens ``--connections`` idle connections to ``fws_server -q -f echo`` (on
+127.0.0.1, one blocking client in this process), waits until every reader
+has parked, then has each client send a close frame (code 1000) and read
+the server's reply, and reports the server's CPU time (user + system,
+``/proc/PID/stat``) from the first close sent until the server has closed
+every socket (each client reads the reply, then the end of the stream), per
+1,000 closes. A fresh server for each run; the median is printed last.
+Compare two checkouts with ``PYTHONPATH=<checkout> python3 bench/close_cost.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import struct
+import time
+
+from procs import LOOPBACK, cpu_seconds, free_port, fws_command, run_server
+
+PARKED_AFTER = 1.5
+"""Seconds to wait after the opens: a reader idle for a second parks (its connection waits
+on a watcher), as the readers of most connections being closed in production have."""
+
+REQUEST = (
+    "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+# A masked close frame with a zero mask (the payload is as sent): code 1000.
+CLOSE = bytes([0x88, 0x82, 0, 0, 0, 0]) + struct.pack("!H", 1000)
+
+
+def one_run(connections: int) -> float:
+    """Server CPU milliseconds per 1,000 client-initiated closes, on a fresh server."""
+    port = free_port()
+    command = [*fws_command(), "-q", "--host", LOOPBACK, "-p", str(port), "-f", "echo"]
+    request = REQUEST.format(host=f"{LOOPBACK}:{port}").encode()
+    with run_server("fws", command, port) as server:
+        clients = []
+        try:
+            for _ in range(connections):
+                client = socket.create_connection((LOOPBACK, port), timeout=10)
+                clients.append(client)
+                client.sendall(request)
+                if not client.recv(4096).startswith(b"HTTP/1.1 101 "):
+                    raise SystemExit("fws_server refused a connection")
+            time.sleep(PARKED_AFTER)
+            before = cpu_seconds(server.pid)
+            for client in clients:
+                client.sendall(CLOSE)
+            for client in clients:
+                if client.recv(16)[:1] != b"\x88":
+                    raise SystemExit("no close frame in reply")
+            for client in clients:  # the server has closed its socket: its work is done
+                if client.recv(16) != b"":
+                    raise SystemExit("data after the close frame")
+            after = cpu_seconds(server.pid)
+        finally:
+            for client in clients:
+                client.close()
+    return 1000 * (after - before) / connections * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=5_000)
+    options = parser.parse_args()
+    runs = [one_run(options.connections) for _ in range(options.runs)]
+    for run in runs:
+        print(f"server CPU {run:6.1f} ms per 1,000 closes")
+    print(f"median: cpu_ms_per_1000 {statistics.median(runs):.1f}")
+
+
+if __name__ == "__main__":
+    main()
