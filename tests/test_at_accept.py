@@ -11,6 +11,7 @@ from __future__ import annotations
 import _socket
 import logging
 import logging.handlers
+import os
 import signal
 import socket
 import struct
@@ -520,4 +521,29 @@ def test_a_close_reply_the_socket_takes_whole_needs_no_writer_greenlet(monkeypat
         wait_for(lambda: not server.table.users, message="the connection did not end")
         assert read_until_eof(sock) == b""
         assert started == []
+        sock.close()
+
+
+def test_an_ipv6_client_is_upgraded_at_the_accept_on_a_plain_socket_of_its_family():
+    """do_read makes the plain socket from the listener's family, type and protocol."""
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("no IPv6 loopback on this machine")
+    with run_server(message=Echo, host="::1") as server:
+        with hub_held(server):
+            sock = socket.create_connection(("::1", server.address[1]), timeout=5)
+            sock.sendall(port_request(server))
+            time.sleep(0.05)
+        assert read_response_head(sock).startswith(b"HTTP/1.1 101 ")
+        assert echoes(sock)
+        connection = only_connection(server)
+        assert type(connection._socket) is _socket.socket
+        assert connection._socket.family == socket.AF_INET6
+        assert connection.peer[0] == "::1"
+        assert server.table.stats.upgrades_at_accept == 1
         sock.close()
