@@ -506,7 +506,7 @@ static int flush_one(PyObject *connection) {
   if (writer != Py_None || count == 0)
     return 0;
   if (close_queued != Py_False)
-    return call_method(connection, str_flush); /* a close: the writer */
+    return call_method(connection, str_flush); /* a close: _flush decides who sends it */
   Gather out = {0};
   for (Py_ssize_t i = 0; i < count; i++) {
     PyObject *frame = PyList_GET_ITEM(outbox, i);

@@ -327,16 +327,18 @@ class Outbound(ConnectionState):
         A write that would block (a slow client, a full socket buffer) is left
         to a writer greenlet of this connection's own, which waits for the
         socket; so is a failed write, which the writer reports (logging is no
-        job for the hub). Over TLS, and once a close is queued, the writer
-        does it all. ``fws/_speedups_outbound.c`` (``flush_one``) does the same in C:
-        a change here belongs there too.
+        job for the hub). Over TLS, and for a close after a protocol error
+        (the writer then shuts our side down), the writer does it all.
+        ``fws/_speedups_outbound.c`` (``flush_one``) does the same in C, and
+        leaves a queued close to this method: a change here belongs there too.
         """
         self._flush_due = False
         outbox = self._outbox
         if self._writer is not None or not outbox:
             return
         raw = self._raw_socket
-        if raw is None or self._close_queued or not self._send_queued(raw):
+        failed_close = self._close_queued and self._failed
+        if raw is None or failed_close or not self._send_queued(raw):
             self._start_writer()
 
     def _send_queued(self, raw: socket.socket) -> bool:

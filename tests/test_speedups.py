@@ -327,22 +327,25 @@ def test_a_failed_send_is_left_to_the_writer_which_ends_the_connection(make_worl
         world.peers[0] = socket.socket()  # for the clean-up
 
 
-def test_tls_and_a_queued_close_are_left_to_the_writer(make_world, loops):
+def test_tls_and_a_close_after_a_protocol_error_are_left_to_the_writer(make_world, loops):
     fan_out, flush_each = loops
-    world = make_world(2)
+    world = make_world(3)
     fan_out(world.connections, BINARY, BINARY[0], None, deliver(BINARY))
-    tls, closing = world.connections
+    tls, failed, closing = world.connections
     raw = tls._raw_socket
     tls._raw_socket = None  # as over TLS
+    failed._close_queued = failed._failed = True  # the writer shuts our side down after it
     closing._close_queued = True
     due, world.table.to_flush = world.table.to_flush, []
     flush_each(due)
-    assert tls._writer is not None and closing._writer is not None
-    assert tls._outbox == closing._outbox == [BINARY]  # untouched: the writers send them
+    assert tls._writer is not None and failed._writer is not None
+    assert tls._outbox == failed._outbox == [BINARY]  # untouched: the writers send them
+    # Any other queued close leaves in the flusher's send, as any frame: no writer.
+    assert closing._writer is None and closing._outbox == []
     gevent.sleep(0.01)
-    assert world.received() == [BINARY, BINARY]
+    assert world.received() == [BINARY, BINARY, BINARY]
     tls._raw_socket = raw
-    closing._close_queued = False
+    failed._close_queued = failed._failed = closing._close_queued = False
 
 
 def test_a_flush_that_raises_leaves_the_rest_in_due(loops):
