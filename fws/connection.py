@@ -442,14 +442,10 @@ class Connection(Inbound, Outbound):
         self._watcher.close()
         writer = self._writer
         if writer is None and self._close_queued and self._outbox:
-            # The close still waits for the flusher: send it before the socket goes,
-            # from here when the socket takes it all, as it nearly always does (a
-            # writer greenlet is a spawn and two switches per closing connection).
-            # After a protocol error the writer sends it, and shuts our side down.
-            raw = self._raw_socket
-            if raw is None or self._failed or not self._send_queued(raw):
-                self._start_writer()
-                writer = self._writer
+            # The close still waits for the flusher: flush it now, before the socket
+            # goes. The flusher's rules decide whether a writer must send it.
+            self._flush()
+            writer = self._writer
         if writer is not None:
             if self._close_queued:
                 writer.join(timeout=self.settings.close_timeout)

@@ -406,10 +406,11 @@ class Outbound(ConnectionState):
             try:
                 sent = raw.send(view)
             except BlockingIOError:
+                hub = gevent.get_hub()
                 watcher = self._write_watcher
                 if watcher is None:
-                    watcher = self._write_watcher = gevent.get_hub().loop.io(raw.fileno(), 2)
-                gevent.get_hub().wait(watcher)
+                    watcher = self._write_watcher = hub.loop.io(raw.fileno(), 2)
+                hub.wait(watcher)
                 continue
             view = view[sent:]
 
