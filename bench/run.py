@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
             f"* marks more than {report.CLIENT_BUSY:.0f}% and that run's rates, which are "
             "then lower bounds (the client may be the limit)",
             "load generator saturated in: " + ("; ".join(busy) if busy else "no cell"),
+            "server CPU us/delivery (/message): the server's CPU time over the window "
+            "divided by what it delivered (echoed); it compares the servers also where "
+            "the client's core is full",
             "throughput: median of "
             f"{settings.repeats} run(s) of {settings.duration:g} s after {settings.warmup:g} s "
             "warm-up; binary messages (JSON text in the -json, -deflate and -chat "

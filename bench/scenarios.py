@@ -49,6 +49,10 @@ class Metric:
 
 CLIENT_CPU = Metric("client_cpu", "client CPU %", False)
 SERVER_CPU = Metric("server_cpu", "server CPU %", True)
+# The server's CPU time per message or delivery: which server does the work with
+# less, also where the load generator's core is full and the rates are lower bounds.
+SERVER_US_PER_DELIVERY = Metric("server_us_each", "server CPU us/delivery", False, 3)
+SERVER_US_PER_MESSAGE = Metric("server_us_each", "server CPU us/message", False, 3)
 
 Result = dict[str, Any]
 
@@ -113,6 +117,9 @@ def _once(server: ServerProcess, settings: Settings, config: Result, connections
         # server's RSS (so one-off allocations of the first connections count too).
         grown = result["server_rss_end"] - result["server_rss_start"]
         result["busy_kb_per_connection"] = grown / connections / 1000
+    rate = result.get("deliveries_per_s") or result.get("messages_per_s")
+    if rate and result.get("server_cpu") is not None:
+        result["server_us_each"] = result["server_cpu"] / 100 / rate * 1e6
     return result
 
 
@@ -252,6 +259,7 @@ BROADCAST_METRICS = (
     Metric("p50_ms", "p50 ms", False, MS),
     Metric("p99_ms", "p99 ms", False, MS),
     SERVER_CPU,
+    SERVER_US_PER_DELIVERY,
     CLIENT_CPU,
 )
 
@@ -298,6 +306,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             Metric("p99_ms", "p99 ms", False, MS),
             Metric("fairness", "least served / mean", True, MS),
             SERVER_CPU,
+            SERVER_US_PER_MESSAGE,
             CLIENT_CPU,
         ),
         _echo(100, 10, 32),
