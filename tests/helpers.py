@@ -25,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import fws
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK_ANY_PORT = {"FWS_HOST": LOOPBACK, "FWS_PORT": "0", "FWS_CLOSE_TIMEOUT": "1"}
+"""Environment for an fws_server on loopback, a free port, closes that wait 1 s."""
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import websockets.sync.client as ws_sync
 from click.testing import CliRunner
 from helpers import (
     LOOPBACK,
+    LOOPBACK_ANY_PORT,
     ServerProcess,
     TLSFiles,
     WssClient,
@@ -32,7 +33,6 @@ from fws.storage.memory import MemoryStorage
 # The seed's commands carry no port; these variables keep them verbatim while
 # the servers listen on a free loopback port.
 # Clients that a test leaves open do not answer the shutdown close: do not wait long.
-LOOPBACK_ANY_PORT = {"FWS_HOST": LOOPBACK, "FWS_PORT": "0", "FWS_CLOSE_TIMEOUT": "1"}
 
 
 def chat_pair(url: str) -> tuple[websocket.WebSocket, websocket.WebSocket]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from helpers import LOOPBACK, ServerProcess, connect
+from helpers import LOOPBACK_ANY_PORT, ServerProcess, connect
 
 from fws.collector import OLDEST_GENERATION
-
-LOOPBACK_ANY_PORT = {"FWS_HOST": LOOPBACK, "FWS_PORT": "0"}
 
 # A filter that reports the collector's state of the server process it runs in.
 REPORT_GC = """

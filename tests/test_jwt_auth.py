@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from frame_builder import client_frame
 from helpers import (
     LOOPBACK,
+    LOOPBACK_ANY_PORT,
     ServerProcess,
     assert_clean_failure,
     connect,
@@ -39,7 +40,6 @@ from fws.filters.jwt_auth import JwtAuth, JwtSettings, find_token
 from fws.frames import OP_CLOSE, OP_TEXT
 
 SECRET = "a test secret of at least 32 bytes, for HS256"
-LOOPBACK_ANY_PORT = {"FWS_HOST": LOOPBACK, "FWS_PORT": "0", "FWS_CLOSE_TIMEOUT": "1"}
 
 
 def token(
