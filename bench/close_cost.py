@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=5_000)
     parser.add_argument("--server-first", action="store_true", help="the server closes first")
     options = parser.parse_args()
+    if not (1 <= options.runs <= 20 and 1 <= options.connections <= 20_000):
+        parser.error("keep it bounded: runs 1..20, connections 1..20,000")
     runs = [one_run(options.connections, options.server_first) for _ in range(options.runs)]
     for run in runs:
         print(f"server CPU {run:6.1f} ms per 1,000 closes")

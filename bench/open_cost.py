@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--info", action="store_true", help="log at INFO (the open lines)")
     parser.add_argument("server_options", nargs="*")
     options = parser.parse_args()
+    if not (1 <= options.runs <= 20 and 1 <= options.connections <= 100_000):
+        parser.error("keep it bounded: runs 1..20, connections 1..100,000")
     runs = [
         one_run(options.connections, options.info, options.server_options)
         for _ in range(options.runs)

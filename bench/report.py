@@ -40,6 +40,10 @@ class Target:
         ok = value >= self.bound if self.at_least else value <= self.bound
         return ("met" if ok else "MISSED"), value
 
+    def shown(self, value: float, results: Results) -> str:
+        """How ``value`` (from ``check``) reads after the target's text."""
+        return f" ({value:.2f}{'x' if self.other else ''})"
+
 
 @dataclass(frozen=True)
 class AheadOfAll(Target):
@@ -66,6 +70,9 @@ class AheadOfAll(Target):
         if rival is None:
             return "not measured", None
         return Target.check(replace(self, other=rival), results)
+
+    def shown(self, value: float, results: Results) -> str:
+        return f" ({value:.2f}x the fastest, {self.rival(results)})"
 
 
 PYTHON_SERVERS = ("gevent-websocket", "websockets", "websockets+uvloop", "picows", "socketify")
@@ -311,9 +318,7 @@ def targets(results: Results) -> list[str]:
     lines = []
     for target in TARGETS:
         verdict, value = target.check(results)
-        shown = "" if value is None else f" ({value:.2f}{'' if not target.other else 'x'})"
-        if value is not None and isinstance(target, AheadOfAll):
-            shown = f" ({value:.2f}x the fastest, {target.rival(results)})"
+        shown = "" if value is None else target.shown(value, results)
         lines.append(f"{verdict:>12}  {target.text}{shown}")
     return lines
 

@@ -9,11 +9,12 @@ import gevent.event
 import gevent.queue
 import gevent.socket
 from frame_builder import client_frame
+from helpers import read_server_frame
 
 import fws
 from fws.context import READ_SIZE, ConnectionSettings, ConnectionTable
 from fws.filters.echo import Echo
-from fws.frames import OP_CLOSE, OP_TEXT, encode_close
+from fws.frames import OP_BINARY, OP_CLOSE, OP_TEXT, encode_close
 from fws.storage.memory import MemoryStorage
 
 
@@ -244,27 +245,17 @@ def _count_yields(monkeypatch) -> list[float]:
     return yields
 
 
-def _read_message(sock, size: int) -> bytes:
-    received = b""
-    while len(received) < size:
-        received += sock.recv(size - len(received) + 16)
-    return received
-
-
 def test_a_reader_that_waits_between_messages_needs_no_timer_to_yield(monkeypatch):
     # Eight 64 KiB messages, each echoed before the next is sent: more than
     # READ_SIZE in all, but the reader waits on its watcher (in the hub) after
     # each, which yields; a timer on top cost a 64 KiB echo a tenth of its rate.
-    from fws.frames import OP_BINARY
-
     yields = _count_yields(monkeypatch)
     connection, theirs = _open(_table(fws.Pipeline(Echo)))
     payload = bytes(range(256)) * 256
     frame = client_frame(OP_BINARY, payload)
-    echoed = bytes([0x82, 127]) + struct.pack("!Q", len(payload)) + payload
     for _ in range(8):
         theirs.sendall(frame)
-        assert _read_message(theirs, len(echoed)) == echoed
+        assert read_server_frame(theirs) == (OP_BINARY, payload)
     assert connection.bytes_in == 8 * len(frame) > READ_SIZE
     assert yields == []
     connection.abort()
@@ -274,8 +265,6 @@ def test_a_client_that_never_pauses_still_makes_its_reader_yield(monkeypatch):
     # The other side of the rule above: full reads back to back, no wait
     # between them, and the reader gives the hub a turn at least every
     # READ_SIZE bytes.
-    from fws.frames import OP_BINARY
-
     yields = _count_yields(monkeypatch)
     connection, theirs = _open(_table(fws.Pipeline(lambda connection, data: None)))
     burst = client_frame(OP_BINARY, b"x" * 100) * 20_000  # 2.1 MB, no answers
